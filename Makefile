@@ -1,0 +1,32 @@
+# `make test` runs the whole suite on SQLite, then again on a throwaway PostgreSQL server.
+# `make demo` starts the demo project (SQLite, in-process broker).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test test-sqlite test-postgres demo tox clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test,redis]"
+	touch $@
+
+test: test-sqlite test-postgres
+
+test-sqlite: $(BIN)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: $(BIN)/.installed
+	$(BIN)/python -m tests.pgserver $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(BIN)/.installed
+	$(BIN)/python testproject/manage.py migrate --verbosity 0
+	$(BIN)/python testproject/manage.py demo_jobs
+
+tox: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet tox
+	$(BIN)/tox run -e py311-django52,py312-django60,py313-django61
+
+clean:
+	rm -rf $(VENV) .tox testproject/demo.sqlite3

@@ -1,0 +1,145 @@
+"""``SchedulerApp``: the one entry point for code, admin and command alike."""
+
+import functools
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import datetime
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.db import transaction
+from django.dispatch import receiver
+from django.utils import timezone
+from taskiq import AsyncBroker
+
+from django_taskiq_beat.builders import SingleScheduleBuilder
+from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
+from django_taskiq_beat.exceptions import JobNotFoundError
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.triggers import require_aware
+
+logger = logging.getLogger("django_taskiq_beat.app")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _async_twin(
+    method: Callable[Concatenate["SchedulerApp", _P], _R],
+) -> Callable[Concatenate["SchedulerApp", _P], Coroutine[Any, Any, _R]]:
+    """The ``a``-prefixed twin: the same implementation, run off the event loop."""
+
+    @functools.wraps(method)
+    async def twin(self: "SchedulerApp", *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await sync_to_async(method)(self, *args, **kwargs)
+
+    twin.__doc__ = f"Async twin of :meth:`{method.__name__}`."
+    return twin
+
+
+class SchedulerApp:
+    """Schedules tasks on ``broker`` and manages the stored jobs.
+
+    ``config`` defaults to ``settings.TASKIQ_BEAT``. Every operation has a sync form
+    and an async twin with Django's ``a`` prefix.
+    """
+
+    def __init__(self, *, broker: AsyncBroker, config: SchedulerConfig | None = None) -> None:
+        if not isinstance(broker, AsyncBroker):
+            raise ImproperlyConfigured(f"broker={broker!r} is not a taskiq broker.")
+        self.broker = broker
+        self.config = config if config is not None else SchedulerConfig.from_settings()
+
+    def single(
+        self, *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
+    ) -> SingleScheduleBuilder:
+        """A builder for one task with fixed ``args`` / ``kwargs``; ``metadata`` is stored only."""
+        return SingleScheduleBuilder(self, task=task, args=args, kwargs=kwargs, metadata=metadata)
+
+    # -- managing jobs -------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> SchedulerJob:
+        """The job ``job_id``; raises ``JobNotFoundError``."""
+        try:
+            return SchedulerJob.objects.get(pk=job_id)
+        except SchedulerJob.DoesNotExist:
+            raise JobNotFoundError(job_id) from None
+
+    def pause(self, job_id: str) -> SchedulerJob:
+        """Stop the job until it is resumed; its pending slot is dropped."""
+        return self._change(job_id, "Scheduler job paused.", lambda job, now: job.disarm())
+
+    def resume(self, job_id: str) -> SchedulerJob:
+        """Re-enable the job on its next slot from now; a finished job stays finished."""
+        return self._change(job_id, "Scheduler job resumed.", _resume)
+
+    def run_now(self, job_id: str) -> SchedulerJob:
+        """Make the job due at once, whatever its state; afterwards it goes on as before."""
+        return self._change(job_id, "Scheduler job marked to run now.", _run_now)
+
+    def delete(self, job_id: str) -> None:
+        """Delete the job and its run history."""
+        with transaction.atomic():
+            job = self._locked(job_id)
+            job.delete()
+        logger.info("Scheduler job deleted.", extra={"job_id": job_id, "task_name": job.task_name})
+
+    def purge_runs(self, *, finished_before: datetime) -> int:
+        """Delete runs that finished before ``finished_before``; returns how many."""
+        cutoff = require_aware(finished_before, "finished_before")
+        deleted, _ = SchedulerRun.objects.filter(finished_at__lt=cutoff).delete()
+        logger.info(
+            "Scheduler run history purged.",
+            extra={"deleted_run_count": deleted, "finished_before": cutoff.isoformat()},
+        )
+        return deleted
+
+    aget_job = _async_twin(get_job)
+    apause = _async_twin(pause)
+    aresume = _async_twin(resume)
+    arun_now = _async_twin(run_now)
+    adelete = _async_twin(delete)
+    apurge_runs = _async_twin(purge_runs)
+
+    def _locked(self, job_id: str) -> SchedulerJob:
+        try:
+            return SchedulerJob.objects.select_for_update().get(pk=job_id)
+        except SchedulerJob.DoesNotExist:
+            raise JobNotFoundError(job_id) from None
+
+    def _change(self, job_id: str, message: str, change: Callable[[SchedulerJob, datetime], None]) -> SchedulerJob:
+        with transaction.atomic():
+            job = self._locked(job_id)
+            now = timezone.now()
+            change(job, now)
+            job.updated_at = now
+            job.save()
+        logger.info(message, extra={"job_id": job.id, "task_name": job.task_name})
+        return job
+
+
+def _resume(job: SchedulerJob, now: datetime) -> None:
+    if not job.is_finished:
+        job.arm(now)
+
+
+def _run_now(job: SchedulerJob, now: datetime) -> None:
+    job.is_enabled, job.next_run_at, job.finished_at = True, now, None
+    job.release_claim()
+
+
+@functools.cache
+def get_scheduler_app() -> SchedulerApp:
+    """The process-wide app built from ``settings.TASKIQ_BEAT``."""
+    path = broker_path()
+    if not path:
+        raise ImproperlyConfigured(f"Set {SETTINGS_NAME}['BROKER'] to 'package.module:broker'.")
+    return SchedulerApp(broker=load_broker(path), config=SchedulerConfig.from_settings())
+
+
+@receiver(setting_changed)
+def _forget_app_on_settings_change(setting: str, **kwargs: Any) -> None:
+    if setting in (SETTINGS_NAME, "TIME_ZONE"):
+        get_scheduler_app.cache_clear()

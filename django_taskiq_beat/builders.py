@@ -1,0 +1,338 @@
+"""Builders: validate what to send and when, then create or upsert the job row.
+
+``app.single(...)`` returns a builder; ``schedule`` / ``upsert`` write the row and
+their ``a``-prefixed twins do the same from async code. An ``ImmediateDispatch``
+is sent through the broker as soon as the row is committed (inside an outer
+``transaction.atomic()``, when that one commits).
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any, Final
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
+from django_taskiq_beat.triggers import (
+    ImmediateDispatch,
+    OneOffSchedule,
+    PeriodicSchedule,
+    Trigger,
+    trigger_kind,
+)
+
+if TYPE_CHECKING:
+    from django_taskiq_beat.app import SchedulerApp
+
+logger = logging.getLogger("django_taskiq_beat.scheduler")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+"""``upsert(is_enabled=UNSET)``: keep the job's current enabled state."""
+
+_MAX_ID_LENGTH = SchedulerJob._meta.get_field("id").max_length
+_MAX_NAME_LENGTH = SchedulerJob._meta.get_field("name").max_length
+
+
+def task_name_of(task: Any, field: str = "task") -> str:
+    """The name of a taskiq task object, or the stripped string given."""
+    name = task if isinstance(task, str) else getattr(task, "task_name", None)
+    if not isinstance(name, str):
+        raise SchedulerValidationError(field, task, "Scheduler task must have a task_name.")
+    if not name.strip():
+        raise SchedulerValidationError(field, task, "Task name must not be empty.")
+    return name.strip()
+
+
+def require_json(value: Any, field: str, expected: type) -> Any:
+    """A JSON-serialisable copy of ``value``, which must be a list/tuple or a dict."""
+    if value is None:
+        return expected()
+    if expected is list and isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, expected):
+        raise SchedulerValidationError(field, value, f"Must be a JSON {'array' if expected is list else 'object'}.")
+    if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
+        raise SchedulerValidationError(field, value, "Keys must be strings.")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise SchedulerValidationError(field, value, f"Must be JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TaskCall:
+    """What a job sends: a task name and its JSON arguments, plus stored-only metadata."""
+
+    task_name: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def _check_identity(job_id: Any, name: Any, description: Any) -> None:
+    if job_id is not None and (not isinstance(job_id, str) or not job_id.strip() or len(job_id) > _MAX_ID_LENGTH):
+        raise SchedulerValidationError(
+            "job_id", job_id, f"Job id must be a non-empty string of at most {_MAX_ID_LENGTH} characters."
+        )
+    if name is not None and (not isinstance(name, str) or len(name) > _MAX_NAME_LENGTH):
+        raise SchedulerValidationError("name", name, f"Name must be a string of at most {_MAX_NAME_LENGTH} characters.")
+    if description is not None and not isinstance(description, str):
+        raise SchedulerValidationError("description", description, "Description must be a string.")
+
+
+class ScheduleBuilder:
+    """Turns a validated ``TaskCall`` plus a trigger into a job row."""
+
+    def __init__(self, app: "SchedulerApp") -> None:
+        self.app = app
+
+    def task_call(self) -> TaskCall:
+        """The validated call this builder schedules; subclasses say what it is."""
+        raise NotImplementedError
+
+    # -- validation --------------------------------------------------------------
+
+    def _validated(self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any) -> tuple[Trigger, TaskCall]:
+        if not isinstance(trigger, ImmediateDispatch | OneOffSchedule | PeriodicSchedule):
+            raise SchedulerValidationError(
+                "trigger", trigger, "Expected ImmediateDispatch, OneOffSchedule or PeriodicSchedule."
+            )
+        if isinstance(trigger, PeriodicSchedule):
+            trigger = trigger.with_timezone(self.app.config.default_timezone)
+        _check_identity(job_id, name, description)
+        if is_enabled is not UNSET and not isinstance(is_enabled, bool):
+            raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
+        call = self.task_call()
+        try:
+            find_task(self.app.broker, call.task_name)
+        except UnknownTaskError as exc:
+            raise SchedulerValidationError("task", call.task_name, str(exc)) from None
+        return trigger, call
+
+    # -- schedule ----------------------------------------------------------------
+
+    def schedule(
+        self,
+        trigger: Trigger | None = None,
+        job_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        is_enabled: bool = True,
+    ) -> SchedulerJob:
+        """Create a job; with no trigger, send the task now (``ImmediateDispatch``)."""
+        job, pending_run = self._create(trigger, job_id, name, description, is_enabled)
+        if pending_run is not None:
+            self._dispatch_now(job, pending_run)
+        return job
+
+    async def aschedule(
+        self,
+        trigger: Trigger | None = None,
+        job_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        is_enabled: bool = True,
+    ) -> SchedulerJob:
+        """Async twin of :meth:`schedule`."""
+        job, pending_run = await sync_to_async(self._create)(trigger, job_id, name, description, is_enabled)
+        if pending_run is not None:
+            await self._adispatch_now(job, pending_run)
+        return job
+
+    def _create(
+        self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool
+    ) -> tuple[SchedulerJob, SchedulerRun | None]:
+        """Insert the job; returns the run to send now, unless an outer transaction sends it on commit."""
+        trigger, call = self._validated(trigger or ImmediateDispatch(), job_id, name, description, is_enabled)
+        if not isinstance(is_enabled, bool):
+            raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
+        in_outer_transaction = transaction.get_connection().in_atomic_block
+        with transaction.atomic():
+            job = self._insert(trigger, call, job_id, name, description, is_enabled)
+            pending_run = None
+            if isinstance(trigger, ImmediateDispatch):
+                pending_run = SchedulerRun.objects.create(job=job, scheduled_for=job.created_at)
+                if in_outer_transaction:
+                    transaction.on_commit(partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True)
+                    pending_run = None
+        logger.info(
+            "Scheduler job created.", extra={"job_id": job.id, "task_name": job.task_name, "kind": job.kind}
+        )
+        return job, pending_run
+
+    def _insert(
+        self, trigger: Trigger, call: TaskCall, job_id: str | None, name: str | None, description: str | None,
+        is_enabled: bool,
+    ) -> SchedulerJob:
+        now = timezone.now()
+        job = SchedulerJob(
+            name=name, description=description, task_name=call.task_name, kind=trigger_kind(trigger),
+            strategy=trigger.strategy, trigger_payload=trigger.to_payload(), task_args=call.args,
+            task_kwargs=call.kwargs, metadata_payload=call.metadata, created_at=now, updated_at=now,
+        )
+        if job_id is not None:
+            job.id = job_id
+        if is_enabled and not isinstance(trigger, ImmediateDispatch):
+            job.arm(now)
+        else:
+            job.disarm()
+        job.save(force_insert=True)
+        return job
+
+    # -- upsert ------------------------------------------------------------------
+
+    def upsert(
+        self,
+        trigger: Trigger,
+        job_id: str,
+        name: str | None = None,
+        description: str | None = None,
+        is_enabled: bool | _Unset = UNSET,
+    ) -> SchedulerJob:
+        """Create the job ``job_id`` or bring it in line with this definition.
+
+        The slot is kept when nothing that decides it changed. An operator's pause is
+        kept unless ``is_enabled`` is passed, and a one-off that already ran is not
+        run again unless its trigger changed.
+        """
+        if isinstance(trigger, ImmediateDispatch):
+            raise SchedulerValidationError(
+                "trigger", trigger, "ImmediateDispatch cannot be used with upsert; use schedule() instead."
+            )
+        if job_id is None:
+            raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
+        trigger, call = self._validated(trigger, job_id, name, description, is_enabled)
+        for _attempt in range(2):
+            try:
+                with transaction.atomic():
+                    job = SchedulerJob.objects.select_for_update().filter(pk=job_id).first()
+                    created = job is None
+                    if job is None:
+                        job = self._insert(trigger, call, job_id, name, description, is_enabled is not False)
+                    else:
+                        self._update(job, trigger, call, name, description, is_enabled)
+                break
+            except IntegrityError:  # a concurrent upsert created it first: update that row
+                continue
+        logger.info(
+            "Scheduler job upserted.",
+            extra={"job_id": job.id, "task_name": job.task_name, "kind": job.kind, "job_created": created},
+        )
+        return job
+
+    async def aupsert(
+        self,
+        trigger: Trigger,
+        job_id: str,
+        name: str | None = None,
+        description: str | None = None,
+        is_enabled: bool | _Unset = UNSET,
+    ) -> SchedulerJob:
+        """Async twin of :meth:`upsert`."""
+        return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled)
+
+    def _update(
+        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, name: str | None, description: str | None,
+        is_enabled: bool | _Unset,
+    ) -> None:
+        now = timezone.now()
+        new_trigger = (trigger_kind(trigger), trigger.strategy, trigger.to_payload())
+        trigger_changed = new_trigger != (job.kind, job.strategy, job.trigger_payload)
+        call_changed = (call.task_name, call.args, call.kwargs) != (job.task_name, job.task_args, job.task_kwargs)
+        job.kind, job.strategy, job.trigger_payload = new_trigger
+        job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
+        job.metadata_payload, job.name, job.description = call.metadata, name, description
+        if is_enabled is False:
+            job.disarm()
+        elif job.is_finished:
+            if trigger_changed:
+                job.arm(now)
+        elif (is_enabled is True and not job.is_enabled) or (
+            job.is_enabled and (trigger_changed or call_changed or job.next_run_at is None)
+        ):
+            job.arm(now)
+            logger.debug("Recalculated next run for scheduler job.", extra={"job_id": job.id, "task_name": job.task_name})
+        job.updated_at = now
+        job.save()
+
+    # -- immediate dispatch -------------------------------------------------------
+
+    async def _send(self, job: SchedulerJob, run: SchedulerRun) -> Exception | None:
+        """Hand the task to the broker; returns the error instead of raising it."""
+        try:
+            await send_task(
+                self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id
+            )
+        except Exception as exc:
+            return exc
+        return None
+
+    def _record(self, job: SchedulerJob, run: SchedulerRun, dispatched_at: Any, error: Exception | None) -> None:
+        """Store the outcome of an immediate dispatch on the job and its run."""
+        now = timezone.now()
+        run.status = RunStatus.FAILED if error else RunStatus.DISPATCHED
+        run.dispatched_at, run.finished_at, run.updated_at = dispatched_at, now, now
+        run.broker_task_id = None if error else run.id
+        run.error = describe_error(error) if error else None
+        job.last_run_at, job.updated_at, job.finished_at = dispatched_at, now, now
+        job.last_error = run.error
+        job.dispatch_count += 1
+        if error is None:
+            job.last_dispatched_task_id = run.id
+        with transaction.atomic():
+            job.save(update_fields=[
+                "last_run_at", "updated_at", "finished_at", "last_error", "dispatch_count", "last_dispatched_task_id",
+            ])
+            if error is None and not self.app.config.record_runs:
+                run.delete()
+            else:
+                run.save()
+        extra = {"job_id": job.id, "task_name": job.task_name}
+        if error is None:
+            logger.info("Immediate dispatch succeeded.", extra={**extra, "broker_task_id": run.id})
+        else:
+            logger.error("Immediate dispatch failed.", extra=extra, exc_info=error)
+
+    def _dispatch_now(self, job: SchedulerJob, run: SchedulerRun, raise_errors: bool = True) -> None:
+        dispatched_at = timezone.now()
+        error = run_from_sync(self._send, job, run)
+        self._record(job, run, dispatched_at, error)
+        if error is not None and raise_errors:
+            raise error
+
+    async def _adispatch_now(self, job: SchedulerJob, run: SchedulerRun) -> None:
+        dispatched_at = timezone.now()
+        error = await self._send(job, run)
+        await sync_to_async(self._record)(job, run, dispatched_at, error)
+        if error is not None:
+            raise error
+
+
+class SingleScheduleBuilder(ScheduleBuilder):
+    """Schedules one task with fixed args and kwargs."""
+
+    def __init__(
+        self, app: "SchedulerApp", *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
+    ) -> None:
+        super().__init__(app)
+        self._call = TaskCall(
+            task_name=task_name_of(task),
+            args=require_json(args, "args", list),
+            kwargs=require_json(kwargs, "kwargs", dict),
+            metadata=require_json(metadata, "metadata", dict),
+        )
+
+    def task_call(self) -> TaskCall:
+        return self._call

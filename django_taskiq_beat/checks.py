@@ -1,0 +1,44 @@
+"""System checks: ``manage.py check`` reports a bad ``TASKIQ_BEAT`` before anything runs."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
+from django_taskiq_beat.exceptions import SchedulerValidationError
+
+_HINT = f"See the settings reference in django-taskiq-beat's README ({SETTINGS_NAME})."
+
+
+@register(Tags.compatibility)
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    messages: list[CheckMessage] = []
+    if not settings.USE_TZ:
+        messages.append(Error(
+            "django_taskiq_beat needs USE_TZ = True: every schedule is kept in timezone-aware datetimes.",
+            hint="Set USE_TZ = True in your settings.", id="django_taskiq_beat.E004",
+        ))
+    try:
+        SchedulerConfig.from_settings()
+    except SchedulerValidationError as exc:
+        check_id = "django_taskiq_beat.E002" if exc.field == "default_timezone" else "django_taskiq_beat.E001"
+        what = "DEFAULT_TIMEZONE (or TIME_ZONE)" if exc.field == "default_timezone" else SETTINGS_NAME
+        messages.append(Error(f"Invalid {what}: {exc}", hint=_HINT, id=check_id))
+    try:
+        path = broker_path()
+    except SchedulerValidationError:
+        return messages  # already reported as E001
+    if not path:
+        messages.append(Warning(
+            f"{SETTINGS_NAME}['BROKER'] is not set: get_scheduler_app() and run_taskiq_beat need it.",
+            hint="Set it to the 'package.module:broker' path of your taskiq broker.",
+            id="django_taskiq_beat.W001",
+        ))
+        return messages
+    try:
+        load_broker(path)
+    except ImproperlyConfigured as exc:
+        messages.append(Error(str(exc), hint=_HINT, id="django_taskiq_beat.E003"))
+    return messages

@@ -1,0 +1,118 @@
+"""``SchedulerConfig`` and reading ``settings.TASKIQ_BEAT`` into it."""
+
+import math
+import uuid
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from taskiq import AsyncBroker
+from taskiq.cli.utils import import_object
+
+from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.triggers import resolve_timezone
+
+SETTINGS_NAME = "TASKIQ_BEAT"
+BROKER_KEY = "BROKER"
+
+
+def _new_scheduler_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerConfig:
+    """How the scheduler behaves; every value is checked when the object is built."""
+
+    scheduler_id: str = field(default_factory=_new_scheduler_id)
+    sync_interval_seconds: float = 1.0
+    idle_sleep_seconds: float = 0.2
+    claim_ttl_seconds: int = 60
+    dispatch_retry_seconds: int = 5
+    dispatch_concurrency: int = 32
+    dispatch_batch_size: int = 256
+    record_runs: bool = True
+    run_history_retention_days: int | None = None
+    run_cleanup_interval_seconds: float = 3600.0
+    completed_job_retention_days: int | None = None
+    job_cleanup_interval_seconds: float = 3600.0
+    default_timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.scheduler_id, str) or not self.scheduler_id.strip():
+            raise SchedulerValidationError("scheduler_id", self.scheduler_id, "Must be a non-empty string.")
+        if len(self.scheduler_id) > 128:
+            raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
+        for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
+                     "job_cleanup_interval_seconds"):
+            _check_number(name, getattr(self, name), allow_float=True, minimum_exclusive=0)
+        for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_concurrency",
+                     "dispatch_batch_size"):
+            _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=0)
+        for name in ("run_history_retention_days", "completed_job_retention_days"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=-1)
+        if not isinstance(self.record_runs, bool):
+            raise SchedulerValidationError("record_runs", self.record_runs, "Must be True or False.")
+        object.__setattr__(
+            self, "default_timezone", resolve_timezone(self.default_timezone, "default_timezone").key
+        )
+
+    @classmethod
+    def from_settings(cls) -> "SchedulerConfig":
+        """The config in ``settings.TASKIQ_BEAT``; ``DEFAULT_TIMEZONE`` falls back to ``TIME_ZONE``."""
+        options = _settings_dict()
+        known = {item.name.upper(): item.name for item in fields(cls)}
+        values: dict[str, Any] = {"default_timezone": settings.TIME_ZONE or "UTC"}
+        for key, value in options.items():
+            if key == BROKER_KEY:
+                continue
+            if key not in known:
+                raise SchedulerValidationError(
+                    f"{SETTINGS_NAME}[{key!r}]", value,
+                    f"Unknown setting; known keys: {', '.join([BROKER_KEY, *sorted(known)])}.",
+                )
+            values[known[key]] = value
+        return cls(**values)
+
+
+def _check_number(name: str, value: Any, *, allow_float: bool, minimum_exclusive: float) -> None:
+    kinds = (int, float) if allow_float else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        expected = "a number" if allow_float else "an integer"
+        raise SchedulerValidationError(name, value, f"Must be {expected}.")
+    if value <= minimum_exclusive:
+        bound = "positive" if minimum_exclusive == 0 else "zero or more"
+        raise SchedulerValidationError(name, value, f"Must be {bound}.")
+
+
+def _settings_dict() -> dict[str, Any]:
+    options = getattr(settings, SETTINGS_NAME, {})
+    if not isinstance(options, dict):
+        raise SchedulerValidationError(SETTINGS_NAME, options, "Must be a dict.")
+    return options
+
+
+def broker_path() -> str | None:
+    """``TASKIQ_BEAT["BROKER"]``: the ``module:attribute`` path of the project's broker."""
+    return _settings_dict().get(BROKER_KEY)
+
+
+def load_broker(path: str) -> AsyncBroker:
+    """Import the broker at ``module:attribute``; the error names the path and the cause."""
+    if not isinstance(path, str) or ":" not in path or path.startswith(":") or path.endswith(":"):
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r}: expected 'package.module:broker'."
+        )
+    try:
+        broker = import_object(path)
+    except Exception as exc:  # an import runs arbitrary module code
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r} does not import: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(broker, AsyncBroker):
+        raise ImproperlyConfigured(
+            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r} is a {type(broker).__name__}, not a taskiq broker."
+        )
+    return broker

@@ -1,0 +1,132 @@
+"""The two tables: ``scheduler_job`` (what to send and when) and ``scheduler_run`` (each send)."""
+
+import uuid
+
+from datetime import datetime
+
+from django.db import models
+from django.utils import timezone
+
+from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JobKind(models.TextChoices):
+    ONE_OFF = "one_off", "one-off"
+    PERIODIC = "periodic", "periodic"
+
+
+class JobStrategy(models.TextChoices):
+    IMMEDIATE = "immediate", "immediate"
+    ONE_OFF = "one_off", "one-off"
+    INTERVAL = "interval", "interval"
+    CRONTAB = "crontab", "crontab"
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", "pending"  # claimed, written, not yet handed to the broker
+    DISPATCHED = "dispatched", "dispatched"
+    FAILED = "failed", "failed"
+
+
+class SchedulerJob(models.Model):
+    """A task to send to the broker, with its trigger and its dispatch state.
+
+    ``next_run_at`` is the next slot (NULL: nothing scheduled). ``finished_at`` marks a
+    job with no slot left (a one-off that ran, a window that ended); ``resume`` and
+    ``upsert`` leave such a job finished, ``run_now`` runs it once more.
+    """
+
+    id = models.CharField(primary_key=True, max_length=255, default=new_id)
+    name = models.CharField(max_length=255, null=True, blank=True)
+    description = models.TextField(null=True, blank=True)
+    task_name = models.CharField(max_length=255, db_index=True)
+    kind = models.CharField(max_length=16, choices=JobKind.choices)
+    strategy = models.CharField(max_length=16, choices=JobStrategy.choices)
+    trigger_payload = models.JSONField(default=dict)
+    task_args = models.JSONField(default=list)
+    task_kwargs = models.JSONField(default=dict)
+    metadata_payload = models.JSONField(default=dict)
+    is_enabled = models.BooleanField(default=True, db_index=True)
+    next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    claimed_by = models.CharField(max_length=128, null=True, blank=True, db_index=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claim_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(null=True, blank=True)
+    last_dispatched_task_id = models.CharField(max_length=255, null=True, blank=True)
+    dispatch_count = models.PositiveIntegerField(default=0)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "scheduler_job"
+        verbose_name = "scheduler job"
+        indexes = [
+            models.Index(
+                fields=["is_enabled", "next_run_at", "claim_expires_at"],
+                name="ix_scheduler_job_ready_lookup",
+            ),
+            models.Index(fields=["claimed_by", "claim_expires_at"], name="ix_scheduler_job_claim_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name or self.id
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished_at is not None
+
+    @property
+    def trigger(self) -> Trigger:
+        """The trigger rebuilt from the stored columns; raises on a corrupt payload."""
+        return trigger_from_row(self.kind, self.strategy, self.trigger_payload)
+
+    def arm(self, now: datetime) -> None:
+        """Enable the job on its next slot after ``now``, or finish it when none is left."""
+        self.next_run_at = next_slot(self.trigger, now, self.created_at)
+        self.is_enabled = self.next_run_at is not None
+        self.finished_at = None if self.is_enabled else (self.finished_at or now)
+        self.release_claim()
+
+    def disarm(self) -> None:
+        """Stop the job without finishing it: no slot until it is resumed."""
+        self.is_enabled = False
+        self.next_run_at = None
+        self.release_claim()
+
+    def release_claim(self) -> None:
+        self.claimed_by = self.claimed_at = self.claim_expires_at = None
+
+
+class SchedulerRun(models.Model):
+    """One dispatch of a job's slot. Its id is the taskiq ``task_id`` of the message."""
+
+    id = models.CharField(primary_key=True, max_length=36, default=new_id)
+    job = models.ForeignKey(SchedulerJob, on_delete=models.CASCADE, related_name="runs")
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
+    scheduled_for = models.DateTimeField(db_index=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    broker_task_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
+    error = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "scheduler_run"
+        verbose_name = "scheduler run"
+        constraints = [
+            models.UniqueConstraint(fields=["job", "scheduled_for"], name="uq_scheduler_run_job_slot"),
+        ]
+        indexes = [
+            models.Index(fields=["job", "finished_at"], name="ix_scheduler_run_job_finished"),
+            models.Index(fields=["status", "finished_at"], name="ix_scheduler_run_status_fin"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} @ {self.scheduled_for.isoformat()}"

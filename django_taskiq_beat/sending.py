@@ -1,0 +1,124 @@
+"""Handing a job's task to the broker, from async and from sync code.
+
+Every message carries the run id as its taskiq ``task_id`` and two scalar labels
+naming the job and the run, so the worker side can report back.
+"""
+
+import asyncio
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import SyncToAsync, async_to_sync
+from django.utils.module_loading import autodiscover_modules
+from taskiq import AsyncBroker
+from taskiq.decor import AsyncTaskiqDecoratedTask
+
+JOB_LABEL = "scheduler_job_id"
+RUN_LABEL = "scheduler_run_id"
+
+_T = TypeVar("_T")
+_started_brokers: "weakref.WeakSet[AsyncBroker]" = weakref.WeakSet()
+
+
+class UnknownTaskError(LookupError):
+    """The broker has no task of that name, even after importing every app's ``tasks``."""
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        super().__init__(f"Task '{task_name}' is not registered in Taskiq.")
+
+
+def describe_error(error: BaseException, limit: int = 4000) -> str:
+    """``Type: message``, with the chain of causes, cut to ``limit`` characters."""
+    parts, seen = [], set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        parts.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    text = " <- caused by ".join(parts)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def find_task(broker: AsyncBroker, task_name: str) -> AsyncTaskiqDecoratedTask[Any, Any]:
+    """The broker's task called ``task_name``; imports each installed app's ``tasks`` once if needed."""
+    task = broker.find_task(task_name)
+    if task is None:
+        autodiscover_modules("tasks")
+        task = broker.find_task(task_name)
+    if task is None:
+        raise UnknownTaskError(task_name)
+    return task
+
+
+def mark_broker_started(broker: AsyncBroker) -> None:
+    """Record that this process started ``broker`` itself, so sends do not start it again."""
+    _started_brokers.add(broker)
+
+
+async def ensure_broker_started(broker: AsyncBroker) -> None:
+    """Start the broker on first use, unless a worker or the caller already did."""
+    if broker.is_worker_process or broker in _started_brokers:
+        return
+    _started_brokers.add(broker)
+    try:
+        await broker.startup()
+    except BaseException:
+        _started_brokers.discard(broker)
+        raise
+
+
+async def send_task(
+    broker: AsyncBroker,
+    task_name: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    *,
+    job_id: str,
+    run_id: str,
+) -> str:
+    """Send the task with the run id as ``task_id``; return the broker's task id."""
+    task = find_task(broker, task_name)
+    await ensure_broker_started(broker)
+    sent = await (
+        task.kicker()
+        .with_task_id(run_id)
+        .with_labels(**{JOB_LABEL: job_id, RUN_LABEL: run_id})
+        .kiq(*args, **kwargs)
+    )
+    return sent.task_id
+
+
+def run_from_sync(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """Run a coroutine function from sync code, on a loop that outlives the call.
+
+    Under ``sync_to_async`` (an async caller, ASGI) it runs on the caller's loop.
+    Anywhere else (WSGI, shells, commands) it runs on one background loop per process,
+    so a broker's connections stay bound to one loop across calls.
+    """
+    if _caller_event_loop() is not None:
+        return async_to_sync(function)(*args)
+    return asyncio.run_coroutine_threadsafe(function(*args), _background_loop()).result()
+
+
+def _caller_event_loop() -> asyncio.AbstractEventLoop | None:
+    # asgiref records the async caller's loop in this thread-local (AsyncToSync reads it too).
+    if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
+        return None
+    return getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+
+
+_loop_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _background_loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _loop_lock:
+        if _loop is None or _loop.is_closed():
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="taskiq-beat-send", daemon=True).start()
+        return _loop

@@ -1,0 +1,370 @@
+"""Trigger value objects: what a job's schedule is, how it is stored, when it fires next.
+
+Every trigger is a frozen dataclass validated on construction. ``to_payload`` /
+``from_payload`` give the JSON stored in ``scheduler_job.trigger_payload``, in the
+formats of taskiq-beat.
+"""
+
+import math
+import re
+import zoneinfo
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from croniter import CroniterError
+
+from django_taskiq_beat import cron
+from django_taskiq_beat.exceptions import SchedulerValidationError
+
+_INTERVAL_UNITS = ("seconds", "minutes", "hours", "days")
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_TIME_OF_DAY = re.compile(r"^(?P<hour>\d{1,2}):(?P<minute>\d{2})$")
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def resolve_timezone(name: Any, field: str = "timezone") -> zoneinfo.ZoneInfo:
+    """The IANA zone called ``name``; "utc" in any case is UTC."""
+    if not isinstance(name, str) or not name.strip():
+        raise SchedulerValidationError(field, name, "Timezone must be a non-empty IANA name.")
+    key = "UTC" if name.strip().upper() == "UTC" else name.strip()
+    try:
+        return zoneinfo.ZoneInfo(key)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise SchedulerValidationError(field, name, f"Unknown timezone: {exc}") from None
+
+
+def require_aware(value: Any, field: str) -> datetime:
+    """Return ``value`` in UTC; every schedule time must carry its timezone."""
+    if not isinstance(value, datetime):
+        raise SchedulerValidationError(field, value, "Expected a datetime.")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise SchedulerValidationError(field, value, f"{field} must be timezone-aware.")
+    return value.astimezone(UTC)
+
+
+def _parse_instant(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise SchedulerValidationError(field, value, "Expected an ISO-8601 string.")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SchedulerValidationError(field, value, "Not an ISO-8601 datetime.") from None
+    return require_aware(parsed, field)
+
+
+def _require_mapping(payload: Any, field: str) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise SchedulerValidationError(field, payload, "Expected a JSON object.")
+    return payload
+
+
+@dataclass(frozen=True)
+class ImmediateDispatch:
+    """Send the task at once and record the job; valid with ``schedule()`` only."""
+
+    strategy: ClassVar[str] = "immediate"
+
+    def to_payload(self) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "ImmediateDispatch":
+        _require_mapping(payload, "trigger_payload")
+        return cls()
+
+
+@dataclass(frozen=True)
+class IntervalTrigger:
+    """A fixed period given in exactly one unit."""
+
+    seconds: float | None = None
+    minutes: float | None = None
+    hours: float | None = None
+    days: float | None = None
+
+    def __post_init__(self) -> None:
+        given = {unit: getattr(self, unit) for unit in _INTERVAL_UNITS if getattr(self, unit) is not None}
+        if len(given) != 1:
+            raise SchedulerValidationError(
+                "interval", given or None, "Interval must contain exactly one unit."
+            )
+        (unit, value), = given.items()
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SchedulerValidationError(unit, value, "Interval values must be numbers.")
+        if value <= 0:
+            raise SchedulerValidationError(unit, value, "Interval values must be positive.")
+
+    @property
+    def total_seconds(self) -> float:
+        unit_seconds = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+        return sum(getattr(self, unit) * size for unit, size in unit_seconds.items() if getattr(self, unit))
+
+    def next_after(self, after: datetime, anchor: datetime) -> datetime:
+        """The first point of the grid ``anchor + k * interval`` strictly after ``after``."""
+        anchor = anchor.replace(microsecond=0)
+        after = after.replace(microsecond=0)
+        if after < anchor:
+            return anchor
+        step = timedelta(seconds=self.total_seconds)
+        return anchor + ((after - anchor) // step + 1) * step
+
+    def to_payload(self) -> dict[str, Any]:
+        return {unit: getattr(self, unit) for unit in _INTERVAL_UNITS}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "IntervalTrigger":
+        data = _require_mapping(payload, "interval")
+        return cls(**{unit: data.get(unit) for unit in _INTERVAL_UNITS})
+
+
+@dataclass(frozen=True)
+class CrontabTrigger:
+    """Standard cron plus a leading seconds field, matched in ``timezone``.
+
+    Fields take cron syntax (``*``, lists, ranges, steps, names such as ``mon`` or
+    ``jan``); day_of_week 0 and 7 are Sunday. A trigger without a timezone takes
+    ``DEFAULT_TIMEZONE`` when it is scheduled.
+    """
+
+    second: str = "0"
+    minute: str = "*"
+    hour: str = "*"
+    day_of_month: str = "*"
+    month_of_year: str = "*"
+    day_of_week: str = "*"
+    timezone: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in cron.FIELD_NAMES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                raise SchedulerValidationError(name, value, "Cron fields must be strings.")
+            text = str(value).strip().lower()
+            if not text or len(text.split()) != 1:
+                raise SchedulerValidationError(name, value, "Cron field must be one non-empty token.")
+            probe = ["*"] * len(cron.FIELD_NAMES)
+            probe[cron.FIELD_NAMES.index(name)] = text
+            try:
+                cron.expand(" ".join(probe))
+            except (CroniterError, ValueError) as exc:
+                raise SchedulerValidationError(name, value, f"Invalid cron field: {exc}") from None
+            object.__setattr__(self, name, text)
+        if self.timezone is not None:
+            object.__setattr__(self, "timezone", resolve_timezone(self.timezone).key)
+        if cron.never_matches(self.expression):
+            raise SchedulerValidationError(
+                "crontab", self.expression, "Unable to compute next run for crontab: it never matches."
+            )
+
+    @property
+    def expression(self) -> str:
+        """The six fields, seconds first."""
+        return " ".join(getattr(self, name) for name in cron.FIELD_NAMES)
+
+    @classmethod
+    def from_expression(cls, expression: str, timezone: str | None = None) -> "CrontabTrigger":
+        """Five fields (standard cron), six fields (seconds first) or an ``@daily``-style macro."""
+        if not isinstance(expression, str):
+            raise SchedulerValidationError("crontab", expression, "Expected a cron expression string.")
+        text = _MACROS.get(expression.strip().lower(), expression)
+        parts = text.split()
+        if len(parts) == 5:
+            parts = ["0", *parts]
+        if len(parts) != 6:
+            raise SchedulerValidationError(
+                "crontab", expression, "A cron expression has 5 fields, or 6 with seconds first."
+            )
+        return cls(**dict(zip(cron.FIELD_NAMES, parts, strict=True)), timezone=timezone)
+
+    @classmethod
+    def every(
+        cls,
+        *,
+        seconds: int | None = None,
+        minutes: int | None = None,
+        hours: int | None = None,
+        days: int | None = None,
+        monday: str | None = None,
+        tuesday: str | None = None,
+        wednesday: str | None = None,
+        thursday: str | None = None,
+        friday: str | None = None,
+        saturday: str | None = None,
+        sunday: str | None = None,
+        timezone: str | None = None,
+    ) -> "CrontabTrigger":
+        """Shorthand; the first given argument wins: seconds, minutes, hours, days, weekdays.
+
+        These are cron steps, so ``every(seconds=7)`` fires at :00, :07 ... :56, :00.
+        """
+        if seconds:
+            return cls(second=f"*/{seconds}", timezone=timezone)
+        if minutes:
+            return cls(minute=f"*/{minutes}", timezone=timezone)
+        if hours:
+            return cls(minute="0", hour=f"*/{hours}", timezone=timezone)
+        if days:
+            return cls(minute="0", hour="0", day_of_month=f"*/{days}", timezone=timezone)
+        weekday_times = (monday, tuesday, wednesday, thursday, friday, saturday, sunday)
+        for weekday, time_of_day in zip(_WEEKDAYS, weekday_times, strict=True):
+            if time_of_day:
+                match = _TIME_OF_DAY.match(str(time_of_day).strip())
+                if not match or int(match["hour"]) > 23 or int(match["minute"]) > 59:
+                    raise SchedulerValidationError(weekday, time_of_day, "Invalid time format: use HH:MM.")
+                return cls(
+                    minute=str(int(match["minute"])),
+                    hour=str(int(match["hour"])),
+                    day_of_week=weekday[:3],
+                    timezone=timezone,
+                )
+        raise SchedulerValidationError("every", None, "Invalid parameters for crontab generation.")
+
+    def with_timezone(self, default_timezone: str) -> "CrontabTrigger":
+        """This trigger with its timezone resolved (its own, else the default)."""
+        return self if self.timezone else replace(self, timezone=default_timezone)
+
+    def next_after(self, after: datetime) -> datetime:
+        """The first fire time strictly after ``after``, following the DST rule of ``cron``."""
+        zone = resolve_timezone(self.timezone or "UTC")
+        return cron.next_fire_time(self.expression, zone, after)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "CrontabTrigger":
+        data = _require_mapping(payload, "crontab")
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass(frozen=True)
+class OneOffSchedule:
+    """Run once at ``run_at``; a time already past runs at once."""
+
+    run_at: datetime
+    strategy: ClassVar[str] = "one_off"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "run_at", require_aware(self.run_at, "run_at"))
+
+    def next_run(self, now: datetime) -> datetime:
+        return max(self.run_at, now)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {"run_at": self.run_at.isoformat()}
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "OneOffSchedule":
+        data = _require_mapping(payload, "trigger_payload")
+        return cls(run_at=_parse_instant(data.get("run_at"), "run_at"))
+
+
+@dataclass(frozen=True)
+class PeriodicSchedule:
+    """An interval or a crontab, optionally limited to the window [start_at, end_at]."""
+
+    interval: IntervalTrigger | None = None
+    crontab: CrontabTrigger | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if (self.interval is None) == (self.crontab is None):
+            raise SchedulerValidationError(
+                "trigger", None, "PeriodicSchedule needs exactly one of interval or crontab."
+            )
+        if self.interval is not None and not isinstance(self.interval, IntervalTrigger):
+            raise SchedulerValidationError("interval", self.interval, "Expected an IntervalTrigger.")
+        if self.crontab is not None and not isinstance(self.crontab, CrontabTrigger):
+            raise SchedulerValidationError("crontab", self.crontab, "Expected a CrontabTrigger.")
+        for name in ("start_at", "end_at"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, require_aware(getattr(self, name), name))
+        if self.start_at and self.end_at and self.end_at <= self.start_at:
+            raise SchedulerValidationError("end_at", self.end_at, "end_at must be later than start_at.")
+
+    @property
+    def strategy(self) -> str:
+        return "interval" if self.interval is not None else "crontab"
+
+    def next_after(self, after: datetime, anchor: datetime) -> datetime | None:
+        """The next slot strictly after ``after``, or None once the window has ended.
+
+        ``anchor`` (the job's ``created_at``) fixes the interval grid unless
+        ``start_at`` is set; a slot exactly at ``end_at`` still fires.
+        """
+        if self.end_at is not None and after >= self.end_at:
+            return None
+        if self.interval is not None:
+            candidate = self.interval.next_after(after, self.start_at or anchor)
+        else:
+            assert self.crontab is not None
+            if self.start_at is not None:
+                after = max(after, self.start_at - timedelta(microseconds=1))
+            candidate = self.crontab.next_after(after)
+        if self.end_at is not None and candidate > self.end_at:
+            return None
+        return candidate
+
+    def with_timezone(self, default_timezone: str) -> "PeriodicSchedule":
+        if self.crontab is None:
+            return self
+        return replace(self, crontab=self.crontab.with_timezone(default_timezone))
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "interval": self.interval.to_payload() if self.interval else None,
+            "crontab": self.crontab.to_payload() if self.crontab else None,
+            "start_at": self.start_at.isoformat() if self.start_at else None,
+            "end_at": self.end_at.isoformat() if self.end_at else None,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> "PeriodicSchedule":
+        data = _require_mapping(payload, "trigger_payload")
+        interval, crontab = data.get("interval"), data.get("crontab")
+        return cls(
+            interval=IntervalTrigger.from_payload(interval) if interval is not None else None,
+            crontab=CrontabTrigger.from_payload(crontab) if crontab is not None else None,
+            start_at=_parse_instant(data["start_at"], "start_at") if data.get("start_at") else None,
+            end_at=_parse_instant(data["end_at"], "end_at") if data.get("end_at") else None,
+        )
+
+
+Trigger = ImmediateDispatch | OneOffSchedule | PeriodicSchedule
+
+
+def trigger_kind(trigger: Trigger) -> str:
+    """The ``kind`` column: ``one_off`` or ``periodic``."""
+    return "periodic" if isinstance(trigger, PeriodicSchedule) else "one_off"
+
+
+def trigger_from_row(kind: str, strategy: str, payload: Any) -> Trigger:
+    """Rebuild a trigger from the ``kind``, ``strategy`` and ``trigger_payload`` columns."""
+    if strategy == "immediate":
+        return ImmediateDispatch.from_payload(payload)
+    if kind == "one_off":
+        return OneOffSchedule.from_payload(payload)
+    if kind == "periodic":
+        return PeriodicSchedule.from_payload(payload)
+    raise SchedulerValidationError("kind", kind, "Unknown job kind.")
+
+
+def next_slot(trigger: Trigger, now: datetime, anchor: datetime) -> datetime | None:
+    """The slot a job armed at ``now`` waits for; None when it has none left."""
+    if isinstance(trigger, OneOffSchedule):
+        return trigger.next_run(now)
+    if isinstance(trigger, PeriodicSchedule):
+        return trigger.next_after(now, anchor)
+    return None

@@ -1,0 +1,58 @@
+"""Shared fixtures: a fresh in-process broker per test, an app on it, sync/async callers."""
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from taskiq import InMemoryBroker
+
+from django_taskiq_beat import SchedulerApp, SchedulerConfig
+
+
+class Recorder:
+    """Collects what the test tasks were called with."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.calls]
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+@pytest.fixture
+def broker(recorder: Recorder) -> InMemoryBroker:
+    """A fresh broker (taskiq's shutdown is final) that runs tasks inside ``kiq``."""
+    broker = InMemoryBroker(await_inplace=True)
+
+    @broker.task(task_name="system.echo")
+    async def echo(*args: Any, **kwargs: Any) -> None:
+        recorder.calls.append(("system.echo", args, kwargs))
+
+    @broker.task(task_name="system.other")
+    def other(*args: Any, **kwargs: Any) -> None:
+        recorder.calls.append(("system.other", args, kwargs))
+
+    return broker
+
+@pytest.fixture
+def config() -> SchedulerConfig:
+    return SchedulerConfig(scheduler_id="test-scheduler", default_timezone="UTC")
+
+@pytest.fixture
+def app(broker: InMemoryBroker, config: SchedulerConfig) -> SchedulerApp:
+    return SchedulerApp(broker=broker, config=config)
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """``call(obj, "pause", job_id)`` runs ``obj.pause`` or, for the async run, ``obj.apause``."""
+
+    def invoke(obj: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return getattr(obj, method)(*args, **kwargs)
+        return async_to_sync(getattr(obj, f"a{method}"))(*args, **kwargs)
+
+    return invoke

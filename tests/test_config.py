@@ -1,0 +1,134 @@
+"""SchedulerConfig, settings.TASKIQ_BEAT and the system checks."""
+
+from typing import Any
+
+import pytest
+from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
+from taskiq import InMemoryBroker
+
+from django_taskiq_beat import SchedulerConfig, SchedulerValidationError, get_scheduler_app
+from django_taskiq_beat.conf import load_broker
+
+
+def check_ids() -> set[str]:
+    return {message.id for message in run_checks() if message.id and message.id.startswith("django_taskiq_beat")}
+
+
+def test_defaults_follow_the_reference() -> None:
+    config = SchedulerConfig()
+    assert len(config.scheduler_id) == 32
+    assert (config.sync_interval_seconds, config.idle_sleep_seconds, config.claim_ttl_seconds) == (1.0, 0.2, 60)
+    assert (config.dispatch_retry_seconds, config.dispatch_concurrency, config.dispatch_batch_size) == (5, 32, 256)
+    assert config.record_runs is True
+    assert (config.run_history_retention_days, config.completed_job_retention_days) == (None, None)
+    assert (config.run_cleanup_interval_seconds, config.job_cleanup_interval_seconds) == (3600.0, 3600.0)
+    assert SchedulerConfig().scheduler_id != config.scheduler_id
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(AttributeError):
+        SchedulerConfig().dispatch_batch_size = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("scheduler_id", " "), ("sync_interval_seconds", 0), ("idle_sleep_seconds", -1.0),
+        ("claim_ttl_seconds", 1.5), ("dispatch_retry_seconds", 0), ("dispatch_concurrency", True),
+        ("dispatch_batch_size", "10"), ("record_runs", 1), ("run_history_retention_days", -1),
+        ("completed_job_retention_days", 2.0), ("run_cleanup_interval_seconds", float("inf")),
+        ("default_timezone", "Nowhere/Special"),
+    ],
+)
+def test_invalid_config_names_the_field(field: str, value: Any) -> None:
+    with pytest.raises(SchedulerValidationError) as caught:
+        SchedulerConfig(**{field: value})
+    assert (caught.value.field, caught.value.value) == (field, value)
+
+
+def test_retention_zero_is_allowed() -> None:
+    assert SchedulerConfig(run_history_retention_days=0).run_history_retention_days == 0
+
+
+def test_settings_are_read_with_time_zone_as_default_timezone(settings: Any) -> None:
+    settings.TIME_ZONE = "Asia/Kolkata"
+    settings.TASKIQ_BEAT = {"BROKER": "testproject.tasks:broker", "DISPATCH_CONCURRENCY": 4, "RECORD_RUNS": False}
+    config = SchedulerConfig.from_settings()
+    assert (config.default_timezone, config.dispatch_concurrency, config.record_runs) == ("Asia/Kolkata", 4, False)
+    settings.TASKIQ_BEAT = {"DEFAULT_TIMEZONE": "UTC"}
+    assert SchedulerConfig.from_settings().default_timezone == "UTC"
+
+
+def test_unknown_setting_is_named(settings: Any) -> None:
+    settings.TASKIQ_BEAT = {"DISPATCH_BATCH": 10}
+    with pytest.raises(SchedulerValidationError, match="DISPATCH_BATCH"):
+        SchedulerConfig.from_settings()
+
+
+def test_get_scheduler_app_builds_one_app_from_settings(settings: Any) -> None:
+    settings.TASKIQ_BEAT = {"BROKER": "testproject.tasks:broker", "DISPATCH_BATCH_SIZE": 9}
+    app = get_scheduler_app()
+    assert app is get_scheduler_app()
+    from testproject.tasks import broker
+
+    assert app.broker is broker and app.config.dispatch_batch_size == 9
+    settings.TASKIQ_BEAT = {"BROKER": "testproject.tasks:broker", "DISPATCH_BATCH_SIZE": 3}
+    assert get_scheduler_app().config.dispatch_batch_size == 3
+
+
+def test_get_scheduler_app_without_broker_says_what_to_set(settings: Any) -> None:
+    settings.TASKIQ_BEAT = {}
+    with pytest.raises(ImproperlyConfigured, match=r"TASKIQ_BEAT\['BROKER'\]"):
+        get_scheduler_app()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("testproject.tasks", "expected 'package.module:broker'"),
+        ("testproject.missing:broker", "does not import: ModuleNotFoundError"),
+        ("testproject.tasks:nothing", "does not import: AttributeError"),
+        ("testproject.tasks:heartbeat", "not a taskiq broker"),
+    ],
+)
+def test_load_broker_errors_name_the_path(path: str, message: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=message) as caught:
+        load_broker(path)
+    assert path in str(caught.value)
+
+
+def test_load_broker_returns_the_broker() -> None:
+    assert isinstance(load_broker("testproject.tasks:broker"), InMemoryBroker)
+
+
+# -- system checks ----------------------------------------------------------------------------
+
+def test_valid_settings_pass_the_checks() -> None:
+    assert check_ids() == set()
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "check_id"),
+    [
+        ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "SYNC_INTERVAL_SECONDS": -1}, "django_taskiq_beat.E001"),
+        ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "NOPE": 1}, "django_taskiq_beat.E001"),
+        ("TASKIQ_BEAT", ["not", "a", "dict"], "django_taskiq_beat.E001"),
+        ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "DEFAULT_TIMEZONE": "Mars/Base"}, "django_taskiq_beat.E002"),
+        ("TASKIQ_BEAT", {"BROKER": "testproject.nowhere:broker"}, "django_taskiq_beat.E003"),
+        ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:add"}, "django_taskiq_beat.E003"),
+        ("TASKIQ_BEAT", {}, "django_taskiq_beat.W001"),
+        ("USE_TZ", False, "django_taskiq_beat.E004"),
+    ],
+)
+def test_bad_settings_are_reported_by_manage_py_check(settings: Any, setting: str, value: Any, check_id: str) -> None:
+    setattr(settings, setting, value)
+    assert check_ids() == {check_id}
+
+
+def test_check_messages_are_clear(settings: Any) -> None:
+    settings.TASKIQ_BEAT = {"BROKER": "testproject.nowhere:broker", "DEFAULT_TIMEZONE": "Mars/Base"}
+    messages = {message.id: message.msg for message in run_checks()}
+    assert "Mars/Base" in messages["django_taskiq_beat.E002"]
+    assert "testproject.nowhere:broker" in messages["django_taskiq_beat.E003"]
+    assert "ModuleNotFoundError" in messages["django_taskiq_beat.E003"]
