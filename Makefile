@@ -23,6 +23,7 @@ test-postgres: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python testproject/manage.py migrate --verbosity 0
 	$(BIN)/python testproject/manage.py demo_jobs
+	$(BIN)/python testproject/manage.py run_taskiq_beat
 
 tox: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet tox

@@ -18,6 +18,7 @@ from django_taskiq_beat.triggers import (
 
 if TYPE_CHECKING:
     from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
+    from django_taskiq_beat.engine import SchedulerHealthSnapshot
 
 __all__ = [
     "CrontabTrigger",
@@ -28,16 +29,21 @@ __all__ = [
     "PeriodicSchedule",
     "SchedulerApp",
     "SchedulerConfig",
+    "SchedulerHealthSnapshot",
     "SchedulerValidationError",
     "get_scheduler_app",
 ]
 
-_LAZY = {"SchedulerApp", "get_scheduler_app"}
+_LAZY = {
+    "SchedulerApp": "django_taskiq_beat.app",
+    "get_scheduler_app": "django_taskiq_beat.app",
+    "SchedulerHealthSnapshot": "django_taskiq_beat.engine",
+}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from django_taskiq_beat import app
+        from importlib import import_module
 
-        return getattr(app, name)
+        return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

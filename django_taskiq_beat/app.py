@@ -16,6 +16,7 @@ from taskiq import AsyncBroker
 
 from django_taskiq_beat.builders import SingleScheduleBuilder
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
+from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 from django_taskiq_beat.triggers import require_aware
@@ -51,6 +52,26 @@ class SchedulerApp:
             raise ImproperlyConfigured(f"broker={broker!r} is not a taskiq broker.")
         self.broker = broker
         self.config = config if config is not None else SchedulerConfig.from_settings()
+        self.engine = SchedulerEngine(broker, self.config)
+
+    async def start(self) -> None:
+        """Start the beat engine in the running event loop (``run_taskiq_beat`` does this)."""
+        logger.info("Starting scheduler app.")
+        await self.engine.start()
+        logger.info("Scheduler app started.")
+
+    async def stop(self) -> None:
+        """Stop the engine after the batch in flight."""
+        logger.info("Stopping scheduler app.")
+        await self.engine.stop()
+        logger.info("Scheduler app stopped.")
+
+    def get_health_snapshot(self) -> SchedulerHealthSnapshot:
+        return self.engine.snapshot()
+
+    def job_changed(self) -> None:
+        """Tell this process's engine to look again once the current transaction commits."""
+        transaction.on_commit(self.engine.wake)
 
     def single(
         self, *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
@@ -84,6 +105,7 @@ class SchedulerApp:
         with transaction.atomic():
             job = self._locked(job_id)
             job.delete()
+            self.job_changed()
         logger.info("Scheduler job deleted.", extra={"job_id": job_id, "task_name": job.task_name})
 
     def purge_runs(self, *, finished_before: datetime) -> int:
@@ -116,6 +138,7 @@ class SchedulerApp:
             change(job, now)
             job.updated_at = now
             job.save()
+            self.job_changed()
         logger.info(message, extra={"job_id": job.id, "task_name": job.task_name})
         return job
 

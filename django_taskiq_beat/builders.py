@@ -161,6 +161,7 @@ class ScheduleBuilder:
         in_outer_transaction = transaction.get_connection().in_atomic_block
         with transaction.atomic():
             job = self._insert(trigger, call, job_id, name, description, is_enabled)
+            self.app.job_changed()
             pending_run = None
             if isinstance(trigger, ImmediateDispatch):
                 pending_run = SchedulerRun.objects.create(job=job, scheduled_for=job.created_at)
@@ -223,6 +224,7 @@ class ScheduleBuilder:
                         job = self._insert(trigger, call, job_id, name, description, is_enabled is not False)
                     else:
                         self._update(job, trigger, call, name, description, is_enabled)
+                    self.app.job_changed()
                 break
             except IntegrityError:  # a concurrent upsert created it first: update that row
                 continue

@@ -30,6 +30,8 @@ class SchedulerConfig:
     idle_sleep_seconds: float = 0.2
     claim_ttl_seconds: int = 60
     dispatch_retry_seconds: int = 5
+    dispatch_retry_max_seconds: int = 300
+    dispatch_timeout_seconds: float = 10.0
     dispatch_concurrency: int = 32
     dispatch_batch_size: int = 256
     record_runs: bool = True
@@ -45,14 +47,19 @@ class SchedulerConfig:
         if len(self.scheduler_id) > 128:
             raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
-                     "job_cleanup_interval_seconds"):
+                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds"):
             _check_number(name, getattr(self, name), allow_float=True, minimum_exclusive=0)
-        for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_concurrency",
-                     "dispatch_batch_size"):
+        for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds",
+                     "dispatch_concurrency", "dispatch_batch_size"):
             _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=0)
         for name in ("run_history_retention_days", "completed_job_retention_days"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=-1)
+        if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
+            raise SchedulerValidationError(
+                "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,
+                "Must be at least dispatch_retry_seconds.",
+            )
         if not isinstance(self.record_runs, bool):
             raise SchedulerValidationError("record_runs", self.record_runs, "Must be True or False.")
         object.__setattr__(

@@ -11,6 +11,7 @@ match is mapped to real instants under one rule:
 """
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from croniter import CroniterBadDateError, croniter
@@ -25,6 +26,7 @@ def expand(expression: str) -> list[list[int | str]]:
     return fields
 
 
+@lru_cache(maxsize=4096)
 def follows_absolute_time(expression: str) -> bool:
     """True when the hour field matches every hour (the wildcard-hour rule)."""
     hours = expand(expression)[1]  # croniter lists the seconds field last

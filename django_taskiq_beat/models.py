@@ -59,6 +59,7 @@ class SchedulerJob(models.Model):
     last_error = models.TextField(null=True, blank=True)
     last_dispatched_task_id = models.CharField(max_length=255, null=True, blank=True)
     dispatch_count = models.PositiveIntegerField(default=0)
+    dispatch_failures = models.PositiveIntegerField(default=0, help_text="Failed sends in a row; sets the retry backoff.")
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -114,6 +115,10 @@ class SchedulerRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     broker_task_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
     error = models.TextField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=128, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

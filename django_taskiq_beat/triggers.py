@@ -5,11 +5,13 @@ Every trigger is a frozen dataclass validated on construction. ``to_payload`` /
 formats of taskiq-beat.
 """
 
+import json
 import math
 import re
 import zoneinfo
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from croniter import CroniterError
@@ -351,7 +353,21 @@ def trigger_kind(trigger: Trigger) -> str:
 
 
 def trigger_from_row(kind: str, strategy: str, payload: Any) -> Trigger:
-    """Rebuild a trigger from the ``kind``, ``strategy`` and ``trigger_payload`` columns."""
+    """Rebuild a trigger from the ``kind``, ``strategy`` and ``trigger_payload`` columns.
+
+    Triggers are immutable, so rebuilt ones are cached: the engine rebuilds one per
+    dispatched slot, and cron validation is not free.
+    """
+    try:
+        key = json.dumps(payload, sort_keys=True)
+    except (TypeError, ValueError):
+        raise SchedulerValidationError("trigger_payload", payload, "Not JSON.") from None
+    return _trigger_from_json(kind, strategy, key)
+
+
+@lru_cache(maxsize=8192)
+def _trigger_from_json(kind: str, strategy: str, payload_json: str) -> Trigger:
+    payload = json.loads(payload_json)
     if strategy == "immediate":
         return ImmediateDispatch.from_payload(payload)
     if kind == "one_off":

@@ -4,7 +4,9 @@ SQLite by default; set ``DATABASE_URL=postgres://user:password@host:port/name`` 
 use PostgreSQL instead.
 """
 
+import json
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -54,7 +56,9 @@ def _database(url: str | None) -> dict[str, object]:
     if not url:
         return {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "demo.sqlite3")),
+            "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "testproject" / "demo.sqlite3")),
+            # A file, not memory: the tests start engine processes on the test database.
+            "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"taskiq-beat-test-{os.getpid()}.sqlite3")},
         }
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
@@ -80,6 +84,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 TASKIQ_BEAT = {
     "BROKER": "testproject.tasks:broker",
     "SYNC_INTERVAL_SECONDS": 1.0,
+    # The tests tune engine processes through this variable, e.g. '{"CLAIM_TTL_SECONDS": 2}'.
+    **json.loads(os.environ.get("TASKIQ_BEAT_OPTIONS", "{}")),
 }
 
 LOGGING = {

@@ -1,0 +1,324 @@
+"""The beat engine: an async loop that sends due slots to the broker.
+
+Each tick asks the database for due slots through an index, claims them in batches
+(``claims.claim_due``), sends them concurrently with ``kiq`` and records the
+outcomes. Between ticks it sleeps until the next due slot or ``sync_interval_seconds``,
+whichever comes first, and wakes at once when this process changes a job. A tick
+that fails (broker down, database gone) is logged; the engine closes its database
+connection, backs off and tries again. It never stops on its own.
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+from django.utils import timezone
+from taskiq import AsyncBroker
+
+from django_taskiq_beat import claims
+from django_taskiq_beat.conf import SchedulerConfig
+from django_taskiq_beat.sending import describe_error, send_task
+
+logger = logging.getLogger("django_taskiq_beat.engine")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class SchedulerHealthSnapshot:
+    """What an engine has done so far, for health checks and dashboards."""
+
+    scheduler_id: str
+    is_running: bool
+    sync_count: int
+    claimed_job_count: int
+    dispatched_job_count: int
+    failed_dispatch_count: int
+    recovered_run_count: int
+    cleaned_run_count: int
+    cleaned_job_count: int
+    failed_tick_count: int
+    last_sync_at: datetime | None
+    last_dispatch_started_at: datetime | None
+    last_dispatch_finished_at: datetime | None
+    last_cleanup_at: datetime | None
+    last_job_cleanup_at: datetime | None
+    next_due_at: datetime | None
+
+
+class _Counters:
+    def __init__(self) -> None:
+        self.sync_count = self.claimed_job_count = self.dispatched_job_count = 0
+        self.failed_dispatch_count = self.recovered_run_count = 0
+        self.cleaned_run_count = self.cleaned_job_count = self.failed_tick_count = 0
+        self.last_sync_at: datetime | None = None
+        self.last_dispatch_started_at: datetime | None = None
+        self.last_dispatch_finished_at: datetime | None = None
+        self.last_cleanup_at: datetime | None = None
+        self.last_job_cleanup_at: datetime | None = None
+
+
+async def _orm(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """Run ORM code in Django's async ORM thread, never on the event loop."""
+    return await sync_to_async(function)(*args, **kwargs)
+
+
+def _close_connection() -> None:
+    connection.close()
+
+
+class SchedulerEngine:
+    """Claims due slots and sends them; any number of engines may share a database."""
+
+    def __init__(self, broker: AsyncBroker, config: SchedulerConfig) -> None:
+        self.broker = broker
+        self.config = config
+        self._retry = claims.RetryPolicy(config.dispatch_retry_seconds, config.dispatch_retry_max_seconds)
+        self._lease = timedelta(seconds=config.claim_ttl_seconds)
+        self._counters = _Counters()
+        self._runner: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+        self._next_due_at: datetime | None = None
+        self._unrecorded: list[claims.Outcome] = []
+        self._next_run_cleanup = self._next_job_cleanup = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        return self._runner is not None and not self._runner.done()
+
+    async def start(self) -> None:
+        if self.is_running:
+            logger.debug("Scheduler engine start skipped because it is already running.")
+            return
+        logger.info("Starting scheduler engine.")
+        self._stopping = False
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
+        self._runner.add_done_callback(self._report_crash)
+        logger.info("Scheduler engine started.")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, then stop; nothing claimed is left unsent."""
+        if self._runner is None:
+            return
+        logger.info("Stopping scheduler engine.")
+        self._stopping = True
+        self.wake()
+        await self._runner
+        self._runner = None
+        logger.info("Scheduler engine stopped.")
+
+    def wake(self) -> None:
+        """Re-check the database now (a job changed); safe from any thread."""
+        if self._loop is None or self._wake is None or self._loop.is_closed():
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except RuntimeError:  # the loop closed between the check and the call
+            pass
+
+    def snapshot(self) -> SchedulerHealthSnapshot:
+        counters = self._counters
+        return SchedulerHealthSnapshot(
+            scheduler_id=self.config.scheduler_id,
+            is_running=self.is_running,
+            sync_count=counters.sync_count,
+            claimed_job_count=counters.claimed_job_count,
+            dispatched_job_count=counters.dispatched_job_count,
+            failed_dispatch_count=counters.failed_dispatch_count,
+            recovered_run_count=counters.recovered_run_count,
+            cleaned_run_count=counters.cleaned_run_count,
+            cleaned_job_count=counters.cleaned_job_count,
+            failed_tick_count=counters.failed_tick_count,
+            last_sync_at=counters.last_sync_at,
+            last_dispatch_started_at=counters.last_dispatch_started_at,
+            last_dispatch_finished_at=counters.last_dispatch_finished_at,
+            last_cleanup_at=counters.last_cleanup_at,
+            last_job_cleanup_at=counters.last_job_cleanup_at,
+            next_due_at=self._next_due_at,
+        )
+
+    def _report_crash(self, task: "asyncio.Task[None]") -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("Scheduler engine runner stopped with an unhandled error.", exc_info=task.exception())
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping:
+            try:
+                await self.run_once()
+                failures = 0
+                timeout = self._sleep_seconds()
+            except Exception:
+                failures += 1
+                self._counters.failed_tick_count += 1
+                logger.exception("Scheduler engine iteration failed; retrying.")
+                await self._reset_connection()
+                timeout = min(self.config.idle_sleep_seconds * 2**failures, _MAX_BACKOFF_SECONDS)
+            await self._sleep(timeout)
+        await _orm(_close_connection)
+
+    async def _sleep(self, timeout: float) -> None:
+        assert self._wake is not None
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _sleep_seconds(self) -> float:
+        """Until the next due slot, at most ``sync_interval_seconds``.
+
+        A slot already due that this engine could not claim (another engine holds
+        it) is re-checked after ``idle_sleep_seconds``.
+        """
+        if self._next_due_at is None:
+            return self.config.sync_interval_seconds
+        until_due = (self._next_due_at - timezone.now()).total_seconds()
+        if until_due <= 0:
+            return self.config.idle_sleep_seconds
+        return min(until_due, self.config.sync_interval_seconds)
+
+    async def _reset_connection(self) -> None:
+        try:
+            await _orm(_close_connection)
+        except Exception:
+            logger.exception("Closing the database connection failed.")
+
+    async def run_once(self) -> int:
+        """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
+        await _orm(close_old_connections)
+        if self._unrecorded:
+            await self._record(self._unrecorded)
+        self._counters.sync_count += 1
+        self._counters.last_sync_at = timezone.now()
+        logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
+        sent = 0
+        orphans = await _orm(
+            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size, self._lease
+        )
+        if orphans:
+            self._counters.recovered_run_count += len(orphans)
+            logger.warning("Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans)})
+            sent += await self._send_and_record(orphans)
+        while not self._stopping:
+            claim = await _orm(
+                claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
+                self._lease, self._retry,
+            )
+            if claim.failed_job_ids:
+                self._counters.failed_dispatch_count += len(claim.failed_job_ids)
+                logger.error(
+                    "Scheduler job preparation failed; retry scheduled.", extra={"job_ids": claim.failed_job_ids}
+                )
+            if claim.dispatches:
+                sent += await self._send_and_record(claim.dispatches)
+            if claim.row_count < self.config.dispatch_batch_size:
+                break
+        await self._clean_up()
+        self._next_due_at = await _orm(claims.next_due_at)
+        return sent
+
+    async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
+        self._counters.claimed_job_count += len(dispatches)
+        self._counters.last_dispatch_started_at = timezone.now()
+        logger.info("Dispatching scheduler jobs batch.", extra={"job_count": len(dispatches)})
+        keep_alive = asyncio.create_task(self._keep_leases([d.run_id for d in dispatches]))
+        try:
+            outcomes = await self._send_all(dispatches)
+        finally:
+            keep_alive.cancel()
+        await self._record(outcomes)
+        self._counters.last_dispatch_finished_at = timezone.now()
+        sent = sum(outcome.error is None for outcome in outcomes)
+        self._counters.dispatched_job_count += sent
+        self._counters.failed_dispatch_count += len(outcomes) - sent
+        return sent
+
+    async def _record(self, outcomes: list[claims.Outcome]) -> None:
+        """Store outcomes; if the database is away, keep them for the next tick."""
+        try:
+            await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+        except Exception:
+            self._unrecorded = outcomes
+            raise
+        self._unrecorded = []
+
+    async def _keep_leases(self, run_ids: list[str]) -> None:
+        interval = max(self.config.claim_ttl_seconds / 3, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await _orm(claims.extend_leases, self.config.scheduler_id, run_ids, timezone.now() + self._lease)
+            except Exception:
+                logger.exception("Extending the leases of runs being sent failed.")
+
+    async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
+        limit = asyncio.Semaphore(self.config.dispatch_concurrency)
+
+        async def send(dispatch: claims.Dispatch) -> claims.Outcome:
+            async with limit:
+                return await self._send(dispatch)
+
+        return list(await asyncio.gather(*(send(dispatch) for dispatch in dispatches)))
+
+    async def _send(self, dispatch: claims.Dispatch) -> claims.Outcome:
+        extra: dict[str, Any] = {"job_id": dispatch.job_id, "task_name": dispatch.task_name}
+        dispatched_at = timezone.now()
+        try:
+            await asyncio.wait_for(
+                send_task(
+                    self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs,
+                    job_id=dispatch.job_id, run_id=dispatch.run_id,
+                ),
+                self.config.dispatch_timeout_seconds,
+            )
+        except Exception as exc:
+            logger.error("Scheduler dispatch failed for %s", dispatch.task_name, exc_info=exc, extra=extra)
+            logger.warning("Scheduler job dispatch failed; retry scheduled.", extra=extra)
+            return claims.Outcome(dispatch, dispatched_at, timezone.now(), describe_error(exc))
+        logger.info("Scheduler job dispatched.", extra={**extra, "broker_task_id": dispatch.run_id})
+        return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
+
+    async def _clean_up(self) -> None:
+        now_monotonic = time.monotonic()
+        config = self.config
+        if config.run_history_retention_days is not None and now_monotonic >= self._next_run_cleanup:
+            self._next_run_cleanup = now_monotonic + config.run_cleanup_interval_seconds
+            cutoff = timezone.now() - timedelta(days=config.run_history_retention_days)
+            deleted = await _orm(claims.delete_runs_finished_before, cutoff)
+            self._counters.cleaned_run_count += deleted
+            self._counters.last_cleanup_at = timezone.now()
+            if deleted:
+                logger.info(
+                    "Scheduler engine cleaned old run history.",
+                    extra={"deleted_run_count": deleted, "finished_before": cutoff.isoformat()},
+                )
+        if config.completed_job_retention_days is not None and now_monotonic >= self._next_job_cleanup:
+            self._next_job_cleanup = now_monotonic + config.job_cleanup_interval_seconds
+            cutoff = timezone.now() - timedelta(days=config.completed_job_retention_days)
+            deleted = await _orm(claims.delete_jobs_finished_before, cutoff)
+            self._counters.cleaned_job_count += deleted
+            self._counters.last_job_cleanup_at = timezone.now()
+            if deleted:
+                logger.info(
+                    "Scheduler engine cleaned old completed jobs.",
+                    extra={"deleted_job_count": deleted, "updated_before": cutoff.isoformat()},
+                )

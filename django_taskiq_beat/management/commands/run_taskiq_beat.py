@@ -1,0 +1,91 @@
+"""``manage.py run_taskiq_beat``: the scheduler process."""
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
+from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
+from django_taskiq_beat.models import SchedulerJob
+from django_taskiq_beat.sending import mark_broker_started
+
+_LOGGER = "django_taskiq_beat"
+
+
+class Command(BaseCommand):
+    help = "Run the taskiq beat engine: send due scheduler jobs to the broker until SIGINT/SIGTERM."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--broker", help="The broker as 'package.module:broker' (default: TASKIQ_BEAT['BROKER']).")
+        parser.add_argument(
+            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            help="Level of the django_taskiq_beat loggers (default INFO).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._configure_logging(options["log_level"])
+        self._require_migrations()
+        try:
+            if options["broker"]:
+                app = SchedulerApp(broker=load_broker(options["broker"]), config=SchedulerConfig.from_settings())
+            else:
+                app = get_scheduler_app()
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from exc
+        self._print_banner(app, options["broker"] or broker_path())
+        asyncio.run(self._serve(app))
+        self.stdout.write("run_taskiq_beat stopped.")
+
+    async def _serve(self, app: SchedulerApp) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signal_number in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signal_number, stop.set)
+        if not app.broker.is_worker_process:
+            await app.broker.startup()
+            mark_broker_started(app.broker)
+        try:
+            await app.start()
+            await stop.wait()
+        finally:
+            await app.stop()
+            await app.broker.shutdown()
+
+    def _require_migrations(self) -> None:
+        connection = connections[DEFAULT_DB_ALIAS]
+        executor = MigrationExecutor(connection)
+        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        if pending:
+            names = ", ".join(f"{migration.app_label}.{migration.name}" for migration, _ in pending)
+            raise CommandError(f"Unapplied migrations ({names}): run 'manage.py migrate' first.")
+
+    def _configure_logging(self, level: str) -> None:
+        logger = logging.getLogger(_LOGGER)
+        logger.setLevel(level)
+        if not logger.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+            logger.addHandler(handler)
+
+    def _print_banner(self, app: SchedulerApp, broker_spec: str | None) -> None:
+        connection = connections[DEFAULT_DB_ALIAS]
+        jobs = SchedulerJob.objects
+        config = app.config
+        lines = [
+            "django-taskiq-beat engine",
+            f"  database : {connection.vendor} ({connection.settings_dict['NAME']})",
+            f"  broker   : {type(app.broker).__name__} ({broker_spec or 'given in code'})",
+            f"  jobs     : {jobs.count()} total, {jobs.filter(is_enabled=True).count()} enabled, "
+            f"{jobs.filter(is_enabled=True, next_run_at__lte=timezone.now()).count()} due now",
+            f"  config   : scheduler_id={config.scheduler_id} sync={config.sync_interval_seconds}s "
+            f"batch={config.dispatch_batch_size} concurrency={config.dispatch_concurrency} "
+            f"lease={config.claim_ttl_seconds}s timezone={config.default_timezone}",
+        ]
+        self.stdout.write("\n".join(lines))

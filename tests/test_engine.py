@@ -1,0 +1,462 @@
+"""The engine in-process: the reference's 12 scenarios, then what the design adds.
+
+The engine drives its own event loop and reaches the database through Django's async
+ORM thread, so these tests commit for real (``transaction=True``).
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+from taskiq import InMemoryBroker
+
+from django_taskiq_beat import (
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulerApp,
+    SchedulerConfig,
+)
+from django_taskiq_beat.engine import SchedulerEngine
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from tests.conftest import Recorder
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
+    return async_to_sync(coroutine_function)()
+
+
+def make_config(**overrides: Any) -> SchedulerConfig:
+    options: dict[str, Any] = {"scheduler_id": "engine-a", "default_timezone": "UTC", "sync_interval_seconds": 30.0}
+    return SchedulerConfig(**{**options, **overrides})
+
+
+def due_one_off(app: SchedulerApp, task: str = "system.echo", **kwargs: Any) -> SchedulerJob:
+    return app.single(task=task, **kwargs).schedule(OneOffSchedule(run_at=timezone.now()))
+
+
+def force_due(job: SchedulerJob) -> None:
+    SchedulerJob.objects.filter(pk=job.pk).update(next_run_at=timezone.now() - timedelta(milliseconds=1))
+
+
+def insert_job(task_name: str, **fields: Any) -> SchedulerJob:
+    """A row written behind the API's back (a task since removed, a corrupt payload)."""
+    now = timezone.now()
+    values = {
+        "task_name": task_name, "kind": "one_off", "strategy": "one_off",
+        "trigger_payload": {"run_at": now.isoformat()}, "next_run_at": now, "created_at": now, "updated_at": now,
+    }
+    return SchedulerJob.objects.create(**{**values, **fields})
+
+
+def break_broker(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, failures: int = 10**6) -> list[int]:
+    """Make ``kick`` raise for the next ``failures`` calls; returns the attempt counter."""
+    attempts = [0]
+    real_kick = broker.kick
+
+    async def flaky_kick(message: Any) -> None:
+        attempts[0] += 1
+        if attempts[0] <= failures:
+            raise ConnectionError("boom")
+        await real_kick(message)
+
+    monkeypatch.setattr(broker, "kick", flaky_kick)
+    return attempts
+
+
+@pytest.fixture
+def app(broker: InMemoryBroker) -> SchedulerApp:
+    return SchedulerApp(broker=broker, config=make_config())
+
+
+# -- the reference's test_engine.py ----------------------------------------------------------------
+
+def test_engine_dispatches_one_off_job(app: SchedulerApp, recorder: Recorder) -> None:
+    job = due_one_off(app, args=[7])
+    assert run(app.engine.run_once) == 1
+    job.refresh_from_db()
+    assert (job.is_enabled, job.next_run_at, job.dispatch_count, job.is_finished) == (False, None, 1, True)
+    runs = list(SchedulerRun.objects.filter(job=job))
+    assert [(r.status, r.broker_task_id, r.scheduled_for) for r in runs] == [
+        ("dispatched", runs[0].id, runs[0].scheduled_for)
+    ]
+    assert job.last_dispatched_task_id == runs[0].id
+    assert recorder.calls == [("system.echo", (7,), {})]
+
+
+def test_engine_continues_batch_after_unknown_task(app: SchedulerApp, recorder: Recorder) -> None:
+    unknown = insert_job("tests.unknown")
+    known = due_one_off(app)
+    run(app.engine.run_once)
+    unknown.refresh_from_db()
+    known.refresh_from_db()
+    assert known.dispatch_count == 1 and recorder.names() == ["system.echo"]
+    assert unknown.is_enabled and unknown.next_run_at > timezone.now()
+    assert "Task 'tests.unknown' is not registered in Taskiq." in unknown.last_error
+    assert SchedulerRun.objects.get(job=unknown).status == RunStatus.FAILED
+
+
+def test_engine_retries_after_dispatch_error(app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    break_broker(broker, monkeypatch)
+    job = due_one_off(app)
+    before = timezone.now()
+    run(app.engine.run_once)
+    job.refresh_from_db()
+    assert job.is_enabled and not job.is_finished and job.dispatch_count == 0
+    assert before + timedelta(seconds=4) < job.next_run_at < timezone.now() + timedelta(seconds=6)
+    assert "boom" in job.last_error
+    failed = SchedulerRun.objects.get(job=job)
+    assert failed.status == RunStatus.FAILED and "boom" in failed.error
+
+
+def test_engine_restores_jobs_from_storage(app: SchedulerApp, broker: InMemoryBroker, recorder: Recorder) -> None:
+    job = due_one_off(app)
+    second = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b"))
+    assert run(second.engine.run_once) == 1
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 1
+
+
+def test_engine_is_woken_at_once_when_this_process_schedules_a_job(app: SchedulerApp, recorder: Recorder) -> None:
+    async def scenario() -> float:
+        await app.start()
+        await asyncio.sleep(0.2)  # the engine is now asleep for sync_interval_seconds=30
+        started = asyncio.get_running_loop().time()
+        await app.single(task="system.echo").aschedule(OneOffSchedule(run_at=timezone.now()))
+        while not recorder.calls:
+            await asyncio.sleep(0.01)
+        elapsed = asyncio.get_running_loop().time() - started
+        await app.stop()
+        return elapsed
+
+    assert run(scenario) < 5  # generous: without the wake-up it would take 30 s
+
+
+def test_engine_dispatches_periodic_job_multiple_times(app: SchedulerApp, recorder: Recorder) -> None:
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=1)))
+    force_due(job)
+
+    async def scenario() -> None:
+        await app.engine.run_once()
+        await asyncio.sleep(1.1)
+        await app.engine.run_once()
+
+    run(scenario)
+    job.refresh_from_db()
+    assert job.dispatch_count >= 2 and job.is_enabled
+    assert SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).count() >= 2
+
+
+def test_engine_logs_dispatch_lifecycle(app: SchedulerApp, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="django_taskiq_beat.engine")
+    due_one_off(app)
+    run(app.engine.run_once)
+    messages = [record.getMessage() for record in caplog.records if record.name == "django_taskiq_beat.engine"]
+    assert "Dispatching scheduler jobs batch." in messages and "Scheduler job dispatched." in messages
+
+
+@pytest.mark.parametrize(("level", "expected"), [(logging.INFO, False), (logging.DEBUG, True)])
+def test_engine_sync_log_is_debug(app: SchedulerApp, caplog: pytest.LogCaptureFixture, level: int, expected: bool) -> None:
+    caplog.set_level(level, logger="django_taskiq_beat.engine")
+    run(app.engine.run_once)
+    messages = [record.getMessage() for record in caplog.records]
+    assert ("Scheduler engine synced jobs from storage." in messages) is expected
+
+
+def test_engine_claims_job_once_across_multiple_schedulers(app: SchedulerApp, broker: InMemoryBroker, recorder: Recorder) -> None:
+    job = due_one_off(app)
+    other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=5))
+
+    async def scenario() -> None:
+        await asyncio.gather(app.engine.run_once(), other.engine.run_once())
+
+    run(scenario)
+    assert recorder.names() == ["system.echo"]
+    assert SchedulerRun.objects.filter(job=job).count() == 1
+    assert not SchedulerJob.objects.get(pk=job.pk).is_enabled
+
+
+def test_engine_keeps_claim_alive_during_slow_dispatch(broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    slow = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1))
+    other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=1))
+    real_kick = broker.kick
+
+    async def slow_kick(message: Any) -> None:
+        await asyncio.sleep(1.2)
+        await real_kick(message)
+
+    monkeypatch.setattr(broker, "kick", slow_kick)
+    job = due_one_off(slow)
+
+    async def scenario() -> None:
+        async def late_engine() -> None:
+            await asyncio.sleep(1.05)
+            await other.engine.run_once()
+
+        await asyncio.gather(slow.engine.run_once(), late_engine())
+
+    run(scenario)
+    assert recorder.names() == ["system.echo"]
+    assert list(SchedulerRun.objects.filter(job=job).values_list("status", flat=True)) == ["dispatched"]
+
+
+def test_engine_cleans_old_runs_when_retention_is_enabled(broker: InMemoryBroker) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(run_history_retention_days=0))
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    day_ago = timezone.now() - timedelta(days=1)
+    SchedulerRun.objects.create(job=job, scheduled_for=day_ago, finished_at=day_ago, status=RunStatus.DISPATCHED)
+    run(app.engine.run_once)
+    assert not SchedulerRun.objects.exists()
+    assert app.get_health_snapshot().cleaned_run_count == 1
+
+
+def test_engine_cleans_old_completed_one_off_jobs_when_retention_is_enabled(broker: InMemoryBroker) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(completed_job_retention_days=0))
+    later = OneOffSchedule(run_at=timezone.now() + timedelta(hours=1))
+    done = app.single(task="system.echo").schedule()  # an immediate job: sent and finished
+    paused = app.single(task="system.echo").schedule(later, is_enabled=False)
+    active = app.single(task="system.echo").schedule(later)
+    periodic = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    app.pause(periodic.id)
+    SchedulerJob.objects.filter(pk=done.pk).update(finished_at=timezone.now() - timedelta(days=1))
+    run(app.engine.run_once)
+    assert set(SchedulerJob.objects.values_list("id", flat=True)) == {paused.id, active.id, periodic.id}
+    assert not SchedulerRun.objects.filter(job_id=done.id).exists()
+    assert app.get_health_snapshot().cleaned_job_count == 1
+
+
+# -- the reference's scheduler scenarios that need the engine -----------------------------------------
+
+def test_scheduler_app_start_and_stop(app: SchedulerApp) -> None:
+    async def scenario() -> tuple[bool, bool]:
+        await app.start()
+        running = app.get_health_snapshot().is_running
+        await app.stop()
+        return running, app.get_health_snapshot().is_running
+
+    assert run(scenario) == (True, False)
+
+
+def test_scheduler_app_exposes_health_snapshot(broker: InMemoryBroker) -> None:
+    snapshot = SchedulerApp(broker=broker, config=make_config(scheduler_id="health")).get_health_snapshot()
+    assert (snapshot.scheduler_id, snapshot.is_running, snapshot.sync_count, snapshot.dispatched_job_count) == (
+        "health", False, 0, 0,
+    )
+
+
+# -- what the design adds ------------------------------------------------------------------------------------
+
+def test_work_is_split_into_batches_and_all_due_slots_go_out(broker: InMemoryBroker, recorder: Recorder) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_batch_size=2))
+    for _ in range(5):
+        due_one_off(app)
+    assert run(app.engine.run_once) == 5
+    assert app.get_health_snapshot().dispatched_job_count == 5
+
+
+def test_dispatch_concurrency_is_a_limit(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_concurrency=2))
+    in_flight, peak = [0], [0]
+    real_kick = broker.kick
+
+    async def counting_kick(message: Any) -> None:
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        await asyncio.sleep(0.02)
+        in_flight[0] -= 1
+        await real_kick(message)
+
+    monkeypatch.setattr(broker, "kick", counting_kick)
+    for _ in range(6):
+        due_one_off(app)
+    assert run(app.engine.run_once) == 6
+    assert peak[0] == 2
+
+
+def test_failure_backoff_doubles_and_is_capped(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_retry_seconds=2, dispatch_retry_max_seconds=5))
+    break_broker(broker, monkeypatch)
+    job = due_one_off(app)
+    delays = []
+    for _ in range(4):
+        force_due(job)
+        before = timezone.now()
+        run(app.engine.run_once)
+        job.refresh_from_db()
+        delays.append(round((job.next_run_at - before).total_seconds()))
+    assert delays == [2, 4, 5, 5]
+    assert job.dispatch_failures == 4
+    assert SchedulerRun.objects.filter(job=job, status=RunStatus.FAILED).count() == 4
+
+
+def test_retry_never_passes_the_next_regular_slot(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_retry_seconds=60, dispatch_retry_max_seconds=600))
+    break_broker(broker, monkeypatch)
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=10)))
+    force_due(job)
+    run(app.engine.run_once)
+    job.refresh_from_db()
+    assert job.next_run_at <= timezone.now() + timedelta(seconds=10)
+    assert job.is_enabled
+
+
+def test_broker_outage_then_recovery(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_retry_seconds=1))
+    break_broker(broker, monkeypatch, failures=1)
+    job = due_one_off(app)
+
+    async def scenario() -> None:
+        await app.engine.run_once()
+        await asyncio.sleep(1.1)
+        await app.engine.run_once()
+
+    run(scenario)
+    job.refresh_from_db()
+    assert (job.dispatch_count, job.dispatch_failures, job.last_error, job.is_finished) == (1, 0, None, True)
+    statuses = sorted(SchedulerRun.objects.filter(job=job).values_list("status", flat=True))
+    assert statuses == ["dispatched", "failed"] and recorder.names() == ["system.echo"]
+
+
+def test_hanging_broker_is_bounded_by_the_send_timeout(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_timeout_seconds=0.2))
+
+    async def hanging_kick(message: Any) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(broker, "kick", hanging_kick)
+    job = due_one_off(app)
+    run(app.engine.run_once)
+    failed = SchedulerRun.objects.get(job=job)
+    assert failed.status == RunStatus.FAILED and "TimeoutError" in failed.error
+
+
+def test_corrupt_payload_fails_its_job_and_the_batch_goes_on(app: SchedulerApp, recorder: Recorder) -> None:
+    corrupt = insert_job("system.echo", kind="periodic", strategy="crontab", trigger_payload={"crontab": {"minute": "99"}})
+    healthy = due_one_off(app)
+    run(app.engine.run_once)
+    corrupt.refresh_from_db()
+    assert SchedulerJob.objects.get(pk=healthy.pk).dispatch_count == 1
+    assert corrupt.is_enabled and corrupt.next_run_at > timezone.now() and "minute" in corrupt.last_error
+    assert SchedulerRun.objects.get(job=corrupt).status == RunStatus.FAILED
+
+
+def test_overdue_periodic_job_fires_once_then_realigns(app: SchedulerApp, recorder: Recorder) -> None:
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=10)))
+    SchedulerJob.objects.filter(pk=job.pk).update(next_run_at=timezone.now() - timedelta(seconds=95))
+    run(app.engine.run_once)
+    job.refresh_from_db()
+    assert job.dispatch_count == 1 and len(recorder.calls) == 1
+    grid_offset = (job.next_run_at - job.created_at.replace(microsecond=0)).total_seconds()
+    assert grid_offset % 10 == 0 and timezone.now() < job.next_run_at <= timezone.now() + timedelta(seconds=10)
+
+
+def test_window_end_finishes_the_job_after_its_last_slot(app: SchedulerApp) -> None:
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=1)
+    window = PeriodicSchedule(interval=IntervalTrigger(seconds=1), start_at=start, end_at=start + timedelta(milliseconds=500))
+    job = app.single(task="system.echo").schedule(window)
+    assert job.next_run_at == start  # the only slot inside the window
+
+    async def scenario() -> None:
+        await asyncio.sleep((start - timezone.now()).total_seconds() + 0.05)
+        await app.engine.run_once()
+
+    run(scenario)
+    job.refresh_from_db()
+    assert (job.dispatch_count, job.is_enabled, job.next_run_at, job.is_finished) == (1, False, None, True)
+
+
+def test_run_now_of_a_periodic_job_goes_back_to_its_schedule(app: SchedulerApp, recorder: Recorder) -> None:
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    regular = job.next_run_at
+    app.run_now(job.id)
+    run(app.engine.run_once)
+    job.refresh_from_db()
+    assert job.dispatch_count == 1 and job.next_run_at == regular
+
+
+def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(record_runs=False))
+    job = due_one_off(app)
+    run(app.engine.run_once)
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 1
+    assert not SchedulerRun.objects.exists()
+
+
+def test_pending_run_of_a_dead_engine_is_sent_again_with_the_same_task_id(app: SchedulerApp, broker: InMemoryBroker) -> None:
+    from django_taskiq_beat import claims
+
+    job = due_one_off(app)
+    # A dead engine claimed the slot (run written, job advanced) and never sent it.
+    claim = claims.claim_due("dead-engine", timezone.now(), 10, timedelta(seconds=-1), claims.RetryPolicy(5, 300))
+    (orphan,) = claim.dispatches
+    assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.PENDING
+    assert run(app.engine.run_once) == 1
+    resent = SchedulerRun.objects.get(pk=orphan.run_id)
+    assert (resent.status, resent.broker_task_id, resent.claimed_by) == ("dispatched", orphan.run_id, None)
+    assert orphan.run_id in broker.result_backend.results
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 1
+    assert app.get_health_snapshot().recovered_run_count == 1
+
+
+def test_a_live_lease_is_not_taken_over(app: SchedulerApp, recorder: Recorder) -> None:
+    from django_taskiq_beat import claims
+
+    due_one_off(app)
+    claims.claim_due("busy-engine", timezone.now(), 10, timedelta(minutes=1), claims.RetryPolicy(5, 300))
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+
+
+def test_database_error_in_a_tick_is_logged_and_the_engine_goes_on(
+    app: SchedulerApp, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django.db import OperationalError
+
+    from django_taskiq_beat import claims
+
+    real_claim = claims.claim_due
+    calls = [0]
+
+    def failing_once(*args: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OperationalError("the connection is closed")
+        return real_claim(*args)
+
+    monkeypatch.setattr(claims, "claim_due", failing_once)
+    app.engine.config = make_config(idle_sleep_seconds=0.05)
+
+    async def scenario() -> None:
+        await app.start()
+        for _ in range(200):
+            if recorder.calls:
+                break
+            await asyncio.sleep(0.02)
+        await app.stop()
+
+    due_one_off(app)
+    run(scenario)
+    assert recorder.names() == ["system.echo"]
+    assert "Scheduler engine iteration failed; retrying." in caplog.messages
+    assert app.get_health_snapshot().failed_tick_count == 1
+
+
+def test_engine_start_twice_is_a_no_op(app: SchedulerApp) -> None:
+    async def scenario() -> bool:
+        await app.start()
+        runner = app.engine._runner
+        await app.start()
+        same = runner is app.engine._runner
+        await app.stop()
+        return same
+
+    assert run(scenario)
+
+
+def test_engine_type_is_exposed_for_advanced_use() -> None:
+    assert SchedulerEngine.__name__ == "SchedulerEngine"
