@@ -70,7 +70,9 @@ def _database(url: str | None) -> dict[str, object]:
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
         "PORT": str(parts.port or ""),
-        "CONN_HEALTH_CHECKS": True,
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": os.environ.get("DB_HEALTH_CHECKS", "on") == "on",
+        "OPTIONS": {"application_name": os.environ.get("DB_APPLICATION_NAME", "testproject")},
     }
 
 

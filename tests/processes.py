@@ -1,0 +1,85 @@
+"""Engine processes for the tests: real ``manage.py run_taskiq_beat`` on the test database."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django.db import connection
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process that uses the database the tests use."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", "PYTHONPATH": str(REPO), **extra}
+    settings = connection.settings_dict
+    env.pop("DATABASE_URL", None)
+    if connection.vendor == "sqlite":
+        env["SQLITE_PATH"] = str(settings["NAME"])
+    else:
+        env["DATABASE_URL"] = (
+            f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+        )
+    return env
+
+
+def manage(*arguments: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "testproject" / "manage.py"), *arguments],
+        env=env or child_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+class EngineProcess:
+    """One ``run_taskiq_beat`` process with the test broker; its output goes to a log file."""
+
+    def __init__(self, name: str, log_dir: Path, sink: Path, options: dict[str, Any], send_delay: float = 0) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self.env = child_env(
+            TEST_SINK=str(sink),
+            DB_APPLICATION_NAME=name,
+            TEST_SEND_DELAY=str(send_delay),
+            TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}),
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "EngineProcess":
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat",
+                 "--broker", "tests.process_broker:broker"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+            )
+        wait_until(lambda: "Scheduler engine started." in self.log(), timeout=30, what=f"{self.name} to start")
+        return self
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
