@@ -54,16 +54,40 @@ class SchedulerHealthSnapshot:
     next_due_at: datetime | None
 
 
+class _Cleanup:
+    """A retention rule: every ``interval_seconds``, delete what is older than ``retention_days``."""
+
+    def __init__(
+        self, retention_days: int | None, interval_seconds: float, delete: Callable[[datetime], int], message: str,
+        count_key: str, cutoff_key: str,
+    ) -> None:
+        self.retention_days, self.interval_seconds, self.delete = retention_days, interval_seconds, delete
+        self.message, self.count_key, self.cutoff_key = message, count_key, cutoff_key
+        self.deleted_total = 0
+        self.last_at: datetime | None = None
+        self._next_at = 0.0
+
+    def is_due(self) -> bool:
+        return self.retention_days is not None and time.monotonic() >= self._next_at
+
+    async def run(self) -> None:
+        assert self.retention_days is not None
+        self._next_at = time.monotonic() + self.interval_seconds
+        cutoff = timezone.now() - timedelta(days=self.retention_days)
+        deleted = await _orm(self.delete, cutoff)
+        self.deleted_total += deleted
+        self.last_at = timezone.now()
+        if deleted:
+            logger.info(self.message, extra={self.count_key: deleted, self.cutoff_key: cutoff.isoformat()})
+
+
 class _Counters:
     def __init__(self) -> None:
         self.sync_count = self.claimed_job_count = self.dispatched_job_count = 0
-        self.failed_dispatch_count = self.recovered_run_count = 0
-        self.cleaned_run_count = self.cleaned_job_count = self.failed_tick_count = 0
+        self.failed_dispatch_count = self.recovered_run_count = self.failed_tick_count = 0
         self.last_sync_at: datetime | None = None
         self.last_dispatch_started_at: datetime | None = None
         self.last_dispatch_finished_at: datetime | None = None
-        self.last_cleanup_at: datetime | None = None
-        self.last_job_cleanup_at: datetime | None = None
 
 
 async def _orm(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -90,7 +114,14 @@ class SchedulerEngine:
         self._stopping = False
         self._next_due_at: datetime | None = None
         self._unrecorded: list[claims.Outcome] = []
-        self._next_run_cleanup = self._next_job_cleanup = 0.0
+        self._run_cleanup = _Cleanup(
+            config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
+            "Scheduler engine cleaned old run history.", "deleted_run_count", "finished_before",
+        )
+        self._job_cleanup = _Cleanup(
+            config.completed_job_retention_days, config.job_cleanup_interval_seconds, claims.delete_jobs_finished_before,
+            "Scheduler engine cleaned old completed jobs.", "deleted_job_count", "updated_before",
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -140,14 +171,14 @@ class SchedulerEngine:
             dispatched_job_count=counters.dispatched_job_count,
             failed_dispatch_count=counters.failed_dispatch_count,
             recovered_run_count=counters.recovered_run_count,
-            cleaned_run_count=counters.cleaned_run_count,
-            cleaned_job_count=counters.cleaned_job_count,
+            cleaned_run_count=self._run_cleanup.deleted_total,
+            cleaned_job_count=self._job_cleanup.deleted_total,
             failed_tick_count=counters.failed_tick_count,
             last_sync_at=counters.last_sync_at,
             last_dispatch_started_at=counters.last_dispatch_started_at,
             last_dispatch_finished_at=counters.last_dispatch_finished_at,
-            last_cleanup_at=counters.last_cleanup_at,
-            last_job_cleanup_at=counters.last_job_cleanup_at,
+            last_cleanup_at=self._run_cleanup.last_at,
+            last_job_cleanup_at=self._job_cleanup.last_at,
             next_due_at=self._next_due_at,
         )
 
@@ -298,27 +329,6 @@ class SchedulerEngine:
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     async def _clean_up(self) -> None:
-        now_monotonic = time.monotonic()
-        config = self.config
-        if config.run_history_retention_days is not None and now_monotonic >= self._next_run_cleanup:
-            self._next_run_cleanup = now_monotonic + config.run_cleanup_interval_seconds
-            cutoff = timezone.now() - timedelta(days=config.run_history_retention_days)
-            deleted = await _orm(claims.delete_runs_finished_before, cutoff)
-            self._counters.cleaned_run_count += deleted
-            self._counters.last_cleanup_at = timezone.now()
-            if deleted:
-                logger.info(
-                    "Scheduler engine cleaned old run history.",
-                    extra={"deleted_run_count": deleted, "finished_before": cutoff.isoformat()},
-                )
-        if config.completed_job_retention_days is not None and now_monotonic >= self._next_job_cleanup:
-            self._next_job_cleanup = now_monotonic + config.job_cleanup_interval_seconds
-            cutoff = timezone.now() - timedelta(days=config.completed_job_retention_days)
-            deleted = await _orm(claims.delete_jobs_finished_before, cutoff)
-            self._counters.cleaned_job_count += deleted
-            self._counters.last_job_cleanup_at = timezone.now()
-            if deleted:
-                logger.info(
-                    "Scheduler engine cleaned old completed jobs.",
-                    extra={"deleted_job_count": deleted, "updated_before": cutoff.isoformat()},
-                )
+        for cleanup in (self._run_cleanup, self._job_cleanup):
+            if cleanup.is_due():
+                await cleanup.run()
