@@ -11,16 +11,18 @@ by the database: ``FOR UPDATE SKIP LOCKED`` where it exists, SQLite's single wri
 otherwise, and the unique key on (job, slot) as the last line of defence.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 
+from django_taskiq_beat import bulk
 from django_taskiq_beat.models import JobKind, RunStatus, SchedulerJob, SchedulerRun, new_id
 from django_taskiq_beat.sending import describe_error
-from django_taskiq_beat.triggers import PeriodicSchedule
+from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,11 @@ class RetryPolicy:
         return timedelta(seconds=min(self.base_seconds * 2 ** max(failures - 1, 0), self.max_seconds))
 
 
+def _time_adapter() -> Callable[[datetime | None], Any]:
+    """How the database backend stores a datetime (UTC text on SQLite); look it up once per batch."""
+    return connection.ops.adapt_datetimefield_value
+
+
 def next_due_at() -> datetime | None:
     """The earliest slot of any enabled job (one index lookup)."""
     first = (
@@ -85,60 +92,82 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
     return queryset
 
 
+_DUE_FIELDS = (
+    "id", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs", "next_run_at",
+    "created_at", "dispatch_failures",
+)
+
+
+@dataclass
+class _DueJob:
+    """The columns a claim reads: loaded with ``values_list``, cheaper than model instances."""
+
+    id: str
+    task_name: str
+    kind: str
+    strategy: str
+    trigger_payload: Any
+    task_args: list[Any]
+    task_kwargs: dict[str, Any]
+    next_run_at: datetime
+    created_at: datetime
+    dispatch_failures: int
+
+
 def claim_due(scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy) -> Claim:
     """Claim up to ``limit`` due slots: advance each job and write its pending run."""
     with transaction.atomic():
         due = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now).order_by("next_run_at")
-        jobs = list(_lock_for_claiming(due)[:limit])
-        runs, dispatches, failed = [], [], []
+        jobs = [_DueJob(*row) for row in _lock_for_claiming(due).values_list(*_DUE_FIELDS)[:limit]]
+        _time = _time_adapter()
+        now_value, lease_value = _time(now), _time(now + lease)
+        runs, job_updates, dispatches, failed = [], [], [], []
         for job in jobs:
-            slot = job.next_run_at
+            run_id = new_id()
             try:
-                _advance(job, now)
+                next_run_at = _next_slot(job, now)
             except Exception as exc:  # a corrupt stored trigger must not stop the batch
                 failed.append(job.id)
-                _fail_unreadable(job, slot, now, describe_error(exc), retry, runs)
+                error = describe_error(exc)
+                retry_at = now + retry.delay(job.dispatch_failures + 1)
+                job_updates.append((job.id, _time(retry_at), True, None, now_value, error, job.dispatch_failures + 1))
+                runs.append((run_id, job.id, _time(job.next_run_at), RunStatus.FAILED, None, None, error, now_value))
                 continue
-            run = SchedulerRun(
-                id=new_id(), job_id=job.id, scheduled_for=slot, status=RunStatus.PENDING,
-                claimed_by=scheduler_id, lease_expires_at=now + lease, created_at=now, updated_at=now,
+            job_updates.append((
+                job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
+                None, job.dispatch_failures,
+            ))
+            runs.append(
+                (run_id, job.id, _time(job.next_run_at), RunStatus.PENDING, scheduler_id, lease_value, None, None)
             )
-            runs.append(run)
-            dispatches.append(Dispatch(run.id, job.id, job.task_name, job.task_args, job.task_kwargs, now))
-        SchedulerRun.objects.bulk_create(runs, ignore_conflicts=True)
-        written = set(SchedulerRun.objects.filter(id__in=[run.id for run in runs]).values_list("id", flat=True))
-        SchedulerJob.objects.bulk_update(
-            jobs,
-            ["next_run_at", "is_enabled", "finished_at", "updated_at", "last_error", "dispatch_failures"],
+            dispatches.append(Dispatch(run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now))
+        written = bulk.insert_ignoring_conflicts(
+            "scheduler_run",
+            ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "finished_at",
+             "created_at", "updated_at"),
+            [(*run, now_value, now_value) for run in runs],
+        )
+        bulk.update_from_values(
+            "scheduler_job",
+            (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
+             ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
+             ("dispatch_failures", "integer")),
+            "next_run_at = v.next_run_at, is_enabled = v.is_enabled, finished_at = v.finished_at,"
+            " updated_at = v.updated_at, last_error = COALESCE(v.last_error, scheduler_job.last_error),"
+            " dispatch_failures = v.dispatch_failures",
+            job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
     return Claim([d for d in dispatches if d.run_id in written], len(jobs), failed)
 
 
-def _advance(job: SchedulerJob, now: datetime) -> None:
-    """Move the job past the slot being claimed: the next slot, or finished."""
-    trigger = job.trigger
-    if job.kind == JobKind.PERIODIC:
-        assert isinstance(trigger, PeriodicSchedule)
-        job.next_run_at = trigger.next_after(max(now, job.next_run_at or now), job.created_at)
-    else:
-        job.next_run_at = None
-    if job.next_run_at is None:
-        job.is_enabled, job.finished_at = False, now
-    job.updated_at = now
-
-
-def _fail_unreadable(
-    job: SchedulerJob, slot: datetime | None, now: datetime, error: str, retry: RetryPolicy, runs: list[SchedulerRun]
-) -> None:
-    job.dispatch_failures += 1
-    job.last_error = error
-    job.next_run_at = now + retry.delay(job.dispatch_failures)
-    job.updated_at = now
-    runs.append(SchedulerRun(
-        id=new_id(), job_id=job.id, scheduled_for=slot or now, status=RunStatus.FAILED, error=error,
-        finished_at=now, created_at=now, updated_at=now,
-    ))
+def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
+    """The slot after the one being claimed; None when the job is done (a one-off, an ended window)."""
+    trigger = trigger_from_row(job.kind, job.strategy, job.trigger_payload)
+    if job.kind != JobKind.PERIODIC:
+        return None
+    assert isinstance(trigger, PeriodicSchedule)
+    return trigger.next_after(max(now, job.next_run_at), job.created_at)
 
 
 def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta) -> list[Dispatch]:
@@ -168,42 +197,44 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> Non
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
     """Store the outcomes on the runs and their jobs; failed slots get a retry."""
+    _time = _time_adapter()
     with transaction.atomic():
-        runs = [_finished_run(outcome) for outcome in outcomes]
         if record_runs:
-            SchedulerRun.objects.bulk_update(
-                runs, ["status", "dispatched_at", "finished_at", "broker_task_id", "error", "claimed_by",
-                       "lease_expires_at", "updated_at"],
+            bulk.update_from_values(
+                "scheduler_run",
+                (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
+                 ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
+                "status = v.status, dispatched_at = v.dispatched_at, finished_at = v.finished_at,"
+                " broker_task_id = v.broker_task_id, error = v.error, claimed_by = NULL, lease_expires_at = NULL,"
+                " updated_at = v.finished_at",
+                [_finished_run(outcome, _time) for outcome in outcomes],
             )
         else:
-            SchedulerRun.objects.filter(id__in=[run.id for run in runs]).delete()
-        sent = []
-        for outcome in outcomes:
-            if outcome.error is None:
-                job = SchedulerJob(id=outcome.dispatch.job_id)
-                job.dispatch_count = F("dispatch_count") + 1  # type: ignore[assignment]
-                job.last_run_at, job.last_dispatched_task_id = outcome.dispatched_at, outcome.dispatch.run_id
-                job.last_error, job.dispatch_failures = None, 0
-                sent.append(job)
-            else:
-                _schedule_retry(outcome, now, retry)
-        SchedulerJob.objects.bulk_update(
-            sent, ["dispatch_count", "last_run_at", "last_dispatched_task_id", "last_error", "dispatch_failures"]
+            SchedulerRun.objects.filter(id__in=[outcome.dispatch.run_id for outcome in outcomes]).delete()
+        bulk.update_from_values(
+            "scheduler_job",
+            (("id", "varchar"), ("last_run_at", "timestamptz"), ("last_dispatched_task_id", "varchar")),
+            "dispatch_count = scheduler_job.dispatch_count + 1, last_run_at = v.last_run_at,"
+            " last_dispatched_task_id = v.last_dispatched_task_id, last_error = NULL, dispatch_failures = 0",
+            [
+                (outcome.dispatch.job_id, _time(outcome.dispatched_at), outcome.dispatch.run_id)
+                for outcome in outcomes if outcome.error is None
+            ],
         )
+        for outcome in outcomes:
+            if outcome.error is not None:
+                _schedule_retry(outcome, now, retry)
 
 
-def _finished_run(outcome: Outcome) -> SchedulerRun:
+def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
     failed = outcome.error is not None
-    return SchedulerRun(
-        id=outcome.dispatch.run_id,
-        status=RunStatus.FAILED if failed else RunStatus.DISPATCHED,
-        dispatched_at=outcome.dispatched_at,
-        finished_at=outcome.finished_at,
-        broker_task_id=None if failed else outcome.dispatch.run_id,
-        error=outcome.error,
-        claimed_by=None,
-        lease_expires_at=None,
-        updated_at=outcome.finished_at,
+    return (
+        outcome.dispatch.run_id,
+        RunStatus.FAILED if failed else RunStatus.DISPATCHED,
+        _time(outcome.dispatched_at),
+        _time(outcome.finished_at),
+        None if failed else outcome.dispatch.run_id,
+        outcome.error,
     )
 
 

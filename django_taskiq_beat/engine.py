@@ -314,13 +314,11 @@ class SchedulerEngine:
         extra: dict[str, Any] = {"job_id": dispatch.job_id, "task_name": dispatch.task_name}
         dispatched_at = timezone.now()
         try:
-            await asyncio.wait_for(
-                send_task(
+            async with asyncio.timeout(self.config.dispatch_timeout_seconds):
+                await send_task(
                     self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs,
                     job_id=dispatch.job_id, run_id=dispatch.run_id,
-                ),
-                self.config.dispatch_timeout_seconds,
-            )
+                )
         except Exception as exc:
             logger.error("Scheduler dispatch failed for %s", dispatch.task_name, exc_info=exc, extra=extra)
             logger.warning("Scheduler job dispatch failed; retry scheduled.", extra=extra)

@@ -1,0 +1,76 @@
+"""Set-based writes the ORM lacks: many rows in one statement, on SQLite and PostgreSQL.
+
+``bulk_update`` builds a CASE expression per field and row, and a plain
+``executemany`` costs a round trip per row on PostgreSQL; a claim batch of 256 slots
+would spend most of its time there. These helpers send one statement per chunk.
+UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.db import connection
+
+try:
+    from psycopg import Cursor as ServerBindingCursor
+except ImportError:  # psycopg2, or no PostgreSQL driver at all
+    ServerBindingCursor = None
+
+_ROWS_PER_STATEMENT = 500  # keeps SQLite under its 32,766 bound parameters
+
+
+def _chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        yield rows[start : start + _ROWS_PER_STATEMENT]
+
+
+def _cursor() -> Any:
+    """On PostgreSQL with psycopg 3, a cursor that binds parameters on the server.
+
+    Django's own psycopg cursor renders every parameter into the SQL text in Python,
+    which for thousands of parameters costs more than running the statement.
+    """
+    if connection.vendor == "postgresql" and ServerBindingCursor is not None:
+        connection.ensure_connection()
+        return ServerBindingCursor(connection.connection)
+    return connection.cursor()
+
+
+def _placeholder(sql_type: str) -> str:
+    # PostgreSQL types a VALUES column from its values; a column of NULLs would be text.
+    return f"CAST(%s AS {sql_type})" if connection.vendor == "postgresql" else "%s"
+
+
+def insert_ignoring_conflicts(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> set[Any]:
+    """INSERT the rows, skipping any that would break a unique key; returns the first column of those written."""
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    written: set[Any] = set()
+    with _cursor() as cursor:
+        for chunk in _chunks(rows):
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))}"
+                f" ON CONFLICT DO NOTHING RETURNING {columns[0]}",
+                [value for row in chunk for value in row],
+            )
+            written.update(row[0] for row in cursor.fetchall())
+    return written
+
+
+def update_from_values(
+    table: str, columns: Sequence[tuple[str, str]], assignments: str, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """UPDATE ``table`` from rows of values; ``assignments`` reads them as ``v.<column>``.
+
+    ``columns`` are (name, SQL type) pairs in row order; the first one is matched
+    against ``table.id``.
+    """
+    names = ", ".join(name for name, _ in columns)
+    row_sql = "(" + ", ".join(_placeholder(sql_type) for _, sql_type in columns) + ")"
+    key = columns[0][0]
+    with _cursor() as cursor:
+        for chunk in _chunks(rows):
+            cursor.execute(
+                f"WITH v ({names}) AS (VALUES {', '.join([row_sql] * len(chunk))})"
+                f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
+                [value for row in chunk for value in row],
+            )

@@ -1,0 +1,35 @@
+"""The broker of the load tests: it accepts every message and drops it.
+
+This measures the scheduler's own pipeline (claim, ``kiq``, record), not a queue.
+With ``LOAD_SINK`` set, every task id sent is appended to that file, so a test with
+several engine processes can count duplicates.
+"""
+
+import os
+
+from taskiq import AsyncBroker
+from taskiq.message import BrokerMessage
+
+
+class NullBroker(AsyncBroker):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+        self._sink = os.environ.get("LOAD_SINK")
+
+    async def kick(self, message: BrokerMessage) -> None:
+        self.sent += 1
+        if self._sink:
+            with open(self._sink, "a", encoding="utf-8") as sink:
+                sink.write(message.task_id + "\n")
+
+    async def listen(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("The load-test broker only sends.")
+
+
+broker = NullBroker()
+
+
+@broker.task(task_name="load.noop")
+async def noop() -> None:
+    """Never runs: the broker drops the message."""

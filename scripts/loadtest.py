@@ -1,0 +1,339 @@
+"""Load tests of the beat engine. See scripts/README.md.
+
+    python scripts/loadtest.py burst  --db sqlite --sizes 1000,10000
+    python scripts/loadtest.py steady --db postgres --jobs 1000 --seconds 20
+    python scripts/loadtest.py scale  --db sqlite --jobs 100000
+    python scripts/loadtest.py multi  --db postgres --jobs 5000 --engines 3
+
+Each run uses a fresh database (a temp SQLite file, or a throwaway PostgreSQL server
+started like the test suite's), prints a table and writes JSON to scripts/results/.
+The broker drops every message (scripts/load_broker.py): what is measured is the
+scheduler's pipeline, not a queue.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "scripts" / "results"
+sys.path.insert(0, str(REPO))
+
+
+# -- environment ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def database(kind: str) -> Iterator[dict[str, str]]:
+    """Environment variables that point Django at a fresh database of ``kind``."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="taskiq-beat-load-") as directory:
+            yield {"SQLITE_PATH": str(Path(directory) / "load.sqlite3")}
+    else:
+        from tests.pgserver import postgres_server
+
+        with postgres_server() as url:
+            yield {"DATABASE_URL": url}
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ.pop("DATABASE_URL", None) if "SQLITE_PATH" in env else os.environ.pop("SQLITE_PATH", None)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "testproject.settings"
+    os.environ["TASKIQ_BEAT_OPTIONS"] = json.dumps({"BROKER": "scripts.load_broker:broker"})
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import logging
+
+    logging.getLogger("django_taskiq_beat").setLevel(logging.WARNING)
+
+
+def make_app(**config: Any) -> Any:
+    from django_taskiq_beat import SchedulerApp, SchedulerConfig
+    from scripts.load_broker import broker
+
+    return SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC", **config))
+
+
+def insert_jobs(count: int, kind: str, next_run_at: datetime, interval_seconds: int | None = None) -> None:
+    """Write job rows in bulk, as an application's startup sync or an import would."""
+    from django.utils import timezone
+
+    from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule
+    from django_taskiq_beat.models import SchedulerJob
+
+    now = timezone.now()
+    trigger = (
+        PeriodicSchedule(interval=IntervalTrigger(seconds=interval_seconds))
+        if kind == "periodic" else OneOffSchedule(run_at=next_run_at)
+    )
+    rows = [
+        SchedulerJob(
+            task_name="load.noop", kind=kind, strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
+            next_run_at=next_run_at, created_at=next_run_at - timedelta(seconds=interval_seconds or 0)
+            if kind == "periodic" else now, updated_at=now,
+        )
+        for _ in range(count)
+    ]
+    SchedulerJob.objects.bulk_create(rows, batch_size=2000)
+
+
+def clear() -> None:
+    from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+
+    SchedulerRun.objects.all().delete()
+    SchedulerJob.objects.all().delete()
+
+
+def lags_ms(since: datetime | None = None) -> list[float]:
+    from django_taskiq_beat.models import SchedulerRun
+
+    runs = SchedulerRun.objects.filter(status="dispatched")
+    if since is not None:
+        runs = runs.filter(scheduled_for__gte=since)
+    return [(d - s).total_seconds() * 1000 for s, d in runs.values_list("scheduled_for", "dispatched_at")]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": 0.0, "p95": 0.0, "max": 0.0}
+    ordered = sorted(values)
+    quantiles = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"p50": round(quantiles[49], 1), "p95": round(quantiles[94], 1), "max": round(ordered[-1], 1)}
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    columns = list(rows[0])
+    widths = [max(len(str(column)), *(len(str(row[column])) for row in rows)) for column in columns]
+    line = lambda values: " | ".join(str(v).rjust(w) for v, w in zip(values, widths, strict=True))  # noqa: E731
+    return "\n".join([line(columns), "-+-".join("-" * w for w in widths), *(line(row.values()) for row in rows)])
+
+
+def report(name: str, db: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    print(f"\n{name} on {db}\n{table(rows)}")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{db}.json"
+    path.write_text(json.dumps({"scenario": name, "db": db, "rows": rows, **(extra or {})}, indent=2, default=str))
+    print(f"(written to {path.relative_to(REPO)})")
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+def burst(arguments: argparse.Namespace) -> None:
+    """N one-off jobs due at the same instant; one engine drains them."""
+    from asgiref.sync import async_to_sync
+    from django.utils import timezone
+
+    rows = []
+    for size in arguments.sizes:
+        clear()
+        app = make_app(dispatch_batch_size=arguments.batch_size, dispatch_concurrency=arguments.concurrency)
+        due = timezone.now() + timedelta(milliseconds=arguments.lead_ms + size // 10)
+        started = time.perf_counter()
+        insert_jobs(size, "one_off", due)
+        setup = time.perf_counter() - started
+        time.sleep(max((due - timezone.now()).total_seconds(), 0))
+        started = time.perf_counter()
+        sent = async_to_sync(app.engine.run_once)()
+        elapsed = time.perf_counter() - started
+        lag = percentiles(lags_ms())
+        rows.append({
+            "jobs": size, "setup_s": round(setup, 2), "dispatch_s": round(elapsed, 3),
+            "dispatches_per_s": round(sent / elapsed), "lag_p50_ms": lag["p50"], "lag_p95_ms": lag["p95"],
+            "lag_max_ms": lag["max"], "sent": sent,
+        })
+    report("burst", arguments.db, rows)
+
+
+def steady(arguments: argparse.Namespace) -> None:
+    """N interval jobs every second, run by the real engine loop for a fixed time."""
+    from asgiref.sync import async_to_sync
+    from django.utils import timezone
+
+    clear()
+    app = make_app()
+    start = timezone.now().replace(microsecond=0) + timedelta(seconds=2)
+    insert_jobs(arguments.jobs, "periodic", start, interval_seconds=1)
+
+    async def drive() -> tuple[float, float]:
+        await app.start()
+        await asyncio.sleep(max((start - timezone.now()).total_seconds(), 0))
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.sleep(arguments.seconds)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        await app.stop()
+        return cpu, wall
+
+    cpu, wall = async_to_sync(drive)()
+    window_end = start + timedelta(seconds=arguments.seconds)
+    lags = [lag for lag in lags_ms(since=start)]
+    from django_taskiq_beat.models import SchedulerRun
+
+    dispatched = SchedulerRun.objects.filter(
+        status="dispatched", scheduled_for__gte=start, scheduled_for__lt=window_end
+    ).count()
+    expected = arguments.jobs * arguments.seconds
+    lag = percentiles(lags)
+    report("steady", arguments.db, [{
+        "jobs": arguments.jobs, "seconds": arguments.seconds, "dispatched": dispatched, "expected": expected,
+        "lag_p50_ms": lag["p50"], "lag_p95_ms": lag["p95"], "lag_max_ms": lag["max"],
+        "cpu_percent_of_core": round(100 * cpu / wall, 1),
+    }])
+
+
+def scale(arguments: argparse.Namespace) -> None:
+    """Many enabled jobs, none due: what does an idle engine cost, and how fast is a new job seen?"""
+    from asgiref.sync import async_to_sync, sync_to_async
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_taskiq_beat.models import SchedulerJob
+
+    clear()
+    insert_jobs(arguments.jobs, "periodic", timezone.now() + timedelta(days=1), interval_seconds=86400)
+    app = make_app()
+    queries = [0]
+
+    def count_queries(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        queries[0] += 1
+        return execute(sql, params, many, context)
+
+    async def drive() -> dict[str, Any]:
+        def install_counter() -> None:  # in the thread where the engine's ORM calls run
+            connection.execute_wrappers.append(count_queries)
+
+        await sync_to_async(install_counter)()
+        await app.start()
+        await asyncio.sleep(2)
+        rss_before, ticks, queries_before = rss_mb(), app.get_health_snapshot().sync_count, queries[0]
+        cpu, wall = time.process_time(), time.perf_counter()
+        await asyncio.sleep(arguments.seconds)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        ticks = app.get_health_snapshot().sync_count - ticks
+        result = {
+            "jobs": arguments.jobs, "idle_s": arguments.seconds, "cpu_percent_of_core": round(100 * cpu / wall, 2),
+            "rss_mb_start": rss_before, "rss_mb_end": rss_mb(), "ticks": ticks,
+            "queries_per_tick": round((queries[0] - queries_before) / max(ticks, 1), 2),
+        }
+        # A job created by another process, due at once: how long until this engine sends it?
+        created = await asyncio.to_thread(_schedule_from_another_process)
+        for _ in range(1000):
+            job = await SchedulerJob.objects.filter(pk="scale.probe", dispatch_count=1).afirst()
+            if job is not None:
+                break
+            await asyncio.sleep(0.01)
+        result["first_dispatch_s"] = round((job.last_run_at - created).total_seconds(), 3) if job else None
+        await app.stop()
+        return result
+
+    report("scale", arguments.db, [async_to_sync(drive)()])
+
+
+def _schedule_from_another_process() -> datetime:
+    code = (
+        "import django, sys; django.setup()\n"
+        "from django.utils import timezone\n"
+        "from django_taskiq_beat import OneOffSchedule, get_scheduler_app\n"
+        "job = get_scheduler_app().single(task='load.noop').schedule(OneOffSchedule(run_at=timezone.now()), job_id='scale.probe')\n"
+        "print(job.created_at.isoformat())\n"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    return datetime.fromisoformat(output.strip().splitlines()[-1])
+
+
+def multi(arguments: argparse.Namespace) -> None:
+    """One engine, then several engine processes, on the same burst: duplicates, losses, throughput."""
+    from django.utils import timezone
+
+    from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+
+    rows = []
+    for engine_count in sorted({1, arguments.engines}):
+        clear()
+        with tempfile.TemporaryDirectory() as directory:
+            sink = Path(directory) / "sink.txt"
+            sink.touch()
+            processes = [_start_engine(f"load-{n}", sink) for n in range(engine_count)]
+            due = timezone.now() + timedelta(seconds=3)
+            insert_jobs(arguments.jobs, "one_off", due)
+            deadline = time.monotonic() + 120
+            while SchedulerRun.objects.filter(status="dispatched").count() < arguments.jobs:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=60)
+            sends = Counter(sink.read_text().split())
+        runs = list(SchedulerRun.objects.filter(status="dispatched").values_list("scheduled_for", "dispatched_at"))
+        span = (max(d for _, d in runs) - due).total_seconds() if runs else float("inf")
+        lost = SchedulerJob.objects.exclude(runs__status="dispatched").count()
+        lag = percentiles([(d - s).total_seconds() * 1000 for s, d in runs])
+        rows.append({
+            "engines": engine_count, "jobs": arguments.jobs, "dispatched": len(runs),
+            "duplicate_sends": sum(count - 1 for count in sends.values()), "lost_slots": lost,
+            "dispatches_per_s": round(len(runs) / span) if span else None, "lag_p95_ms": lag["p95"],
+        })
+    report("multi", arguments.db, rows)
+
+
+def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ, "PYTHONPATH": str(REPO), "LOAD_SINK": str(sink),
+        "TASKIQ_BEAT_OPTIONS": json.dumps({"BROKER": "scripts.load_broker:broker", "SCHEDULER_ID": name}),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat", "--log-level", "WARNING"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+# -- command line --------------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=["burst", "steady", "scale", "multi"])
+    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000])
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--engines", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--lead-ms", type=int, default=250)
+    arguments = parser.parse_args()
+    with database(arguments.db) as env:
+        setup_django(env)
+        {"burst": burst, "steady": steady, "scale": scale, "multi": multi}[arguments.scenario](arguments)
+
+
+if __name__ == "__main__":
+    main()
