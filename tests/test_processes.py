@@ -157,7 +157,7 @@ def test_three_engines_as_concurrent_tasks_share_the_work(app: SchedulerApp, sin
 
 def test_engine_killed_mid_burst_loses_no_slot(engines: EngineFactory, app: SchedulerApp, sink: Path) -> None:
     options = {"DISPATCH_BATCH_SIZE": 25, "DISPATCH_CONCURRENCY": 4}
-    first = engines("engine-doomed", options, send_delay=0.01)
+    first = engines("engine-doomed", options, send_delay=0.02)
     job_ids = schedule_due(app, 300)
     wait_until(
         lambda: SchedulerRun.objects.filter(status=RunStatus.DISPATCHED).count() >= 50, timeout=60, what="the burst"
@@ -165,7 +165,7 @@ def test_engine_killed_mid_burst_loses_no_slot(engines: EngineFactory, app: Sche
     first.signal(signal.SIGKILL)
     first.wait()
     assert SchedulerRun.objects.filter(status=RunStatus.DISPATCHED).count() < 300, "the burst ended before the kill"
-    engines("engine-restarted", options, send_delay=0.01)
+    engines("engine-restarted", options, send_delay=0.02)
     wait_until(lambda: all_dispatched(len(job_ids)), timeout=90, what="the restarted engine to finish the burst")
     run_ids = assert_each_slot_dispatched_once(job_ids)
     sent = sends(sink)

@@ -89,3 +89,4 @@ class Command(BaseCommand):
             f"lease={config.claim_ttl_seconds}s timezone={config.default_timezone}",
         ]
         self.stdout.write("\n".join(lines))
+        self.stdout.flush()  # before the engine's log lines, also when stdout is a file
