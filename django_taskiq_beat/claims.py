@@ -35,6 +35,7 @@ class Dispatch:
     args: list[Any]
     kwargs: dict[str, Any]
     claimed_at: datetime  # the job's ``updated_at`` written by the claim: its version
+    scheduled_for: datetime  # the slot; a slot claimed ahead of time is sent when it comes
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,13 @@ class _DueJob:
     dispatch_failures: int
 
 
-def claim_due(scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy) -> Claim:
-    """Claim up to ``limit`` due slots: advance each job and write its pending run."""
+def claim_due(
+    scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
+    ahead: timedelta = timedelta(0),
+) -> Claim:
+    """Claim up to ``limit`` slots due by ``now + ahead``: advance each job and write its pending run."""
     with transaction.atomic():
-        due = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now).order_by("next_run_at")
+        due = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now + ahead).order_by("next_run_at")
         jobs = [_DueJob(*row) for row in _lock_for_claiming(due).values_list(*_DUE_FIELDS)[:limit]]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
@@ -140,7 +144,9 @@ def claim_due(scheduler_id: str, now: datetime, limit: int, lease: timedelta, re
             runs.append(
                 (run_id, job.id, _time(job.next_run_at), RunStatus.PENDING, scheduler_id, lease_value, None, None)
             )
-            dispatches.append(Dispatch(run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now))
+            dispatches.append(
+                Dispatch(run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at)
+            )
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
             ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "finished_at",
@@ -183,7 +189,10 @@ def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta
             claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
         )
     return [
-        Dispatch(run.id, run.job_id, run.job.task_name, run.job.task_args, run.job.task_kwargs, run.created_at)
+        Dispatch(
+            run.id, run.job_id, run.job.task_name, run.job.task_args, run.job.task_kwargs, run.created_at,
+            run.scheduled_for,
+        )
         for run in runs
     ]
 

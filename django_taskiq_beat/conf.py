@@ -29,6 +29,7 @@ class SchedulerConfig:
     sync_interval_seconds: float = 1.0
     idle_sleep_seconds: float = 0.2
     claim_ttl_seconds: int = 60
+    claim_ahead_seconds: float = 0.5
     dispatch_retry_seconds: int = 5
     dispatch_retry_max_seconds: int = 300
     dispatch_timeout_seconds: float = 10.0
@@ -48,13 +49,14 @@ class SchedulerConfig:
             raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
                      "job_cleanup_interval_seconds", "dispatch_timeout_seconds"):
-            _check_number(name, getattr(self, name), allow_float=True, minimum_exclusive=0)
+            _check_number(name, getattr(self, name), allow_float=True, allow_zero=False)
         for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds",
                      "dispatch_concurrency", "dispatch_batch_size"):
-            _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=0)
+            _check_number(name, getattr(self, name), allow_float=False, allow_zero=False)
         for name in ("run_history_retention_days", "completed_job_retention_days"):
             if getattr(self, name) is not None:
-                _check_number(name, getattr(self, name), allow_float=False, minimum_exclusive=-1)
+                _check_number(name, getattr(self, name), allow_float=False, allow_zero=True)
+        _check_number("claim_ahead_seconds", self.claim_ahead_seconds, allow_float=True, allow_zero=True)
         if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
             raise SchedulerValidationError(
                 "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,
@@ -84,14 +86,13 @@ class SchedulerConfig:
         return cls(**values)
 
 
-def _check_number(name: str, value: Any, *, allow_float: bool, minimum_exclusive: float) -> None:
+def _check_number(name: str, value: Any, *, allow_float: bool, allow_zero: bool) -> None:
     kinds = (int, float) if allow_float else (int,)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
         expected = "a number" if allow_float else "an integer"
         raise SchedulerValidationError(name, value, f"Must be {expected}.")
-    if value <= minimum_exclusive:
-        bound = "positive" if minimum_exclusive == 0 else "zero or more"
-        raise SchedulerValidationError(name, value, f"Must be {bound}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SchedulerValidationError(name, value, "Must be zero or more." if allow_zero else "Must be positive.")
 
 
 def _settings_dict() -> dict[str, Any]:

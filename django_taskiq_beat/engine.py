@@ -30,6 +30,7 @@ logger = logging.getLogger("django_taskiq_beat.engine")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _MAX_BACKOFF_SECONDS = 30.0
+_MAX_BATCHES_IN_FLIGHT = 8
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class SchedulerEngine:
         self.config = config
         self._retry = claims.RetryPolicy(config.dispatch_retry_seconds, config.dispatch_retry_max_seconds)
         self._lease = timedelta(seconds=config.claim_ttl_seconds)
+        self._ahead = timedelta(seconds=config.claim_ahead_seconds)
         self._counters = _Counters()
         self._runner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,6 +116,7 @@ class SchedulerEngine:
         self._stopping = False
         self._next_due_at: datetime | None = None
         self._unrecorded: list[claims.Outcome] = []
+        self._send_limit: asyncio.Semaphore | None = None
         self._run_cleanup = _Cleanup(
             config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
             "Scheduler engine cleaned old run history.", "deleted_run_count", "finished_before",
@@ -215,14 +218,15 @@ class SchedulerEngine:
         self._wake.clear()
 
     def _sleep_seconds(self) -> float:
-        """Until the next due slot, at most ``sync_interval_seconds``.
+        """Until the next slot can be claimed, at most ``sync_interval_seconds``.
 
-        A slot already due that this engine could not claim (another engine holds
-        it) is re-checked after ``idle_sleep_seconds``.
+        Slots are claimed ``claim_ahead_seconds`` early and sent on time. A slot
+        already claimable that this engine could not take (another engine holds it)
+        is re-checked after ``idle_sleep_seconds``.
         """
         if self._next_due_at is None:
             return self.config.sync_interval_seconds
-        until_due = (self._next_due_at - timezone.now()).total_seconds()
+        until_due = (self._next_due_at - self._ahead - timezone.now()).total_seconds()
         if until_due <= 0:
             return self.config.idle_sleep_seconds
         return min(until_due, self.config.sync_interval_seconds)
@@ -236,8 +240,10 @@ class SchedulerEngine:
     async def run_once(self) -> int:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
         await _orm(close_old_connections)
-        if self._unrecorded:
-            await self._record(self._unrecorded)
+        self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)  # shared by a tick's batches
+        unrecorded, self._unrecorded = self._unrecorded, []
+        if unrecorded:
+            await self._record(unrecorded)
         self._counters.sync_count += 1
         self._counters.last_sync_at = timezone.now()
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
@@ -249,22 +255,44 @@ class SchedulerEngine:
             self._counters.recovered_run_count += len(orphans)
             logger.warning("Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans)})
             sent += await self._send_and_record(orphans)
-        while not self._stopping:
-            claim = await _orm(
-                claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-                self._lease, self._retry,
-            )
-            if claim.failed_job_ids:
-                self._counters.failed_dispatch_count += len(claim.failed_job_ids)
-                logger.error(
-                    "Scheduler job preparation failed; retry scheduled.", extra={"job_ids": claim.failed_job_ids}
-                )
-            if claim.dispatches:
-                sent += await self._send_and_record(claim.dispatches)
-            if claim.row_count < self.config.dispatch_batch_size:
-                break
+        sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
+        return sent
+
+    async def _dispatch_due(self) -> int:
+        """Claim batch after batch without waiting for their sends.
+
+        A batch claimed ahead of its slot waits for it in the background while the
+        next batch is claimed, so a burst goes out on time. At most
+        ``_MAX_BATCHES_IN_FLIGHT`` batches are claimed and not yet recorded.
+        """
+        in_flight: set[asyncio.Task[int]] = set()
+        sent = 0
+        try:
+            while not self._stopping:
+                claim = await _orm(
+                    claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
+                    self._lease, self._retry, self._ahead,
+                )
+                if claim.failed_job_ids:
+                    self._counters.failed_dispatch_count += len(claim.failed_job_ids)
+                    logger.error(
+                        "Scheduler job preparation failed; retry scheduled.", extra={"job_ids": claim.failed_job_ids}
+                    )
+                if claim.dispatches:
+                    in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
+                if claim.row_count < self.config.dispatch_batch_size:
+                    break
+                if len(in_flight) >= _MAX_BATCHES_IN_FLIGHT:
+                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    sent += sum(task.result() for task in done)
+        finally:  # whatever happened to a claim, what was claimed is sent and recorded
+            results = await asyncio.gather(*in_flight, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            sent += result
         return sent
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
@@ -288,9 +316,8 @@ class SchedulerEngine:
         try:
             await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
         except Exception:
-            self._unrecorded = outcomes
+            self._unrecorded.extend(outcomes)
             raise
-        self._unrecorded = []
 
     async def _keep_leases(self, run_ids: list[str]) -> None:
         interval = max(self.config.claim_ttl_seconds / 3, 0.1)
@@ -302,9 +329,13 @@ class SchedulerEngine:
                 logger.exception("Extending the leases of runs being sent failed.")
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
-        limit = asyncio.Semaphore(self.config.dispatch_concurrency)
+        limit = self._send_limit
+        assert limit is not None
 
         async def send(dispatch: claims.Dispatch) -> claims.Outcome:
+            early = (dispatch.scheduled_for - timezone.now()).total_seconds()
+            if early > 0:  # claimed ahead of its slot
+                await asyncio.sleep(early)
             async with limit:
                 return await self._send(dispatch)
 

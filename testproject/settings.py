@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = "django-insecure-demo-only"
-DEBUG = True
+DEBUG = os.environ.get("DJANGO_DEBUG", "on") == "on"  # the load tests turn it off
 ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
 
 INSTALLED_APPS = [
@@ -57,6 +57,8 @@ def _database(url: str | None) -> dict[str, object]:
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "testproject" / "demo.sqlite3")),
+            # WAL: readers do not block the writer, and a commit needs no fsync of the database file.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
             # A file, not memory: the tests start engine processes on the test database.
             "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"taskiq-beat-test-{os.getpid()}.sqlite3")},
         }

@@ -38,7 +38,8 @@ def test_config_is_frozen() -> None:
         ("claim_ttl_seconds", 1.5), ("dispatch_retry_seconds", 0), ("dispatch_concurrency", True),
         ("dispatch_batch_size", "10"), ("record_runs", 1), ("run_history_retention_days", -1),
         ("completed_job_retention_days", 2.0), ("run_cleanup_interval_seconds", float("inf")),
-        ("default_timezone", "Nowhere/Special"),
+        ("default_timezone", "Nowhere/Special"), ("claim_ahead_seconds", -0.1), ("dispatch_timeout_seconds", 0),
+        ("dispatch_retry_max_seconds", 1),
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: Any) -> None:

@@ -380,6 +380,21 @@ def test_run_now_of_a_periodic_job_goes_back_to_its_schedule(app: SchedulerApp, 
     assert job.dispatch_count == 1 and job.next_run_at == regular
 
 
+def test_slot_claimed_ahead_is_sent_when_it_comes(app: SchedulerApp, recorder: Recorder) -> None:
+    slot = timezone.now() + timedelta(milliseconds=300)  # inside claim_ahead_seconds (0.5 s)
+    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=slot))
+    assert run(app.engine.run_once) == 1
+    sent = SchedulerRun.objects.get(job=job)
+    assert sent.scheduled_for == slot and sent.dispatched_at >= slot
+    assert sent.dispatched_at - slot < timedelta(seconds=1)  # generous
+
+
+def test_without_claim_ahead_a_future_slot_waits(broker: InMemoryBroker, recorder: Recorder) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=0))
+    app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(milliseconds=300)))
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+
+
 def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
     app = SchedulerApp(broker=broker, config=make_config(record_runs=False))
     job = due_one_off(app)
