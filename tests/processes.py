@@ -39,8 +39,12 @@ def manage(*arguments: str, env: dict[str, str] | None = None, timeout: float = 
 class EngineProcess:
     """One ``run_taskiq_beat`` process with the test broker; its output goes to a log file."""
 
-    def __init__(self, name: str, log_dir: Path, sink: Path, options: dict[str, Any], send_delay: float = 0) -> None:
+    def __init__(
+        self, name: str, log_dir: Path, sink: Path, options: dict[str, Any], send_delay: float = 0,
+        arguments: tuple[str, ...] = (),
+    ) -> None:
         self.name = name
+        self.arguments = arguments
         self.log_path = log_dir / f"{name}.log"
         self.env = child_env(
             TEST_SINK=str(sink),
@@ -54,7 +58,7 @@ class EngineProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat",
-                 "--broker", "tests.process_broker:broker"],
+                 "--broker", "tests.process_broker:broker", *self.arguments],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
         wait_until(lambda: "Scheduler engine started." in self.log(), timeout=30, what=f"{self.name} to start")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig
@@ -42,8 +42,10 @@ def sink(tmp_path: Path) -> Path:
 def engines(tmp_path: Path, sink: Path) -> Iterator[EngineFactory]:
     started: list[EngineProcess] = []
 
-    def start(name: str, options: dict[str, Any] | None = None, send_delay: float = 0) -> EngineProcess:
-        engine = EngineProcess(name, tmp_path, sink, {**FAST, **(options or {})}, send_delay).start()
+    def start(
+        name: str, options: dict[str, Any] | None = None, send_delay: float = 0, arguments: tuple[str, ...] = ()
+    ) -> EngineProcess:
+        engine = EngineProcess(name, tmp_path, sink, {**FAST, **(options or {})}, send_delay, arguments).start()
         started.append(engine)
         return engine
 
@@ -97,6 +99,11 @@ def test_sigint_stops_the_engine_with_exit_code_0(engines: EngineFactory) -> Non
     assert engine.wait() == 0
 
 
+def test_log_level_option_sets_the_engine_loggers(engines: EngineFactory) -> None:
+    engine = engines("engine-debug", arguments=("--log-level", "DEBUG"))
+    wait_until(lambda: "Scheduler engine synced jobs from storage." in engine.log(), timeout=10, what="a DEBUG line")
+
+
 def test_banner_names_database_broker_and_jobs(engines: EngineFactory, app: SchedulerApp) -> None:
     schedule_due(app, 2)
     log = engines("engine-banner", {"SYNC_INTERVAL_SECONDS": 30}).log()
@@ -124,9 +131,12 @@ def test_three_engine_processes_dispatch_every_slot_exactly_once(
 ) -> None:
     if not vendor_note.startswith(connection.vendor):
         pytest.skip(f"this case is for {vendor_note.split(':')[0]}; it runs in that pass of `make test`")
+    slot = timezone.now() + timedelta(seconds=6)  # all three engines are up by then and race for it
+    with transaction.atomic():
+        job_ids = [app.single(task="test.record").schedule(OneOffSchedule(run_at=slot)).id for _ in range(300)]
     trio = [engines(name, {"DISPATCH_BATCH_SIZE": 20}, send_delay=0.002) for name in ("engine-1", "engine-2", "engine-3")]
-    job_ids = schedule_due(app, 300)
     wait_until(lambda: all_dispatched(len(job_ids)), timeout=90, what="300 dispatches")
+    assert not SchedulerRun.objects.filter(dispatched_at__lt=slot).exists(), "a slot claimed ahead went out early"
     run_ids = assert_each_slot_dispatched_once(job_ids)
     assert sends(sink) == Counter({run_id: 1 for run_id in run_ids})
     working = [engine.name for engine in trio if "Scheduler job dispatched." in engine.log()]

@@ -393,3 +393,19 @@ def test_duplicate_job_id_in_schedule_is_an_integrity_error(app: SchedulerApp) -
     app.single(task="system.echo").schedule(HOURLY, job_id="dup")
     with pytest.raises(IntegrityError), transaction.atomic():
         app.single(task="system.echo").schedule(HOURLY, job_id="dup")
+
+
+def test_unknown_task_is_looked_up_again_after_autodiscovering_tasks_modules(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_taskiq_beat import sending
+
+    imported: list[str] = []
+
+    def import_tasks_modules(module_name: str) -> None:  # what importing an app's tasks.py does
+        imported.append(module_name)
+        broker.register_task(lambda: None, task_name="late.registered")
+
+    monkeypatch.setattr(sending, "autodiscover_modules", import_tasks_modules)
+    job = app.single(task="late.registered").schedule(HOURLY)
+    assert imported == ["tasks"] and job.task_name == "late.registered"

@@ -1,0 +1,35 @@
+"""`make demo` end to end: the demo project's jobs run on SQLite with the in-process broker."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.processes import REPO, child_env, wait_until
+
+
+def test_demo_runs_jobs_and_fills_the_run_history(tmp_path: Path) -> None:
+    env = child_env()
+    env.pop("DATABASE_URL", None)
+    env["SQLITE_PATH"] = str(tmp_path / "demo.sqlite3")
+    manage = [sys.executable, str(REPO / "testproject" / "manage.py")]
+    subprocess.run([*manage, "migrate", "--verbosity", "0"], env=env, check=True, timeout=120)
+    listing = subprocess.run([*manage, "demo_jobs"], env=env, check=True, capture_output=True, text=True).stdout
+    assert "demo.heartbeat" in listing and "demo.greet" in listing
+    log = tmp_path / "engine.log"
+    with open(log, "wb") as output:
+        engine = subprocess.Popen([*manage, "run_taskiq_beat"], env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: log.read_text().count("[demo.heartbeat] tick") >= 2, timeout=30, what="two heartbeats")
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        print(log.read_text())
+    with sqlite3.connect(tmp_path / "demo.sqlite3") as database:
+        (dispatched,) = database.execute(
+            "SELECT count(*) FROM scheduler_run WHERE job_id = 'demo.heartbeat' AND status = 'dispatched'"
+        ).fetchone()
+    assert dispatched >= 2
