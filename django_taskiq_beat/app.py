@@ -15,6 +15,7 @@ from django.utils import timezone
 from taskiq import AsyncBroker
 
 from django_taskiq_beat.builders import SingleScheduleBuilder
+from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
@@ -126,6 +127,7 @@ class SchedulerApp:
     apurge_runs = _async_twin(purge_runs)
 
     def _locked(self, job_id: str) -> SchedulerJob:
+        begin_write()
         try:
             return SchedulerJob.objects.select_for_update().get(pk=job_id)
         except SchedulerJob.DoesNotExist:

@@ -6,9 +6,11 @@ is sent through the broker as soon as the row is committed (inside an outer
 ``transaction.atomic()``, when that one commits).
 """
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,6 +18,7 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
@@ -92,6 +95,17 @@ def _check_identity(job_id: Any, name: Any, description: Any) -> None:
         raise SchedulerValidationError("description", description, "Description must be a string.")
 
 
+def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
+    """Every column an upsert may change."""
+    return tuple(getattr(job, field) for field in _UPSERT_FIELDS)
+
+
+_UPSERT_FIELDS = (
+    "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
+    "metadata_payload", "is_enabled", "next_run_at", "finished_at", "claimed_by", "claimed_at", "claim_expires_at",
+)
+
+
 class ScheduleBuilder:
     """Turns a validated ``TaskCall`` plus a trigger into a job row."""
 
@@ -164,7 +178,12 @@ class ScheduleBuilder:
             self.app.job_changed()
             pending_run = None
             if isinstance(trigger, ImmediateDispatch):
-                pending_run = SchedulerRun.objects.create(job=job, scheduled_for=job.created_at)
+                # Leased like an engine's claim: if this process dies before the send is
+                # recorded, an engine re-sends the run once the lease expires.
+                pending_run = SchedulerRun.objects.create(
+                    job=job, scheduled_for=job.created_at, claimed_by=self.app.config.scheduler_id,
+                    lease_expires_at=job.created_at + timedelta(seconds=self.app.config.claim_ttl_seconds),
+                )
                 if in_outer_transaction:
                     transaction.on_commit(partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True)
                     pending_run = None
@@ -215,9 +234,10 @@ class ScheduleBuilder:
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
         trigger, call = self._validated(trigger, job_id, name, description, is_enabled)
-        for _attempt in range(2):
+        for attempt in range(2):
             try:
                 with transaction.atomic():
+                    begin_write()
                     job = SchedulerJob.objects.select_for_update().filter(pk=job_id).first()
                     created = job is None
                     if job is None:
@@ -227,7 +247,8 @@ class ScheduleBuilder:
                     self.app.job_changed()
                 break
             except IntegrityError:  # a concurrent upsert created it first: update that row
-                continue
+                if attempt:
+                    raise
         logger.info(
             "Scheduler job upserted.",
             extra={"job_id": job.id, "task_name": job.task_name, "kind": job.kind, "job_created": created},
@@ -249,7 +270,13 @@ class ScheduleBuilder:
         self, job: SchedulerJob, trigger: Trigger, call: TaskCall, name: str | None, description: str | None,
         is_enabled: bool | _Unset,
     ) -> None:
+        """Bring the row in line; an upsert that changes nothing writes nothing.
+
+        ``updated_at`` moves only on a real change: the engine reads it as the job's
+        version, to leave an operator's change alone after a failed send.
+        """
         now = timezone.now()
+        before = _schedule_state(job)
         new_trigger = (trigger_kind(trigger), trigger.strategy, trigger.to_payload())
         trigger_changed = new_trigger != (job.kind, job.strategy, job.trigger_payload)
         call_changed = (call.task_name, call.args, call.kwargs) != (job.task_name, job.task_args, job.task_kwargs)
@@ -266,17 +293,19 @@ class ScheduleBuilder:
         ):
             job.arm(now)
             logger.debug("Recalculated next run for scheduler job.", extra={"job_id": job.id, "task_name": job.task_name})
-        job.updated_at = now
-        job.save()
+        if _schedule_state(job) != before:
+            job.updated_at = now
+            job.save()
 
     # -- immediate dispatch -------------------------------------------------------
 
     async def _send(self, job: SchedulerJob, run: SchedulerRun) -> Exception | None:
         """Hand the task to the broker; returns the error instead of raising it."""
         try:
-            await send_task(
-                self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id
-            )
+            async with asyncio.timeout(self.app.config.dispatch_timeout_seconds):
+                await send_task(
+                    self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id
+                )
         except Exception as exc:
             return exc
         return None
@@ -287,6 +316,7 @@ class ScheduleBuilder:
         run.status = RunStatus.FAILED if error else RunStatus.DISPATCHED
         run.dispatched_at, run.finished_at, run.updated_at = dispatched_at, now, now
         run.broker_task_id = None if error else run.id
+        run.claimed_by = run.lease_expires_at = None
         run.error = describe_error(error) if error else None
         job.last_run_at, job.updated_at, job.finished_at = dispatched_at, now, now
         job.last_error = run.error

@@ -19,9 +19,26 @@ except ImportError:  # psycopg2, or no PostgreSQL driver at all
 _ROWS_PER_STATEMENT = 500  # keeps SQLite under its 32,766 bound parameters
 
 
+def begin_write() -> None:
+    """Inside a transaction that reads before it writes, take the write lock first.
+
+    PostgreSQL locks rows with SELECT ... FOR UPDATE; SQLite ignores that, and a
+    transaction that read before another process committed cannot write at all
+    ("database is locked", with no waiting). A no-op write takes SQLite's write lock
+    at once, so a concurrent writer waits its turn instead.
+    """
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE scheduler_job SET id = id WHERE 0 = 1")
+
+
 def _chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
         yield rows[start : start + _ROWS_PER_STATEMENT]
+
+
+def _server_binding() -> bool:
+    return connection.vendor == "postgresql" and ServerBindingCursor is not None
 
 
 def _cursor() -> Any:
@@ -30,10 +47,17 @@ def _cursor() -> Any:
     Django's own psycopg cursor renders every parameter into the SQL text in Python,
     which for thousands of parameters costs more than running the statement.
     """
-    if connection.vendor == "postgresql" and ServerBindingCursor is not None:
+    if _server_binding():
         connection.ensure_connection()
         return ServerBindingCursor(connection.connection)
     return connection.cursor()
+
+
+def _execute(cursor: Any, sql: str, params: list[Any]) -> None:
+    if _server_binding():
+        cursor.execute(sql, params, prepare=False)  # no server-side prepared statements: safe behind PgBouncer
+    else:
+        cursor.execute(sql, params)
 
 
 def _placeholder(sql_type: str) -> str:
@@ -47,7 +71,8 @@ def insert_ignoring_conflicts(table: str, columns: Sequence[str], rows: Sequence
     written: set[Any] = set()
     with _cursor() as cursor:
         for chunk in _chunks(rows):
-            cursor.execute(
+            _execute(
+                cursor,
                 f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))}"
                 f" ON CONFLICT DO NOTHING RETURNING {columns[0]}",
                 [value for row in chunk for value in row],
@@ -64,12 +89,14 @@ def update_from_values(
     ``columns`` are (name, SQL type) pairs in row order; the first one is matched
     against ``table.id``.
     """
+    rows = sorted(rows, key=lambda row: row[0])  # one lock order for every writer: no deadlocks
     names = ", ".join(name for name, _ in columns)
     row_sql = "(" + ", ".join(_placeholder(sql_type) for _, sql_type in columns) + ")"
     key = columns[0][0]
     with _cursor() as cursor:
         for chunk in _chunks(rows):
-            cursor.execute(
+            _execute(
+                cursor,
                 f"WITH v ({names}) AS (VALUES {', '.join([row_sql] * len(chunk))})"
                 f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
                 [value for row in chunk for value in row],

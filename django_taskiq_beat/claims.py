@@ -62,7 +62,8 @@ class RetryPolicy:
 
     def delay(self, failures: int) -> timedelta:
         """Capped exponential backoff: base, 2 x base, 4 x base ... up to the cap."""
-        return timedelta(seconds=min(self.base_seconds * 2 ** max(failures - 1, 0), self.max_seconds))
+        doublings = min(max(failures - 1, 0), 32)  # the cap is reached long before; no float overflow
+        return timedelta(seconds=min(self.base_seconds * 2**doublings, self.max_seconds))
 
 
 def _time_adapter() -> Callable[[datetime | None], Any]:
@@ -85,11 +86,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
     """Make concurrent claimers take disjoint rows; call inside the claim transaction."""
     if connection.features.has_select_for_update_skip_locked:
         return queryset.select_for_update(skip_locked=True, of=("self",))
-    if connection.vendor == "sqlite":
-        # Take SQLite's write lock before reading, so a second engine reads only after
-        # this claim has committed (a no-op write is enough to open a write transaction).
-        with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {SchedulerJob._meta.db_table} SET id = id WHERE 0 = 1")
+    bulk.begin_write()  # SQLite: a second engine reads only after this claim has committed
     return queryset
 
 
@@ -205,9 +202,31 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> Non
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
-    """Store the outcomes on the runs and their jobs; failed slots get a retry."""
+    """Store the outcomes on the jobs and their runs; failed slots get a retry.
+
+    Jobs are written before runs, as a claim and a job delete do, so two writers
+    never wait on each other's locks in opposite orders.
+    """
     _time = _time_adapter()
+    sent: dict[str, list[Outcome]] = {}
+    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
+        if outcome.error is None:
+            sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
+        bulk.update_from_values(
+            "scheduler_job",
+            (("id", "varchar"), ("sent", "integer"), ("last_run_at", "timestamptz"),
+             ("last_dispatched_task_id", "varchar")),
+            "dispatch_count = scheduler_job.dispatch_count + v.sent, last_run_at = v.last_run_at,"
+            " last_dispatched_task_id = v.last_dispatched_task_id, last_error = NULL, dispatch_failures = 0",
+            [
+                (job_id, len(job_outcomes), _time(job_outcomes[-1].dispatched_at), job_outcomes[-1].dispatch.run_id)
+                for job_id, job_outcomes in sent.items()
+            ],
+        )
+        for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatch.job_id):
+            if outcome.error is not None:
+                _schedule_retry(outcome, now, retry)
         if record_runs:
             bulk.update_from_values(
                 "scheduler_run",
@@ -220,19 +239,6 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             )
         else:
             SchedulerRun.objects.filter(id__in=[outcome.dispatch.run_id for outcome in outcomes]).delete()
-        bulk.update_from_values(
-            "scheduler_job",
-            (("id", "varchar"), ("last_run_at", "timestamptz"), ("last_dispatched_task_id", "varchar")),
-            "dispatch_count = scheduler_job.dispatch_count + 1, last_run_at = v.last_run_at,"
-            " last_dispatched_task_id = v.last_dispatched_task_id, last_error = NULL, dispatch_failures = 0",
-            [
-                (outcome.dispatch.job_id, _time(outcome.dispatched_at), outcome.dispatch.run_id)
-                for outcome in outcomes if outcome.error is None
-            ],
-        )
-        for outcome in outcomes:
-            if outcome.error is not None:
-                _schedule_retry(outcome, now, retry)
 
 
 def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
@@ -272,8 +278,10 @@ def delete_runs_finished_before(cutoff: datetime) -> int:
 
 def delete_jobs_finished_before(cutoff: datetime) -> int:
     """Completed one-offs (sent at least once, finished before ``cutoff``) and their runs."""
-    finished = SchedulerJob.objects.filter(
-        kind=JobKind.ONE_OFF, is_enabled=False, finished_at__lt=cutoff, dispatch_count__gt=0
-    ).exclude(runs__status=RunStatus.PENDING)
-    deleted, by_model = finished.delete()
+    with transaction.atomic():
+        bulk.begin_write()
+        finished = SchedulerJob.objects.filter(
+            kind=JobKind.ONE_OFF, is_enabled=False, finished_at__lt=cutoff, dispatch_count__gt=0
+        ).exclude(runs__status=RunStatus.PENDING)
+        _, by_model = finished.delete()
     return by_model.get(SchedulerJob._meta.label, 0)

@@ -31,6 +31,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _MAX_BACKOFF_SECONDS = 30.0
 _MAX_BATCHES_IN_FLIGHT = 8
+_MAX_RECORD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class SchedulerEngine:
         self._stopping = False
         self._next_due_at: datetime | None = None
         self._unrecorded: list[claims.Outcome] = []
+        self._leftover_attempts = 0
         self._send_limit: asyncio.Semaphore | None = None
         self._run_cleanup = _Cleanup(
             config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
@@ -203,9 +205,13 @@ class SchedulerEngine:
                 self._counters.failed_tick_count += 1
                 logger.exception("Scheduler engine iteration failed; retrying.")
                 await self._reset_connection()
-                timeout = min(self.config.idle_sleep_seconds * 2**failures, _MAX_BACKOFF_SECONDS)
+                timeout = min(self.config.idle_sleep_seconds * 2 ** min(failures, 16), _MAX_BACKOFF_SECONDS)
             await self._sleep(timeout)
-        await _orm(_close_connection)
+        try:
+            await self._record_leftovers()
+        except Exception:
+            logger.exception("Storing send outcomes at stop failed; their runs are sent again after their leases.")
+        await self._reset_connection()
 
     async def _sleep(self, timeout: float) -> None:
         assert self._wake is not None
@@ -241,9 +247,7 @@ class SchedulerEngine:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
         await _orm(close_old_connections)
         self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)  # shared by a tick's batches
-        unrecorded, self._unrecorded = self._unrecorded, []
-        if unrecorded:
-            await self._record(unrecorded)
+        await self._record_leftovers()
         self._counters.sync_count += 1
         self._counters.last_sync_at = timezone.now()
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
@@ -310,6 +314,31 @@ class SchedulerEngine:
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
         return sent
+
+    async def _record_leftovers(self) -> None:
+        """Store outcomes a failed tick could not, giving up after a few tries.
+
+        Given up, their runs stay pending; once the leases expire the slots are sent
+        again (at-least-once), so nothing is lost and a poisoned outcome cannot stop
+        the engine.
+        """
+        outcomes, self._unrecorded = self._unrecorded, []
+        if not outcomes:
+            return
+        try:
+            await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+        except Exception:
+            self._leftover_attempts += 1
+            if self._leftover_attempts < _MAX_RECORD_ATTEMPTS:
+                self._unrecorded = outcomes
+            else:
+                self._leftover_attempts = 0
+                logger.error(
+                    "Giving up storing send outcomes; their runs are sent again when their leases expire.",
+                    extra={"run_count": len(outcomes)},
+                )
+            raise
+        self._leftover_attempts = 0
 
     async def _record(self, outcomes: list[claims.Outcome]) -> None:
         """Store outcomes; if the database is away, keep them for the next tick."""

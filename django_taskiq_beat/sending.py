@@ -21,6 +21,7 @@ RUN_LABEL = "scheduler_run_id"
 
 _T = TypeVar("_T")
 _started_brokers: "weakref.WeakSet[AsyncBroker]" = weakref.WeakSet()
+_startups: "weakref.WeakKeyDictionary[AsyncBroker, asyncio.Future[None]]" = weakref.WeakKeyDictionary()
 
 
 class UnknownTaskError(LookupError):
@@ -37,7 +38,7 @@ def describe_error(error: BaseException, limit: int = 4000) -> str:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        parts.append(f"{type(current).__name__}: {current}")
+        parts.append(f"{type(current).__name__}: {current}".replace("\x00", ""))  # PostgreSQL text refuses NUL
         current = current.__cause__ or current.__context__
     text = " <- caused by ".join(parts)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -60,15 +61,21 @@ def mark_broker_started(broker: AsyncBroker) -> None:
 
 
 async def ensure_broker_started(broker: AsyncBroker) -> None:
-    """Start the broker on first use, unless a worker or the caller already did."""
+    """Start the broker on first use, unless a worker or the caller already did.
+
+    Concurrent first sends wait for the same startup.
+    """
     if broker.is_worker_process or broker in _started_brokers:
         return
-    _started_brokers.add(broker)
+    startup = _startups.get(broker)
+    if startup is None or startup.get_loop() is not asyncio.get_running_loop():
+        startup = _startups[broker] = asyncio.ensure_future(broker.startup())
     try:
-        await broker.startup()
-    except BaseException:
-        _started_brokers.discard(broker)
-        raise
+        await asyncio.shield(startup)
+    finally:
+        if startup.done():
+            _startups.pop(broker, None)
+    _started_brokers.add(broker)
 
 
 async def send_task(
@@ -105,10 +112,12 @@ def run_from_sync(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
 
 
 def _caller_event_loop() -> asyncio.AbstractEventLoop | None:
-    # asgiref records the async caller's loop in this thread-local (AsyncToSync reads it too).
+    # asgiref records the async caller's loop in this thread-local (AsyncToSync reads it too)
+    # and never clears it, so a loop that has finished is no caller.
     if getattr(SyncToAsync.threadlocal, "main_event_loop_pid", None) != os.getpid():
         return None
-    return getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    return loop if loop is not None and loop.is_running() else None
 
 
 _loop_lock = threading.Lock()
@@ -122,3 +131,14 @@ def _background_loop() -> asyncio.AbstractEventLoop:
             _loop = asyncio.new_event_loop()
             threading.Thread(target=_loop.run_forever, name="taskiq-beat-send", daemon=True).start()
         return _loop
+
+
+def _forget_parent_state() -> None:
+    """A forked child (gunicorn --preload) has no send thread and has started no broker."""
+    global _loop, _loop_lock
+    _loop, _loop_lock = None, threading.Lock()
+    _started_brokers.clear()
+    _startups.clear()
+
+
+os.register_at_fork(after_in_child=_forget_parent_state)

@@ -111,9 +111,11 @@ class IntervalTrigger:
         return sum(getattr(self, unit) * size for unit, size in unit_seconds.items() if getattr(self, unit))
 
     def next_after(self, after: datetime, anchor: datetime) -> datetime:
-        """The first point of the grid ``anchor + k * interval`` strictly after ``after``."""
+        """The first point of the grid ``anchor + k * interval`` strictly after ``after``.
+
+        The anchor is cut to whole seconds, so whole-second intervals land on whole seconds.
+        """
         anchor = anchor.replace(microsecond=0)
-        after = after.replace(microsecond=0)
         if after < anchor:
             return anchor
         step = timedelta(seconds=self.total_seconds)

@@ -475,3 +475,37 @@ def test_engine_start_twice_is_a_no_op(app: SchedulerApp) -> None:
 
 def test_engine_type_is_exposed_for_advanced_use() -> None:
     assert SchedulerEngine.__name__ == "SchedulerEngine"
+
+
+def test_retry_survives_an_unchanged_upsert_during_the_send(app: SchedulerApp) -> None:
+    from django_taskiq_beat import claims
+
+    once = OneOffSchedule(run_at=timezone.now())
+    app.single(task="system.echo").upsert(once, job_id="deploy-synced")
+    claim = claims.claim_due("engine-a", timezone.now(), 10, timedelta(minutes=1), claims.RetryPolicy(5, 300))
+    app.single(task="system.echo").upsert(once, job_id="deploy-synced")  # a deploy's startup sync, meanwhile
+    (dispatch,) = claim.dispatches
+    now = timezone.now()
+    claims.record([claims.Outcome(dispatch, now, now, "ConnectionError: boom")], now, True, claims.RetryPolicy(5, 300))
+    job = SchedulerJob.objects.get(pk="deploy-synced")
+    assert job.is_enabled and not job.is_finished and job.next_run_at > now
+
+
+def test_two_outcomes_of_one_job_count_twice(app: SchedulerApp) -> None:
+    from django_taskiq_beat import claims
+
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    now = timezone.now()
+    runs = [SchedulerRun.objects.create(job=job, scheduled_for=now - timedelta(minutes=m)) for m in (1, 2)]
+    outcomes = [
+        claims.Outcome(claims.Dispatch(run.id, job.id, job.task_name, [], {}, now, run.scheduled_for), now, now, None)
+        for run in runs
+    ]
+    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 2
+
+
+def test_backoff_never_overflows() -> None:
+    from django_taskiq_beat import claims
+
+    assert claims.RetryPolicy(5, 300).delay(5000) == timedelta(seconds=300)

@@ -409,3 +409,44 @@ def test_unknown_task_is_looked_up_again_after_autodiscovering_tasks_modules(
     monkeypatch.setattr(sending, "autodiscover_modules", import_tasks_modules)
     job = app.single(task="late.registered").schedule(HOURLY)
     assert imported == ["tasks"] and job.task_name == "late.registered"
+
+
+def test_immediate_run_of_a_process_that_died_before_sending_is_recovered(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgiref.sync import async_to_sync
+
+    from django_taskiq_beat.builders import ScheduleBuilder
+
+    app = SchedulerApp(broker=broker, config=SchedulerConfig(claim_ttl_seconds=1))
+    monkeypatch.setattr(ScheduleBuilder, "_dispatch_now", lambda *args, **kwargs: None)  # dies after the commit
+    job = app.single(task="system.echo").schedule()
+    run = SchedulerRun.objects.get(job=job)
+    assert run.status == "pending" and run.lease_expires_at is not None
+    import time
+
+    time.sleep(1.1)
+    assert async_to_sync(app.engine.run_once)() == 1
+    run.refresh_from_db()
+    assert run.status == "dispatched" and recorder.names() == ["system.echo"]
+
+
+def test_hanging_broker_fails_an_immediate_dispatch_after_the_send_timeout(
+    broker: InMemoryBroker, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    async def hanging_kick(message: object) -> None:
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(broker, "kick", hanging_kick)
+    app = SchedulerApp(broker=broker, config=SchedulerConfig(dispatch_timeout_seconds=0.2))
+    with pytest.raises(TimeoutError):
+        call(app.single(task="system.echo"), "schedule")
+    assert SchedulerRun.objects.get().status == "failed"
+
+
+def test_unchanged_upsert_writes_nothing(app: SchedulerApp, call: Call) -> None:
+    first = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="same", name="Same")
+    again = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="same", name="Same")
+    assert SchedulerJob.objects.get(pk="same").updated_at == first.updated_at == again.updated_at

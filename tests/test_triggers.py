@@ -348,3 +348,11 @@ def test_every_minute_within_skipped_hour_runs_once_at_its_end() -> None:
     times = fire_times(during_two, utc(2026, 3, 28), utc(2026, 3, 29, 12))
     assert times[-1] == utc(2026, 3, 29, 1, 0)
     assert len(times) == 61  # the 60 minutes of 28 March, then once at 03:00 CEST on the 29th
+
+
+def test_sub_second_interval_moves_past_a_fractional_slot() -> None:
+    half = IntervalTrigger(seconds=0.5)
+    anchor = utc(2026, 3, 18, 10)
+    slot = half.next_after(anchor, anchor)
+    assert slot == datetime(2026, 3, 18, 10, 0, 0, 500_000, tzinfo=UTC)
+    assert half.next_after(slot, anchor) == utc(2026, 3, 18, 10, 0, 1)
