@@ -6,6 +6,13 @@ first access, so importing this package is safe before the app registry is ready
 
 from typing import TYPE_CHECKING, Any
 
+from django_taskiq_beat.chains import (
+    CHAIN_ORCHESTRATOR_TASK_NAME,
+    ChainAbortedError,
+    ChainStep,
+    ChainStepFailedError,
+    TaskChain,
+)
 from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.triggers import (
@@ -21,6 +28,11 @@ if TYPE_CHECKING:
     from django_taskiq_beat.engine import SchedulerHealthSnapshot
 
 __all__ = [
+    "CHAIN_ORCHESTRATOR_TASK_NAME",
+    "ChainAbortedError",
+    "ChainStep",
+    "ChainStepFailedError",
+    "TaskChain",
     "CrontabTrigger",
     "ImmediateDispatch",
     "IntervalTrigger",

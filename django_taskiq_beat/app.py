@@ -14,7 +14,8 @@ from django.dispatch import receiver
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat.builders import SingleScheduleBuilder
+from django_taskiq_beat.builders import ChainScheduleBuilder, SingleScheduleBuilder
+from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orchestrator
 from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
@@ -54,6 +55,7 @@ class SchedulerApp:
         self.broker = broker
         self.config = config if config is not None else SchedulerConfig.from_settings()
         self.engine = SchedulerEngine(broker, self.config)
+        register_chain_orchestrator(broker)
 
     async def start(self) -> None:
         """Start the beat engine in the running event loop (``run_taskiq_beat`` does this)."""
@@ -79,6 +81,28 @@ class SchedulerApp:
     ) -> SingleScheduleBuilder:
         """A builder for one task with fixed ``args`` / ``kwargs``; ``metadata`` is stored only."""
         return SingleScheduleBuilder(self, task=task, args=args, kwargs=kwargs, metadata=metadata)
+
+    def chain(
+        self,
+        *,
+        steps: list[ChainStep],
+        on_failure: str = "stop",
+        max_chain_attempts: int = 1,
+        default_step_max_attempts: int = 1,
+        default_step_retry_delay_seconds: float = 0.0,
+        default_step_timeout_seconds: float | None = None,
+        wait_poll_interval_seconds: float = 0.5,
+        metadata: Any = None,
+    ) -> ChainScheduleBuilder:
+        """A builder for steps run one after another by the orchestrator task (see README)."""
+        chain = TaskChain(
+            steps=steps, on_failure=on_failure, max_chain_attempts=max_chain_attempts,
+            default_step_max_attempts=default_step_max_attempts,
+            default_step_retry_delay_seconds=default_step_retry_delay_seconds,
+            default_step_timeout_seconds=default_step_timeout_seconds,
+            wait_poll_interval_seconds=wait_poll_interval_seconds,
+        )
+        return ChainScheduleBuilder(self, chain=chain, metadata=metadata)
 
     # -- managing jobs -------------------------------------------------------------
 

@@ -7,9 +7,7 @@ is sent through the broker as soon as the row is committed (inside an outer
 """
 
 import asyncio
-import json
 import logging
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -19,7 +17,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
+from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.payloads import TaskCall, require_json, task_name_of
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
@@ -46,42 +46,6 @@ UNSET: Final = _Unset()
 
 _MAX_ID_LENGTH = SchedulerJob._meta.get_field("id").max_length
 _MAX_NAME_LENGTH = SchedulerJob._meta.get_field("name").max_length
-
-
-def task_name_of(task: Any, field: str = "task") -> str:
-    """The name of a taskiq task object, or the stripped string given."""
-    name = task if isinstance(task, str) else getattr(task, "task_name", None)
-    if not isinstance(name, str):
-        raise SchedulerValidationError(field, task, "Scheduler task must have a task_name.")
-    if not name.strip():
-        raise SchedulerValidationError(field, task, "Task name must not be empty.")
-    return name.strip()
-
-
-def require_json(value: Any, field: str, expected: type) -> Any:
-    """A JSON-serialisable copy of ``value``, which must be a list/tuple or a dict."""
-    if value is None:
-        return expected()
-    if expected is list and isinstance(value, tuple):
-        value = list(value)
-    if not isinstance(value, expected):
-        raise SchedulerValidationError(field, value, f"Must be a JSON {'array' if expected is list else 'object'}.")
-    if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
-        raise SchedulerValidationError(field, value, "Keys must be strings.")
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise SchedulerValidationError(field, value, f"Must be JSON-serialisable: {exc}") from None
-
-
-@dataclass(frozen=True)
-class TaskCall:
-    """What a job sends: a task name and its JSON arguments, plus stored-only metadata."""
-
-    task_name: str
-    args: list[Any]
-    kwargs: dict[str, Any]
-    metadata: dict[str, Any]
 
 
 def _check_identity(job_id: Any, name: Any, description: Any) -> None:
@@ -350,6 +314,30 @@ class ScheduleBuilder:
         await sync_to_async(self._record)(job, run, dispatched_at, error)
         if error is not None:
             raise error
+
+
+class ChainScheduleBuilder(ScheduleBuilder):
+    """Schedules a task chain: the orchestrator task with the chain as its kwargs."""
+
+    def __init__(self, app: "SchedulerApp", *, chain: TaskChain, metadata: Any = None) -> None:
+        super().__init__(app)
+        self.chain = chain
+        user_metadata = require_json(metadata, "metadata", dict)
+        self._call = TaskCall(
+            task_name=CHAIN_ORCHESTRATOR_TASK_NAME,
+            args=[],
+            kwargs=chain.to_payload(),
+            metadata={"chain": True, "chain_step_count": len(chain.steps), **user_metadata},
+        )
+
+    def task_call(self) -> TaskCall:
+        require_result_backend(self.app.broker)
+        for index, step in enumerate(self.chain.steps):
+            try:
+                find_task(self.app.broker, step.task_name)
+            except UnknownTaskError as exc:
+                raise SchedulerValidationError(f"steps[{index}].task", step.task_name, str(exc)) from None
+        return self._call
 
 
 class SingleScheduleBuilder(ScheduleBuilder):

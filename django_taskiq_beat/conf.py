@@ -40,7 +40,7 @@ class SchedulerConfig:
     run_cleanup_interval_seconds: float = 3600.0
     completed_job_retention_days: int | None = None
     job_cleanup_interval_seconds: float = 3600.0
-    default_timezone: str = "UTC"
+    default_timezone: str | None = None  # None: settings.TIME_ZONE (UTC without settings)
 
     def __post_init__(self) -> None:
         if not isinstance(self.scheduler_id, str) or not self.scheduler_id.strip():
@@ -64,6 +64,8 @@ class SchedulerConfig:
             )
         if not isinstance(self.record_runs, bool):
             raise SchedulerValidationError("record_runs", self.record_runs, "Must be True or False.")
+        if self.default_timezone is None:
+            object.__setattr__(self, "default_timezone", _project_time_zone())
         object.__setattr__(
             self, "default_timezone", resolve_timezone(self.default_timezone, "default_timezone").key
         )
@@ -73,7 +75,7 @@ class SchedulerConfig:
         """The config in ``settings.TASKIQ_BEAT``; ``DEFAULT_TIMEZONE`` falls back to ``TIME_ZONE``."""
         options = _settings_dict()
         known = {item.name.upper(): item.name for item in fields(cls)}
-        values: dict[str, Any] = {"default_timezone": settings.TIME_ZONE or "UTC"}
+        values: dict[str, Any] = {}
         for key, value in options.items():
             if key == BROKER_KEY:
                 continue
@@ -84,6 +86,10 @@ class SchedulerConfig:
                 )
             values[known[key]] = value
         return cls(**values)
+
+
+def _project_time_zone() -> str:
+    return (settings.TIME_ZONE if settings.configured else None) or "UTC"
 
 
 def _check_number(name: str, value: Any, *, allow_float: bool, allow_zero: bool) -> None:
@@ -121,6 +127,7 @@ def load_broker(path: str) -> AsyncBroker:
         ) from exc
     if not isinstance(broker, AsyncBroker):
         raise ImproperlyConfigured(
-            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r} is a {type(broker).__name__}, not a taskiq broker."
+            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r} is an object of type {type(broker).__name__},"
+            " not a taskiq broker."
         )
     return broker

@@ -119,6 +119,9 @@ class SchedulerRun(models.Model):
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."
     )
+    progress = models.JSONField(
+        null=True, blank=True, help_text="A chain's state, written by its orchestrator: steps, attempts, outcome."
+    )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 

@@ -285,7 +285,8 @@ class PeriodicSchedule:
     def __post_init__(self) -> None:
         if (self.interval is None) == (self.crontab is None):
             raise SchedulerValidationError(
-                "trigger", None, "PeriodicSchedule needs exactly one of interval or crontab."
+                "trigger", {"interval": self.interval, "crontab": self.crontab},
+                "PeriodicSchedule needs exactly one of interval or crontab.",
             )
         if self.interval is not None and not isinstance(self.interval, IntervalTrigger):
             raise SchedulerValidationError("interval", self.interval, "Expected an IntervalTrigger.")

@@ -1,6 +1,7 @@
 """Shared fixtures: a fresh in-process broker per test, an app on it, sync/async callers."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,3 +57,24 @@ def call(request: pytest.FixtureRequest) -> Callable[..., Any]:
         return async_to_sync(getattr(obj, f"a{method}"))(*args, **kwargs)
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Let the test database be dropped: end connections that other threads left open.
+
+    Engines and chain orchestrators reach the database from asgiref's worker threads,
+    whose connections the test thread cannot close.
+    """
+    yield
+    from django.db import connection
+
+    if connection.vendor == "sqlite":  # the database file goes; its WAL files would stay behind
+        for suffix in ("-wal", "-shm"):
+            Path(f"{connection.settings_dict['NAME']}{suffix}").unlink(missing_ok=True)
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

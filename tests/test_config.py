@@ -133,3 +133,9 @@ def test_check_messages_are_clear(settings: Any) -> None:
     assert "Mars/Base" in messages["django_taskiq_beat.E002"]
     assert "testproject.nowhere:broker" in messages["django_taskiq_beat.E003"]
     assert "ModuleNotFoundError" in messages["django_taskiq_beat.E003"]
+
+
+def test_a_hand_built_config_takes_the_project_time_zone(settings: Any) -> None:
+    settings.TIME_ZONE = "America/Sao_Paulo"
+    assert SchedulerConfig(dispatch_batch_size=100).default_timezone == "America/Sao_Paulo"
+    assert SchedulerConfig(default_timezone="UTC").default_timezone == "UTC"

@@ -22,10 +22,11 @@ class Command(BaseCommand):
             PeriodicSchedule(crontab=CrontabTrigger.from_expression("* * * * *")),
             job_id="demo.greet", name="Greeting every minute",
         )
-        app.single(task="demo.add", args=[2, 3]).upsert(
-            OneOffSchedule(run_at=timezone.now() + timedelta(seconds=10)),
-            job_id="demo.add.once", name="Add once, 10 s after the first start",
-        )
+        if not SchedulerJob.objects.filter(pk="demo.add.once").exists():
+            app.single(task="demo.add", args=[2, 3]).schedule(
+                OneOffSchedule(run_at=timezone.now() + timedelta(seconds=10)),
+                job_id="demo.add.once", name="Add once, 10 s after the first start",
+            )
         for job in SchedulerJob.objects.order_by("id"):
             next_run = job.next_run_at.isoformat(timespec="seconds") if job.next_run_at else "-"
             self.stdout.write(f"{job.id:<16} {job.task_name:<16} {job.strategy:<9} next: {next_run}  runs: {job.dispatch_count}")

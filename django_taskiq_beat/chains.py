@@ -1,0 +1,331 @@
+"""Task chains: steps run one after another by an orchestrator task in the worker.
+
+A chain is stored as a job whose task is the orchestrator
+(``taskiq_beat.chain_orchestrator``, the name taskiq-beat uses) and whose kwargs hold
+the steps and options. When the job fires, the orchestrator sends each step with
+``kiq``, waits for its result through the broker's result backend, retries it, and
+writes its progress to the chain's run row.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.apps import apps
+from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqResult
+from taskiq.result_backends.dummy import DummyResultBackend
+
+from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.payloads import require_json, task_name_of
+from django_taskiq_beat.sending import RUN_LABEL, describe_error
+
+CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
+FAILURE_POLICIES = ("stop", "restart")
+_BACKEND_ERRORS_TOLERATED = 10  # result-backend errors in a row before a wait gives up
+
+logger = logging.getLogger("django_taskiq_beat.chains")
+
+
+class ChainStepFailedError(RuntimeError):
+    """A step used up its attempts."""
+
+    def __init__(self, step_index: int, task_name: str, attempts: int, reason: str) -> None:
+        self.step_index, self.task_name, self.attempts, self.reason = step_index, task_name, attempts, reason
+        super().__init__(f"Chain step {step_index} ({task_name}) failed after {attempts} attempt(s): {reason}")
+
+
+class ChainAbortedError(RuntimeError):
+    """The chain stopped without completing: ``last_error`` says which step and why."""
+
+    def __init__(self, chain_attempts: int, last_error: ChainStepFailedError) -> None:
+        self.chain_attempts, self.last_error = chain_attempts, last_error
+        super().__init__(f"Chain aborted after {chain_attempts} attempt(s). Last error: {last_error}")
+
+
+def _check(name: str, value: Any, *, minimum: float, inclusive: bool, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+        value < minimum if inclusive else value <= minimum
+    ):
+        bound = f">= {minimum}" if inclusive else f"> {minimum}"
+        raise SchedulerValidationError(name, value, f"{name} must be a number {bound}.")
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One step: a task (object or name) with its args, kwargs and retry options."""
+
+    task: Any
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    max_attempts: int | None = None
+    retry_delay_seconds: float | None = None
+    timeout_seconds: float | None = None
+    post_delay_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", task_name_of(self.task))
+        object.__setattr__(self, "args", require_json(self.args, "args", list))
+        object.__setattr__(self, "kwargs", require_json(self.kwargs, "kwargs", dict))
+        if self.max_attempts is not None and (isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)):
+            raise SchedulerValidationError("max_attempts", self.max_attempts, "max_attempts must be an integer >= 1.")
+        _check("max_attempts", self.max_attempts, minimum=1, inclusive=True)
+        _check("retry_delay_seconds", self.retry_delay_seconds, minimum=0, inclusive=True)
+        _check("timeout_seconds", self.timeout_seconds, minimum=0, inclusive=False)
+        _check("post_delay_ms", self.post_delay_ms, minimum=0, inclusive=True)
+
+    @property
+    def task_name(self) -> str:
+        return str(self.task)
+
+    def to_payload(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["task_name"] = payload.pop("task")
+        return payload
+
+
+@dataclass(frozen=True)
+class TaskChain:
+    """Steps and the options that govern the whole chain."""
+
+    steps: list[ChainStep]
+    on_failure: str = "stop"
+    max_chain_attempts: int = 1
+    default_step_max_attempts: int = 1
+    default_step_retry_delay_seconds: float = 0.0
+    default_step_timeout_seconds: float | None = None
+    wait_poll_interval_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, list | tuple) or not self.steps:
+            raise SchedulerValidationError("steps", self.steps, "Task chain must have at least one step.")
+        for step in self.steps:
+            if not isinstance(step, ChainStep):
+                raise SchedulerValidationError("steps", step, "Every step must be a ChainStep.")
+        object.__setattr__(self, "steps", list(self.steps))
+        if self.on_failure not in FAILURE_POLICIES:
+            raise SchedulerValidationError("on_failure", self.on_failure, "on_failure must be 'stop' or 'restart'.")
+        for name in ("max_chain_attempts", "default_step_max_attempts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SchedulerValidationError(name, value, f"{name} must be an integer >= 1.")
+        _check("default_step_retry_delay_seconds", self.default_step_retry_delay_seconds, minimum=0, inclusive=True,
+               allow_none=False)
+        _check("default_step_timeout_seconds", self.default_step_timeout_seconds, minimum=0, inclusive=False)
+        _check("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False,
+               allow_none=False)
+
+    def to_payload(self) -> dict[str, Any]:
+        """The orchestrator's kwargs, as stored in the job's ``task_kwargs``."""
+        return {
+            "steps": [step.to_payload() for step in self.steps],
+            "on_failure": self.on_failure,
+            "max_chain_attempts": self.max_chain_attempts,
+            "default_step_max_attempts": self.default_step_max_attempts,
+            "default_step_retry_delay_seconds": self.default_step_retry_delay_seconds,
+            "default_step_timeout_seconds": self.default_step_timeout_seconds,
+            "wait_poll_interval_seconds": self.wait_poll_interval_seconds,
+        }
+
+
+def require_result_backend(broker: AsyncBroker) -> None:
+    """Chains wait for step results: without a result backend taskiq returns nothing at once."""
+    if isinstance(broker.result_backend, DummyResultBackend):
+        raise SchedulerValidationError(
+            "broker", type(broker).__name__,
+            "Task chains need a result backend on the broker (for example "
+            "broker.with_result_backend(RedisAsyncResultBackend(...))); this broker has none.",
+        )
+
+
+# -- the orchestrator ---------------------------------------------------------------------------
+
+
+class _StepTimedOut(Exception):
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"timed out after {timeout:g} s waiting for the result")
+
+
+class ChainProgress:
+    """The chain's state, written to its run row's ``progress`` after every change.
+
+    Writes are best-effort: a failure is logged and the chain goes on.
+    """
+
+    def __init__(self, run_id: str | None, steps: list[dict[str, Any]]) -> None:
+        self.run_id = run_id
+        self.state: dict[str, Any] = {
+            "status": "running", "chain_attempt": 0, "current_step": None,
+            "steps": [{"task_name": step["task_name"], "status": "pending", "attempts": 0, "error": None}
+                      for step in steps],
+            "result": None, "error": None,
+        }
+
+    def start_attempt(self, chain_attempt: int) -> None:
+        self.state["chain_attempt"] = chain_attempt
+        for step in self.state["steps"]:
+            step.update(status="pending", attempts=0, error=None)
+
+    def step(self, index: int, **changes: Any) -> None:
+        self.state["current_step"] = index
+        self.state["steps"][index].update(changes)
+
+    def finish(self, *, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+        self.state.update(status="failed" if error else "succeeded", current_step=None, result=result, error=error)
+
+    async def save(self) -> None:
+        if self.run_id is None or not apps.ready:
+            return
+        try:
+            await sync_to_async(_save_progress)(self.run_id, self.state)
+        except Exception:
+            logger.exception("Recording chain progress failed.", extra={"run_id": self.run_id})
+
+
+def _save_progress(run_id: str, state: dict[str, Any]) -> None:
+    from django_taskiq_beat.models import SchedulerRun
+
+    SchedulerRun.objects.filter(pk=run_id).update(progress=state)
+
+
+async def _wait_for_result(sent: Any, timeout: float | None, poll_interval: float) -> TaskiqResult[Any]:
+    """Poll for the step's result; a passing result-backend error does not end the wait."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    errors = 0
+    while True:
+        try:
+            if await sent.is_ready():
+                return await sent.get_result()
+            errors = 0
+        except Exception as exc:
+            errors += 1
+            if errors >= _BACKEND_ERRORS_TOLERATED:
+                raise
+            logger.warning("Result backend error while waiting for a chain step; still waiting.", exc_info=exc)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise _StepTimedOut(timeout or 0)
+        await asyncio.sleep(poll_interval)
+
+
+async def run_chain(
+    broker: AsyncBroker,
+    payload: dict[str, Any],
+    *,
+    run_id: str | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> dict[str, Any]:
+    """Run the chain described by ``payload`` (the job's kwargs); raises ``ChainAbortedError``."""
+    require_result_backend(broker)
+    steps: list[dict[str, Any]] = payload["steps"]
+    progress = ChainProgress(run_id, steps)
+    chain_attempts = 0
+    last_error: ChainStepFailedError | None = None
+    while chain_attempts < payload["max_chain_attempts"]:
+        chain_attempts += 1
+        progress.start_attempt(chain_attempts)
+        try:
+            step_attempts = await _run_steps(broker, payload, progress, sleep)
+        except ChainStepFailedError as error:
+            last_error = error
+            logger.warning(
+                "Task chain step failed.",
+                extra={"chain_attempts": chain_attempts, "step_index": error.step_index, "task_name": error.task_name,
+                       "reason": error.reason, "on_failure": payload["on_failure"]},
+            )
+            if payload["on_failure"] == "stop":
+                break
+            continue
+        summary = {
+            "status": "completed", "chain_attempts": chain_attempts, "completed_steps": len(steps),
+            "step_attempts": step_attempts,
+        }
+        progress.finish(result=summary)
+        await progress.save()
+        logger.info(
+            "Task chain completed.",
+            extra={"chain_attempts": chain_attempts, "completed_steps": len(steps), "step_attempts": step_attempts},
+        )
+        return summary
+    assert last_error is not None
+    aborted = ChainAbortedError(chain_attempts, last_error)
+    progress.finish(error=str(aborted))
+    await progress.save()
+    raise aborted
+
+
+async def _run_steps(
+    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, sleep: Callable[[float], Awaitable[None]]
+) -> list[int]:
+    step_attempts: list[int] = []
+    steps = payload["steps"]
+    for index, step in enumerate(steps):
+        attempts = await _run_step(broker, payload, index, step, progress, sleep)
+        step_attempts.append(attempts)
+        if index < len(steps) - 1 and step.get("post_delay_ms"):
+            await sleep(step["post_delay_ms"] / 1000)
+    return step_attempts
+
+
+async def _run_step(
+    broker: AsyncBroker, payload: dict[str, Any], index: int, step: dict[str, Any], progress: ChainProgress,
+    sleep: Callable[[float], Awaitable[None]],
+) -> int:
+    """Run one step until it succeeds; returns the attempts it took or raises ``ChainStepFailedError``."""
+    name = step["task_name"]
+    task = broker.find_task(name)
+    if task is None:
+        reason = "task is not registered in the broker"
+        progress.step(index, status="failed", error=reason)
+        await progress.save()
+        raise ChainStepFailedError(index, name, 0, reason)
+    max_attempts = step.get("max_attempts") or payload["default_step_max_attempts"]
+    retry_delay = _first_set(step.get("retry_delay_seconds"), payload["default_step_retry_delay_seconds"])
+    timeout = _first_set(step.get("timeout_seconds"), payload["default_step_timeout_seconds"])
+    reason = ""
+    for attempt in range(1, max_attempts + 1):
+        progress.step(index, status="running", attempts=attempt)
+        await progress.save()
+        try:
+            sent = await task.kiq(*step.get("args", []), **step.get("kwargs", {}))
+            result = await _wait_for_result(sent, timeout, payload["wait_poll_interval_seconds"])
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, _StepTimedOut) else describe_error(exc)
+            message = "Task chain step raised; retrying."
+        else:
+            if not result.is_err:
+                progress.step(index, status="succeeded", error=None)
+                await progress.save()
+                logger.info("Task chain step completed.", extra={"step_index": index, "task_name": name,
+                                                                  "attempts": attempt})
+                return attempt
+            reason = str(result.error)
+            message = "Task chain step returned error; retrying."
+        progress.step(index, error=reason)
+        if attempt < max_attempts:
+            logger.warning(message, extra={"step_index": index, "task_name": name, "attempt": attempt,
+                                           "max_attempts": max_attempts, "reason": reason})
+            if retry_delay:
+                await sleep(retry_delay)
+    progress.step(index, status="failed")
+    await progress.save()
+    raise ChainStepFailedError(index, name, max_attempts, reason)
+
+
+def _first_set(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def register_chain_orchestrator(broker: AsyncBroker) -> None:
+    """Register the orchestrator task on ``broker`` (once); a worker then knows it by name."""
+    if broker.find_task(CHAIN_ORCHESTRATOR_TASK_NAME) is not None:
+        return
+
+    async def chain_orchestrator(context: Context = TaskiqDepends(), **payload: Any) -> dict[str, Any]:
+        return await run_chain(context.broker, payload, run_id=context.message.labels.get(RUN_LABEL))
+
+    broker.register_task(chain_orchestrator, task_name=CHAIN_ORCHESTRATOR_TASK_NAME)
