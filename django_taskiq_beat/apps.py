@@ -1,4 +1,5 @@
 import logging
+import sys
 
 from django.apps import AppConfig
 
@@ -17,16 +18,26 @@ class DjangoTaskiqBeatConfig(AppConfig):
     def _register_orchestrator(self) -> None:
         """Put the chain orchestrator on the configured broker, in every process that sets Django up.
 
-        A ``taskiq worker`` whose broker module sets Django up (see README) then knows the
-        orchestrator with no call of its own. A broker that does not import is left to
-        the system checks to report.
+        A ``taskiq worker`` imports the broker module, which sets Django up: the module is
+        then only partly imported, so the broker is taken from it as it stands (it must be
+        defined before ``django.setup()``). Elsewhere the module is imported here.
         """
         from django_taskiq_beat.chains import register_chain_orchestrator
         from django_taskiq_beat.conf import broker_path, load_broker
 
+        path = broker_path()
+        if not path or ":" not in path:
+            return  # nothing configured, or the system checks report the path
+        module_name, attribute = path.split(":", 1)
+        module = sys.modules.get(module_name)
         try:
-            path = broker_path()
-            if path:
-                register_chain_orchestrator(load_broker(path))
-        except Exception:
-            logger.debug("No chain orchestrator registered: TASKIQ_BEAT['BROKER'] does not load.", exc_info=True)
+            broker = getattr(module, attribute) if module is not None else load_broker(path)
+        except Exception as exc:
+            logger.warning(
+                "The chain orchestrator is not registered on %s: %s. A worker using this broker cannot run task "
+                "chains: define the broker before calling django.setup() in its module, or call "
+                "django_taskiq_beat.chains.register_chain_orchestrator(broker).",
+                path, exc,
+            )
+            return
+        register_chain_orchestrator(broker)

@@ -293,8 +293,11 @@ class ScheduleBuilder:
             ])
             if error is None and not self.app.config.record_runs:
                 run.delete()
-            else:
-                run.save()
+            else:  # named fields only: a chain's orchestrator may already be writing ``progress``
+                run.save(update_fields=[
+                    "status", "dispatched_at", "finished_at", "updated_at", "broker_task_id", "error", "claimed_by",
+                    "lease_expires_at",
+                ])
         extra = {"job_id": job.id, "task_name": job.task_name}
         if error is None:
             logger.info("Immediate dispatch succeeded.", extra={**extra, "broker_task_id": run.id})

@@ -9,6 +9,7 @@ writes its progress to the chain's run row.
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
+from django.db import close_old_connections
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqResult
 from taskiq.result_backends.dummy import DummyResultBackend
 
@@ -25,7 +27,7 @@ from django_taskiq_beat.sending import RUN_LABEL, describe_error
 
 CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
 FAILURE_POLICIES = ("stop", "restart")
-_BACKEND_ERRORS_TOLERATED = 10  # result-backend errors in a row before a wait gives up
+_BACKEND_OUTAGE_TOLERATED_SECONDS = 60.0  # result-backend errors in a row for this long end a wait
 
 logger = logging.getLogger("django_taskiq_beat.chains")
 
@@ -37,6 +39,9 @@ class ChainStepFailedError(RuntimeError):
         self.step_index, self.task_name, self.attempts, self.reason = step_index, task_name, attempts, reason
         super().__init__(f"Chain step {step_index} ({task_name}) failed after {attempts} attempt(s): {reason}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # result backends that pickle errors rebuild it
+        return type(self), (self.step_index, self.task_name, self.attempts, self.reason)
+
 
 class ChainAbortedError(RuntimeError):
     """The chain stopped without completing: ``last_error`` says which step and why."""
@@ -45,11 +50,14 @@ class ChainAbortedError(RuntimeError):
         self.chain_attempts, self.last_error = chain_attempts, last_error
         super().__init__(f"Chain aborted after {chain_attempts} attempt(s). Last error: {last_error}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.chain_attempts, self.last_error)
+
 
 def _check(name: str, value: Any, *, minimum: float, inclusive: bool, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or (
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
         value < minimum if inclusive else value <= minimum
     ):
         bound = f">= {minimum}" if inclusive else f"> {minimum}"
@@ -161,12 +169,15 @@ class ChainProgress:
         self.run_id = run_id
         self.state: dict[str, Any] = {
             "status": "running", "chain_attempt": 0, "current_step": None,
-            "steps": [{"task_name": step["task_name"], "status": "pending", "attempts": 0, "error": None}
+            "steps": [{"task_name": step.get("task_name"), "status": "pending", "attempts": 0, "error": None}
                       for step in steps],
-            "result": None, "error": None,
+            "earlier_attempts": [], "result": None, "error": None,
         }
 
     def start_attempt(self, chain_attempt: int) -> None:
+        """A (re)start from the first step; the steps of the attempt before are kept."""
+        if chain_attempt > 1:
+            self.state["earlier_attempts"].append([dict(step) for step in self.state["steps"]])
         self.state["chain_attempt"] = chain_attempt
         for step in self.state["steps"]:
             step.update(status="pending", attempts=0, error=None)
@@ -188,23 +199,31 @@ class ChainProgress:
 
 
 def _save_progress(run_id: str, state: dict[str, Any]) -> None:
+    from django.utils import timezone
+
     from django_taskiq_beat.models import SchedulerRun
 
-    SchedulerRun.objects.filter(pk=run_id).update(progress=state)
+    close_old_connections()  # a worker has no request cycle: drop a connection the server closed
+    SchedulerRun.objects.filter(pk=run_id).update(progress=state, updated_at=timezone.now())
 
 
 async def _wait_for_result(sent: Any, timeout: float | None, poll_interval: float) -> TaskiqResult[Any]:
-    """Poll for the step's result; a passing result-backend error does not end the wait."""
+    """Poll for the step's result.
+
+    Result-backend errors do not end the wait until they have lasted
+    ``_BACKEND_OUTAGE_TOLERATED_SECONDS``: the step may well have succeeded, and
+    sending it again would run it twice.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    errors = 0
+    failing_since: float | None = None
     while True:
         try:
             if await sent.is_ready():
                 return await sent.get_result()
-            errors = 0
+            failing_since = None
         except Exception as exc:
-            errors += 1
-            if errors >= _BACKEND_ERRORS_TOLERATED:
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since >= _BACKEND_OUTAGE_TOLERATED_SECONDS:
                 raise
             logger.warning("Result backend error while waiting for a chain step; still waiting.", exc_info=exc)
         if deadline is not None and time.monotonic() >= deadline:
@@ -219,10 +238,26 @@ async def run_chain(
     run_id: str | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, Any]:
-    """Run the chain described by ``payload`` (the job's kwargs); raises ``ChainAbortedError``."""
-    require_result_backend(broker)
+    """Run the chain described by ``payload`` (the job's kwargs); raises ``ChainAbortedError``.
+
+    Whatever ends it (an aborted chain, no result backend, a bad payload, the worker
+    shutting down), the run row's progress says so.
+    """
+    progress = ChainProgress(run_id, payload.get("steps") or [])
+    try:
+        require_result_backend(broker)
+        return await _run_chain(broker, payload, progress, sleep)
+    except BaseException as error:
+        if progress.state["status"] == "running":
+            progress.finish(error=describe_error(error) if not isinstance(error, ChainAbortedError) else str(error))
+            await asyncio.shield(progress.save())
+        raise
+
+
+async def _run_chain(
+    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, sleep: Callable[[float], Awaitable[None]]
+) -> dict[str, Any]:
     steps: list[dict[str, Any]] = payload["steps"]
-    progress = ChainProgress(run_id, steps)
     chain_attempts = 0
     last_error: ChainStepFailedError | None = None
     while chain_attempts < payload["max_chain_attempts"]:
@@ -252,10 +287,7 @@ async def run_chain(
         )
         return summary
     assert last_error is not None
-    aborted = ChainAbortedError(chain_attempts, last_error)
-    progress.finish(error=str(aborted))
-    await progress.save()
-    raise aborted
+    raise ChainAbortedError(chain_attempts, last_error)
 
 
 async def _run_steps(
@@ -293,8 +325,11 @@ async def _run_step(
         try:
             sent = await task.kiq(*step.get("args", []), **step.get("kwargs", {}))
             result = await _wait_for_result(sent, timeout, payload["wait_poll_interval_seconds"])
+        except _StepTimedOut as timed_out:
+            reason = f"{timed_out} (task {sent.task_id} may still be running)"
+            message = "Task chain step timed out; it may still be running."
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, _StepTimedOut) else describe_error(exc)
+            reason = describe_error(exc)
             message = "Task chain step raised; retrying."
         else:
             if not result.is_err:
@@ -303,15 +338,16 @@ async def _run_step(
                 logger.info("Task chain step completed.", extra={"step_index": index, "task_name": name,
                                                                   "attempts": attempt})
                 return attempt
-            reason = str(result.error)
+            reason = describe_error(result.error) if result.error is not None else "the task returned an error"
             message = "Task chain step returned error; retrying."
-        progress.step(index, error=reason)
         if attempt < max_attempts:
+            progress.step(index, status="retrying", error=reason)
+            await progress.save()
             logger.warning(message, extra={"step_index": index, "task_name": name, "attempt": attempt,
                                            "max_attempts": max_attempts, "reason": reason})
             if retry_delay:
                 await sleep(retry_delay)
-    progress.step(index, status="failed")
+    progress.step(index, status="failed", error=reason)
     await progress.save()
     raise ChainStepFailedError(index, name, max_attempts, reason)
 

@@ -314,8 +314,35 @@ def test_waiting_survives_a_passing_result_backend_error(
 
 
 def test_a_step_that_times_out_is_reported_as_such(broker: InMemoryBroker) -> None:
-    error = aborted(broker, payload(ChainStep(task="chain.slow", kwargs={"sleep": 2}, timeout_seconds=0.1)))
-    assert "timed out after 0.1 s" in error.last_error.reason
+    error = aborted(broker, payload(ChainStep(task="chain.slow", kwargs={"sleep": 0.3}, timeout_seconds=0.1)))
+    assert "timed out after 0.1 s" in error.last_error.reason and "may still be running" in error.last_error.reason
+    async_to_sync(broker.wait_all)()
+
+
+def test_a_step_error_without_a_message_still_names_its_type(broker: InMemoryBroker) -> None:
+    async def bare() -> None:
+        raise RuntimeError()
+
+    broker.register_task(bare, task_name="chain.bare")
+    error = aborted(broker, payload(ChainStep(task="chain.bare")))
+    assert error.last_error.reason == "RuntimeError: "
+    assert str(error).endswith("failed after 1 attempt(s): RuntimeError: ")
+
+
+@pytest.mark.parametrize("option", ["retry_delay_seconds", "timeout_seconds", "post_delay_ms"])
+def test_non_finite_step_options_are_refused(option: str) -> None:
+    with pytest.raises(SchedulerValidationError):
+        ChainStep(task="chain.a", **{option: float("nan")})
+
+
+def test_chain_errors_survive_pickling() -> None:
+    import pickle
+
+    from django_taskiq_beat import ChainStepFailedError
+
+    error = ChainAbortedError(2, ChainStepFailedError(1, "chain.b", 3, "boom"))
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.chain_attempts, copy.last_error.step_index, str(copy)) == (2, 1, str(error))
 
 
 # -- progress on the chain's run row ------------------------------------------------------------------------
@@ -351,6 +378,59 @@ def test_progress_of_a_failed_chain(app: SchedulerApp, steps: Steps) -> None:
     assert progress["status"] == "failed" and "Chain aborted after 1 attempt(s)" in progress["error"]
     assert [(s["status"], s["attempts"]) for s in progress["steps"]] == [("failed", 2), ("pending", 0)]
     assert "flaky failed" in progress["steps"][0]["error"]
+
+
+def test_progress_of_an_immediate_chain_is_not_overwritten_by_its_dispatch_record(
+    broker: InMemoryBroker, steps: Steps
+) -> None:
+    inline = InMemoryBroker(await_inplace=True)  # the chain finishes inside the send
+    inline.register_task(broker.find_task("chain.a").original_func, task_name="chain.a")  # type: ignore[union-attr]
+    app = SchedulerApp(broker=inline, config=SchedulerConfig(default_timezone="UTC"))
+    job = app.chain(steps=[ChainStep(task="chain.a")], wait_poll_interval_seconds=0.01).schedule()
+    assert SchedulerRun.objects.get(job=job).progress["status"] == "succeeded"
+
+
+def test_progress_keeps_the_attempt_before_a_restart(app: SchedulerApp, steps: Steps) -> None:
+    steps.failures_left["flaky"] = 1
+    run_row = _run_chain_job(app, [ChainStep(task="chain.a"), ChainStep(task="chain.flaky")],
+                             on_failure="restart", max_chain_attempts=2)
+    progress = run_row.progress
+    assert progress["status"] == "succeeded" and progress["chain_attempt"] == 2
+    (earlier,) = progress["earlier_attempts"]
+    assert [(s["status"], s["attempts"]) for s in earlier] == [("succeeded", 1), ("failed", 1)]
+    assert "flaky failed" in earlier[1]["error"]
+
+
+def test_progress_shows_a_step_waiting_to_retry(app: SchedulerApp, steps: Steps) -> None:
+    from django_taskiq_beat.chains import ChainProgress
+
+    saved: list[str] = []
+    real_save = ChainProgress.save
+
+    async def spy(progress: ChainProgress) -> None:
+        saved.append(progress.state["steps"][0]["status"])
+        await real_save(progress)
+
+    steps.failures_left["flaky"] = 1
+    original, ChainProgress.save = ChainProgress.save, spy  # type: ignore[method-assign]
+    try:
+        _run_chain_job(app, [ChainStep(task="chain.flaky", max_attempts=2)])
+    finally:
+        ChainProgress.save = original  # type: ignore[method-assign]
+    assert saved[:3] == ["running", "retrying", "running"]
+
+
+def test_progress_records_a_chain_that_could_not_start(app: SchedulerApp, broker: InMemoryBroker) -> None:
+    job = app.chain(steps=[ChainStep(task="chain.a")]).schedule(OneOffSchedule(run_at=timezone.now()))
+    broker.result_backend = DummyResultBackend()  # the worker's broker has no result backend
+
+    async def scenario() -> None:
+        await app.engine.run_once()
+        await broker.wait_all()
+
+    async_to_sync(scenario)()
+    progress = SchedulerRun.objects.get(job=job).progress
+    assert progress["status"] == "failed" and "result backend" in progress["error"]
 
 
 def test_a_running_chain_keeps_the_steps_it_started_with(app: SchedulerApp, broker: InMemoryBroker, steps: Steps) -> None:
