@@ -32,6 +32,28 @@ class RunStatus(models.TextChoices):
     FAILED = "failed", "failed"
 
 
+class JobState(models.TextChoices):
+    """What an operator sees: derived from the columns, never stored."""
+
+    ACTIVE = "active", "active"
+    FAILING = "failing", "failing"
+    PAUSED = "paused", "paused"
+    FINISHED = "finished", "finished"
+
+
+_STATE_FILTERS = {
+    JobState.ACTIVE: models.Q(is_enabled=True, dispatch_failures=0),
+    JobState.FAILING: models.Q(is_enabled=True, dispatch_failures__gt=0),
+    JobState.PAUSED: models.Q(is_enabled=False, finished_at__isnull=True),
+    JobState.FINISHED: models.Q(is_enabled=False, finished_at__isnull=False),
+}
+
+
+class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
+    def in_state(self, state: str) -> "SchedulerJobQuerySet":
+        return self.filter(_STATE_FILTERS[JobState(state)])
+
+
 class SchedulerJob(models.Model):
     """A task to send to the broker, with its trigger and its dispatch state.
 
@@ -64,6 +86,8 @@ class SchedulerJob(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
 
+    objects = SchedulerJobQuerySet.as_manager()
+
     class Meta:
         db_table = "scheduler_job"
         verbose_name = "scheduler job"
@@ -81,6 +105,14 @@ class SchedulerJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.finished_at is not None
+
+    @property
+    def state(self) -> JobState:
+        if self.is_finished:
+            return JobState.FINISHED
+        if not self.is_enabled:
+            return JobState.PAUSED
+        return JobState.FAILING if self.dispatch_failures else JobState.ACTIVE
 
     @property
     def trigger(self) -> Trigger:

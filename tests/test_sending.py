@@ -4,6 +4,7 @@ import asyncio
 import multiprocessing
 from typing import Any
 
+import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from taskiq import InMemoryBroker
 
@@ -43,6 +44,7 @@ async def _answer() -> int:
     return 42
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # the point of the test
 def test_sending_from_sync_code_works_in_a_forked_child() -> None:
     sending.run_from_sync(_answer)  # the parent has a background loop and its thread
     context = multiprocessing.get_context("fork")

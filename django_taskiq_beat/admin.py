@@ -1,0 +1,352 @@
+"""Admin screens: jobs with their state and recent runs, and the run history.
+
+Every change goes through ``SchedulerApp`` (pause, resume, run now, delete), never
+through raw row edits, so the rules of the API and the engine's wake-ups apply.
+Everything shown is escaped (``format_html``).
+"""
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import F, Prefetch, QuerySet
+from django.http import HttpRequest
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
+from django.utils.timesince import timesince, timeuntil
+
+from django_taskiq_beat.app import get_scheduler_app
+from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
+from django_taskiq_beat.exceptions import JobNotFoundError
+from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
+
+RECENT_RUNS = 20
+_RUN_COLOURS = {RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e"}
+_STATE_COLOURS = {
+    JobState.ACTIVE: "#2e7d32", JobState.FAILING: "#c62828", JobState.PAUSED: "#ef6c00", JobState.FINISHED: "#616161",
+}
+
+
+# -- how a job's schedule reads ------------------------------------------------------------------
+
+def _local(moment: datetime) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _interval_text(interval: IntervalTrigger) -> str:
+    for unit in ("days", "hours", "minutes", "seconds"):
+        value = getattr(interval, unit)
+        if value is not None:
+            return f"every {unit[:-1]}" if value == 1 else f"every {value:g} {unit}"
+    return "every ?"
+
+
+def describe_schedule(job: SchedulerJob) -> str:
+    """'every 5 minutes', 'cron 0 */5 * * * * (Europe/Berlin)', 'once at ...', 'chain of 3 steps, ...'."""
+    try:
+        trigger = job.trigger
+    except Exception:
+        return f"unreadable {job.strategy} trigger"
+    if isinstance(trigger, ImmediateDispatch):
+        text = "immediately"
+    elif isinstance(trigger, OneOffSchedule):
+        text = f"once at {_local(trigger.run_at)}"
+    else:
+        assert isinstance(trigger, PeriodicSchedule)
+        if trigger.interval is not None:
+            text = _interval_text(trigger.interval)
+        else:
+            assert trigger.crontab is not None
+            text = f"cron {trigger.crontab.expression} ({trigger.crontab.timezone or 'default timezone'})"
+        if trigger.start_at:
+            text += f", from {_local(trigger.start_at)}"
+        if trigger.end_at:
+            text += f", until {_local(trigger.end_at)}"
+    if job.task_name == CHAIN_ORCHESTRATOR_TASK_NAME:
+        steps = len(job.task_kwargs.get("steps") or [])
+        text = f"chain of {steps} step{'' if steps == 1 else 's'}, {text}"
+    return text
+
+
+def next_fire_times(job: SchedulerJob, count: int = 5) -> list[datetime]:
+    """The job's next slots from its stored next run (or from now), for the preview."""
+    try:
+        trigger = job.trigger
+    except Exception:
+        return []
+    if not isinstance(trigger, PeriodicSchedule):
+        return [job.next_run_at] if job.next_run_at else []
+    times: list[datetime] = []
+    current = job.next_run_at or trigger.next_after(timezone.now(), job.created_at)
+    while current is not None and len(times) < count:
+        times.append(current)
+        current = trigger.next_after(current, job.created_at)
+    return times
+
+
+# -- filters ------------------------------------------------------------------------------------------
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(JobState.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> QuerySet[SchedulerJob]:
+        value = self.value()
+        return queryset.in_state(value) if value in JobState.values else queryset  # type: ignore[attr-defined]
+
+
+class KindFilter(admin.SimpleListFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("single", "single task"), ("chain", "chain"), ("one_off", "one-off"), ("periodic", "periodic")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> QuerySet[SchedulerJob]:
+        match self.value():
+            case "chain":
+                return queryset.filter(task_name=CHAIN_ORCHESTRATOR_TASK_NAME)
+            case "single":
+                return queryset.exclude(task_name=CHAIN_ORCHESTRATOR_TASK_NAME)
+            case "one_off" | "periodic" as kind:
+                return queryset.filter(kind=kind)
+        return queryset
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
+
+@admin.register(SchedulerJob)
+class SchedulerJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "display_name", "task_name", "schedule", "state_badge", "next_run", "last_run", "recent_runs_strip",
+        "dispatch_count",
+    )
+    list_filter = (StateFilter, KindFilter, "strategy", "task_name")
+    search_fields = ("id", "name", "task_name")
+    ordering = (F("next_run_at").asc(nulls_last=True), "id")
+    sortable_by = ("task_name", "next_run", "dispatch_count")
+    list_per_page = 50
+    actions = ("pause_jobs", "resume_jobs", "run_jobs_now")
+    readonly_fields = (
+        "id", "name", "description", "task_name", "schedule", "state_badge", "next_run", "next_fire_times_preview",
+        "is_enabled", "task_args", "task_kwargs", "metadata_payload", "chain_steps", "last_run_at", "last_error",
+        "last_dispatched_task_id", "dispatch_count", "dispatch_failures", "finished_at", "created_at", "updated_at",
+        "recent_runs_table",
+    )
+    fieldsets = (
+        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "is_enabled")}),
+        ("Timing", {"fields": ("next_run", "next_fire_times_preview", "last_run_at", "finished_at")}),
+        ("What is sent", {"fields": ("task_args", "task_kwargs", "chain_steps", "metadata_payload")}),
+        ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id",
+                                 "created_at", "updated_at")}),
+        ("Recent runs", {"fields": ("recent_runs_table",)}),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerJob]:
+        recent = SchedulerRun.objects.order_by("-scheduled_for").only(
+            "id", "job_id", "status", "scheduled_for", "dispatched_at", "error"
+        )[:RECENT_RUNS]
+        return super().get_queryset(request).prefetch_related(Prefetch("runs", queryset=recent, to_attr="recent_runs"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs are created through the Python API for now
+
+    # -- columns ---------------------------------------------------------------------------------------
+
+    @admin.display(description="name", ordering="name")
+    def display_name(self, job: SchedulerJob) -> str:
+        return job.name or job.id
+
+    @admin.display(description="schedule")
+    def schedule(self, job: SchedulerJob) -> str:
+        return describe_schedule(job)
+
+    @admin.display(description="state")
+    def state_badge(self, job: SchedulerJob) -> str:
+        state = job.state
+        return format_html('<strong style="color: {}">{}</strong>', _STATE_COLOURS[state], state.label)
+
+    @admin.display(description="next run", ordering=F("next_run_at").asc(nulls_last=True))
+    def next_run(self, job: SchedulerJob) -> str:
+        if job.next_run_at is None:
+            return "–"
+        moment = job.next_run_at
+        relative = f"in {timeuntil(moment)}" if moment > timezone.now() else f"due {timesince(moment)} ago"
+        return format_html("{}<br><small>{}</small>", _local(moment), relative)
+
+    @admin.display(description="last run")
+    def last_run(self, job: SchedulerJob) -> str:
+        runs = _recent(job)
+        if not runs:
+            return "–"
+        run = runs[0]
+        return format_html(
+            '{}<br><small style="color: {}">{}</small>', _local(run.scheduled_for), _RUN_COLOURS[run.status],
+            run.get_status_display(),
+        )
+
+    @admin.display(description=f"last {RECENT_RUNS} runs")
+    def recent_runs_strip(self, job: SchedulerJob) -> str:
+        cells = format_html_join(
+            "", '<span title="{} {}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
+                '</span>',
+            ((run.get_status_display(), _local(run.scheduled_for), _RUN_COLOURS[run.status])
+             for run in reversed(_recent(job))),
+        )
+        return format_html('<span style="white-space: nowrap">{}</span>', cells)
+
+    @admin.display(description="next five fire times")
+    def next_fire_times_preview(self, job: SchedulerJob) -> str:
+        times = next_fire_times(job)
+        if not times:
+            return "–"
+        return format_html_join(mark_safe("<br>"), "{}", ((_local(moment),) for moment in times))
+
+    @admin.display(description="chain steps")
+    def chain_steps(self, job: SchedulerJob) -> str:
+        if job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME:
+            return "–"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((index, step.get("task_name"), step.get("args"), step.get("kwargs"), step.get("max_attempts") or "default")
+             for index, step in enumerate(job.task_kwargs.get("steps") or [])),
+        )
+        return format_html(
+            "<table><tr><th>#</th><th>task</th><th>args</th><th>kwargs</th><th>attempts</th></tr>{}</table>", rows
+        )
+
+    @admin.display(description=f"latest {RECENT_RUNS} runs")
+    def recent_runs_table(self, job: SchedulerJob) -> str:
+        runs = list(job.runs.order_by("-scheduled_for")[:RECENT_RUNS])
+        if not runs:
+            return "No runs yet."
+        rows = format_html_join(
+            "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk]), _local(run.scheduled_for),
+              _RUN_COLOURS[run.status], run.get_status_display(),
+              _local(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
+             for run in runs),
+        )
+        history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + f"?job__id__exact={job.pk}"
+        return format_html(
+            "<table><tr><th>scheduled for</th><th>status</th><th>dispatched at</th><th>lag</th><th>error</th></tr>"
+            '{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
+        )
+
+    # -- actions: through SchedulerApp --------------------------------------------------------------
+
+    def _apply(self, request: HttpRequest, queryset: QuerySet[SchedulerJob], operation: str, done: str) -> None:
+        app = get_scheduler_app()
+        count = 0
+        for job_id in queryset.values_list("pk", flat=True):
+            try:
+                getattr(app, operation)(job_id)
+            except JobNotFoundError:
+                continue  # deleted meanwhile
+            count += 1
+        self.message_user(request, f"{done} {count} job{'' if count == 1 else 's'}.", messages.SUCCESS)
+
+    @admin.action(description="Pause selected jobs", permissions=["change"])
+    def pause_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
+        self._apply(request, queryset, "pause", "Paused")
+
+    @admin.action(description="Resume selected jobs", permissions=["change"])
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
+        self._apply(request, queryset, "resume", "Resumed")
+
+    @admin.action(description="Run selected jobs now", permissions=["change"])
+    def run_jobs_now(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
+        self._apply(request, queryset, "run_now", "Marked to run now:")
+
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        """A job's runs go with it: deleting it needs no permission on the (read-only) run history."""
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        perms_needed.discard(SchedulerRun._meta.verbose_name)
+        return deleted, counts, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: SchedulerJob) -> None:
+        get_scheduler_app().delete(obj.pk)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
+        app = get_scheduler_app()
+        for job_id in queryset.values_list("pk", flat=True):
+            try:
+                app.delete(job_id)
+            except JobNotFoundError:
+                continue
+
+
+def _recent(job: SchedulerJob) -> list[SchedulerRun]:
+    return getattr(job, "recent_runs", [])
+
+
+def _lag_text(run: SchedulerRun) -> str:
+    if run.dispatched_at is None:
+        return "–"
+    return f"{(run.dispatched_at - run.scheduled_for).total_seconds() * 1000:.0f} ms"
+
+
+# -- runs ---------------------------------------------------------------------------------------------
+
+@admin.register(SchedulerRun)
+class SchedulerRunAdmin(admin.ModelAdmin):
+    list_display = ("scheduled_for", "job_link", "status_badge", "dispatched_at", "lag", "broker_task_id", "short_error")
+    list_filter = ("status", ("scheduled_for", admin.DateFieldListFilter))
+    list_select_related = ("job",)
+    search_fields = ("id", "job__id", "job__name", "broker_task_id")
+    date_hierarchy = "scheduled_for"
+    ordering = ("-scheduled_for",)
+    readonly_fields = (
+        "id", "job_link", "status_badge", "scheduled_for", "dispatched_at", "finished_at", "lag", "broker_task_id",
+        "error", "claimed_by", "lease_expires_at", "chain_progress", "created_at", "updated_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SchedulerRun | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: SchedulerRun | None = None) -> bool:
+        return False  # history is removed by retention or purge_runs, not by hand
+
+    @admin.display(description="job", ordering="job__name")
+    def job_link(self, run: SchedulerRun) -> str:
+        url = reverse("admin:django_taskiq_beat_schedulerjob_change", args=[run.job_id])
+        return format_html('<a href="{}">{}</a>', url, run.job.name or run.job_id)
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, run: SchedulerRun) -> str:
+        return format_html('<strong style="color: {}">{}</strong>', _RUN_COLOURS[run.status], run.get_status_display())
+
+    @admin.display(description="lag")
+    def lag(self, run: SchedulerRun) -> str:
+        return _lag_text(run)
+
+    @admin.display(description="error")
+    def short_error(self, run: SchedulerRun) -> str:
+        return (run.error or "")[:120]
+
+    @admin.display(description="chain progress")
+    def chain_progress(self, run: SchedulerRun) -> str:
+        progress = run.progress
+        if not progress:
+            return "–"
+        rows = format_html_join(
+            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((index, step.get("task_name"), step.get("status"), step.get("attempts"), step.get("error") or "")
+             for index, step in enumerate(progress.get("steps") or [])),
+        )
+        outcome = progress.get("error") or progress.get("result") or ""
+        return format_html(
+            "<p>{} (chain attempt {})</p><table><tr><th>#</th><th>task</th><th>status</th><th>attempts</th>"
+            "<th>error</th></tr>{}</table><p>{}</p>",
+            progress.get("status"), progress.get("chain_attempt"), rows, outcome,
+        )

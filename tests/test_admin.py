@@ -1,0 +1,258 @@
+"""The admin screens through Django's test client: columns, filters, actions, permissions."""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from django_taskiq_beat import (
+    ChainStep,
+    CrontabTrigger,
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulerApp,
+    get_scheduler_app,
+)
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+
+pytestmark = pytest.mark.django_db
+
+JOBS = reverse("admin:django_taskiq_beat_schedulerjob_changelist")
+RUNS = reverse("admin:django_taskiq_beat_schedulerrun_changelist")
+EVERY_FIVE = PeriodicSchedule(interval=IntervalTrigger(minutes=5))
+
+
+@pytest.fixture
+def app() -> SchedulerApp:
+    return get_scheduler_app()  # the admin's own: TASKIQ_BEAT["BROKER"] of the test project
+
+
+def job_change_url(job: SchedulerJob) -> str:
+    return reverse("admin:django_taskiq_beat_schedulerjob_change", args=[job.pk])
+
+
+def add_runs(job: SchedulerJob, *statuses: str) -> None:
+    now = timezone.now()
+    for minutes, status in enumerate(statuses):
+        slot = now - timedelta(minutes=len(statuses) - minutes)
+        SchedulerRun.objects.create(
+            job=job, scheduled_for=slot, status=status,
+            dispatched_at=slot + timedelta(milliseconds=40) if status != RunStatus.PENDING else None,
+            finished_at=slot + timedelta(milliseconds=50), error="boom" if status == RunStatus.FAILED else None,
+        )
+
+
+def post_action(client: Client, action: str, *jobs: SchedulerJob) -> Any:
+    return client.post(JOBS, {"action": action, "_selected_action": [job.pk for job in jobs]}, follow=True)
+
+
+# -- the list ---------------------------------------------------------------------------------------
+
+def test_job_list_shows_every_column(admin_client: Client, app: SchedulerApp) -> None:
+    interval = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Heartbeat")
+    add_runs(interval, RunStatus.DISPATCHED, RunStatus.FAILED, RunStatus.DISPATCHED)
+    SchedulerJob.objects.filter(pk=interval.pk).update(dispatch_count=2)
+    app.single(task="demo.greet", args=["x"]).schedule(
+        PeriodicSchedule(crontab=CrontabTrigger.from_expression("*/5 * * * *", "Europe/Berlin")), name="Greeting"
+    )
+    app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=2)), name="Once")
+    app.chain(steps=[ChainStep(task="demo.heartbeat"), ChainStep(task="demo.greet", args=["y"])]).schedule(
+        EVERY_FIVE, name="Chain"
+    )
+    page = admin_client.get(JOBS).content.decode()
+    for text in ("Heartbeat", "demo.heartbeat", "every 5 minutes", "cron 0 */5 * * * * (Europe/Berlin)", "once at ",
+                 "chain of 2 steps, every 5 minutes", "active", "in 4\xa0minutes", ">dispatched</small>",
+                 "Last 20 runs"):
+        assert text in page, text
+    assert page.count('title="failed ') == 1 and page.count('title="dispatched ') == 2  # the run strip
+    assert '<td class="field-dispatch_count">2</td>' in page
+
+
+def test_states_and_the_state_filter(
+    admin_client: Client, app: SchedulerApp, django_capture_on_commit_callbacks: Any
+) -> None:
+    active = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="job-active")
+    paused = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="job-paused", is_enabled=False)
+    with django_capture_on_commit_callbacks(execute=True):
+        finished = app.single(task="demo.heartbeat").schedule(name="job-finished")  # immediate: sent, finished
+    failing = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="job-failing")
+    SchedulerJob.objects.filter(pk=failing.pk).update(dispatch_failures=2, last_error="boom")
+    expected = {"active": active, "paused": paused, "finished": finished, "failing": failing}
+    for state, job in expected.items():
+        page = admin_client.get(JOBS, {"state": state}).content.decode()
+        shown = {name for name in ("job-active", "job-paused", "job-finished", "job-failing") if name in page}
+        assert shown == {job.name}, state
+
+
+@pytest.mark.parametrize(
+    ("query", "shown"),
+    [({"kind": "chain"}, {"chain-job"}), ({"kind": "single"}, {"cron-job", "greet-job"}),
+     ({"strategy": "crontab"}, {"cron-job"}), ({"task_name": "demo.greet"}, {"greet-job"}),
+     ({"q": "greet"}, {"greet-job"}), ({"q": "cron-j"}, {"cron-job"})],
+)
+def test_filters_and_search(admin_client: Client, app: SchedulerApp, query: dict[str, str], shown: set[str]) -> None:
+    app.single(task="demo.heartbeat").schedule(PeriodicSchedule(crontab=CrontabTrigger(minute="0")), name="cron-job")
+    app.single(task="demo.greet", args=["z"]).schedule(EVERY_FIVE, name="greet-job")
+    app.chain(steps=[ChainStep(task="demo.heartbeat")]).schedule(EVERY_FIVE, name="chain-job")
+    page = admin_client.get(JOBS, query).content.decode()
+    assert {name for name in ("cron-job", "greet-job", "chain-job") if name in page} == shown
+
+
+def test_list_is_ordered_by_next_run(admin_client: Client, app: SchedulerApp) -> None:
+    later = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=3)),
+                                                       name="zz-later")
+    app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)),
+                                               name="zz-sooner")
+    app.pause(later.id)  # no next run: last
+    page = admin_client.get(JOBS).content.decode()
+    assert page.index("zz-sooner") < page.index("zz-later")
+
+
+def test_list_query_count_does_not_grow_with_the_page(admin_client: Client, app: SchedulerApp) -> None:
+    def queries_for(job_count: int) -> int:
+        SchedulerJob.objects.all().delete()
+        for number in range(job_count):
+            job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name=f"job {number}")
+            add_runs(job, RunStatus.DISPATCHED, RunStatus.FAILED)
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(JOBS).status_code == 200
+        return len(captured)
+
+    assert queries_for(3) == queries_for(30)
+
+
+# -- actions, through SchedulerApp ------------------------------------------------------------------
+
+def test_pause_resume_and_run_now_actions(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
+    response = post_action(admin_client, "pause_jobs", job)
+    assert "Paused 1 job." in response.content.decode()
+    assert SchedulerJob.objects.get(pk=job.pk).state == "paused"
+    response = post_action(admin_client, "resume_jobs", job)
+    assert "Resumed 1 job." in response.content.decode()
+    assert SchedulerJob.objects.get(pk=job.pk).state == "active"
+    response = post_action(admin_client, "run_jobs_now", job)
+    assert "Marked to run now: 1 job." in response.content.decode()
+    assert SchedulerJob.objects.get(pk=job.pk).next_run_at <= timezone.now()
+
+
+def test_delete_action_goes_through_the_app_and_removes_runs(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
+    add_runs(job, RunStatus.DISPATCHED)
+    response = admin_client.post(JOBS, {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"},
+                                 follow=True)
+    assert "Successfully deleted 1" in response.content.decode()
+    assert not SchedulerJob.objects.exists() and not SchedulerRun.objects.exists()
+
+
+def test_no_action_runs_on_get(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
+    admin_client.get(JOBS, {"action": "pause_jobs", "_selected_action": job.pk})
+    assert SchedulerJob.objects.get(pk=job.pk).is_enabled
+
+
+# -- the job page ---------------------------------------------------------------------------------------
+
+def test_job_page_shows_next_fire_times_chain_steps_and_recent_runs(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.chain(steps=[ChainStep(task="demo.heartbeat"), ChainStep(task="demo.greet", args=["<b>"])]).schedule(
+        EVERY_FIVE, name="Reports"
+    )
+    add_runs(job, RunStatus.FAILED, RunStatus.DISPATCHED)
+    page = admin_client.get(job_change_url(job)).content.decode()
+    assert "Next five fire times" in page
+    first = job.next_run_at
+    for step in range(5):
+        assert timezone.localtime(first + timedelta(minutes=5 * step)).strftime("%Y-%m-%d %H:%M:%S") in page
+    assert "demo.greet" in page and "[&#x27;&lt;b&gt;&#x27;]" in page  # steps, escaped
+    assert page.count("All runs of this job") == 1 and "40 ms" in page and "boom" in page
+    assert 'name="task_name"' not in page  # read-only: no raw row editing
+
+
+def test_nothing_can_be_added_by_hand(admin_client: Client) -> None:
+    assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_add")).status_code == 403
+    assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_add")).status_code == 403
+
+
+# -- runs ---------------------------------------------------------------------------------------------------
+
+def test_run_history_list_filters_and_chain_progress(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="History")
+    add_runs(job, RunStatus.DISPATCHED, RunStatus.FAILED)
+    page = admin_client.get(RUNS).content.decode()
+    assert "History" in page and "40 ms" in page and "boom" in page
+    failed_only = admin_client.get(RUNS, {"status__exact": "failed"}).content.decode()
+    assert failed_only.count('<strong style="color: #c62828">failed</strong>') == 1
+    assert ">dispatched</strong>" not in failed_only
+    run = SchedulerRun.objects.filter(status=RunStatus.DISPATCHED).get()
+    run.progress = {"status": "running", "chain_attempt": 1, "steps": [
+        {"task_name": "demo.heartbeat", "status": "succeeded", "attempts": 1, "error": None},
+        {"task_name": "demo.greet", "status": "running", "attempts": 2, "error": "<i>flaky</i>"},
+    ]}
+    run.save()
+    detail = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).content.decode()
+    assert "chain attempt 1" in detail and "&lt;i&gt;flaky&lt;/i&gt;" in detail
+    assert admin_client.post(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk]),
+                             {"status": "failed"}).status_code == 403
+
+
+def test_runs_of_one_job(admin_client: Client, app: SchedulerApp) -> None:
+    mine = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="mine")
+    other = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="other")
+    add_runs(mine, RunStatus.DISPATCHED)
+    add_runs(other, RunStatus.DISPATCHED)
+    page = admin_client.get(RUNS, {"job__id__exact": mine.pk}).content.decode()
+    assert ">mine</a>" in page and ">other</a>" not in page
+
+
+# -- permissions and escaping ------------------------------------------------------------------------------
+
+def staff_client(*codenames: str) -> Client:
+    user = User.objects.create_user("operator", password="secret", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_staff_without_permissions_sees_nothing(app: SchedulerApp) -> None:
+    client = staff_client()
+    assert client.get(JOBS).status_code == 403
+    assert client.get(RUNS).status_code == 403
+
+
+def test_view_permission_reads_but_cannot_act(app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="watched")
+    client = staff_client("view_schedulerjob", "view_schedulerrun")
+    page = client.get(JOBS).content.decode()
+    assert "watched" in page and "pause_jobs" not in page
+    post_action(client, "pause_jobs", job)
+    assert SchedulerJob.objects.get(pk=job.pk).is_enabled
+    assert client.get(RUNS).status_code == 200
+
+
+def test_change_permission_allows_the_actions(app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
+    client = staff_client("view_schedulerjob", "change_schedulerjob")
+    post_action(client, "pause_jobs", job)
+    assert not SchedulerJob.objects.get(pk=job.pk).is_enabled
+
+
+def test_names_args_and_errors_are_escaped(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.greet", args=["<img src=x onerror=alert(1)>"]).schedule(
+        EVERY_FIVE, name="<script>alert(1)</script>"
+    )
+    SchedulerJob.objects.filter(pk=job.pk).update(last_error="<script>bad()</script>")
+    add_runs(job, RunStatus.FAILED)
+    SchedulerRun.objects.filter(job=job).update(error="<script>run()</script>")
+    for url in (JOBS, job_change_url(job), RUNS):
+        page = admin_client.get(url).content.decode()
+        assert "<script>alert(1)</script>" not in page and "<script>bad()</script>" not in page
+        assert "<script>run()</script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in admin_client.get(JOBS).content.decode()
