@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
+from django.forms import ModelForm
 from django.db.models import F, Prefetch, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -20,6 +21,7 @@ from django.utils.timesince import timesince, timeuntil
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import JobNotFoundError
+from django_taskiq_beat.forms import SchedulerJobForm
 from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
 
@@ -154,8 +156,58 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         )[:RECENT_RUNS]
         return super().get_queryset(request).prefetch_related(Prefetch("runs", queryset=recent, to_attr="recent_runs"))
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # jobs are created through the Python API for now
+    form = SchedulerJobForm
+    edit_fieldsets = (
+        (None, {"fields": ("name", "description", "job_id", "task", "task_name", "args", "kwargs", "is_enabled")}),
+        ("Schedule", {"fields": (
+            "schedule_type", ("interval_every", "interval_unit"), "cron_expression",
+            ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
+            ("start_at", "end_at"),
+        )}),
+    )
+    status_fieldsets = (
+        ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "last_run_at", "finished_at",
+                               "dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id")}),
+        ("Recent runs", {"fields": ("recent_runs_table",)}),
+    )
+
+    def _editable(self, job: SchedulerJob | None) -> bool:
+        """Single-task jobs are edited here; chains are shown read-only."""
+        return job is None or job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME
+
+    def get_fieldsets(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
+        if not self._editable(obj):
+            return self.fieldsets
+        return self.edit_fieldsets if obj is None else self.edit_fieldsets + self.status_fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
+        if not self._editable(obj):
+            return self.readonly_fields
+        return () if obj is None else tuple(
+            field for _, options in self.status_fieldsets for field in options["fields"]
+        )
+
+    def get_form(self, request: HttpRequest, obj: SchedulerJob | None = None, change: bool = False,
+                 **kwargs: Any) -> Any:
+        if not self._editable(obj):
+            return super().get_form(request, obj, change=change, **{**kwargs, "fields": (), "form": ModelForm})
+        form = super().get_form(request, obj, change=change, **kwargs)
+        app = get_scheduler_app()
+
+        class FormOnThisApp(form):  # type: ignore[misc,valid-type]
+            def __init__(self, *args: Any, **form_kwargs: Any) -> None:
+                super().__init__(*args, app=app, **form_kwargs)
+
+        return FormOnThisApp
+
+    def save_form(self, request: HttpRequest, form: Any, change: bool) -> SchedulerJob:
+        return form.save()  # SchedulerApp's upsert has written the row
+
+    def save_model(self, request: HttpRequest, obj: SchedulerJob, form: Any, change: bool) -> None:
+        """Nothing to write: the form saved through ``SchedulerApp``."""
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """A job has no related rows to save from the form."""
 
     # -- columns ---------------------------------------------------------------------------------------
 

@@ -99,6 +99,12 @@ class ScheduleBuilder:
             raise SchedulerValidationError("task", call.task_name, str(exc)) from None
         return trigger, call
 
+    def validate(
+        self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None
+    ) -> None:
+        """Check everything ``schedule``/``upsert`` would, writing nothing (the admin form uses it)."""
+        self._validated(trigger, job_id, name, description, UNSET)
+
     # -- schedule ----------------------------------------------------------------
 
     def schedule(

@@ -172,11 +172,10 @@ def test_job_page_shows_next_fire_times_chain_steps_and_recent_runs(admin_client
         assert timezone.localtime(first + timedelta(minutes=5 * step)).strftime("%Y-%m-%d %H:%M:%S") in page
     assert "demo.greet" in page and "[&#x27;&lt;b&gt;&#x27;]" in page  # steps, escaped
     assert page.count("All runs of this job") == 1 and "40 ms" in page and "boom" in page
-    assert 'name="task_name"' not in page  # read-only: no raw row editing
+    assert 'name="task_name"' not in page and 'name="schedule_type"' not in page  # a chain is shown read-only
 
 
-def test_nothing_can_be_added_by_hand(admin_client: Client) -> None:
-    assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_add")).status_code == 403
+def test_runs_cannot_be_added_by_hand(admin_client: Client) -> None:
     assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_add")).status_code == 403
 
 
@@ -256,3 +255,134 @@ def test_names_args_and_errors_are_escaped(admin_client: Client, app: SchedulerA
         assert "<script>alert(1)</script>" not in page and "<script>bad()</script>" not in page
         assert "<script>run()</script>" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in admin_client.get(JOBS).content.decode()
+
+
+# -- the add and edit form, saving through SchedulerApp ------------------------------------------------
+
+ADD = reverse("admin:django_taskiq_beat_schedulerjob_add")
+
+
+def form_data(**overrides: Any) -> dict[str, Any]:
+    data = {
+        "name": "From the form", "description": "", "job_id": "", "task": "demo.greet", "task_name": "",
+        "args": '["Django"]', "kwargs": '{"punctuation": "?"}', "is_enabled": "on", "schedule_type": "interval",
+        "interval_every": "5", "interval_unit": "minutes", "cron_expression": "", "second": "0", "minute": "*",
+        "hour": "*", "day_of_month": "*", "month_of_year": "*", "day_of_week": "*", "timezone": "Europe/Berlin",
+        "run_at": "", "start_at": "", "end_at": "",
+    }
+    return {**data, **overrides}
+
+
+def errors_of(response: Any) -> dict[str, list[str]]:
+    form = response.context["adminform"].form
+    return {field: [str(message) for message in messages] for field, messages in form.errors.items()}
+
+
+def test_add_form_offers_the_brokers_tasks_and_timezones(admin_client: Client) -> None:
+    page = admin_client.get(ADD).content.decode()
+    assert '<option value="demo.greet">demo.greet</option>' in page
+    assert "taskiq_beat.chain_orchestrator" not in page
+    assert '<option value="Asia/Tokyo">Asia/Tokyo</option>' in page
+    assert '<option value="Europe/Berlin" selected>Europe/Berlin</option>' in page  # DEFAULT_TIMEZONE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kind", "strategy", "check"),
+    [
+        ({}, "periodic", "interval", lambda job: job.trigger_payload["interval"]["minutes"] == 5),
+        ({"schedule_type": "crontab", "cron_expression": "30 2 * * mon-fri"}, "periodic", "crontab",
+         lambda job: job.trigger_payload["crontab"] == {
+             "second": "0", "minute": "30", "hour": "2", "day_of_month": "*", "month_of_year": "*",
+             "day_of_week": "mon-fri", "timezone": "Europe/Berlin"}),
+        ({"schedule_type": "crontab", "minute": "*/15", "hour": "8-18", "timezone": "Asia/Tokyo"}, "periodic",
+         "crontab", lambda job: job.trigger_payload["crontab"]["minute"] == "*/15"
+         and job.trigger_payload["crontab"]["timezone"] == "Asia/Tokyo"),
+        ({"schedule_type": "one_off", "run_at": "2030-01-02T03:04:05"}, "one_off", "one_off",
+         lambda job: job.trigger_payload == {"run_at": "2030-01-02T02:04:05+00:00"}),  # Berlin is UTC+1 in winter
+        ({"start_at": "2030-06-01T08:00:00", "end_at": "2030-06-30T18:00:00"}, "periodic", "interval",
+         lambda job: job.trigger_payload["start_at"] == "2030-06-01T06:00:00+00:00"
+         and job.next_run_at.isoformat() == "2030-06-01T06:00:00+00:00"),
+        ({"task": "", "task_name": "demo.add", "args": "[1, 2]", "kwargs": "{}"}, "periodic", "interval",
+         lambda job: job.task_name == "demo.add" and job.task_args == [1, 2]),
+    ],
+    ids=["interval", "cron-expression", "cron-fields", "one-off", "window", "free-text-task"],
+)
+def test_add_form_creates_each_kind_of_job(
+    admin_client: Client, overrides: dict[str, str], kind: str, strategy: str, check: Any
+) -> None:
+    response = admin_client.post(ADD, form_data(**overrides))
+    assert response.status_code == 302, errors_of(response)
+    job = SchedulerJob.objects.get()
+    assert (job.kind, job.strategy, job.name, job.is_enabled) == (kind, strategy, "From the form", True)
+    assert check(job)
+
+
+def test_add_form_uses_the_given_job_id_and_the_enabled_flag(admin_client: Client) -> None:
+    response = admin_client.post(ADD, form_data(job_id="reports.nightly", is_enabled=""))
+    assert response.status_code == 302
+    job = SchedulerJob.objects.get(pk="reports.nightly")
+    assert (job.is_enabled, job.next_run_at) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"task": "", "task_name": "demo.nope"}, "task_name", "not registered"),
+        ({"task": "", "task_name": ""}, "task_name", "must not be empty"),
+        ({"args": "[1, 2"}, "args", "Enter a valid JSON"),
+        ({"args": '{"a": 1}'}, "args", "JSON array"),
+        ({"kwargs": "[1]"}, "kwargs", "JSON object"),
+        ({"interval_every": "0"}, "interval_every", "positive"),
+        ({"interval_every": ""}, "interval_every", "how often"),
+        ({"schedule_type": "crontab", "minute": "61"}, "minute", "Invalid cron field"),
+        ({"schedule_type": "crontab", "cron_expression": "* * *"}, "cron_expression", "5 fields"),
+        ({"schedule_type": "crontab", "cron_expression": "0 0 30 2 *"}, "cron_expression", "never matches"),
+        ({"schedule_type": "one_off"}, "run_at", "needs a time"),
+        ({"start_at": "2030-06-30T00:00:00", "end_at": "2030-06-01T00:00:00"}, "end_at", "later than start_at"),
+        ({"timezone": "Mars/Base"}, "timezone", "Select a valid choice"),
+        ({"job_id": "x" * 256}, "job_id", "at most 255"),
+    ],
+)
+def test_add_form_rejects_bad_input_with_a_clear_error_and_writes_nothing(
+    admin_client: Client, overrides: dict[str, str], field: str, message: str
+) -> None:
+    response = admin_client.post(ADD, form_data(**overrides))
+    assert response.status_code == 200
+    errors = errors_of(response)
+    assert field in errors and any(message in text for text in errors[field]), errors
+    assert not SchedulerJob.objects.exists()
+
+
+def test_edit_form_shows_the_job_and_saves_through_upsert(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.greet", args=["A"]).schedule(
+        PeriodicSchedule(crontab=CrontabTrigger.from_expression("0 9 * * *", "Asia/Tokyo")), name="Morning"
+    )
+    page = admin_client.get(job_change_url(job)).content.decode()
+    assert 'value="Morning"' in page and '<option value="Asia/Tokyo" selected>' in page
+    assert 'name="hour" value="9"' in page and "Next five fire times" in page
+    response = admin_client.post(job_change_url(job), form_data(
+        name="Morning, later", schedule_type="crontab", minute="30", hour="10", timezone="Asia/Tokyo",
+        task="demo.greet", args='["B"]', kwargs="{}",
+    ))
+    assert response.status_code == 302, errors_of(response)
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.name, stored.task_args, stored.trigger_payload["crontab"]["hour"]) == ("Morning, later", ["B"], "10")
+    assert timezone.localtime(stored.next_run_at, timezone.get_fixed_timezone(9 * 60)).strftime("%H:%M") == "10:30"
+    assert SchedulerJob.objects.count() == 1
+
+
+def test_edit_form_unchecking_enabled_pauses_and_keeps_the_rest(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Beat")
+    response = admin_client.post(job_change_url(job), form_data(
+        name="Beat", task="demo.heartbeat", args="[]", kwargs="{}", is_enabled="",
+    ))
+    assert response.status_code == 302, errors_of(response)
+    assert SchedulerJob.objects.get(pk=job.pk).state == "paused"
+
+
+def test_bad_edit_leaves_the_job_as_it_was(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Stable")
+    response = admin_client.post(job_change_url(job), form_data(name="Broken", interval_every="-1"))
+    assert response.status_code == 200
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.name, stored.trigger_payload, stored.next_run_at) == ("Stable", job.trigger_payload, job.next_run_at)

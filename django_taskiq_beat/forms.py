@@ -1,0 +1,185 @@
+"""The admin's job form: one form for interval, crontab, one-off and windowed jobs.
+
+It checks input with the same trigger classes and builder as the Python API, maps
+their ``SchedulerValidationError`` onto the form's fields, and saves through
+``SchedulerApp`` (upsert), never by writing the row itself.
+"""
+
+import uuid
+import zoneinfo
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from django import forms
+from django.utils import timezone
+
+from django_taskiq_beat.app import SchedulerApp
+from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
+from django_taskiq_beat.cron import FIELD_NAMES as CRON_FIELDS
+from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.models import SchedulerJob
+from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
+
+SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), ("one_off", "once, at a time")]
+INTERVAL_UNITS = [("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours"), ("days", "days")]
+_OTHER_TASK = ""
+_DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
+
+# Where an API error about a field shows up in the form.
+_ERROR_FIELDS = {
+    **{unit: "interval_every" for unit, _ in INTERVAL_UNITS},
+    "interval": "interval_every",
+    **{name: name for name in CRON_FIELDS},
+    "crontab": "cron_expression",
+    "timezone": "timezone",
+    "run_at": "run_at",
+    "start_at": "start_at",
+    "end_at": "end_at",
+    "trigger": "schedule_type",
+    "task": "task_name",
+    "args": "args",
+    "kwargs": "kwargs",
+    "job_id": "job_id",
+    "name": "name",
+}
+
+
+@cache
+def _timezones() -> list[tuple[str, str]]:
+    return [(name, name) for name in sorted(zoneinfo.available_timezones())]
+
+
+class SchedulerJobForm(forms.ModelForm):
+    """Create or change a single-task job; saving calls ``SchedulerApp.single(...).upsert(...)``."""
+
+    job_id = forms.CharField(required=False, max_length=255, help_text="Leave empty for a generated id.")
+    task = forms.ChoiceField(required=False, help_text="A task the broker knows; or type a name below.")
+    task_name = forms.CharField(required=False, max_length=255, label="Other task name")
+    args = forms.JSONField(initial=list, required=False, help_text='A JSON array, e.g. [42, "x"].')
+    kwargs = forms.JSONField(initial=dict, required=False, help_text='A JSON object, e.g. {"label": "ping"}.')
+    schedule_type = forms.ChoiceField(choices=SCHEDULE_TYPES, initial="interval")
+    interval_every = forms.FloatField(required=False, label="Every")
+    interval_unit = forms.ChoiceField(choices=INTERVAL_UNITS, initial="minutes", required=False, label="Unit")
+    cron_expression = forms.CharField(
+        required=False, help_text="5 fields (or 6 with seconds first); when given, the fields below are ignored."
+    )
+    second = forms.CharField(required=False, initial="0")
+    minute = forms.CharField(required=False, initial="*")
+    hour = forms.CharField(required=False, initial="*")
+    day_of_month = forms.CharField(required=False, initial="*")
+    month_of_year = forms.CharField(required=False, initial="*")
+    day_of_week = forms.CharField(required=False, initial="*", help_text="0 and 7 are Sunday; names work (mon).")
+    timezone = forms.ChoiceField(help_text="Cron times and the times entered here are in this zone.")
+    run_at = forms.DateTimeField(required=False, label="Run at", help_text="For 'once'.", widget=_DATETIME)
+    start_at = forms.DateTimeField(
+        required=False, help_text="Optional start of an interval or crontab window.", widget=_DATETIME
+    )
+    end_at = forms.DateTimeField(
+        required=False, help_text="Optional end of the window; a slot at the end still runs.", widget=_DATETIME
+    )
+    is_enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
+
+    class Meta:
+        model = SchedulerJob
+        fields = ("name", "description")
+
+    def __init__(self, *args: Any, app: SchedulerApp, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.app = app
+        known = sorted(name for name in app.broker.get_all_tasks() if name != CHAIN_ORCHESTRATOR_TASK_NAME)
+        self.fields["task"].choices = [(_OTHER_TASK, "— other (type it below) —"), *((name, name) for name in known)]
+        self.fields["timezone"].choices = _timezones()
+        self.fields["timezone"].initial = app.config.default_timezone
+        self.editing = not self.instance._state.adding
+        if self.editing:
+            self._fill_from(self.instance)
+            self.fields["job_id"].disabled = True
+
+    def _fill_from(self, job: SchedulerJob) -> None:
+        """Show the stored job in the form's terms."""
+        known = dict(self.fields["task"].choices)
+        initial: dict[str, Any] = {
+            "job_id": job.pk, "args": job.task_args, "kwargs": job.task_kwargs, "is_enabled": job.is_enabled,
+            "task": job.task_name if job.task_name in known else _OTHER_TASK,
+            "task_name": "" if job.task_name in known else job.task_name,
+        }
+        trigger = job.trigger
+        zone = self.app.config.default_timezone
+        if isinstance(trigger, OneOffSchedule):
+            initial.update(schedule_type="one_off", run_at=trigger.run_at)
+        elif isinstance(trigger, PeriodicSchedule):
+            initial.update(start_at=trigger.start_at, end_at=trigger.end_at)
+            if trigger.interval is not None:
+                unit = next(unit for unit, _ in INTERVAL_UNITS if getattr(trigger.interval, unit) is not None)
+                initial.update(schedule_type="interval", interval_every=getattr(trigger.interval, unit),
+                               interval_unit=unit)
+            elif trigger.crontab is not None:
+                zone = trigger.crontab.timezone or zone
+                initial.update(schedule_type="crontab", **{name: getattr(trigger.crontab, name) for name in CRON_FIELDS})
+        initial["timezone"] = zone
+        for name in ("run_at", "start_at", "end_at"):
+            if initial.get(name):
+                initial[name] = timezone.localtime(initial[name], zoneinfo.ZoneInfo(zone)).replace(tzinfo=None)
+        self.initial.update(initial)
+
+    # -- validation: the API's rules, mapped onto the fields -----------------------------------------
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        try:
+            self.trigger = self._trigger(data)
+            self.task_call = self.app.single(
+                task=data.get("task") or data.get("task_name") or "",
+                args=data.get("args") if data.get("args") is not None else [],
+                kwargs=data.get("kwargs") if data.get("kwargs") is not None else {},
+                metadata=self.instance.metadata_payload if self.editing else None,
+            )
+            self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
+        except SchedulerValidationError as error:
+            self.add_error(_ERROR_FIELDS.get(error.field), f"{error.problem} ({error.field}={error.value!r})")
+        return data
+
+    def _job_id(self, data: dict[str, Any]) -> str:
+        if self.editing:
+            return self.instance.pk
+        if not getattr(self, "_new_id", None):
+            self._new_id = data.get("job_id") or str(uuid.uuid4())
+        return self._new_id
+
+    def _aware(self, value: datetime | None, zone: str) -> datetime | None:
+        if value is None:
+            return None
+        return timezone.make_aware(value.replace(tzinfo=None), zoneinfo.ZoneInfo(zone))
+
+    def _trigger(self, data: dict[str, Any]) -> Trigger:
+        zone = data["timezone"]
+        kind = data["schedule_type"]
+        if kind == "one_off":
+            if data.get("run_at") is None:
+                raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
+            return OneOffSchedule(run_at=self._aware(data["run_at"], zone))
+        window = {"start_at": self._aware(data.get("start_at"), zone), "end_at": self._aware(data.get("end_at"), zone)}
+        if kind == "interval":
+            if data.get("interval_every") is None:
+                raise SchedulerValidationError("interval", None, "Say how often: a number and a unit.")
+            interval = IntervalTrigger(**{data.get("interval_unit") or "minutes": data["interval_every"]})
+            return PeriodicSchedule(interval=interval, **window)
+        expression = (data.get("cron_expression") or "").strip()
+        if expression:
+            crontab = CrontabTrigger.from_expression(expression, timezone=zone)
+        else:
+            crontab = CrontabTrigger(**{name: data.get(name) or "*" for name in CRON_FIELDS}, timezone=zone)
+        return PeriodicSchedule(crontab=crontab, **window)
+
+    # -- saving, through the app ---------------------------------------------------------------------
+
+    def save(self, commit: bool = True) -> SchedulerJob:
+        """Upsert through ``SchedulerApp``; the enabled flag is the operator's explicit choice."""
+        data = self.cleaned_data
+        return self.task_call.upsert(
+            self.trigger, self._job_id(data), name=data.get("name") or None,
+            description=data.get("description") or None, is_enabled=bool(data.get("is_enabled")),
+        )
