@@ -1,0 +1,105 @@
+"""The admin in a real headless browser: create a job, run it now, see its run.
+
+Playwright drives Debian's ``chromium`` (CI installs it with apt; Playwright's own
+browser download is not used). An engine process on the test database sends the job.
+Screenshots go to ``docs/screenshots/``, which the README shows.
+"""
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from tests.processes import REPO, child_env, wait_until
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+SCREENSHOTS = REPO / "docs" / "screenshots"
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it: apt-get install chromium)"),
+]
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[None]:
+    """``run_taskiq_beat`` with the demo project's in-process broker, on the test database."""
+    log = tmp_path / "engine.log"
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat"],
+            env=child_env(), stdout=output, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Scheduler engine started." in log.read_text(), timeout=30, what="the engine")
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        print(log.read_text())
+
+
+@pytest.fixture
+def page(live_server: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop here
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 900})
+        finally:
+            browser.close()
+
+
+def messages_of(page: object) -> str:
+    """The admin's message bar once the page after a POST has loaded."""
+    page.wait_for_selector("ul.messagelist")  # type: ignore[attr-defined]
+    return page.inner_text("ul.messagelist")  # type: ignore[attr-defined]
+
+
+def test_create_run_now_and_see_the_run_in_the_history(live_server: object, engine: None, page: object) -> None:
+    User.objects.create_superuser("admin", "admin@example.com", "secret")
+    base = str(live_server)
+    page.goto(f"{base}/admin/login/?next=/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
+    page.fill("#id_username", "admin")  # type: ignore[attr-defined]
+    page.fill("#id_password", "secret")  # type: ignore[attr-defined]
+    page.click("input[type=submit]")  # type: ignore[attr-defined]
+
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/add/")  # type: ignore[attr-defined]
+    page.fill("#id_name", "Greeting from the browser")  # type: ignore[attr-defined]
+    page.select_option("#id_task", "demo.greet")  # type: ignore[attr-defined]
+    page.fill("#id_args", '["browser"]')  # type: ignore[attr-defined]
+    page.select_option("#id_schedule_type", "interval")  # type: ignore[attr-defined]
+    page.fill("#id_interval_every", "1")  # type: ignore[attr-defined]
+    page.select_option("#id_interval_unit", "hours")  # type: ignore[attr-defined]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "job-form.png"), full_page=True)  # type: ignore[attr-defined]
+    page.click("input[name=_save]")  # type: ignore[attr-defined]
+    assert "was added successfully" in messages_of(page)
+    job = SchedulerJob.objects.get(name="Greeting from the browser")
+
+    page.check(f"input[name=_selected_action][value='{job.pk}']")  # type: ignore[attr-defined]
+    page.select_option("select[name=action]", "run_jobs_now")  # type: ignore[attr-defined]
+    page.click("button[name=index]")  # type: ignore[attr-defined]
+    assert "Marked to run now: 1 job." in messages_of(page)
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists(), timeout=30,
+        what="the engine to send the job",
+    )
+
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
+    assert "every hour" in page.inner_text("#result_list")  # type: ignore[attr-defined]
+    page.screenshot(path=str(SCREENSHOTS / "job-list.png"), full_page=True)  # type: ignore[attr-defined]
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerrun/?job__id__exact={job.pk}")  # type: ignore[attr-defined]
+    history = page.inner_text("#result_list")  # type: ignore[attr-defined]
+    assert "Greeting from the browser" in history and "dispatched" in history
+    page.screenshot(path=str(SCREENSHOTS / "run-history.png"), full_page=True)  # type: ignore[attr-defined]
