@@ -22,11 +22,15 @@ from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import JobNotFoundError
 from django_taskiq_beat.forms import SchedulerJobForm
-from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
 
 RECENT_RUNS = 20
 _RUN_COLOURS = {RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e"}
+_OUTCOME_COLOURS = {
+    RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
+    RunOutcome.SUCCEEDED: "#2e7d32", RunOutcome.FAILED: "#c62828",
+}
 _STATE_COLOURS = {
     JobState.ACTIVE: "#2e7d32", JobState.FAILING: "#c62828", JobState.PAUSED: "#ef6c00", JobState.FINISHED: "#616161",
 }
@@ -152,7 +156,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerJob]:
         recent = SchedulerRun.objects.order_by("-scheduled_for").only(
-            "id", "job_id", "status", "scheduled_for", "dispatched_at", "error"
+            "id", "job_id", "status", "outcome", "scheduled_for", "dispatched_at", "error"
         )[:RECENT_RUNS]
         return super().get_queryset(request).prefetch_related(Prefetch("runs", queryset=recent, to_attr="recent_runs"))
 
@@ -238,17 +242,15 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         if not runs:
             return "–"
         run = runs[0]
-        return format_html(
-            '{}<br><small style="color: {}">{}</small>', _local(run.scheduled_for), _RUN_COLOURS[run.status],
-            run.get_status_display(),
-        )
+        colour, label = _run_colour_and_label(run)
+        return format_html('{}<br><small style="color: {}">{}</small>', _local(run.scheduled_for), colour, label)
 
     @admin.display(description=f"last {RECENT_RUNS} runs")
     def recent_runs_strip(self, job: SchedulerJob) -> str:
         cells = format_html_join(
             "", '<span title="{} {}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
                 '</span>',
-            ((run.get_status_display(), _local(run.scheduled_for), _RUN_COLOURS[run.status])
+            ((_run_colour_and_label(run)[1], _local(run.scheduled_for), _run_colour_and_label(run)[0])
              for run in reversed(_recent(job))),
         )
         return format_html('<span style="white-space: nowrap">{}</span>', cells)
@@ -334,6 +336,13 @@ class SchedulerJobAdmin(admin.ModelAdmin):
                 continue
 
 
+def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
+    """The worker's outcome when it reported one, else the dispatch status."""
+    if run.status == RunStatus.DISPATCHED and run.outcome:
+        return _OUTCOME_COLOURS[run.outcome], run.get_outcome_display()
+    return _RUN_COLOURS[run.status], run.get_status_display()
+
+
 def _recent(job: SchedulerJob) -> list[SchedulerRun]:
     return getattr(job, "recent_runs", [])
 
@@ -348,15 +357,19 @@ def _lag_text(run: SchedulerRun) -> str:
 
 @admin.register(SchedulerRun)
 class SchedulerRunAdmin(admin.ModelAdmin):
-    list_display = ("scheduled_for", "job_link", "status_badge", "dispatched_at", "lag", "broker_task_id", "short_error")
-    list_filter = ("status", ("scheduled_for", admin.DateFieldListFilter))
+    list_display = (
+        "scheduled_for", "job_link", "status_badge", "outcome_badge", "dispatched_at", "lag", "duration_text",
+        "broker_task_id", "short_error",
+    )
+    list_filter = ("status", "outcome", ("scheduled_for", admin.DateFieldListFilter))
     list_select_related = ("job",)
     search_fields = ("id", "job__id", "job__name", "broker_task_id")
     date_hierarchy = "scheduled_for"
     ordering = ("-scheduled_for",)
     readonly_fields = (
         "id", "job_link", "status_badge", "scheduled_for", "dispatched_at", "finished_at", "lag", "broker_task_id",
-        "error", "claimed_by", "lease_expires_at", "chain_progress", "created_at", "updated_at",
+        "outcome_badge", "started_at", "completed_at", "duration_text", "error", "claimed_by", "lease_expires_at",
+        "chain_progress", "created_at", "updated_at",
     )
     fields = readonly_fields
 
@@ -381,6 +394,18 @@ class SchedulerRunAdmin(admin.ModelAdmin):
     @admin.display(description="lag")
     def lag(self, run: SchedulerRun) -> str:
         return _lag_text(run)
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, run: SchedulerRun) -> str:
+        return format_html('<strong style="color: {}">{}</strong>', _OUTCOME_COLOURS[run.outcome],
+                           run.get_outcome_display())
+
+    @admin.display(description="duration")
+    def duration_text(self, run: SchedulerRun) -> str:
+        duration = run.duration
+        if duration is None:
+            return f"running since {_local(run.started_at)}" if run.started_at else "–"
+        return f"{duration.total_seconds() * 1000:.0f} ms"
 
     @admin.display(description="error")
     def short_error(self, run: SchedulerRun) -> str:

@@ -299,10 +299,10 @@ class ScheduleBuilder:
             ])
             if error is None and not self.app.config.record_runs:
                 run.delete()
-            else:  # named fields only: a chain's orchestrator may already be writing ``progress``
+            else:  # named fields only: the worker may already have written progress, outcome, error
                 run.save(update_fields=[
-                    "status", "dispatched_at", "finished_at", "updated_at", "broker_task_id", "error", "claimed_by",
-                    "lease_expires_at",
+                    "status", "dispatched_at", "finished_at", "updated_at", "broker_task_id", "claimed_by",
+                    "lease_expires_at", *(["error"] if error else []),
                 ])
         extra = {"job_id": job.id, "task_name": job.task_name}
         if error is None:

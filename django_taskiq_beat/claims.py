@@ -232,9 +232,10 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
                 "scheduler_run",
                 (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
                  ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
+                # A worker may already have reported the task's own error: a sent run keeps it.
                 "status = v.status, dispatched_at = v.dispatched_at, finished_at = v.finished_at,"
-                " broker_task_id = v.broker_task_id, error = v.error, claimed_by = NULL, lease_expires_at = NULL,"
-                " updated_at = v.finished_at",
+                " broker_task_id = v.broker_task_id, error = COALESCE(v.error, scheduler_run.error),"
+                " claimed_by = NULL, lease_expires_at = NULL, updated_at = v.finished_at",
                 [_finished_run(outcome, _time) for outcome in outcomes],
             )
         else:

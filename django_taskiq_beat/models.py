@@ -2,7 +2,7 @@
 
 import uuid
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils import timezone
@@ -42,8 +42,8 @@ class JobState(models.TextChoices):
 
 
 _STATE_FILTERS = {
-    JobState.ACTIVE: models.Q(is_enabled=True, dispatch_failures=0),
-    JobState.FAILING: models.Q(is_enabled=True, dispatch_failures__gt=0),
+    JobState.ACTIVE: models.Q(is_enabled=True, dispatch_failures=0, consecutive_failures=0),
+    JobState.FAILING: models.Q(is_enabled=True) & (models.Q(dispatch_failures__gt=0) | models.Q(consecutive_failures__gt=0)),
     JobState.PAUSED: models.Q(is_enabled=False, finished_at__isnull=True),
     JobState.FINISHED: models.Q(is_enabled=False, finished_at__isnull=False),
 }
@@ -52,6 +52,16 @@ _STATE_FILTERS = {
 class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
     def in_state(self, state: str) -> "SchedulerJobQuerySet":
         return self.filter(_STATE_FILTERS[JobState(state)])
+
+
+class RunOutcome(models.TextChoices):
+    """What the worker reported (with ``RunOutcomeMiddleware``); empty until it does."""
+
+    UNKNOWN = "", "not reported"
+    RUNNING = "running", "running"
+    RETRYING = "retrying", "retrying"
+    SUCCEEDED = "succeeded", "succeeded"
+    FAILED = "failed", "failed"
 
 
 class SchedulerJob(models.Model):
@@ -82,6 +92,13 @@ class SchedulerJob(models.Model):
     last_dispatched_task_id = models.CharField(max_length=255, null=True, blank=True)
     dispatch_count = models.PositiveIntegerField(default=0)
     dispatch_failures = models.PositiveIntegerField(default=0, help_text="Failed sends in a row; sets the retry backoff.")
+    last_outcome = models.CharField(
+        max_length=16, choices=RunOutcome.choices, default=RunOutcome.UNKNOWN, db_default=RunOutcome.UNKNOWN,
+        blank=True,
+    )
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Runs in a row that the worker reported failed."
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -112,7 +129,7 @@ class SchedulerJob(models.Model):
             return JobState.FINISHED
         if not self.is_enabled:
             return JobState.PAUSED
-        return JobState.FAILING if self.dispatch_failures else JobState.ACTIVE
+        return JobState.FAILING if self.dispatch_failures or self.consecutive_failures else JobState.ACTIVE
 
     @property
     def trigger(self) -> Trigger:
@@ -151,6 +168,12 @@ class SchedulerRun(models.Model):
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."
     )
+    outcome = models.CharField(  # db_default: the engine inserts runs with its own SQL
+        max_length=16, choices=RunOutcome.choices, default=RunOutcome.UNKNOWN, db_default=RunOutcome.UNKNOWN,
+        blank=True,
+    )
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When the worker started the task.")
+    completed_at = models.DateTimeField(null=True, blank=True, help_text="When the worker finished the task.")
     progress = models.JSONField(
         null=True, blank=True, help_text="A chain's state, written by its orchestrator: steps, attempts, outcome."
     )
@@ -170,3 +193,10 @@ class SchedulerRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} @ {self.scheduled_for.isoformat()}"
+
+    @property
+    def duration(self) -> timedelta | None:
+        """How long the worker took, once it reported both ends."""
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return self.completed_at - self.started_at

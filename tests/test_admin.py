@@ -386,3 +386,18 @@ def test_bad_edit_leaves_the_job_as_it_was(admin_client: Client, app: SchedulerA
     assert response.status_code == 200
     stored = SchedulerJob.objects.get(pk=job.pk)
     assert (stored.name, stored.trigger_payload, stored.next_run_at) == ("Stable", job.trigger_payload, job.next_run_at)
+
+
+def test_worker_outcomes_show_in_the_lists(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Reported")
+    add_runs(job, RunStatus.DISPATCHED, RunStatus.DISPATCHED)
+    first, second = SchedulerRun.objects.order_by("scheduled_for")
+    started = timezone.now() - timedelta(seconds=5)
+    SchedulerRun.objects.filter(pk=first.pk).update(outcome="failed", started_at=started,
+                                                    completed_at=started + timedelta(milliseconds=1500))
+    SchedulerRun.objects.filter(pk=second.pk).update(outcome="running", started_at=started)
+    jobs_page = admin_client.get(JOBS).content.decode()
+    assert 'title="failed ' in jobs_page and ">running</small>" in jobs_page
+    runs_page = admin_client.get(RUNS).content.decode()
+    assert "1500 ms" in runs_page and "running since" in runs_page
+    assert admin_client.get(RUNS, {"outcome__exact": "failed"}).content.decode().count("1500 ms") == 1

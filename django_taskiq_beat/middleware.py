@@ -1,0 +1,115 @@
+"""``RunOutcomeMiddleware``: the worker reports whether a scheduled task really ran.
+
+Add it to the broker (``broker.with_middlewares(RunOutcomeMiddleware())``). For every
+task the scheduler sent (it carries the ``scheduler_run_id`` label; other tasks are
+ignored) it writes to the run row: ``running`` with ``started_at`` when the worker
+starts it, then ``succeeded``, ``failed`` (with the error) or ``retrying`` (taskiq's
+retry middleware will send it again) with ``completed_at``; and the job's last outcome
+and count of failures in a row.
+
+Writes never move a run backwards (a late or repeated hook cannot turn ``succeeded``
+back into ``running``), and a failure inside the middleware is logged and swallowed:
+it must never cost the task its result or its acknowledgement.
+"""
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.apps import apps
+from django.db import close_old_connections, transaction
+from django.db.models import F
+from django.utils import timezone
+from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+
+from django_taskiq_beat.sending import RUN_LABEL, describe_error
+
+logger = logging.getLogger("django_taskiq_beat.middleware")
+
+_FINAL = ("succeeded", "failed")
+
+
+class RunOutcomeMiddleware(TaskiqMiddleware):
+    """Records each scheduled run's outcome as the worker sees it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._errors: dict[tuple[str, int], str] = {}  # attempt -> the exception on_error saw, for post_execute
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        run_id = _run_id(message)
+        if run_id is not None:
+            await _safely(_mark_running, run_id, timezone.now())
+        return message
+
+    async def on_error(self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException) -> None:
+        if _run_id(message) is not None and not isinstance(exception, NoResultError):
+            self._errors[_attempt(message)] = describe_error(exception)
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        run_id = _run_id(message)
+        if run_id is None:
+            return
+        error = self._errors.pop(_attempt(message), None)
+        if isinstance(result.error, NoResultError):
+            await _safely(_mark_retrying, run_id, error)
+        elif result.is_err:
+            await _safely(_mark_finished, run_id, "failed", timezone.now(), error or describe_error(result.error))
+        else:
+            await _safely(_mark_finished, run_id, "succeeded", timezone.now(), None)
+
+
+def _attempt(message: TaskiqMessage) -> tuple[str, int]:
+    """One execution: a retry reuses the task id (and taskiq's retry middleware rewrites the
+    first message's labels), but every execution has its own message object."""
+    return message.task_id, id(message)
+
+
+def _run_id(message: TaskiqMessage) -> str | None:
+    run_id = message.labels.get(RUN_LABEL)
+    return str(run_id) if run_id else None
+
+
+async def _safely(write: Callable[..., None], *args: Any) -> None:
+    """Run a database write off the event loop; log and swallow whatever goes wrong."""
+    if not apps.ready:
+        logger.warning("RunOutcomeMiddleware needs Django set up in the worker; outcome not recorded.")
+        return
+    try:
+        await sync_to_async(_on_fresh_connection)(write, *args)
+    except Exception:
+        logger.exception("Recording a run outcome failed; the task itself is unaffected.", extra={"run_id": args[0]})
+
+
+def _on_fresh_connection(write: Callable[..., None], *args: Any) -> None:
+    close_old_connections()  # a worker has no request cycle: drop a connection the server closed
+    write(*args)
+
+
+def _runs(run_id: str) -> Any:
+    from django_taskiq_beat.models import SchedulerRun
+
+    return SchedulerRun.objects.filter(pk=run_id)
+
+
+def _mark_running(run_id: str, now: datetime) -> None:
+    _runs(run_id).exclude(outcome__in=_FINAL).update(outcome="running", started_at=now, updated_at=now)
+
+
+def _mark_retrying(run_id: str, error: str | None) -> None:
+    _runs(run_id).exclude(outcome__in=_FINAL).update(outcome="retrying", error=error, updated_at=timezone.now())
+
+
+def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) -> None:
+    from django_taskiq_beat.models import SchedulerJob
+
+    with transaction.atomic():
+        runs = _runs(run_id).exclude(outcome__in=_FINAL)
+        job_id = runs.values_list("job_id", flat=True).first()
+        if job_id is None or not runs.update(outcome=outcome, completed_at=now, error=error, updated_at=now):
+            return  # unknown run, or its outcome was already recorded (a repeated delivery)
+        failures = F("consecutive_failures") + 1 if outcome == "failed" else 0
+        SchedulerJob.objects.filter(pk=job_id).update(last_outcome=outcome, consecutive_failures=failures)

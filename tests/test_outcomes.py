@@ -1,0 +1,174 @@
+"""RunOutcomeMiddleware with the in-process broker: what the worker reports reaches the run row."""
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.utils import timezone
+from taskiq import InMemoryBroker, SimpleRetryMiddleware, TaskiqMessage, TaskiqResult
+
+from django_taskiq_beat import ChainStep, IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, SchedulerConfig
+from django_taskiq_beat import middleware as outcome_middleware
+from django_taskiq_beat.middleware import RunOutcomeMiddleware
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.sending import JOB_LABEL, RUN_LABEL, run_from_sync
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Switch:
+    failing = True
+
+
+@pytest.fixture
+def switch() -> Switch:
+    return Switch()
+
+
+@pytest.fixture
+def broker(switch: Switch) -> InMemoryBroker:
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(
+        SimpleRetryMiddleware(default_retry_count=3), RunOutcomeMiddleware()
+    )
+    attempts = {"flaky": 0}
+
+    @broker.task(task_name="outcome.ok")
+    async def ok() -> str:
+        await asyncio.sleep(0.01)
+        return "done"
+
+    @broker.task(task_name="outcome.boom")
+    async def boom() -> None:
+        if switch.failing:
+            raise ValueError("the task broke")
+
+    @broker.task(task_name="outcome.sync")
+    def sync_task() -> int:
+        return 42
+
+    @broker.task(task_name="outcome.flaky", retry_on_error=True, max_retries=3)
+    async def flaky() -> str:
+        attempts["flaky"] += 1
+        if attempts["flaky"] == 1:
+            raise ConnectionError("first attempt fails")
+        return "second time lucky"
+
+    return broker
+
+
+@pytest.fixture
+def app(broker: InMemoryBroker) -> Iterator[SchedulerApp]:
+    yield SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC"))
+
+
+def run_of(job: SchedulerJob) -> SchedulerRun:
+    return SchedulerRun.objects.get(job=job)
+
+
+def send_through_engine(app: SchedulerApp, job: SchedulerJob) -> None:
+    app.run_now(job.id)
+    async_to_sync(app.engine.run_once)()
+
+
+def test_succeeded_run_has_times_duration_and_the_job_knows(app: SchedulerApp) -> None:
+    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now()))
+    async_to_sync(app.engine.run_once)()
+    run = run_of(job)
+    assert (run.status, run.outcome, run.error) == ("dispatched", "succeeded", None)
+    assert run.started_at <= run.completed_at and run.duration.total_seconds() >= 0.01
+    job.refresh_from_db()
+    assert (job.last_outcome, job.consecutive_failures) == ("succeeded", 0)
+
+
+def test_failed_run_records_the_error_and_failures_in_a_row(app: SchedulerApp, switch: Switch) -> None:
+    job = app.single(task="outcome.boom").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    send_through_engine(app, job)
+    send_through_engine(app, job)
+    runs = list(SchedulerRun.objects.filter(job=job))
+    assert {(run.status, run.outcome) for run in runs} == {("dispatched", "failed")}
+    assert all(run.error == "ValueError: the task broke" for run in runs)
+    job.refresh_from_db()
+    assert (job.last_outcome, job.consecutive_failures, job.state) == ("failed", 2, "failing")
+    switch.failing = False
+    send_through_engine(app, job)
+    job.refresh_from_db()
+    assert (job.last_outcome, job.consecutive_failures, job.state) == ("succeeded", 0, "active")
+
+
+def test_retried_task_ends_succeeded(app: SchedulerApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real_retrying = outcome_middleware._mark_retrying
+
+    def spy(run_id: str, error: str | None) -> None:
+        seen.append(f"retrying: {error}")
+        real_retrying(run_id, error)
+
+    monkeypatch.setattr(outcome_middleware, "_mark_retrying", spy)
+    job = app.single(task="outcome.flaky").schedule(OneOffSchedule(run_at=timezone.now()))
+    async_to_sync(app.engine.run_once)()
+    assert seen == ["retrying: ConnectionError: first attempt fails"]
+    run = run_of(job)
+    assert (run.outcome, run.error) == ("succeeded", None)
+
+
+def test_sync_task_and_immediate_dispatch(app: SchedulerApp) -> None:
+    job = app.single(task="outcome.sync").schedule()
+    assert run_of(job).outcome == "succeeded"
+
+
+def test_a_task_the_scheduler_did_not_send_is_ignored(app: SchedulerApp, broker: InMemoryBroker) -> None:
+    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
+    before = SchedulerRun.objects.count()
+    result = async_to_sync(_kiq_and_wait)(broker, "outcome.ok")
+    assert result == "done" and SchedulerRun.objects.count() == before
+    assert SchedulerJob.objects.get(pk=job.pk).last_outcome == ""
+
+
+async def _kiq_and_wait(broker: InMemoryBroker, name: str) -> Any:
+    sent = await broker.find_task(name).kiq()  # type: ignore[union-attr]
+    return (await sent.wait_result(timeout=5)).return_value
+
+
+def test_a_failing_outcome_write_loses_nothing(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def database_down(*args: Any) -> None:
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr(outcome_middleware, "_mark_finished", database_down)
+    job = app.single(task="outcome.ok").schedule()
+    run = run_of(job)
+    assert run.status == "dispatched" and run.outcome == "running"  # the start was recorded, the end was not
+    assert broker.result_backend.results[run.id].return_value == "done"  # the task's result is safe
+    assert "Recording a run outcome failed; the task itself is unaffected." in caplog.messages
+
+
+def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> None:
+    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
+    run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
+    message = TaskiqMessage(
+        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
+    )
+    middleware = RunOutcomeMiddleware()
+
+    async def late_start() -> None:
+        await middleware.post_execute(message, TaskiqResult(is_err=False, return_value="done", execution_time=0.1))
+        await middleware.pre_execute(message)  # a repeated or late start
+        await middleware.post_execute(message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1,
+                                                            error=ValueError("late")))
+
+    async_to_sync(late_start)()
+    run.refresh_from_db()
+    assert (run.outcome, run.error) == ("succeeded", None)
+    assert SchedulerJob.objects.get(pk=job.pk).consecutive_failures == 0
+
+
+def test_chain_run_gets_the_chains_outcome_and_steps_are_not_runs(app: SchedulerApp, broker: InMemoryBroker) -> None:
+    job = app.chain(steps=[ChainStep(task="outcome.ok"), ChainStep(task="outcome.sync")],
+                    wait_poll_interval_seconds=0.01).schedule()
+    run_from_sync(broker.wait_all)
+    assert SchedulerRun.objects.count() == 1
+    run = run_of(job)
+    assert run.outcome == "succeeded" and run.progress["status"] == "succeeded"
