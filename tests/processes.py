@@ -2,15 +2,20 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from django.db import connection
+
+from tests.pgserver import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,3 +92,32 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+@contextmanager
+def redis_server(log_dir: Path) -> Iterator[str]:
+    """Debian's ``redis-server`` on a free loopback port, without persistence; yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server")
+    port = free_port()
+    with open(log_dir / "redis.log", "wb") as log:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: _answers(port), timeout=20, what="redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection_:
+            connection_.sendall(b"PING\r\n")
+            return connection_.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False

@@ -1,0 +1,40 @@
+"""A real deployment's broker module: Redis stream broker, result backend, outcome middleware.
+
+``taskiq worker tests.worker_project.redis_broker:broker`` runs it; ``REDIS_URL`` says where.
+Laid out as the README tells: broker first, then Django, then the tasks.
+"""
+
+import os
+
+import django
+from django.apps import apps
+from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+from django_taskiq_beat.middleware import RunOutcomeMiddleware
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+REDIS_URL = os.environ["REDIS_URL"]
+
+broker = (
+    RedisStreamBroker(REDIS_URL)
+    .with_result_backend(RedisAsyncResultBackend(REDIS_URL, result_ex_time=600))
+    .with_middlewares(RunOutcomeMiddleware())
+)
+
+if not apps.ready and not apps.loading:
+    django.setup()
+
+
+@broker.task(task_name="worker.ok")
+async def ok() -> str:
+    return "done"
+
+
+@broker.task(task_name="worker.boom")
+async def boom() -> None:
+    raise ValueError("broken in the worker")
+
+
+@broker.task(task_name="worker.sync")
+def sync_task() -> int:
+    return 42
