@@ -5,7 +5,7 @@ through raw row edits, so the rules of the API and the engine's wake-ups apply.
 Everything shown is escaped (``format_html``).
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import admin, messages
@@ -403,9 +403,13 @@ class SchedulerRunAdmin(admin.ModelAdmin):
     @admin.display(description="duration")
     def duration_text(self, run: SchedulerRun) -> str:
         duration = run.duration
-        if duration is None:
-            return f"running since {_local(run.started_at)}" if run.started_at else "–"
-        return f"{duration.total_seconds() * 1000:.0f} ms"
+        if duration is not None:
+            return f"{duration.total_seconds() * 1000:.0f} ms"
+        if run.started_at is None or run.outcome != RunOutcome.RUNNING:
+            return "–"
+        if timezone.now() - run.started_at > timedelta(seconds=get_scheduler_app().config.stale_run_seconds):
+            return format_html('<strong style="color: #c62828">stale</strong>: running since {}', _local(run.started_at))
+        return f"running since {_local(run.started_at)}"
 
     @admin.display(description="error")
     def short_error(self, run: SchedulerRun) -> str:

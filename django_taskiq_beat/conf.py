@@ -40,6 +40,7 @@ class SchedulerConfig:
     run_cleanup_interval_seconds: float = 3600.0
     completed_job_retention_days: int | None = None
     job_cleanup_interval_seconds: float = 3600.0
+    stale_run_seconds: float = 3600.0
     default_timezone: str | None = None  # None: settings.TIME_ZONE (UTC without settings)
 
     def __post_init__(self) -> None:
@@ -48,7 +49,7 @@ class SchedulerConfig:
         if len(self.scheduler_id) > 128:
             raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
-                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds"):
+                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds"):
             _check_number(name, getattr(self, name), allow_float=True, allow_zero=False)
         for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds",
                      "dispatch_concurrency", "dispatch_batch_size"):

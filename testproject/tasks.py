@@ -1,10 +1,30 @@
-"""The demo's broker and tasks. An in-process broker: tasks run inside the sending process."""
+"""The demo's broker and tasks.
 
+Without ``REDIS_URL`` the broker is taskiq's in-process one: tasks run inside the process
+that sends them (``make demo``). With ``REDIS_URL`` it is a Redis stream broker with a
+result backend, run by separate ``taskiq worker testproject.tasks:broker`` processes.
+"""
+
+import os
 from datetime import datetime
 
-from taskiq import InMemoryBroker
+from taskiq import AsyncBroker, InMemoryBroker
 
-broker = InMemoryBroker()
+from django_taskiq_beat.middleware import RunOutcomeMiddleware
+from django_taskiq_beat.worker import setup_django
+
+
+def _make_broker() -> AsyncBroker:
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        return InMemoryBroker()
+    from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+
+    return RedisStreamBroker(redis_url).with_result_backend(RedisAsyncResultBackend(redis_url, result_ex_time=3600))
+
+
+broker = _make_broker().with_middlewares(RunOutcomeMiddleware())
+setup_django("testproject.settings")  # a worker process: the one line it needs
 
 
 @broker.task(task_name="demo.heartbeat")

@@ -399,5 +399,17 @@ def test_worker_outcomes_show_in_the_lists(admin_client: Client, app: SchedulerA
     jobs_page = admin_client.get(JOBS).content.decode()
     assert 'title="failed ' in jobs_page and ">running</small>" in jobs_page
     runs_page = admin_client.get(RUNS).content.decode()
-    assert "1500 ms" in runs_page and "running since" in runs_page
+    assert "1500 ms" in runs_page and "running since" in runs_page and "stale" not in runs_page
     assert admin_client.get(RUNS, {"outcome__exact": "failed"}).content.decode().count("1500 ms") == 1
+
+
+def test_a_run_running_longer_than_the_threshold_is_flagged_stale(
+    admin_client: Client, app: SchedulerApp, settings: Any
+) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Hung")
+    add_runs(job, RunStatus.DISPATCHED)
+    SchedulerRun.objects.update(outcome="running", started_at=timezone.now() - timedelta(minutes=10))
+    assert "stale" not in admin_client.get(RUNS).content.decode()
+    settings.TASKIQ_BEAT = {**settings.TASKIQ_BEAT, "STALE_RUN_SECONDS": 300}
+    page = admin_client.get(RUNS).content.decode()
+    assert '<strong style="color: #c62828">stale</strong>: running since' in page

@@ -1,14 +1,8 @@
 """A broker module laid out as the README tells a worker's to be: broker first, then Django."""
 
-import os
-
-import django
-from django.apps import apps
 from taskiq import InMemoryBroker
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+from django_taskiq_beat.worker import setup_django
 
 broker = InMemoryBroker()
-
-if not apps.ready and not apps.loading:  # a worker process: set Django up (inside Django it already is)
-    django.setup()
+setup_django("testproject.settings")

@@ -1,18 +1,16 @@
 """A real deployment's broker module: Redis stream broker, result backend, outcome middleware.
 
 ``taskiq worker tests.worker_project.redis_broker:broker`` runs it; ``REDIS_URL`` says where.
-Laid out as the README tells: broker first, then Django, then the tasks.
+Laid out as the README tells: broker first, then ``setup_django``, then the tasks.
 """
 
 import os
 
-import django
-from django.apps import apps
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
+from django_taskiq_beat.worker import setup_django
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 REDIS_URL = os.environ["REDIS_URL"]
 
 broker = (
@@ -21,8 +19,7 @@ broker = (
     .with_middlewares(RunOutcomeMiddleware())
 )
 
-if not apps.ready and not apps.loading:
-    django.setup()
+setup_django("testproject.settings")
 
 
 @broker.task(task_name="worker.ok")
