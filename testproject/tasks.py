@@ -5,6 +5,7 @@ that sends them (``make demo``). With ``REDIS_URL`` it is a Redis stream broker 
 result backend, run by separate ``taskiq worker testproject.tasks:broker`` processes.
 """
 
+import asyncio
 import os
 from datetime import datetime
 
@@ -45,3 +46,10 @@ async def greet(name: str, punctuation: str = "!") -> str:
 def add(left: int, right: int) -> int:
     print(f"[demo.add] {left} + {right} = {left + right}", flush=True)
     return left + right
+
+
+@broker.task(task_name="demo.sleep")
+async def sleep(seconds: float) -> float:
+    """A long task, to watch a run that is still going (or whose worker died)."""
+    await asyncio.sleep(seconds)
+    return seconds

@@ -4,19 +4,31 @@ First scenarios of the multi-process suite: periodic, one-off and chain jobs sen
 across two ``run_taskiq_beat`` processes and run by a ``taskiq worker``, outcomes included.
 """
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
-from django_taskiq_beat import ChainStep, IntervalTrigger, OneOffSchedule, PeriodicSchedule, get_scheduler_app
+from django_taskiq_beat import (
+    ChainStep,
+    CrontabTrigger,
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    get_scheduler_app,
+)
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 from tests.processes import REPO, EngineProcess, child_env, redis_server, wait_until
 
@@ -27,35 +39,45 @@ pytestmark = [
 ]
 
 
+@dataclass
+class Deployment:
+    redis_url: str
+    worker: subprocess.Popen[bytes]
+    schedulers: list[EngineProcess]
+
+    def kill_worker(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait(timeout=30)
+
+
 @pytest.fixture
-def deployment(tmp_path: Path, settings: object) -> Iterator[str]:
-    """Redis, one worker and two schedulers on the test database; yields the Redis URL."""
+def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
+    """Redis, one worker and two schedulers on the test database; logs are printed at the end."""
     with redis_server(tmp_path) as url:
-        env = child_env(REDIS_URL=url)
+        monkeypatch.setenv("REDIS_URL", url)
         with open(tmp_path / "worker.log", "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "taskiq", "worker", "testproject.tasks:broker", "--workers", "1"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                env=child_env(REDIS_URL=url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             )
-        engines = []
+        running = Deployment(url, worker, [])
         try:
             for name in ("beat-1", "beat-2"):
-                engine = EngineProcess(name, tmp_path, tmp_path / "unused-sink", {"SYNC_INTERVAL_SECONDS": 0.5},
+                engine = EngineProcess(name, tmp_path, tmp_path / "unused-sink", {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2},
                                        arguments=("--broker", "testproject.tasks:broker"))
                 engine.env["REDIS_URL"] = url
-                engines.append(engine.start())
-            yield url
+                running.schedulers.append(engine.start())
+            yield running
         finally:
-            for engine in engines:
+            for engine in running.schedulers:
                 engine.stop()
                 print(f"----- {engine.name} -----\n{engine.log()}")
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(timeout=30)
+            running.kill_worker()
             print(f"----- worker -----\n{(tmp_path / 'worker.log').read_text(errors='replace')}")
 
 
-def test_jobs_run_once_per_slot_across_processes_with_outcomes(deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REDIS_URL", deployment)
+def test_jobs_run_once_per_slot_across_processes_with_outcomes(deployment: Deployment) -> None:
     # This process only writes rows; the schedulers (other processes) pick them up through the database.
     app = get_scheduler_app()
     every_second = app.single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=1)))
@@ -77,3 +99,44 @@ def test_jobs_run_once_per_slot_across_processes_with_outcomes(deployment: str, 
     assert chain_run.progress["status"] == "succeeded"
     assert [step["status"] for step in chain_run.progress["steps"]] == ["succeeded", "succeeded"]
     assert SchedulerJob.objects.get(pk=once.pk).last_outcome == "succeeded"
+
+
+def test_a_cron_job_fires_on_time_and_a_killed_scheduler_loses_no_slot(deployment: Deployment) -> None:
+    app = get_scheduler_app()
+    job = app.single(task="demo.heartbeat").schedule(
+        PeriodicSchedule(crontab=CrontabTrigger.from_expression("* * * * * *", "UTC"))  # every second
+    )
+    wait_until(lambda: SchedulerRun.objects.filter(job=job, outcome="succeeded").count() >= 2, timeout=30,
+               what="the first cron slots")
+    killed = deployment.schedulers[0]
+    killed.signal(signal.SIGKILL)
+    killed.wait()
+    before = SchedulerRun.objects.filter(job=job).count()
+    wait_until(lambda: SchedulerRun.objects.filter(job=job, outcome="succeeded").count() >= before + 3, timeout=60,
+               what="the surviving scheduler to go on")
+    app.pause(job.id)
+    wait_until(lambda: not SchedulerRun.objects.filter(job=job).exclude(outcome="succeeded").exists(), timeout=30,
+               what="the last slots to finish")
+    slots = sorted(SchedulerRun.objects.filter(job=job).values_list("scheduled_for", flat=True))
+    assert all(later - earlier == timedelta(seconds=1) for earlier, later in zip(slots, slots[1:], strict=False)), (
+        "a slot was lost or sent twice"
+    )
+    lags = [r.dispatched_at - r.scheduled_for for r in SchedulerRun.objects.filter(job=job)]
+    assert max(lags) < timedelta(seconds=10)  # a slot the killed scheduler held waits for its 2 s lease
+    assert sorted(lags)[len(lags) // 2] < timedelta(seconds=1)  # on time in the normal case
+
+
+def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
+    deployment: Deployment, admin_client: Any, settings: Any
+) -> None:
+    app = get_scheduler_app()
+    job = app.single(task="demo.sleep", args=[30]).schedule(OneOffSchedule(run_at=timezone.now()))
+    wait_until(lambda: SchedulerRun.objects.filter(job=job, outcome="running").exists(), timeout=30,
+               what="the worker to start the long task")
+    deployment.kill_worker()
+    run = SchedulerRun.objects.get(job=job)
+    assert (run.status, run.outcome, run.completed_at) == ("dispatched", "running", None)
+    settings.TASKIQ_BEAT = {**settings.TASKIQ_BEAT, "STALE_RUN_SECONDS": 0.1}
+    time.sleep(0.3)  # longer than the threshold
+    page = admin_client.get("/admin/django_taskiq_beat/schedulerrun/").content.decode()
+    assert "stale</strong>: running since" in page
