@@ -6,7 +6,7 @@ would spend most of its time there. These helpers send one statement per chunk.
 UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from django.db import connection
@@ -53,32 +53,40 @@ def _cursor() -> Any:
     return connection.cursor()
 
 
-def _execute(cursor: Any, sql: str, params: list[Any]) -> None:
-    if _server_binding():
-        cursor.execute(sql, params, prepare=False)  # no server-side prepared statements: safe behind PgBouncer
-    else:
-        cursor.execute(sql, params)
-
-
 def _placeholder(sql_type: str) -> str:
     # PostgreSQL types a VALUES column from its values; a column of NULLs would be text.
     return f"CAST(%s AS {sql_type})" if connection.vendor == "postgresql" else "%s"
 
 
-def insert_ignoring_conflicts(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> set[Any]:
-    """INSERT the rows, skipping any that would break a unique key; returns the first column of those written."""
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    written: set[Any] = set()
+def _execute_in_chunks(
+    rows: Sequence[tuple[Any, ...]], statement: Callable[[str], str], row_sql: str, returning: bool = False
+) -> list[tuple[Any, ...]]:
+    """Run ``statement(values_sql)`` once per chunk of rows; returns what RETURNING gave."""
+    returned: list[tuple[Any, ...]] = []
     with _cursor() as cursor:
         for chunk in _chunks(rows):
-            _execute(
-                cursor,
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row_sql] * len(chunk))}"
-                f" ON CONFLICT DO NOTHING RETURNING {columns[0]}",
-                [value for row in chunk for value in row],
-            )
-            written.update(row[0] for row in cursor.fetchall())
-    return written
+            values_sql = ", ".join([row_sql] * len(chunk))
+            params = [value for row in chunk for value in row]
+            if _server_binding():
+                # No server-side prepared statements: safe behind PgBouncer.
+                cursor.execute(statement(values_sql), params, prepare=False)
+            else:
+                cursor.execute(statement(values_sql), params)
+            if returning:
+                returned.extend(cursor.fetchall())
+    return returned
+
+
+def insert_ignoring_conflicts(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> set[Any]:
+    """INSERT the rows, skipping any that would break a unique key; returns the first column of those written."""
+    written = _execute_in_chunks(
+        rows,
+        lambda values: f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
+                       f" ON CONFLICT DO NOTHING RETURNING {columns[0]}",
+        "(" + ", ".join(["%s"] * len(columns)) + ")",
+        returning=True,
+    )
+    return {row[0] for row in written}
 
 
 def update_from_values(
@@ -89,15 +97,11 @@ def update_from_values(
     ``columns`` are (name, SQL type) pairs in row order; the first one is matched
     against ``table.id``.
     """
-    rows = sorted(rows, key=lambda row: row[0])  # one lock order for every writer: no deadlocks
     names = ", ".join(name for name, _ in columns)
-    row_sql = "(" + ", ".join(_placeholder(sql_type) for _, sql_type in columns) + ")"
     key = columns[0][0]
-    with _cursor() as cursor:
-        for chunk in _chunks(rows):
-            _execute(
-                cursor,
-                f"WITH v ({names}) AS (VALUES {', '.join([row_sql] * len(chunk))})"
-                f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
-                [value for row in chunk for value in row],
-            )
+    _execute_in_chunks(
+        sorted(rows, key=lambda row: row[0]),  # one lock order for every writer: no deadlocks
+        lambda values: f"WITH v ({names}) AS (VALUES {values})"
+                       f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
+        "(" + ", ".join(_placeholder(sql_type) for _, sql_type in columns) + ")",
+    )

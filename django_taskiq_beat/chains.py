@@ -9,7 +9,6 @@ writes its progress to the chain's run row.
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqResult
 from taskiq.result_backends.dummy import DummyResultBackend
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.payloads import require_json, task_name_of
+from django_taskiq_beat.payloads import require_json, require_number, task_name_of
 from django_taskiq_beat.sending import RUN_LABEL, describe_error
 
 CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
@@ -54,16 +53,6 @@ class ChainAbortedError(RuntimeError):
         return type(self), (self.chain_attempts, self.last_error)
 
 
-def _check(name: str, value: Any, *, minimum: float, inclusive: bool, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
-        value < minimum if inclusive else value <= minimum
-    ):
-        bound = f">= {minimum}" if inclusive else f"> {minimum}"
-        raise SchedulerValidationError(name, value, f"{name} must be a number {bound}.")
-
-
 @dataclass(frozen=True)
 class ChainStep:
     """One step: a task (object or name) with its args, kwargs and retry options."""
@@ -80,12 +69,12 @@ class ChainStep:
         object.__setattr__(self, "task", task_name_of(self.task))
         object.__setattr__(self, "args", require_json(self.args, "args", list))
         object.__setattr__(self, "kwargs", require_json(self.kwargs, "kwargs", dict))
-        if self.max_attempts is not None and (isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int)):
-            raise SchedulerValidationError("max_attempts", self.max_attempts, "max_attempts must be an integer >= 1.")
-        _check("max_attempts", self.max_attempts, minimum=1, inclusive=True)
-        _check("retry_delay_seconds", self.retry_delay_seconds, minimum=0, inclusive=True)
-        _check("timeout_seconds", self.timeout_seconds, minimum=0, inclusive=False)
-        _check("post_delay_ms", self.post_delay_ms, minimum=0, inclusive=True)
+        for name, minimum, inclusive, integer in (
+            ("max_attempts", 1, True, True), ("retry_delay_seconds", 0, True, False),
+            ("timeout_seconds", 0, False, False), ("post_delay_ms", 0, True, False),
+        ):
+            if getattr(self, name) is not None:  # unset: the chain's default applies
+                require_number(name, getattr(self, name), minimum=minimum, inclusive=inclusive, integer=integer)
 
     @property
     def task_name(self) -> str:
@@ -119,14 +108,13 @@ class TaskChain:
         if self.on_failure not in FAILURE_POLICIES:
             raise SchedulerValidationError("on_failure", self.on_failure, "on_failure must be 'stop' or 'restart'.")
         for name in ("max_chain_attempts", "default_step_max_attempts"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise SchedulerValidationError(name, value, f"{name} must be an integer >= 1.")
-        _check("default_step_retry_delay_seconds", self.default_step_retry_delay_seconds, minimum=0, inclusive=True,
-               allow_none=False)
-        _check("default_step_timeout_seconds", self.default_step_timeout_seconds, minimum=0, inclusive=False)
-        _check("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False,
-               allow_none=False)
+            require_number(name, getattr(self, name), minimum=1, inclusive=True, integer=True)
+        require_number("default_step_retry_delay_seconds", self.default_step_retry_delay_seconds, minimum=0,
+                       inclusive=True)
+        if self.default_step_timeout_seconds is not None:
+            require_number("default_step_timeout_seconds", self.default_step_timeout_seconds, minimum=0,
+                           inclusive=False)
+        require_number("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False)
 
     def to_payload(self) -> dict[str, Any]:
         """The orchestrator's kwargs, as stored in the job's ``task_kwargs``."""

@@ -73,13 +73,12 @@ def _time_adapter() -> Callable[[datetime | None], Any]:
 
 def next_due_at() -> datetime | None:
     """The earliest slot of any enabled job (one index lookup)."""
-    first = (
+    return (
         SchedulerJob.objects.filter(is_enabled=True, next_run_at__isnull=False)
         .order_by("next_run_at")
         .values_list("next_run_at", flat=True)
         .first()
     )
-    return first
 
 
 def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:

@@ -1,6 +1,5 @@
 """``SchedulerConfig`` and reading ``settings.TASKIQ_BEAT`` into it."""
 
-import math
 import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -11,6 +10,7 @@ from taskiq import AsyncBroker
 from taskiq.cli.utils import import_object
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.payloads import require_number
 from django_taskiq_beat.triggers import resolve_timezone
 
 SETTINGS_NAME = "TASKIQ_BEAT"
@@ -50,14 +50,14 @@ class SchedulerConfig:
             raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
                      "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds"):
-            _check_number(name, getattr(self, name), allow_float=True, allow_zero=False)
+            require_number(name, getattr(self, name), minimum=0, inclusive=False)
         for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds",
                      "dispatch_concurrency", "dispatch_batch_size"):
-            _check_number(name, getattr(self, name), allow_float=False, allow_zero=False)
+            require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True)
         for name in ("run_history_retention_days", "completed_job_retention_days"):
             if getattr(self, name) is not None:
-                _check_number(name, getattr(self, name), allow_float=False, allow_zero=True)
-        _check_number("claim_ahead_seconds", self.claim_ahead_seconds, allow_float=True, allow_zero=True)
+                require_number(name, getattr(self, name), minimum=0, inclusive=True, integer=True)
+        require_number("claim_ahead_seconds", self.claim_ahead_seconds, minimum=0, inclusive=True)
         if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
             raise SchedulerValidationError(
                 "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,
@@ -91,15 +91,6 @@ class SchedulerConfig:
 
 def _project_time_zone() -> str:
     return (settings.TIME_ZONE if settings.configured else None) or "UTC"
-
-
-def _check_number(name: str, value: Any, *, allow_float: bool, allow_zero: bool) -> None:
-    kinds = (int, float) if allow_float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        expected = "a number" if allow_float else "an integer"
-        raise SchedulerValidationError(name, value, f"Must be {expected}.")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SchedulerValidationError(name, value, "Must be zero or more." if allow_zero else "Must be positive.")
 
 
 def _settings_dict() -> dict[str, Any]:

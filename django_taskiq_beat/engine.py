@@ -326,7 +326,7 @@ class SchedulerEngine:
         if not outcomes:
             return
         try:
-            await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+            await self._store(outcomes)
         except Exception:
             self._leftover_attempts += 1
             if self._leftover_attempts < _MAX_RECORD_ATTEMPTS:
@@ -343,10 +343,13 @@ class SchedulerEngine:
     async def _record(self, outcomes: list[claims.Outcome]) -> None:
         """Store outcomes; if the database is away, keep them for the next tick."""
         try:
-            await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+            await self._store(outcomes)
         except Exception:
             self._unrecorded.extend(outcomes)
             raise
+
+    async def _store(self, outcomes: list[claims.Outcome]) -> None:
+        await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
 
     async def _keep_leases(self, run_ids: list[str]) -> None:
         interval = max(self.config.claim_ttl_seconds / 3, 0.1)

@@ -1,6 +1,7 @@
 """What a job sends: a task name and JSON arguments, checked before anything is stored."""
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,3 +42,16 @@ class TaskCall:
     args: list[Any]
     kwargs: dict[str, Any]
     metadata: dict[str, Any]
+
+
+def require_number(field: str, value: Any, *, minimum: float, inclusive: bool, integer: bool = False) -> None:
+    """A finite number (an int if ``integer``) at least (``inclusive``) or above ``minimum``."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        raise SchedulerValidationError(field, value, "Must be an integer." if integer else "Must be a number.")
+    if value < minimum or (value == minimum and not inclusive):
+        if minimum == 0:
+            problem = "Must be zero or more." if inclusive else "Must be positive."
+        else:
+            problem = f"Must be at least {minimum:g}." if inclusive else f"Must be more than {minimum:g}."
+        raise SchedulerValidationError(field, value, problem)

@@ -22,7 +22,6 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerConfig,
 )
-from django_taskiq_beat.engine import SchedulerEngine
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import Recorder
 
@@ -471,10 +470,6 @@ def test_engine_start_twice_is_a_no_op(app: SchedulerApp) -> None:
         return same
 
     assert run(scenario)
-
-
-def test_engine_type_is_exposed_for_advanced_use() -> None:
-    assert SchedulerEngine.__name__ == "SchedulerEngine"
 
 
 def test_retry_survives_an_unchanged_upsert_during_the_send(app: SchedulerApp) -> None:
