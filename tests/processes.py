@@ -94,24 +94,47 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+class RedisServer:
+    """Debian's ``redis-server`` on a free loopback port, with an append-only file in ``data_dir``.
+
+    The file lets the server be stopped and started again with its streams and consumer
+    groups intact, as a production Redis with persistence comes back after a restart.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FileNotFoundError("redis-server")
+        self.binary = binary
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisServer":
+        with open(self.data_dir / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                 "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: _answers(self.port), timeout=20, what="redis-server")
+        return self
+
+    def stop(self) -> None:
+        """Shut the server down as ``systemctl stop`` would: clients see their connections close."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
 @contextmanager
-def redis_server(log_dir: Path) -> Iterator[str]:
-    """Debian's ``redis-server`` on a free loopback port, without persistence; yields its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise FileNotFoundError("redis-server")
-    port = free_port()
-    with open(log_dir / "redis.log", "wb") as log:
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+def redis_server(data_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(data_dir).start()
     try:
-        wait_until(lambda: _answers(port), timeout=20, what="redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        server.stop()
 
 
 def _answers(port: int) -> bool:

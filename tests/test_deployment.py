@@ -1,7 +1,9 @@
 """The real deployment, end to end: Redis, two schedulers and a worker, all separate processes.
 
-First scenarios of the multi-process suite: periodic, one-off and chain jobs sent once per slot
-across two ``run_taskiq_beat`` processes and run by a ``taskiq worker``, outcomes included.
+Periodic, cron, one-off and chain jobs sent once per slot by two ``run_taskiq_beat`` processes
+and run by a ``taskiq worker``, outcomes included; then the failures a deployment meets: a
+scheduler SIGKILLed, a worker killed mid-task, a chain step failing, Redis stopped for seconds.
+Every process's log is printed at teardown, so a failing test shows them.
 """
 
 import contextlib
@@ -30,7 +32,7 @@ from django_taskiq_beat import (
     get_scheduler_app,
 )
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
-from tests.processes import REPO, EngineProcess, child_env, redis_server, wait_until
+from tests.processes import REPO, EngineProcess, RedisServer, child_env, redis_server, wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -39,9 +41,14 @@ pytestmark = [
 ]
 
 
+# Short leases and retries, so a killed scheduler or a Redis outage shows within seconds.
+SCHEDULER_OPTIONS = {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2,
+                     "DISPATCH_RETRY_SECONDS": 1, "DISPATCH_RETRY_MAX_SECONDS": 2}
+
+
 @dataclass
 class Deployment:
-    redis_url: str
+    redis: RedisServer
     worker: subprocess.Popen[bytes]
     schedulers: list[EngineProcess]
 
@@ -53,28 +60,31 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Deployment]:
-    """Redis, one worker and two schedulers on the test database; logs are printed at the end."""
-    with redis_server(tmp_path) as url:
+    """Redis, one worker and two schedulers on the test database; all their logs are printed at the end."""
+    with redis_server(tmp_path) as redis:
+        url = redis.url
         monkeypatch.setenv("REDIS_URL", url)
         with open(tmp_path / "worker.log", "wb") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "taskiq", "worker", "testproject.tasks:broker", "--workers", "1"],
                 env=child_env(REDIS_URL=url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             )
-        running = Deployment(url, worker, [])
+        running = Deployment(redis, worker, [])
         try:
             for name in ("beat-1", "beat-2"):
-                engine = EngineProcess(name, tmp_path, tmp_path / "unused-sink", {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2},
+                engine = EngineProcess(name, tmp_path, tmp_path / "unused-sink", SCHEDULER_OPTIONS,
                                        arguments=("--broker", "testproject.tasks:broker"))
                 engine.env["REDIS_URL"] = url
-                running.schedulers.append(engine.start())
+                running.schedulers.append(engine)
+                engine.start()
             yield running
         finally:
             for engine in running.schedulers:
                 engine.stop()
                 print(f"----- {engine.name} -----\n{engine.log()}")
             running.kill_worker()
-            print(f"----- worker -----\n{(tmp_path / 'worker.log').read_text(errors='replace')}")
+            for name in ("worker", "redis"):
+                print(f"----- {name} -----\n{(tmp_path / f'{name}.log').read_text(errors='replace')}")
 
 
 def test_jobs_run_once_per_slot_across_processes_with_outcomes(deployment: Deployment) -> None:
@@ -140,3 +150,62 @@ def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
     time.sleep(0.3)  # longer than the threshold
     page = admin_client.get("/admin/django_taskiq_beat/schedulerrun/").content.decode()
     assert "stale</strong>: running since" in page
+
+
+def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment) -> None:
+    app = get_scheduler_app()
+    periodic = app.single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=2)))
+    wait_until(lambda: SchedulerRun.objects.filter(job=periodic, outcome="succeeded").exists(), timeout=30,
+               what="the periodic job to run once")
+    deployment.redis.stop()
+    stopped_at = timezone.now()
+    due_during_outage = [
+        app.single(task="demo.add", args=[number, number]).schedule(
+            OneOffSchedule(run_at=stopped_at + timedelta(seconds=number))
+        )
+        for number in range(3)
+    ]
+    wait_until(lambda: SchedulerRun.objects.filter(job__in=due_during_outage, status="failed").count() >= 3,
+               timeout=30, what="the schedulers to try the one-off jobs and fail")
+    time.sleep(max(0.0, 5 - (timezone.now() - stopped_at).total_seconds()))  # a five-second outage
+    restarted_at = timezone.now()
+    deployment.redis.start()
+
+    def all_ran() -> bool:
+        one_offs = SchedulerRun.objects.filter(job__in=due_during_outage, outcome="succeeded").count() == 3
+        periodic_again = SchedulerRun.objects.filter(
+            job=periodic, outcome="succeeded", dispatched_at__gt=restarted_at
+        ).count() >= 2
+        return one_offs and periodic_again
+
+    wait_until(all_ran, timeout=60, what="the one-off jobs and the periodic job to run after Redis came back")
+    app.pause(periodic.id)
+    for job in due_during_outage:
+        sent = SchedulerRun.objects.get(job=job, status="dispatched")  # exactly one
+        assert restarted_at <= sent.dispatched_at < restarted_at + timedelta(seconds=10)
+        assert SchedulerJob.objects.get(pk=job.pk).dispatch_failures == 0
+    # The periodic job's slots in the outage were tried, recorded as failed, and folded into
+    # one prompt send after it (a retry never goes past the next regular slot).
+    assert SchedulerRun.objects.filter(job=periodic, status="failed", dispatched_at__gt=stopped_at).exists()
+    first_after = SchedulerRun.objects.filter(job=periodic, status="dispatched", dispatched_at__gt=restarted_at).earliest(
+        "dispatched_at"
+    )
+    assert first_after.dispatched_at - restarted_at < timedelta(seconds=4)
+    assert all(run.error for run in SchedulerRun.objects.filter(status="failed")), "a failed dispatch without its error"
+
+
+def test_a_chain_step_failing_in_the_worker_fails_the_chain_and_stops_it(deployment: Deployment) -> None:
+    app = get_scheduler_app()
+    chain = app.chain(
+        steps=[ChainStep(task="demo.greet", args=["first"]), ChainStep(task="demo.add", args=["one", 1]),
+               ChainStep(task="demo.greet", args=["never"])],
+        wait_poll_interval_seconds=0.1,
+    ).schedule(OneOffSchedule(run_at=timezone.now()))
+    wait_until(lambda: SchedulerRun.objects.filter(job=chain, outcome="failed").exists(), timeout=60,
+               what="the chain to fail")
+    run = SchedulerRun.objects.get(job=chain)
+    assert [step["status"] for step in run.progress["steps"]] == ["succeeded", "failed", "pending"]
+    assert "TypeError" in run.progress["steps"][1]["error"]
+    assert run.progress["status"] == "failed"
+    assert "demo.add" in run.error
+    assert SchedulerJob.objects.get(pk=chain.pk).last_outcome == "failed"

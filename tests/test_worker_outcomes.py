@@ -26,7 +26,8 @@ pytestmark = [
 
 
 def test_worker_process_reports_outcomes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with redis_server(tmp_path) as url:
+    with redis_server(tmp_path) as redis:
+        url = redis.url
         monkeypatch.setenv("REDIS_URL", url)
         module = importlib.reload(importlib.import_module("tests.worker_project.redis_broker"))
         log_path = tmp_path / "worker.log"
