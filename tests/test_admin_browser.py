@@ -2,9 +2,11 @@
 
 Playwright drives Debian's ``chromium`` (CI installs it with apt; Playwright's own
 browser download is not used). An engine process on the test database sends the job.
-Screenshots go to ``docs/screenshots/``, which the README shows.
+Screenshots go to the test's temporary directory; with ``UPDATE_SCREENSHOTS=1`` they replace
+the ones in ``docs/screenshots/`` that the README shows (a plain test run changes no tracked file).
 """
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,12 +20,16 @@ from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.processes import REPO, child_env, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = REPO / "docs" / "screenshots"
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it: apt-get install chromium)"),
 ]
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    return REPO / "docs" / "screenshots" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path
 
 
 @pytest.fixture
@@ -66,7 +72,9 @@ def messages_of(page: object) -> str:
     return page.inner_text("ul.messagelist")  # type: ignore[attr-defined]
 
 
-def test_create_run_now_and_see_the_run_in_the_history(live_server: object, engine: None, page: object) -> None:
+def test_create_run_now_and_see_the_run_in_the_history(
+    live_server: object, engine: None, page: object, screenshots: Path
+) -> None:
     User.objects.create_superuser("admin", "admin@example.com", "secret")
     base = str(live_server)
     page.goto(f"{base}/admin/login/?next=/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
@@ -81,8 +89,7 @@ def test_create_run_now_and_see_the_run_in_the_history(live_server: object, engi
     page.select_option("#id_schedule_type", "interval")  # type: ignore[attr-defined]
     page.fill("#id_interval_every", "1")  # type: ignore[attr-defined]
     page.select_option("#id_interval_unit", "hours")  # type: ignore[attr-defined]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "job-form.png"), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(screenshots / "job-form.png"), full_page=True)  # type: ignore[attr-defined]
     page.click("input[name=_save]")  # type: ignore[attr-defined]
     assert "was added successfully" in messages_of(page)
     job = SchedulerJob.objects.get(name="Greeting from the browser")
@@ -98,8 +105,8 @@ def test_create_run_now_and_see_the_run_in_the_history(live_server: object, engi
 
     page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
     assert "every hour" in page.inner_text("#result_list")  # type: ignore[attr-defined]
-    page.screenshot(path=str(SCREENSHOTS / "job-list.png"), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(screenshots / "job-list.png"), full_page=True)  # type: ignore[attr-defined]
     page.goto(f"{base}/admin/django_taskiq_beat/schedulerrun/?job__id__exact={job.pk}")  # type: ignore[attr-defined]
     history = page.inner_text("#result_list")  # type: ignore[attr-defined]
     assert "Greeting from the browser" in history and "dispatched" in history
-    page.screenshot(path=str(SCREENSHOTS / "run-history.png"), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(screenshots / "run-history.png"), full_page=True)  # type: ignore[attr-defined]
