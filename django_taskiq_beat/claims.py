@@ -203,7 +203,7 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> Non
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
     """Store the outcomes on the jobs and their runs; failed slots get a retry.
 
-    Jobs are written before runs, as a claim and a job delete do, so two writers
+    Jobs are written before runs, as a claim, a job delete and the outcome middleware do, so two writers
     never wait on each other's locks in opposite orders.
     """
     _time = _time_adapter()

@@ -25,6 +25,7 @@ from django.utils import timezone
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
+from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.sending import RUN_LABEL, describe_error
 
 logger = logging.getLogger("django_taskiq_beat.middleware")
@@ -104,12 +105,21 @@ def _mark_retrying(run_id: str, error: str | None) -> None:
 
 
 def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) -> None:
+    """Store a final outcome on the run and its job, once.
+
+    Takes SQLite's write lock before reading (a transaction that read first cannot write
+    once an engine has committed), and writes the job before the run, as the engine does,
+    so the two never deadlock on PostgreSQL.
+    """
     from django_taskiq_beat.models import SchedulerJob
 
     with transaction.atomic():
+        begin_write()
         runs = _runs(run_id).exclude(outcome__in=_FINAL)
         job_id = runs.values_list("job_id", flat=True).first()
-        if job_id is None or not runs.update(outcome=outcome, completed_at=now, error=error, updated_at=now):
+        if job_id is None:
             return  # unknown run, or its outcome was already recorded (a repeated delivery)
         failures = F("consecutive_failures") + 1 if outcome == "failed" else 0
         SchedulerJob.objects.filter(pk=job_id).update(last_outcome=outcome, consecutive_failures=failures)
+        if not runs.update(outcome=outcome, completed_at=now, error=error, updated_at=now):
+            transaction.set_rollback(True)  # a concurrent delivery recorded it first

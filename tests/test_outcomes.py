@@ -1,11 +1,14 @@
 """RunOutcomeMiddleware with the in-process broker: what the worker reports reaches the run row."""
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import connection
 from django.utils import timezone
 from taskiq import InMemoryBroker, SimpleRetryMiddleware, TaskiqMessage, TaskiqResult
 
@@ -163,6 +166,39 @@ def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> No
     run.refresh_from_db()
     assert (run.outcome, run.error) == ("succeeded", None)
     assert SchedulerJob.objects.get(pk=job.pk).consecutive_failures == 0
+
+
+def test_a_final_outcome_is_stored_while_another_process_writes(app: SchedulerApp) -> None:
+    """On SQLite a transaction that read first cannot write once another process has committed
+    ("database is locked" at once): the engine writing between the middleware's statements
+    must not cost the outcome."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's single writer; PostgreSQL locks rows (runs in the SQLite pass of `make test`)")
+    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
+    run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
+    message = TaskiqMessage(
+        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
+    )
+    engine = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
+    statements: list[str] = []
+
+    def engine_writes_after_the_first_statement(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+        result = execute(sql, *args)
+        if sql != "BEGIN":
+            statements.append(sql)
+            if len(statements) == 1:
+                with contextlib.suppress(sqlite3.OperationalError):  # locked out: the middleware writes first
+                    engine.execute("UPDATE scheduler_job SET description = 'the engine was here'")
+        return result
+
+    with connection.execute_wrapper(engine_writes_after_the_first_statement):
+        async_to_sync(RunOutcomeMiddleware().post_execute)(
+            message, TaskiqResult(is_err=False, return_value="done", execution_time=0.1)
+        )
+    engine.close()
+    run.refresh_from_db()
+    assert run.outcome == "succeeded"
+    assert SchedulerJob.objects.get(pk=job.pk).last_outcome == "succeeded"
 
 
 def test_chain_run_gets_the_chains_outcome_and_steps_are_not_runs(app: SchedulerApp, broker: InMemoryBroker) -> None:
