@@ -15,16 +15,26 @@ from django_taskiq_beat.middleware import RunOutcomeMiddleware
 from django_taskiq_beat.worker import setup_django
 
 
-def _make_broker() -> AsyncBroker:
+def make_broker() -> AsyncBroker:
+    """The in-process broker, or with ``REDIS_URL`` a Redis stream broker with a result backend."""
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         return InMemoryBroker()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
     from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
-    return RedisStreamBroker(redis_url).with_result_backend(RedisAsyncResultBackend(redis_url, result_ex_time=3600))
+    # Without retries, the first command after a Redis restart fails on a connection the
+    # restart closed; retried, it reconnects.
+    def retry() -> Retry:
+        return Retry(ExponentialBackoff(cap=1), retries=3)
+
+    return RedisStreamBroker(redis_url, retry=retry()).with_result_backend(
+        RedisAsyncResultBackend(redis_url, result_ex_time=3600, retry=retry())
+    )
 
 
-broker = _make_broker().with_middlewares(RunOutcomeMiddleware())
+broker = make_broker().with_middlewares(RunOutcomeMiddleware())
 setup_django("testproject.settings")  # a worker process: the one line it needs
 
 

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.utils import timezone
+from taskiq.kicker import AsyncKicker
 
 from django_taskiq_beat import (
     ChainStep,
@@ -32,6 +34,7 @@ from django_taskiq_beat import (
     get_scheduler_app,
 )
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from testproject.tasks import make_broker
 from tests.processes import REPO, EngineProcess, RedisServer, child_env, redis_server, wait_until
 
 pytestmark = [
@@ -170,6 +173,7 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
     time.sleep(max(0.0, 5 - (timezone.now() - stopped_at).total_seconds()))  # a five-second outage
     restarted_at = timezone.now()
     deployment.redis.start()
+    answering_at = timezone.now()
 
     def all_ran() -> bool:
         one_offs = SchedulerRun.objects.filter(job__in=due_during_outage, outcome="succeeded").count() == 3
@@ -192,6 +196,8 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
     )
     assert first_after.dispatched_at - restarted_at < timedelta(seconds=4)
     assert all(run.error for run in SchedulerRun.objects.filter(status="failed")), "a failed dispatch without its error"
+    # Connections the outage broke are replaced, not used for one more failing send.
+    assert not SchedulerRun.objects.filter(status="failed", dispatched_at__gt=answering_at).exists()
 
 
 def test_a_chain_step_failing_in_the_worker_fails_the_chain_and_stops_it(deployment: Deployment) -> None:
@@ -209,3 +215,25 @@ def test_a_chain_step_failing_in_the_worker_fails_the_chain_and_stops_it(deploym
     assert run.progress["status"] == "failed"
     assert "demo.add" in run.error
     assert SchedulerJob.objects.get(pk=chain.pk).last_outcome == "failed"
+
+
+def test_the_redis_broker_sends_at_once_after_a_redis_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart closes the connections in the client's pool; the next send must not fail on one."""
+    with redis_server(tmp_path) as redis:
+        monkeypatch.setenv("REDIS_URL", redis.url)
+        broker = make_broker()
+
+        async def send() -> None:
+            await AsyncKicker("demo.heartbeat", broker, {}).kiq()
+
+        async def scenario() -> None:
+            await broker.startup()
+            try:
+                await send()
+                redis.stop()
+                redis.start()
+                await send()
+            finally:
+                await broker.shutdown()
+
+        async_to_sync(scenario)()
