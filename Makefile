@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The suite starts its own Redis and databases: a shell's exports ("Run it for real") stay out.
+SUITE_ENV := env -u REDIS_URL -u DATABASE_URL
 
 .PHONY: test test-sqlite test-postgres demo tox clean
 
@@ -15,10 +17,10 @@ $(BIN)/.installed: pyproject.toml
 test: test-sqlite test-postgres
 
 test-sqlite: $(BIN)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(BIN)/.installed
-	$(BIN)/python -m tests.pgserver $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SUITE_ENV) $(BIN)/python -m tests.pgserver $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(BIN)/.installed
 	$(BIN)/python testproject/manage.py migrate --verbosity 0

@@ -22,9 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child process that uses the database the tests use."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", "PYTHONPATH": str(REPO), **extra}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", "PYTHONPATH": str(REPO)}
     settings = connection.settings_dict
-    env.pop("DATABASE_URL", None)
+    for name in ("DATABASE_URL", "REDIS_URL"):  # the shell's, from "Run it for real", never reach a test's child
+        env.pop(name, None)
+    env.update(extra)
     if connection.vendor == "sqlite":
         env["SQLITE_PATH"] = str(settings["NAME"])
     else:
@@ -42,28 +44,28 @@ def manage(*arguments: str, env: dict[str, str] | None = None, timeout: float = 
 
 
 class EngineProcess:
-    """One ``run_taskiq_beat`` process with the test broker; its output goes to a log file."""
+    """One ``run_taskiq_beat`` process on the test database; its output goes to a log file.
+
+    The broker is the counting test broker unless another ``module:attribute`` is given;
+    ``env`` adds variables (the test broker's ``TEST_SINK``, a ``REDIS_URL``).
+    """
 
     def __init__(
-        self, name: str, log_dir: Path, sink: Path, options: dict[str, Any], send_delay: float = 0,
-        arguments: tuple[str, ...] = (),
+        self, name: str, log_dir: Path, options: dict[str, Any], broker: str = "tests.process_broker:broker",
+        arguments: tuple[str, ...] = (), **env: str,
     ) -> None:
         self.name = name
-        self.arguments = arguments
+        self.arguments = ("--broker", broker, *arguments)
         self.log_path = log_dir / f"{name}.log"
         self.env = child_env(
-            TEST_SINK=str(sink),
-            DB_APPLICATION_NAME=name,
-            TEST_SEND_DELAY=str(send_delay),
-            TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}),
+            DB_APPLICATION_NAME=name, TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}), **env
         )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "EngineProcess":
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat",
-                 "--broker", "tests.process_broker:broker", *self.arguments],
+                [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat", *self.arguments],
                 stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
             )
         wait_until(lambda: "Scheduler engine started." in self.log(), timeout=30, what=f"{self.name} to start")
@@ -118,8 +120,18 @@ class RedisServer:
                  "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: _answers(self.port), timeout=20, what="redis-server")
+        try:
+            wait_until(lambda: self._answers_or_exited(), timeout=20, what="redis-server")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
+        except BaseException:
+            self.stop()
+            raise
         return self
+
+    def _answers_or_exited(self) -> bool:
+        assert self.process is not None
+        return self.process.poll() is not None or _answers(self.port)
 
     def stop(self) -> None:
         """Shut the server down as ``systemctl stop`` would: clients see their connections close."""

@@ -45,7 +45,10 @@ def engines(tmp_path: Path, sink: Path) -> Iterator[EngineFactory]:
     def start(
         name: str, options: dict[str, Any] | None = None, send_delay: float = 0, arguments: tuple[str, ...] = ()
     ) -> EngineProcess:
-        engine = EngineProcess(name, tmp_path, sink, {**FAST, **(options or {})}, send_delay, arguments).start()
+        engine = EngineProcess(
+            name, tmp_path, {**FAST, **(options or {})}, arguments=arguments, TEST_SINK=str(sink),
+            TEST_SEND_DELAY=str(send_delay),
+        ).start()
         started.append(engine)
         return engine
 

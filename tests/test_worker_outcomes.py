@@ -64,7 +64,7 @@ async def _send_and_wait_for_outcomes(app: SchedulerApp, expected: int) -> dict[
             if len(done) == expected:
                 return done
             await asyncio.sleep(0.05)
-        return await sync_to_async(_finished_outcomes)()
+        raise AssertionError(f"timed out after 30 s waiting for {expected} outcomes; got {done}")
     finally:
         await app.broker.shutdown()
 
