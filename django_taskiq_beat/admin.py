@@ -358,7 +358,7 @@ def _lag_text(run: SchedulerRun) -> str:
 @admin.register(SchedulerRun)
 class SchedulerRunAdmin(admin.ModelAdmin):
     list_display = (
-        "scheduled_for", "job_link", "status_badge", "outcome_badge", "dispatched_at", "lag", "duration_text",
+        "scheduled_time", "job_link", "status_badge", "outcome_badge", "dispatched_time", "lag", "duration_text",
         "broker_task_id", "short_error",
     )
     list_filter = ("status", "outcome", ("scheduled_for", admin.DateFieldListFilter))
@@ -381,6 +381,14 @@ class SchedulerRunAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: SchedulerRun | None = None) -> bool:
         return False  # history is removed by retention or purge_runs, not by hand
+
+    @admin.display(description="scheduled for", ordering="scheduled_for")
+    def scheduled_time(self, run: SchedulerRun) -> str:
+        return _local(run.scheduled_for)  # to the second: jobs run every few seconds
+
+    @admin.display(description="dispatched at", ordering="dispatched_at")
+    def dispatched_time(self, run: SchedulerRun) -> str:
+        return _local(run.dispatched_at) if run.dispatched_at else "–"
 
     @admin.display(description="job", ordering="job__name")
     def job_link(self, run: SchedulerRun) -> str:

@@ -186,6 +186,8 @@ def test_run_history_list_filters_and_chain_progress(admin_client: Client, app: 
     add_runs(job, RunStatus.DISPATCHED, RunStatus.FAILED)
     page = admin_client.get(RUNS).content.decode()
     assert "History" in page and "40 ms" in page and "boom" in page
+    first = SchedulerRun.objects.earliest("scheduled_for")
+    assert timezone.localtime(first.scheduled_for).strftime("%H:%M:%S") in page  # to the second
     failed_only = admin_client.get(RUNS, {"status__exact": "failed"}).content.decode()
     assert failed_only.count('<strong style="color: #c62828">failed</strong>') == 1
     assert ">dispatched</strong>" not in failed_only
