@@ -19,7 +19,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.apps import apps
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -86,7 +86,10 @@ async def _safely(write: Callable[..., None], *args: Any) -> None:
 
 
 def _on_fresh_connection(write: Callable[..., None], *args: Any) -> None:
-    close_old_connections()  # a worker has no request cycle: drop a connection the server closed
+    # A worker has no request cycle: drop a connection the server closed. Not under an open
+    # transaction, though: an in-process broker runs the task inside its sender's.
+    if not connection.in_atomic_block:
+        close_old_connections()
     write(*args)
 
 

@@ -1,14 +1,13 @@
 """RunOutcomeMiddleware with the in-process broker: what the worker reports reaches the run row."""
 
 import asyncio
-import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from taskiq import InMemoryBroker, SimpleRetryMiddleware, TaskiqMessage, TaskiqResult
 
@@ -73,6 +72,37 @@ def run_of(job: SchedulerJob) -> SchedulerRun:
 def send_through_engine(app: SchedulerApp, job: SchedulerJob) -> None:
     app.run_now(job.id)
     async_to_sync(app.engine.run_once)()
+
+
+def unsent_run(app: SchedulerApp) -> tuple[SchedulerRun, TaskiqMessage]:
+    """A run row and the message a worker would get for it, without an engine in between."""
+    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
+    run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
+    message = TaskiqMessage(
+        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
+    )
+    return run, message
+
+
+SUCCEEDED = TaskiqResult(is_err=False, return_value="done", execution_time=0.1)
+
+
+def finish_with_a_writer_between(
+    message: TaskiqMessage, result: TaskiqResult[Any], after: Callable[[str], bool], write: Callable[[], None]
+) -> None:
+    """Report ``result``; ``write`` (another process) runs once, after the first statement matching ``after``."""
+    wrote: list[str] = []
+
+    def interleave(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
+        returned = execute(sql, *args)
+        if not wrote and after(sql):
+            wrote.append(sql)
+            write()
+        return returned
+
+    with connection.execute_wrapper(interleave):
+        async_to_sync(RunOutcomeMiddleware().post_execute)(message, result)
+    assert wrote, "the middleware never ran the statement to interleave with"
 
 
 def test_succeeded_run_has_times_duration_and_the_job_knows(app: SchedulerApp) -> None:
@@ -149,15 +179,11 @@ def test_a_failing_outcome_write_loses_nothing(
 
 
 def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> None:
-    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
-    run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
-    message = TaskiqMessage(
-        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
-    )
+    run, message = unsent_run(app)
     middleware = RunOutcomeMiddleware()
 
     async def late_start() -> None:
-        await middleware.post_execute(message, TaskiqResult(is_err=False, return_value="done", execution_time=0.1))
+        await middleware.post_execute(message, SUCCEEDED)
         await middleware.pre_execute(message)  # a repeated or late start
         await middleware.post_execute(message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1,
                                                             error=ValueError("late")))
@@ -165,40 +191,72 @@ def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> No
     async_to_sync(late_start)()
     run.refresh_from_db()
     assert (run.outcome, run.error) == ("succeeded", None)
-    assert SchedulerJob.objects.get(pk=job.pk).consecutive_failures == 0
+    assert SchedulerJob.objects.get(pk=run.job_id).consecutive_failures == 0
 
 
 def test_a_final_outcome_is_stored_while_another_process_writes(app: SchedulerApp) -> None:
     """On SQLite a transaction that read first cannot write once another process has committed
-    ("database is locked" at once): the engine writing between the middleware's statements
-    must not cost the outcome."""
+    ("database is locked" at once): the middleware takes the write lock before it reads."""
     if connection.vendor != "sqlite":
         pytest.skip("SQLite's single writer; PostgreSQL locks rows (runs in the SQLite pass of `make test`)")
-    job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
-    run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
-    message = TaskiqMessage(
-        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
-    )
+    run, message = unsent_run(app)
     engine = sqlite3.connect(connection.settings_dict["NAME"], timeout=0, isolation_level=None)
-    statements: list[str] = []
+    locked_out: list[bool] = []
 
-    def engine_writes_after_the_first_statement(execute: Callable[..., Any], sql: str, *args: Any) -> Any:
-        result = execute(sql, *args)
-        if sql != "BEGIN":
-            statements.append(sql)
-            if len(statements) == 1:
-                with contextlib.suppress(sqlite3.OperationalError):  # locked out: the middleware writes first
-                    engine.execute("UPDATE scheduler_job SET description = 'the engine was here'")
-        return result
+    def engine_writes() -> None:
+        try:
+            engine.execute("UPDATE scheduler_job SET description = 'the engine was here'")
+        except sqlite3.OperationalError:
+            locked_out.append(True)
 
-    with connection.execute_wrapper(engine_writes_after_the_first_statement):
-        async_to_sync(RunOutcomeMiddleware().post_execute)(
-            message, TaskiqResult(is_err=False, return_value="done", execution_time=0.1)
-        )
-    engine.close()
+    try:
+        finish_with_a_writer_between(message, SUCCEEDED, lambda sql: sql != "BEGIN", engine_writes)
+    finally:
+        engine.close()
+    assert locked_out, "the middleware's first statement did not take the write lock"
     run.refresh_from_db()
     assert run.outcome == "succeeded"
-    assert SchedulerJob.objects.get(pk=job.pk).last_outcome == "succeeded"
+    assert SchedulerJob.objects.get(pk=run.job_id).last_outcome == "succeeded"
+
+
+def test_a_repeated_delivery_recorded_first_leaves_the_job_alone(app: SchedulerApp) -> None:
+    """PostgreSQL: another delivery finishes the run after this one updated the job; the job
+    update is rolled back, so one execution is counted once."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks; SQLite's write lock rules this interleaving out (runs in the PostgreSQL pass)")
+    psycopg = pytest.importorskip("psycopg")
+    run, message = unsent_run(app)
+    settings = connection.settings_dict
+    other = psycopg.connect(dbname=settings["NAME"], user=settings["USER"], password=settings["PASSWORD"],
+                            host=settings["HOST"], port=settings["PORT"], autocommit=True)
+
+    def other_delivery_succeeds() -> None:
+        other.execute("UPDATE scheduler_run SET outcome = 'succeeded' WHERE id = %s", [run.id])
+
+    try:
+        finish_with_a_writer_between(
+            message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1, error=ValueError("late")),
+            lambda sql: sql.startswith('UPDATE "scheduler_job"'), other_delivery_succeeds,
+        )
+    finally:
+        other.close()
+    run.refresh_from_db()
+    assert (run.outcome, run.error) == ("succeeded", None)
+    job = SchedulerJob.objects.get(pk=run.job_id)
+    assert (job.last_outcome, job.consecutive_failures) == ("", 0)
+
+
+def test_outcomes_written_inside_the_callers_transaction(app: SchedulerApp) -> None:
+    """An in-process broker runs the task inside the sender's transaction: the middleware must
+    write there, not close the connection under it."""
+    with transaction.atomic():
+        run, message = unsent_run(app)
+        middleware = RunOutcomeMiddleware()
+        async_to_sync(middleware.pre_execute)(message)
+        async_to_sync(middleware.post_execute)(message, SUCCEEDED)
+        run.refresh_from_db()
+        assert run.outcome == "succeeded"
+    assert SchedulerJob.objects.get(pk=run.job_id).last_outcome == "succeeded"
 
 
 def test_chain_run_gets_the_chains_outcome_and_steps_are_not_runs(app: SchedulerApp, broker: InMemoryBroker) -> None:
