@@ -203,8 +203,8 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> Non
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
     """Store the outcomes on the jobs and their runs; failed slots get a retry.
 
-    Jobs are written before runs, as a claim, a job delete and the outcome middleware do, so two writers
-    never wait on each other's locks in opposite orders.
+    Jobs are written before runs, as a claim, a job delete, the job cleanup and the outcome
+    middleware do, so two writers never wait on each other's locks in opposite orders.
     """
     _time = _time_adapter()
     sent: dict[str, list[Outcome]] = {}
@@ -276,12 +276,23 @@ def delete_runs_finished_before(cutoff: datetime) -> int:
     return deleted
 
 
+_DELETE_CHUNK = 500
+
+
 def delete_jobs_finished_before(cutoff: datetime) -> int:
-    """Completed one-offs (sent at least once, finished before ``cutoff``) and their runs."""
-    with transaction.atomic():
-        bulk.begin_write()
-        finished = SchedulerJob.objects.filter(
-            kind=JobKind.ONE_OFF, is_enabled=False, finished_at__lt=cutoff, dispatch_count__gt=0
-        ).exclude(runs__status=RunStatus.PENDING)
-        _, by_model = finished.delete()
-    return by_model.get(SchedulerJob._meta.label, 0)
+    """Completed one-offs (sent at least once, finished before ``cutoff``) and their runs.
+
+    A chunk at a time, each job locked before its runs are deleted (the order every writer
+    keeps); a job another writer holds is left for the next cleanup.
+    """
+    finished = SchedulerJob.objects.filter(
+        kind=JobKind.ONE_OFF, is_enabled=False, finished_at__lt=cutoff, dispatch_count__gt=0
+    ).exclude(runs__status=RunStatus.PENDING)
+    deleted = 0
+    while True:
+        with transaction.atomic():
+            job_ids = list(_lock_for_claiming(finished).values_list("id", flat=True)[:_DELETE_CHUNK])
+            if not job_ids:
+                return deleted
+            _, by_model = SchedulerJob.objects.filter(pk__in=job_ids).delete()
+        deleted += by_model.get(SchedulerJob._meta.label, 0)

@@ -21,6 +21,7 @@ from django_taskiq_beat import (
     PeriodicSchedule,
     SchedulerApp,
     SchedulerConfig,
+    claims,
 )
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import Recorder
@@ -228,6 +229,19 @@ def test_engine_cleans_old_completed_one_off_jobs_when_retention_is_enabled(brok
     assert set(SchedulerJob.objects.values_list("id", flat=True)) == {paused.id, active.id, periodic.id}
     assert not SchedulerRun.objects.filter(job_id=done.id).exists()
     assert app.get_health_snapshot().cleaned_job_count == 1
+
+
+def test_completed_jobs_are_cleaned_a_chunk_at_a_time(
+    broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = SchedulerApp(broker=broker, config=make_config())
+    done = [app.single(task="system.echo").schedule().id for _ in range(5)]  # immediate jobs: sent and finished
+    kept = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)))
+    SchedulerJob.objects.filter(pk__in=done).update(finished_at=timezone.now() - timedelta(days=1))
+    monkeypatch.setattr(claims, "_DELETE_CHUNK", 2)
+    assert claims.delete_jobs_finished_before(timezone.now()) == 5
+    assert list(SchedulerJob.objects.values_list("id", flat=True)) == [kept.id]
+    assert not SchedulerRun.objects.filter(job_id__in=done).exists()
 
 
 # -- the reference's scheduler scenarios that need the engine -----------------------------------------
