@@ -121,7 +121,7 @@ class RedisServer:
                 stdout=log, stderr=subprocess.STDOUT,
             )
         try:
-            wait_until(lambda: self._answers_or_exited(), timeout=20, what="redis-server")
+            wait_until(self._answers_or_exited, timeout=20, what="redis-server")
             if self.process.poll() is not None:
                 raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
         except BaseException:

@@ -51,7 +51,8 @@ pytestmark = [
 # Short leases and retries, so a killed scheduler or a Redis outage shows within seconds.
 SCHEDULER_OPTIONS = {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2,
                      "DISPATCH_RETRY_SECONDS": 1, "DISPATCH_RETRY_MAX_SECONDS": 2}
-ON_TIME = timedelta(seconds=1.5)  # a job made by another process is seen within SYNC_INTERVAL_SECONDS
+# Seen within SYNC_INTERVAL_SECONDS and sent at once, with slack for seven processes on two cores.
+ON_TIME = timedelta(seconds=3)
 
 
 @dataclass
@@ -161,25 +162,14 @@ def test_a_cron_job_fires_on_time_and_a_scheduler_killed_holding_a_claim_loses_n
     )
     wait_until(lambda: SchedulerRun.objects.filter(job=job, outcome="succeeded").count() >= 2, timeout=30,
                what="the first cron slots")
-    held: list[SchedulerRun] = []
-
-    def a_claim_not_yet_sent() -> bool:  # claimed ahead of its slot: the holder has not sent it
-        held[:] = SchedulerRun.objects.filter(
-            job=job, status="pending", claimed_by__isnull=False, scheduled_for__gt=timezone.now() + timedelta(seconds=0.2)
-        )
-        return bool(held)
-
-    wait_until(a_claim_not_yet_sent, timeout=30, what="a scheduler to hold a claimed slot", interval=0.01)
-    holder = next(engine for engine in deployment.schedulers if engine.name == held[0].claimed_by)
-    holder.signal(signal.SIGKILL)
-    holder.wait()
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, scheduled_for__gt=held[0].scheduled_for,
+    held = kill_a_scheduler_holding_an_unsent_claim(deployment, job)
+    wait_until(lambda: SchedulerRun.objects.filter(job=job, scheduled_for__gt=held.scheduled_for,
                                                    outcome="succeeded").count() >= 3,
                timeout=60, what="the surviving scheduler to go on")
     app.pause(job.id)
     wait_until(lambda: not SchedulerRun.objects.filter(job=job).exclude(outcome="succeeded").exists(), timeout=30,
                what="the last slots to finish")
-    taken_over = SchedulerRun.objects.get(pk=held[0].pk)
+    taken_over = SchedulerRun.objects.get(pk=held.pk)
     assert taken_over.status == "dispatched", "the killed scheduler's claim was never sent"
     runs = list(SchedulerRun.objects.filter(job=job))
     deployment.assert_sent_once(runs)
@@ -188,6 +178,30 @@ def test_a_cron_job_fires_on_time_and_a_scheduler_killed_holding_a_claim_loses_n
     # The killed scheduler's slot waited for its 2 s lease; the others were on time.
     assert taken_over.dispatched_at - taken_over.scheduled_for < timedelta(seconds=10)
     assert sorted(lags(runs))[len(runs) // 2] < timedelta(seconds=1)
+
+
+def kill_a_scheduler_holding_an_unsent_claim(deployment: Deployment, job: SchedulerJob) -> SchedulerRun:
+    """SIGKILL the scheduler holding a claimed slot it has not sent; returns that slot's run.
+
+    The holder is frozen (SIGSTOP) first, then checked: still pending and not in the stream
+    means not sent, so the kill loses it unless another scheduler takes it over. Otherwise it
+    is let go (SIGCONT) and the next claim is tried.
+    """
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        claimed = SchedulerRun.objects.filter(job=job, status="pending", claimed_by__isnull=False).first()
+        if claimed is None:
+            time.sleep(0.01)
+            continue
+        holder = next(engine for engine in deployment.schedulers if engine.name == claimed.claimed_by)
+        holder.signal(signal.SIGSTOP)
+        time.sleep(0.05)  # a command already on its way to Redis lands
+        if SchedulerRun.objects.filter(pk=claimed.pk, status="pending").exists() and not deployment.sends()[claimed.id]:
+            holder.signal(signal.SIGKILL)
+            holder.wait()
+            return claimed
+        holder.signal(signal.SIGCONT)
+    raise AssertionError("timed out after 30 s waiting for a scheduler to hold an unsent claim")
 
 
 def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
@@ -202,8 +216,7 @@ def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
     time.sleep(3)
     run = SchedulerRun.objects.get(job=job)
     assert (run.status, run.outcome, run.completed_at) == ("dispatched", "running", None)
-    settings.TASKIQ_BEAT = {**settings.TASKIQ_BEAT, "STALE_RUN_SECONDS": 0.1}
-    time.sleep(0.3)  # longer than the threshold
+    settings.TASKIQ_BEAT = {**settings.TASKIQ_BEAT, "STALE_RUN_SECONDS": 1}  # it started more than 3 s ago
     page = admin_client.get("/admin/django_taskiq_beat/schedulerrun/").content.decode()
     assert "stale</strong>: running since" in page
 
@@ -253,7 +266,7 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
     first_after = SchedulerRun.objects.filter(job=periodic, status="dispatched", dispatched_at__gt=restarted_at).earliest(
         "dispatched_at"
     )
-    assert first_after.dispatched_at - restarted_at < timedelta(seconds=4)
+    assert first_after.dispatched_at - restarted_at < timedelta(seconds=6)
     assert all(run.error for run in SchedulerRun.objects.filter(status="failed")), "a failed dispatch without its error"
     # Connections the outage broke are replaced, not used for one more failing send.
     assert not SchedulerRun.objects.filter(status="failed", dispatched_at__gt=answering_at).exists()

@@ -6,6 +6,8 @@ Laid out as the README tells: broker first, then ``setup_django``, then the task
 
 import os
 
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
@@ -14,8 +16,10 @@ from django_taskiq_beat.worker import setup_django
 REDIS_URL = os.environ["REDIS_URL"]
 
 broker = (
-    RedisStreamBroker(REDIS_URL)
-    .with_result_backend(RedisAsyncResultBackend(REDIS_URL, result_ex_time=600))
+    RedisStreamBroker(REDIS_URL, retry=Retry(ExponentialBackoff(cap=1), retries=3))
+    .with_result_backend(
+        RedisAsyncResultBackend(REDIS_URL, result_ex_time=600, retry=Retry(ExponentialBackoff(cap=1), retries=3))
+    )
     .with_middlewares(RunOutcomeMiddleware())
 )
 
