@@ -16,7 +16,6 @@ from taskiq import AsyncBroker
 
 from django_taskiq_beat.builders import ChainScheduleBuilder, SingleScheduleBuilder
 from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orchestrator
-from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
@@ -151,11 +150,10 @@ class SchedulerApp:
     apurge_runs = _async_twin(purge_runs)
 
     def _locked(self, job_id: str) -> SchedulerJob:
-        begin_write()
-        try:
-            return SchedulerJob.objects.select_for_update().get(pk=job_id)
-        except SchedulerJob.DoesNotExist:
-            raise JobNotFoundError(job_id) from None
+        job = SchedulerJob.objects.locked(job_id)
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
 
     def _change(self, job_id: str, message: str, change: Callable[[SchedulerJob, datetime], None]) -> SchedulerJob:
         with transaction.atomic():

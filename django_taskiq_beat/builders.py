@@ -16,7 +16,6 @@ from asgiref.sync import sync_to_async
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import TaskCall, require_json, task_name_of
@@ -207,8 +206,7 @@ class ScheduleBuilder:
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    begin_write()
-                    job = SchedulerJob.objects.select_for_update().filter(pk=job_id).first()
+                    job = SchedulerJob.objects.locked(job_id)
                     created = job is None
                     if job is None:
                         job = self._insert(trigger, call, job_id, name, description, is_enabled is not False)

@@ -93,18 +93,19 @@ def _on_fresh_connection(write: Callable[..., None], *args: Any) -> None:
     write(*args)
 
 
-def _runs(run_id: str) -> Any:
+def _unfinished(run_id: str) -> Any:
+    """The run, unless it has a final outcome: no write moves a run backwards."""
     from django_taskiq_beat.models import SchedulerRun
 
-    return SchedulerRun.objects.filter(pk=run_id)
+    return SchedulerRun.objects.filter(pk=run_id).exclude(outcome__in=_FINAL)
 
 
 def _mark_running(run_id: str, now: datetime) -> None:
-    _runs(run_id).exclude(outcome__in=_FINAL).update(outcome="running", started_at=now, updated_at=now)
+    _unfinished(run_id).update(outcome="running", started_at=now, updated_at=now)
 
 
 def _mark_retrying(run_id: str, error: str | None) -> None:
-    _runs(run_id).exclude(outcome__in=_FINAL).update(outcome="retrying", error=error, updated_at=timezone.now())
+    _unfinished(run_id).update(outcome="retrying", error=error, updated_at=timezone.now())
 
 
 def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) -> None:
@@ -118,7 +119,7 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
 
     with transaction.atomic():
         begin_write()
-        runs = _runs(run_id).exclude(outcome__in=_FINAL)
+        runs = _unfinished(run_id)
         job_id = runs.values_list("job_id", flat=True).first()
         if job_id is None:
             return  # unknown run, or its outcome was already recorded (a repeated delivery)

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from django.db import models
 from django.utils import timezone
 
+from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
 
 
@@ -52,6 +53,12 @@ _STATE_FILTERS = {
 class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
     def in_state(self, state: str) -> "SchedulerJobQuerySet":
         return self.filter(_STATE_FILTERS[JobState(state)])
+
+    def locked(self, job_id: str) -> "SchedulerJob | None":
+        """The job, locked until the transaction ends: its row on PostgreSQL, SQLite's write lock
+        (taken before the read, so the transaction can still write)."""
+        begin_write()
+        return self.select_for_update().filter(pk=job_id).first()
 
 
 class RunOutcome(models.TextChoices):
