@@ -20,6 +20,7 @@ from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path,
 from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware
 
 logger = logging.getLogger("django_taskiq_beat.app")
@@ -108,7 +109,7 @@ class SchedulerApp:
     def get_job(self, job_id: str) -> SchedulerJob:
         """The job ``job_id``; raises ``JobNotFoundError``."""
         try:
-            return SchedulerJob.objects.get(pk=job_id)
+            return SchedulerJob.objects.get(pk=_job_id(job_id))
         except SchedulerJob.DoesNotExist:
             raise JobNotFoundError(job_id) from None
 
@@ -150,7 +151,7 @@ class SchedulerApp:
     apurge_runs = _async_twin(purge_runs)
 
     def _locked(self, job_id: str) -> SchedulerJob:
-        job = SchedulerJob.objects.locked(job_id)
+        job = SchedulerJob.objects.locked(_job_id(job_id))
         if job is None:
             raise JobNotFoundError(job_id)
         return job
@@ -165,6 +166,11 @@ class SchedulerApp:
             self.job_changed()
         logger.info(message, extra={"job_id": job.id, "task_name": job.task_name})
         return job
+
+
+def _job_id(job_id: Any) -> str:
+    """A job id that can be looked up on every database (a NUL would be a database error)."""
+    return require_text("job_id", job_id)
 
 
 def _resume(job: SchedulerJob, now: datetime) -> None:

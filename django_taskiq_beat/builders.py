@@ -8,6 +8,8 @@ is sent through the broker as soon as the row is committed (inside an outer
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -18,7 +20,7 @@ from django.utils import timezone
 
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.payloads import TaskCall, require_json, task_name_of
+from django_taskiq_beat.payloads import TaskCall, require_callable_with, require_json, require_text, task_name_of
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
@@ -48,14 +50,12 @@ _MAX_NAME_LENGTH = SchedulerJob._meta.get_field("name").max_length
 
 
 def _check_identity(job_id: Any, name: Any, description: Any) -> None:
-    if job_id is not None and (not isinstance(job_id, str) or not job_id.strip() or len(job_id) > _MAX_ID_LENGTH):
-        raise SchedulerValidationError(
-            "job_id", job_id, f"Job id must be a non-empty string of at most {_MAX_ID_LENGTH} characters."
-        )
-    if name is not None and (not isinstance(name, str) or len(name) > _MAX_NAME_LENGTH):
-        raise SchedulerValidationError("name", name, f"Name must be a string of at most {_MAX_NAME_LENGTH} characters.")
-    if description is not None and not isinstance(description, str):
-        raise SchedulerValidationError("description", description, "Description must be a string.")
+    if job_id is not None:
+        require_text("job_id", job_id, max_length=_MAX_ID_LENGTH, allow_blank=False)
+    if name is not None:
+        require_text("name", name, max_length=_MAX_NAME_LENGTH)
+    if description is not None:
+        require_text("description", description)
 
 
 def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
@@ -67,6 +67,19 @@ _UPSERT_FIELDS = (
     "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
     "metadata_payload", "is_enabled", "next_run_at", "finished_at", "claimed_by", "claimed_at", "claim_expires_at",
 )
+
+
+@contextmanager
+def _job_id_free(job_id: str | None) -> Iterator[None]:
+    """``schedule`` creates: a job id that is taken is refused, never overwritten."""
+    try:
+        yield
+    except IntegrityError:
+        if job_id is None:
+            raise
+        raise SchedulerValidationError(
+            "job_id", job_id, "A job with this id already exists; use upsert() to change it."
+        ) from None
 
 
 class ScheduleBuilder:
@@ -93,9 +106,10 @@ class ScheduleBuilder:
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()
         try:
-            find_task(self.app.broker, call.task_name)
+            task = find_task(self.app.broker, call.task_name)
         except UnknownTaskError as exc:
             raise SchedulerValidationError("task", call.task_name, str(exc)) from None
+        require_callable_with(task, call.args, call.kwargs, "")
         return trigger, call
 
     def validate(
@@ -142,7 +156,7 @@ class ScheduleBuilder:
         if not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         in_outer_transaction = transaction.get_connection().in_atomic_block
-        with transaction.atomic():
+        with _job_id_free(job_id), transaction.atomic():
             job = self._insert(trigger, call, job_id, name, description, is_enabled)
             self.app.job_changed()
             pending_run = None
@@ -341,9 +355,10 @@ class ChainScheduleBuilder(ScheduleBuilder):
         require_result_backend(self.app.broker)
         for index, step in enumerate(self.chain.steps):
             try:
-                find_task(self.app.broker, step.task_name)
+                task = find_task(self.app.broker, step.task_name)
             except UnknownTaskError as exc:
                 raise SchedulerValidationError(f"steps[{index}].task", step.task_name, str(exc)) from None
+            require_callable_with(task, step.args, step.kwargs, f"steps[{index}].")
         return self._call
 
 

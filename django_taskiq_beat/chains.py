@@ -21,11 +21,12 @@ from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqResult
 from taskiq.result_backends.dummy import DummyResultBackend
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.payloads import require_json, require_number, task_name_of
+from django_taskiq_beat.payloads import MAX_SECONDS, require_json, require_number, task_name_of
 from django_taskiq_beat.sending import RUN_LABEL, describe_error
 
 CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
 FAILURE_POLICIES = ("stop", "restart")
+MAX_ATTEMPTS = 1000
 _BACKEND_OUTAGE_TOLERATED_SECONDS = 60.0  # result-backend errors in a row for this long end a wait
 
 logger = logging.getLogger("django_taskiq_beat.chains")
@@ -69,12 +70,14 @@ class ChainStep:
         object.__setattr__(self, "task", task_name_of(self.task))
         object.__setattr__(self, "args", require_json(self.args, "args", list))
         object.__setattr__(self, "kwargs", require_json(self.kwargs, "kwargs", dict))
-        for name, minimum, inclusive, integer in (
-            ("max_attempts", 1, True, True), ("retry_delay_seconds", 0, True, False),
-            ("timeout_seconds", 0, False, False), ("post_delay_ms", 0, True, False),
+        for name, minimum, inclusive, integer, maximum in (
+            ("max_attempts", 1, True, True, MAX_ATTEMPTS), ("retry_delay_seconds", 0, True, False, MAX_SECONDS),
+            ("timeout_seconds", 0, False, False, MAX_SECONDS), ("post_delay_ms", 0, True, False, MAX_SECONDS * 1000),
         ):
             if getattr(self, name) is not None:  # unset: the chain's default applies
-                require_number(name, getattr(self, name), minimum=minimum, inclusive=inclusive, integer=integer)
+                require_number(
+                    name, getattr(self, name), minimum=minimum, inclusive=inclusive, integer=integer, maximum=maximum
+                )
 
     @property
     def task_name(self) -> str:
@@ -108,13 +111,14 @@ class TaskChain:
         if self.on_failure not in FAILURE_POLICIES:
             raise SchedulerValidationError("on_failure", self.on_failure, "on_failure must be 'stop' or 'restart'.")
         for name in ("max_chain_attempts", "default_step_max_attempts"):
-            require_number(name, getattr(self, name), minimum=1, inclusive=True, integer=True)
+            require_number(name, getattr(self, name), minimum=1, inclusive=True, integer=True, maximum=MAX_ATTEMPTS)
         require_number("default_step_retry_delay_seconds", self.default_step_retry_delay_seconds, minimum=0,
-                       inclusive=True)
+                       inclusive=True, maximum=MAX_SECONDS)
         if self.default_step_timeout_seconds is not None:
             require_number("default_step_timeout_seconds", self.default_step_timeout_seconds, minimum=0,
-                           inclusive=False)
-        require_number("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False)
+                           inclusive=False, maximum=MAX_SECONDS)
+        require_number("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False,
+                       maximum=MAX_SECONDS)
 
     def to_payload(self) -> dict[str, Any]:
         """The orchestrator's kwargs, as stored in the job's ``task_kwargs``."""

@@ -10,11 +10,13 @@ from taskiq import AsyncBroker
 from taskiq.cli.utils import import_object
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.payloads import require_number
+from django_taskiq_beat.payloads import MAX_SECONDS, require_number, require_text
 from django_taskiq_beat.triggers import resolve_timezone
 
 SETTINGS_NAME = "TASKIQ_BEAT"
 BROKER_KEY = "BROKER"
+_MAX_DAYS = 36500
+_MAX_COUNT = 100_000
 
 
 def _new_scheduler_id() -> str:
@@ -44,20 +46,18 @@ class SchedulerConfig:
     default_timezone: str | None = None  # None: settings.TIME_ZONE (UTC without settings)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scheduler_id, str) or not self.scheduler_id.strip():
-            raise SchedulerValidationError("scheduler_id", self.scheduler_id, "Must be a non-empty string.")
-        if len(self.scheduler_id) > 128:
-            raise SchedulerValidationError("scheduler_id", self.scheduler_id, "At most 128 characters.")
+        require_text("scheduler_id", self.scheduler_id, max_length=128, allow_blank=False)
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
                      "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds"):
-            require_number(name, getattr(self, name), minimum=0, inclusive=False)
-        for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds",
-                     "dispatch_concurrency", "dispatch_batch_size"):
-            require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True)
+            require_number(name, getattr(self, name), minimum=0, inclusive=False, maximum=MAX_SECONDS)
+        for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds"):
+            require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True, maximum=MAX_SECONDS)
+        for name in ("dispatch_concurrency", "dispatch_batch_size"):
+            require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True, maximum=_MAX_COUNT)
         for name in ("run_history_retention_days", "completed_job_retention_days"):
             if getattr(self, name) is not None:
-                require_number(name, getattr(self, name), minimum=0, inclusive=True, integer=True)
-        require_number("claim_ahead_seconds", self.claim_ahead_seconds, minimum=0, inclusive=True)
+                require_number(name, getattr(self, name), minimum=0, inclusive=True, integer=True, maximum=_MAX_DAYS)
+        require_number("claim_ahead_seconds", self.claim_ahead_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
         if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
             raise SchedulerValidationError(
                 "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,

@@ -33,11 +33,18 @@ def follows_absolute_time(expression: str) -> bool:
     return hours == ["*"] or hours == _ALL_HOURS
 
 
-def next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
+def next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime | None:
     """The first instant strictly after ``after`` that the expression fires at (UTC).
 
-    Raises ``croniter.CroniterBadDateError`` when the expression never matches.
+    None when there is none before the end of the calendar (year 9999).
     """
+    try:
+        return _next_fire_time(expression, zone, after)
+    except (ValueError, OverflowError):  # croniter's CroniterBadDateError, or "year 10000 is out of range"
+        return None
+
+
+def _next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime:
     absolute = follows_absolute_time(expression)
     local = after.astimezone(zone)
     start = local.replace(tzinfo=None, microsecond=0)

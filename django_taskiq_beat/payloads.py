@@ -1,37 +1,146 @@
-"""What a job sends: a task name and JSON arguments, checked before anything is stored."""
+"""Checks on what callers give the scheduler: task names, JSON arguments, text and numbers.
 
+Everything accepted here can be stored on every supported database and sent by taskiq,
+so a bad value fails with ``SchedulerValidationError`` before anything is written,
+never later as a database or encoding error.
+"""
+
+import inspect
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
+
+MAX_SECONDS = 365 * 86400
+"""The longest wait, lease or delay a setting may name: longer ones are mistakes, and overflow timedelta."""
+
+MAX_JSON_DEPTH = 100
+"""Arrays and objects nested deeper than this are refused (json and databases recurse)."""
+
+_KIQ_RESERVED = frozenset({"self"})  # ``kiq(self, *args, **kwargs)`` cannot take these as kwargs
 
 
-def task_name_of(task: Any, field: str = "task") -> str:
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored as text on every database, or None."""
+    if "\x00" in text:
+        return "Must not contain NUL characters."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Must be valid Unicode (it holds a lone surrogate)."
+    return None
+
+
+def require_text(
+    field: str, value: Any, *, max_length: int | None = None, allow_blank: bool = True
+) -> str:
+    """A string that every database stores as given: no NUL, no lone surrogate, not too long."""
+    if not isinstance(value, str):
+        raise SchedulerValidationError(field, value, "Must be a string.")
+    problem = text_problem(value)
+    if problem is None and not allow_blank and not value.strip():
+        problem = "Must not be empty."
+    if problem is None and max_length is not None and len(value) > max_length:
+        problem = f"At most {max_length} characters."
+    if problem is not None:
+        raise SchedulerValidationError(field, value, problem)
+    return value
+
+
+def task_name_of(task: Any, field: str = "task", max_length: int = 255) -> str:
     """The name of a taskiq task object, or the stripped string given."""
     name = task if isinstance(task, str) else getattr(task, "task_name", None)
     if not isinstance(name, str):
         raise SchedulerValidationError(field, task, "Scheduler task must have a task_name.")
     if not name.strip():
         raise SchedulerValidationError(field, task, "Task name must not be empty.")
-    return name.strip()
+    return require_text(field, name.strip(), max_length=max_length)
 
 
 def require_json(value: Any, field: str, expected: type) -> Any:
-    """A JSON-serialisable copy of ``value``, which must be a list/tuple or a dict."""
+    """A JSON copy of ``value``, which must be a list/tuple or a dict.
+
+    Object keys must be strings at every depth: JSON would turn ``1`` into ``"1"``, so
+    the task would get other keys than were given, and ``{1: .., "1": ..}`` would lose one.
+    """
     if value is None:
         return expected()
     if expected is list and isinstance(value, tuple):
         value = list(value)
     if not isinstance(value, expected):
         raise SchedulerValidationError(field, value, f"Must be a JSON {'array' if expected is list else 'object'}.")
-    if isinstance(value, dict) and not all(isinstance(key, str) for key in value):
-        raise SchedulerValidationError(field, value, "Keys must be strings.")
+    _check_json_tree(value, field)
     try:
         return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise SchedulerValidationError(field, value, f"Must be JSON-serialisable: {exc}") from None
+
+
+_Path = tuple[Any, ...] | None  # (parent path, key or index): built as a chain, spelt out only for an error
+
+
+def _spell(path: _Path, field: str) -> str:
+    parts: list[str] = []
+    while path is not None:
+        path, key = path
+        parts.append(f"[{short_repr(key)}]")
+    text = field + "".join(reversed(parts))
+    return text if len(text) <= 100 else f"{field}[...]{text[-80:]}"
+
+
+def _check_json_tree(value: Any, field: str) -> None:
+    """Walk the value without recursion: keys, strings and depth; the problem names the path."""
+    stack: list[tuple[Any, _Path, int]] = [(value, None, 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, str):
+            problem = text_problem(node)
+            if problem:
+                raise SchedulerValidationError(field, node, f"At {_spell(path, field)}: {problem}")
+        elif isinstance(node, dict | list | tuple):
+            if depth > MAX_JSON_DEPTH:
+                raise SchedulerValidationError(field, value, f"Nested deeper than {MAX_JSON_DEPTH} levels.")
+            if isinstance(node, dict):
+                for key, item in node.items():
+                    if not isinstance(key, str):
+                        raise SchedulerValidationError(
+                            field, key,
+                            f"At {_spell(path, field)}: keys must be strings (JSON would turn this one into a string).",
+                        )
+                    problem = text_problem(key)
+                    if problem:
+                        raise SchedulerValidationError(field, key, f"A key at {_spell(path, field)}: {problem}")
+                    stack.append((item, (path, key), depth + 1))
+            else:
+                stack.extend((item, (path, index), depth + 1) for index, item in enumerate(node))
+
+
+def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], field: str) -> None:
+    """Refuse arguments the task cannot be called with, now rather than at every slot.
+
+    ``task`` is the broker's decorated task; its function's signature decides. Names that
+    ``kiq`` itself takes (``self``) cannot be passed through it at all.
+    """
+    reserved = _KIQ_RESERVED.intersection(kwargs)
+    if reserved:
+        raise SchedulerValidationError(
+            f"{field}kwargs", sorted(reserved), "taskiq's kiq() cannot pass a keyword argument with this name."
+        )
+    function = getattr(task, "original_func", None)
+    if function is None:
+        return
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # a callable without a readable signature: taskiq will tell at run time
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise SchedulerValidationError(
+            f"{field}kwargs" if kwargs else f"{field}args", {"args": args, "kwargs": kwargs},
+            f"The task {getattr(task, 'task_name', '?')!r} cannot be called with these arguments: {exc}.",
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -44,14 +153,20 @@ class TaskCall:
     metadata: dict[str, Any]
 
 
-def require_number(field: str, value: Any, *, minimum: float, inclusive: bool, integer: bool = False) -> None:
-    """A finite number (an int if ``integer``) at least (``inclusive``) or above ``minimum``."""
+def require_number(
+    field: str, value: Any, *, minimum: float, inclusive: bool, integer: bool = False, maximum: float | None = None
+) -> None:
+    """A finite number (an int if ``integer``) at least (``inclusive``) or above ``minimum``, at most ``maximum``."""
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, float) and value != value):
         raise SchedulerValidationError(field, value, "Must be an integer." if integer else "Must be a number.")
+    if value in (float("inf"), float("-inf")):
+        raise SchedulerValidationError(field, value, "Must be a finite number.")
     if value < minimum or (value == minimum and not inclusive):
         if minimum == 0:
             problem = "Must be zero or more." if inclusive else "Must be positive."
         else:
             problem = f"Must be at least {minimum:g}." if inclusive else f"Must be more than {minimum:g}."
         raise SchedulerValidationError(field, value, problem)
+    if maximum is not None and value > maximum:
+        raise SchedulerValidationError(field, value, f"Must be at most {maximum:g}.")

@@ -6,7 +6,6 @@ formats of taskiq-beat.
 """
 
 import json
-import math
 import re
 import zoneinfo
 from dataclasses import dataclass, fields, replace
@@ -18,6 +17,7 @@ from croniter import CroniterError
 
 from django_taskiq_beat import cron
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.payloads import text_problem
 
 _INTERVAL_UNITS = ("seconds", "minutes", "hours", "days")
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -33,24 +33,47 @@ _MACROS = {
 }
 
 
+EARLIEST = datetime(1, 1, 2, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+"""Schedule times lie in [EARLIEST, LATEST]: a day inside the calendar, so every zone can show them."""
+
+_MAX_TIMEZONE_LENGTH = 64
+_MAX_CRON_FIELD_LENGTH = 200
+"""Longer than any useful cron field (every minute listed is 169 characters); croniter's time grows with it."""
+
+_UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
+_MIN_INTERVAL_SECONDS = 0.001
+_MAX_INTERVAL_SECONDS = 36500 * 86400  # a hundred years
+
+
 def resolve_timezone(name: Any, field: str = "timezone") -> zoneinfo.ZoneInfo:
     """The IANA zone called ``name``; "utc" in any case is UTC."""
     if not isinstance(name, str) or not name.strip():
         raise SchedulerValidationError(field, name, "Timezone must be a non-empty IANA name.")
+    if len(name) > _MAX_TIMEZONE_LENGTH or text_problem(name):
+        raise SchedulerValidationError(field, name, "Unknown timezone: not an IANA name.")
     key = "UTC" if name.strip().upper() == "UTC" else name.strip()
     try:
         return zoneinfo.ZoneInfo(key)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-        raise SchedulerValidationError(field, name, f"Unknown timezone: {exc}") from None
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Europe" is a directory
+        raise SchedulerValidationError(field, name, f"Unknown timezone: {type(exc).__name__}: {exc}") from None
 
 
 def require_aware(value: Any, field: str) -> datetime:
-    """Return ``value`` in UTC; every schedule time must carry its timezone."""
+    """Return ``value`` in UTC; every schedule time must carry its timezone and lie in the calendar."""
     if not isinstance(value, datetime):
         raise SchedulerValidationError(field, value, "Expected a datetime.")
     if value.tzinfo is None or value.utcoffset() is None:
         raise SchedulerValidationError(field, value, f"{field} must be timezone-aware.")
-    return value.astimezone(UTC)
+    try:
+        instant = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        instant = None
+    if instant is None or not EARLIEST <= instant <= LATEST:
+        raise SchedulerValidationError(
+            field, value, f"Must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)."
+        )
+    return instant
 
 
 def _parse_instant(value: Any, field: str) -> datetime:
@@ -100,26 +123,35 @@ class IntervalTrigger:
                 "interval", given or None, "Interval must contain exactly one unit."
             )
         (unit, value), = given.items()
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise SchedulerValidationError(unit, value, "Interval values must be numbers.")
         if value <= 0:
             raise SchedulerValidationError(unit, value, "Interval values must be positive.")
+        size = _UNIT_SECONDS[unit]
+        if not _MIN_INTERVAL_SECONDS / size <= value <= _MAX_INTERVAL_SECONDS / size:
+            raise SchedulerValidationError(
+                unit, value,
+                f"Interval must be between {_MIN_INTERVAL_SECONDS:g} seconds and {_MAX_INTERVAL_SECONDS // 86400} days.",
+            )
 
     @property
     def total_seconds(self) -> float:
-        unit_seconds = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
-        return sum(getattr(self, unit) * size for unit, size in unit_seconds.items() if getattr(self, unit))
+        return sum(getattr(self, unit) * size for unit, size in _UNIT_SECONDS.items() if getattr(self, unit))
 
-    def next_after(self, after: datetime, anchor: datetime) -> datetime:
+    def next_after(self, after: datetime, anchor: datetime) -> datetime | None:
         """The first point of the grid ``anchor + k * interval`` strictly after ``after``.
 
         The anchor is cut to whole seconds, so whole-second intervals land on whole seconds.
+        None past the end of the calendar.
         """
         anchor = anchor.replace(microsecond=0)
         if after < anchor:
             return anchor
         step = timedelta(seconds=self.total_seconds)
-        return anchor + ((after - anchor) // step + 1) * step
+        try:
+            return anchor + ((after - anchor) // step + 1) * step
+        except OverflowError:
+            return None
 
     def to_payload(self) -> dict[str, Any]:
         return {unit: getattr(self, unit) for unit in _INTERVAL_UNITS}
@@ -150,10 +182,14 @@ class CrontabTrigger:
     def __post_init__(self) -> None:
         for name in cron.FIELD_NAMES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, str | int):
+            if isinstance(value, bool) or not isinstance(value, str | int) or (
+                isinstance(value, int) and not 0 <= value < 100
+            ):
                 raise SchedulerValidationError(name, value, "Cron fields must be strings.")
+            if len(str(value)) > _MAX_CRON_FIELD_LENGTH:
+                raise SchedulerValidationError(name, value, f"At most {_MAX_CRON_FIELD_LENGTH} characters.")
             text = str(value).strip().lower()
-            if not text or len(text.split()) != 1:
+            if not text or len(text.split()) != 1 or text_problem(text):
                 raise SchedulerValidationError(name, value, "Cron field must be one non-empty token.")
             probe = ["*"] * len(cron.FIELD_NAMES)
             probe[cron.FIELD_NAMES.index(name)] = text
@@ -179,6 +215,8 @@ class CrontabTrigger:
         """Five fields (standard cron), six fields (seconds first) or an ``@daily``-style macro."""
         if not isinstance(expression, str):
             raise SchedulerValidationError("crontab", expression, "Expected a cron expression string.")
+        if len(expression) > 6 * (_MAX_CRON_FIELD_LENGTH + 1):
+            raise SchedulerValidationError("crontab", expression, "Cron expression too long.")
         text = _MACROS.get(expression.strip().lower(), expression)
         parts = text.split()
         if len(parts) == 5:
@@ -236,8 +274,8 @@ class CrontabTrigger:
         """This trigger with its timezone resolved (its own, else the default)."""
         return self if self.timezone else replace(self, timezone=default_timezone)
 
-    def next_after(self, after: datetime) -> datetime:
-        """The first fire time strictly after ``after``, following the DST rule of ``cron``."""
+    def next_after(self, after: datetime) -> datetime | None:
+        """The first fire time strictly after ``after``, following the DST rule of ``cron``; None past the calendar."""
         zone = resolve_timezone(self.timezone or "UTC")
         return cron.next_fire_time(self.expression, zone, after)
 
@@ -317,7 +355,7 @@ class PeriodicSchedule:
             if self.start_at is not None:
                 after = max(after, self.start_at - timedelta(microseconds=1))
             candidate = self.crontab.next_after(after)
-        if self.end_at is not None and candidate > self.end_at:
+        if candidate is None or candidate > min(self.end_at or LATEST, LATEST):
             return None
         return candidate
 
@@ -363,7 +401,7 @@ def trigger_from_row(kind: str, strategy: str, payload: Any) -> Trigger:
     """
     try:
         key = json.dumps(payload, sort_keys=True)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise SchedulerValidationError("trigger_payload", payload, "Not JSON.") from None
     return _trigger_from_json(kind, strategy, key)
 

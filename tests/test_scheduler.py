@@ -34,6 +34,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 Call = Callable[..., Any]
 HOURLY = PeriodicSchedule(interval=IntervalTrigger(hours=1))
+EVERY_MINUTE = PeriodicSchedule(interval=IntervalTrigger(minutes=1))
 
 
 def in_an_hour() -> OneOffSchedule:
@@ -387,12 +388,15 @@ def test_purge_runs_needs_an_aware_cutoff(app: SchedulerApp) -> None:
         app.purge_runs(finished_before=datetime(2026, 1, 1))
 
 
-def test_duplicate_job_id_in_schedule_is_an_integrity_error(app: SchedulerApp) -> None:
-    from django.db import IntegrityError
-
-    app.single(task="system.echo").schedule(HOURLY, job_id="dup")
-    with pytest.raises(IntegrityError), transaction.atomic():
-        app.single(task="system.echo").schedule(HOURLY, job_id="dup")
+def test_schedule_with_a_taken_job_id_is_refused_and_changes_nothing(app: SchedulerApp, call: Call) -> None:
+    original = call(app.single(task="system.echo", args=[1]), "schedule", HOURLY, job_id="dup", name="first")
+    with pytest.raises(SchedulerValidationError, match="already exists") as caught:
+        call(app.single(task="system.other", args=[2]), "schedule", EVERY_MINUTE, job_id="dup", name="second")
+    assert caught.value.field == "job_id"
+    stored = SchedulerJob.objects.get(pk="dup")
+    assert (stored.name, stored.task_name, stored.task_args, stored.next_run_at) == (
+        "first", "system.echo", [1], original.next_run_at
+    )
 
 
 def test_unknown_task_is_looked_up_again_after_autodiscovering_tasks_modules(
