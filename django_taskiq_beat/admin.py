@@ -5,22 +5,27 @@ through raw row edits, so the rules of the API and the engine's wake-ups apply.
 Everything shown is escaped (``format_html``).
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import quote
+from django.contrib.admin.views.main import ChangeList
+from django.db.models import Count, F, Prefetch, QuerySet
 from django.forms import ModelForm
-from django.db.models import F, Prefetch, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 from django.utils.timesince import timesince, timeuntil
 
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
-from django_taskiq_beat.exceptions import JobNotFoundError
+from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.forms import SchedulerJobForm
 from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
@@ -39,7 +44,15 @@ _STATE_COLOURS = {
 # -- how a job's schedule reads ------------------------------------------------------------------
 
 def _local(moment: datetime) -> str:
-    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+    try:
+        return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except OverflowError:  # a time at the calendar's edge, stored before it was refused
+        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _change_url(model: type[Any], pk: str) -> str:
+    """The admin page of a row, its id quoted as the admin quotes ids ('/', '_', '%' ...)."""
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
 
 
 def _interval_text(interval: IntervalTrigger) -> str:
@@ -48,6 +61,15 @@ def _interval_text(interval: IntervalTrigger) -> str:
         if value is not None:
             return f"every {unit[:-1]}" if value == 1 else f"every {value:g} {unit}"
     return "every ?"
+
+
+def _trigger_problem(job: SchedulerJob) -> str | None:
+    """Why the job's stored trigger cannot be read, or None."""
+    try:
+        job.trigger
+    except SchedulerValidationError as exc:
+        return str(exc)
+    return None
 
 
 def describe_schedule(job: SchedulerJob) -> str:
@@ -94,6 +116,20 @@ def next_fire_times(job: SchedulerJob, count: int = 5) -> list[datetime]:
 
 
 # -- filters ------------------------------------------------------------------------------------------
+
+class SafeChangeList(ChangeList):
+    """Refuses a query string the database cannot take the way Django refuses an unknown
+    filter (a redirect to ``?e=1``), never with a 500: a NUL byte (PostgreSQL refuses it)
+    or a date filter with no end (``?scheduled_for__year=9999``)."""
+
+    def get_filters(self, request: HttpRequest) -> Any:
+        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
+            raise IncorrectLookupParameters("The query string holds a NUL character.")
+        try:
+            return super().get_filters(request)
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+
 
 class StateFilter(admin.SimpleListFilter):
     title = "state"
@@ -175,9 +211,29 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         ("Recent runs", {"fields": ("recent_runs_table",)}),
     )
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SafeChangeList
+
     def _editable(self, job: SchedulerJob | None) -> bool:
         """Single-task jobs are edited here; chains are shown read-only."""
         return job is None or job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME
+
+    def has_change_permission(self, request: HttpRequest, obj: SchedulerJob | None = None) -> bool:
+        """A read-only job's page is a view: no Save button, and a POST to it is refused (403)."""
+        return self._editable(obj) and super().has_change_permission(request, obj)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        if request.method == "GET":
+            job = self.get_object(request, object_id)
+            problem = job is not None and _trigger_problem(job)
+            if problem:
+                self.message_user(
+                    request, f"The stored schedule of this job cannot be read ({problem}). Choose a schedule and"
+                    " save to replace it.", messages.WARNING,
+                )
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_fieldsets(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
         if not self._editable(obj):
@@ -205,7 +261,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         return FormOnThisApp
 
     def save_form(self, request: HttpRequest, form: Any, change: bool) -> SchedulerJob:
-        return form.save()  # SchedulerApp's upsert has written the row
+        return form.save()  # SchedulerApp has written the row
 
     def save_model(self, request: HttpRequest, obj: SchedulerJob, form: Any, change: bool) -> None:
         """Nothing to write: the form saved through ``SchedulerApp``."""
@@ -282,12 +338,12 @@ class SchedulerJobAdmin(admin.ModelAdmin):
             return "No runs yet."
         rows = format_html_join(
             "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk]), _local(run.scheduled_for),
+            ((_change_url(SchedulerRun, run.pk), _local(run.scheduled_for),
               _RUN_COLOURS[run.status], run.get_status_display(),
               _local(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
              for run in runs),
         )
-        history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + f"?job__id__exact={job.pk}"
+        history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
         return format_html(
             "<table><tr><th>scheduled for</th><th>status</th><th>dispatched at</th><th>lag</th><th>error</th></tr>"
             '{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
@@ -295,45 +351,68 @@ class SchedulerJobAdmin(admin.ModelAdmin):
 
     # -- actions: through SchedulerApp --------------------------------------------------------------
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[SchedulerJob], operation: str, done: str) -> None:
+    def _apply(self, request: HttpRequest, queryset: QuerySet[SchedulerJob], operation: str) -> int:
+        """Apply ``operation`` to each job on its own; returns how many it changed and reports,
+        per job, what it could not do."""
         app = get_scheduler_app()
-        count = 0
+        count, problems = 0, []
         for job_id in queryset.values_list("pk", flat=True):
             try:
                 getattr(app, operation)(job_id)
             except JobNotFoundError:
                 continue  # deleted meanwhile
+            except SchedulerValidationError as exc:
+                problems.append(f"{job_id}: {exc.problem}")
+                continue
             count += 1
+        if problems:
+            self.message_user(
+                request, f"{len(problems)} job{'' if len(problems) == 1 else 's'} could not be changed: "
+                + "; ".join(problems), messages.ERROR,
+            )
+        return count
+
+    def _report(self, request: HttpRequest, done: str, count: int) -> None:
         self.message_user(request, f"{done} {count} job{'' if count == 1 else 's'}.", messages.SUCCESS)
 
     @admin.action(description="Pause selected jobs", permissions=["change"])
     def pause_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
-        self._apply(request, queryset, "pause", "Paused")
+        self._report(request, "Paused", self._apply(request, queryset, "pause"))
 
     @admin.action(description="Resume selected jobs", permissions=["change"])
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
-        self._apply(request, queryset, "resume", "Resumed")
+        self._report(request, "Resumed", self._apply(request, queryset, "resume"))
 
     @admin.action(description="Run selected jobs now", permissions=["change"])
     def run_jobs_now(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
-        self._apply(request, queryset, "run_now", "Marked to run now:")
+        self._report(request, "Marked to run now:", self._apply(request, queryset, "run_now"))
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
-        """A job's runs go with it: deleting it needs no permission on the (read-only) run history."""
-        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
-        perms_needed.discard(SchedulerRun._meta.verbose_name)
-        return deleted, counts, perms_needed, protected
+        """The jobs with the number of their runs, not every run: a job may have a million.
+
+        A job's runs go with it, so deleting it needs no permission on the (read-only) history.
+        """
+        jobs = list(objs)
+        runs = dict(
+            SchedulerRun.objects.filter(job__in=[job.pk for job in jobs]).values_list("job").annotate(Count("id"))
+            .order_by()
+        )
+        listed = []
+        for job in jobs:
+            listed.append(format_html(
+                '{}: <a href="{}">{}</a>', capfirst(SchedulerJob._meta.verbose_name), _change_url(SchedulerJob, job.pk),
+                str(job),
+            ))
+            if runs.get(job.pk):
+                listed.append([f"its {runs[job.pk]} scheduler run{'' if runs[job.pk] == 1 else 's'} (run history)"])
+        counts = {SchedulerJob._meta.verbose_name_plural: len(jobs), SchedulerRun._meta.verbose_name_plural: sum(runs.values())}
+        return listed, counts, set(), []
 
     def delete_model(self, request: HttpRequest, obj: SchedulerJob) -> None:
         get_scheduler_app().delete(obj.pk)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
-        app = get_scheduler_app()
-        for job_id in queryset.values_list("pk", flat=True):
-            try:
-                app.delete(job_id)
-            except JobNotFoundError:
-                continue
+        self._apply(request, queryset, "delete")
 
 
 def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
@@ -373,6 +452,9 @@ class SchedulerRunAdmin(admin.ModelAdmin):
     )
     fields = readonly_fields
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SafeChangeList
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
@@ -392,8 +474,7 @@ class SchedulerRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="job", ordering="job__name")
     def job_link(self, run: SchedulerRun) -> str:
-        url = reverse("admin:django_taskiq_beat_schedulerjob_change", args=[run.job_id])
-        return format_html('<a href="{}">{}</a>', url, run.job.name or run.job_id)
+        return format_html('<a href="{}">{}</a>', _change_url(SchedulerJob, run.job_id), run.job.name or run.job_id)
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: SchedulerRun) -> str:

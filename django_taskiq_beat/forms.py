@@ -2,9 +2,11 @@
 
 It checks input with the same trigger classes and builder as the Python API, maps
 their ``SchedulerValidationError`` onto the form's fields, and saves through
-``SchedulerApp`` (upsert), never by writing the row itself.
+``SchedulerApp`` (``schedule`` to add, ``upsert`` to change), never by writing the row
+itself. Adding never changes an existing job: a taken id is a form error.
 """
 
+import json
 import uuid
 import zoneinfo
 from datetime import datetime
@@ -17,7 +19,7 @@ from django.utils import timezone
 from django_taskiq_beat.app import SchedulerApp
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.cron import FIELD_NAMES as CRON_FIELDS
-from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
 from django_taskiq_beat.models import SchedulerJob
 from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
 
@@ -42,7 +44,33 @@ _ERROR_FIELDS = {
     "kwargs": "kwargs",
     "job_id": "job_id",
     "name": "name",
+    "description": "description",
 }
+
+
+class JSONValueField(forms.JSONField):
+    """Django's JSON field, also refusing JSON nested too deep to parse (not a 500)."""
+
+    def to_python(self, value: Any) -> Any:
+        try:
+            return super().to_python(value)
+        except RecursionError:
+            raise forms.ValidationError("Nested too deeply.", code="invalid") from None
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        try:
+            return super().bound_data(data, initial)
+        except RecursionError:
+            return data
+
+    def prepare_value(self, value: Any) -> Any:
+        """Escape what cannot be written to the page as UTF-8 (``"\\ud800"`` parses to a lone surrogate)."""
+        text = super().prepare_value(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return json.dumps(value, ensure_ascii=True, cls=self.encoder)
+        return text
 
 
 @cache
@@ -56,20 +84,23 @@ class SchedulerJobForm(forms.ModelForm):
     job_id = forms.CharField(required=False, max_length=255, help_text="Leave empty for a generated id.")
     task = forms.ChoiceField(required=False, help_text="A task the broker knows; or type a name below.")
     task_name = forms.CharField(required=False, max_length=255, label="Other task name")
-    args = forms.JSONField(initial=list, required=False, help_text='A JSON array, e.g. [42, "x"].')
-    kwargs = forms.JSONField(initial=dict, required=False, help_text='A JSON object, e.g. {"label": "ping"}.')
+    args = JSONValueField(initial=list, required=False, help_text='A JSON array, e.g. [42, "x"].')
+    kwargs = JSONValueField(initial=dict, required=False, help_text='A JSON object, e.g. {"label": "ping"}.')
     schedule_type = forms.ChoiceField(choices=SCHEDULE_TYPES, initial="interval")
     interval_every = forms.FloatField(required=False, label="Every")
     interval_unit = forms.ChoiceField(choices=INTERVAL_UNITS, initial="minutes", required=False, label="Unit")
     cron_expression = forms.CharField(
-        required=False, help_text="5 fields (or 6 with seconds first); when given, the fields below are ignored."
+        required=False, max_length=1000,
+        help_text="5 fields (or 6 with seconds first); when given, the fields below are ignored.",
     )
-    second = forms.CharField(required=False, initial="0")
-    minute = forms.CharField(required=False, initial="*")
-    hour = forms.CharField(required=False, initial="*")
-    day_of_month = forms.CharField(required=False, initial="*")
-    month_of_year = forms.CharField(required=False, initial="*")
-    day_of_week = forms.CharField(required=False, initial="*", help_text="0 and 7 are Sunday; names work (mon).")
+    second = forms.CharField(required=False, initial="0", max_length=200)
+    minute = forms.CharField(required=False, initial="*", max_length=200)
+    hour = forms.CharField(required=False, initial="*", max_length=200)
+    day_of_month = forms.CharField(required=False, initial="*", max_length=200)
+    month_of_year = forms.CharField(required=False, initial="*", max_length=200)
+    day_of_week = forms.CharField(
+        required=False, initial="*", max_length=200, help_text="0 and 7 are Sunday; names work (mon)."
+    )
     timezone = forms.ChoiceField(help_text="Cron times and the times entered here are in this zone.")
     run_at = forms.DateTimeField(required=False, label="Run at", help_text="For 'once'.", widget=_DATETIME)
     start_at = forms.DateTimeField(
@@ -95,6 +126,7 @@ class SchedulerJobForm(forms.ModelForm):
         if self.editing:
             self._fill_from(self.instance)
             self.fields["job_id"].disabled = True
+            self.fields["job_id"].help_text = ""
 
     def _fill_from(self, job: SchedulerJob) -> None:
         """Show the stored job in the form's terms."""
@@ -104,8 +136,11 @@ class SchedulerJobForm(forms.ModelForm):
             "task": job.task_name if job.task_name in known else _OTHER_TASK,
             "task_name": "" if job.task_name in known else job.task_name,
         }
-        trigger = job.trigger
         zone = self.app.config.default_timezone
+        try:
+            trigger = job.trigger
+        except SchedulerValidationError:
+            trigger = None  # unreadable: the admin says so, and saving a new schedule replaces it
         if isinstance(trigger, OneOffSchedule):
             initial.update(schedule_type="one_off", run_at=trigger.run_at)
         elif isinstance(trigger, PeriodicSchedule):
@@ -139,7 +174,10 @@ class SchedulerJobForm(forms.ModelForm):
             )
             self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
         except SchedulerValidationError as error:
-            self.add_error(_ERROR_FIELDS.get(error.field), f"{error.problem} ({error.field}={error.value!r})")
+            self.add_error(_ERROR_FIELDS.get(error.field), f"{error.problem} ({error.field}={short_repr(error.value)})")
+            return data
+        if not self.editing and SchedulerJob.objects.filter(pk=self._job_id(data)).exists():
+            self.add_error("job_id", "A job with this id already exists; open it to change it.")
         return data
 
     def _job_id(self, data: dict[str, Any]) -> str:
@@ -177,9 +215,11 @@ class SchedulerJobForm(forms.ModelForm):
     # -- saving, through the app ---------------------------------------------------------------------
 
     def save(self, commit: bool = True) -> SchedulerJob:
-        """Upsert through ``SchedulerApp``; the enabled flag is the operator's explicit choice."""
+        """Create (``schedule``) or change (``upsert``) through ``SchedulerApp``; the enabled flag is
+        the operator's explicit choice."""
         data = self.cleaned_data
-        return self.task_call.upsert(
+        write = self.task_call.upsert if self.editing else self.task_call.schedule
+        return write(
             self.trigger, self._job_id(data), name=data.get("name") or None,
             description=data.get("description") or None, is_enabled=bool(data.get("is_enabled")),
         )

@@ -4,6 +4,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
@@ -35,7 +36,7 @@ def app() -> SchedulerApp:
 
 
 def job_change_url(job: SchedulerJob) -> str:
-    return reverse("admin:django_taskiq_beat_schedulerjob_change", args=[job.pk])
+    return reverse("admin:django_taskiq_beat_schedulerjob_change", args=[quote(job.pk)])
 
 
 def add_runs(job: SchedulerJob, *statuses: str) -> None:
