@@ -253,12 +253,16 @@ class SchedulerEngine:
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
         sent = 0
         orphans = await _orm(
-            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size, self._lease
+            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
+            self._lease, self._retry,
         )
-        if orphans:
-            self._counters.recovered_run_count += len(orphans)
-            logger.warning("Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans)})
-            sent += await self._send_and_record(orphans)
+        self._report_failures(orphans)
+        if orphans.dispatches:
+            self._counters.recovered_run_count += len(orphans.dispatches)
+            logger.warning(
+                "Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans.dispatches)}
+            )
+            sent += await self._send_and_record(orphans.dispatches)
         sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
@@ -279,11 +283,7 @@ class SchedulerEngine:
                     claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
                     self._lease, self._retry, self._ahead,
                 )
-                if claim.failed_job_ids:
-                    self._counters.failed_dispatch_count += len(claim.failed_job_ids)
-                    logger.error(
-                        "Scheduler job preparation failed; retry scheduled.", extra={"job_ids": claim.failed_job_ids}
-                    )
+                self._report_failures(claim)
                 if claim.dispatches:
                     in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
                 if claim.row_count < self.config.dispatch_batch_size:
@@ -298,6 +298,13 @@ class SchedulerEngine:
                 raise result
             sent += result
         return sent
+
+    def _report_failures(self, claim: claims.Claim) -> None:
+        for job_id, error in claim.failures.items():
+            self._counters.failed_dispatch_count += 1
+            logger.error(
+                "Scheduler job %s failed before sending; retry scheduled: %s", job_id, error, extra={"job_id": job_id}
+            )
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
         self._counters.claimed_job_count += len(dispatches)

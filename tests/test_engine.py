@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import connection
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
@@ -518,3 +519,119 @@ def test_backoff_never_overflows() -> None:
     from django_taskiq_beat import claims
 
     assert claims.RetryPolicy(5, 300).delay(5000) == timedelta(seconds=300)
+
+
+# -- a row the ORM cannot read costs only that row ------------------------------------------------------
+
+# Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
+# (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
+# datetime cannot hold.
+UNREADABLE_TIMES = {"sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"]}
+
+
+def store_raw(table: str, row_id: str, column: str, value: Any) -> None:
+    """Write a value behind the ORM's back, as a broken import or a manual edit would."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", [value, row_id])
+
+
+def job_columns(job_id: str, *fields: str) -> tuple[Any, ...]:
+    """Columns of a job whose other columns may be unreadable."""
+    return SchedulerJob.objects.filter(pk=job_id).values_list(*fields).get()
+
+
+def test_unreadable_next_run_at_fails_only_its_job(
+    app: SchedulerApp, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="django_taskiq_beat.engine")
+    bad_values = UNREADABLE_TIMES[connection.vendor]
+    good = [due_one_off(app, args=[n]).id for n in range(3)]
+    bad = [due_one_off(app).id for _ in bad_values]
+    for job_id, value in zip(bad, bad_values):
+        store_raw("scheduler_job", job_id, "next_run_at", value)
+    before = timezone.now()
+    assert run(app.engine.run_once) == 3
+    assert sorted(recorder.calls) == [("system.echo", (n,), {}) for n in range(3)]
+    assert all(job_columns(job_id, "dispatch_count") == (1,) for job_id in good)
+    for job_id, value in zip(bad, bad_values):
+        (failed,) = SchedulerRun.objects.filter(job_id=job_id)
+        assert failed.status == RunStatus.FAILED and before <= failed.scheduled_for <= timezone.now()
+        assert "next_run_at" in failed.error and repr(value) in failed.error
+        last_error, failures, enabled, next_run_at = job_columns(
+            job_id, "last_error", "dispatch_failures", "is_enabled", "next_run_at"
+        )
+        assert (last_error, failures, enabled) == (failed.error, 1, True)
+        assert before + timedelta(seconds=4) < next_run_at < timezone.now() + timedelta(seconds=6)  # the retry
+        assert any(job_id in record.getMessage() for record in caplog.records if record.levelno == logging.ERROR)
+    later = due_one_off(app, task="system.other")
+    assert run(app.engine.run_once) == 1 and job_columns(later.id, "dispatch_count") == (1,)
+
+
+def test_wrong_typed_arguments_fail_only_their_job(app: SchedulerApp, recorder: Recorder) -> None:
+    good = due_one_off(app, args=[1])
+    bad = insert_job("system.echo", task_args="abc")  # a JSON string where a list belongs
+    assert run(app.engine.run_once) == 1
+    assert recorder.calls == [("system.echo", (1,), {})]  # never echo('a', 'b', 'c')
+    assert job_columns(good.id, "dispatch_count") == (1,)
+    failed = SchedulerRun.objects.get(job=bad)
+    assert failed.status == RunStatus.FAILED and "task_args holds '\"abc\"', not a list" in failed.error
+    assert job_columns(bad.id, "last_error", "dispatch_failures") == (failed.error, 1)
+
+
+def test_unreadable_next_run_at_does_not_hide_the_next_due_slot(app: SchedulerApp) -> None:
+    later = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)))
+    store_raw("scheduler_job", later.id, "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    assert claims.next_due_at() is None  # unknown: the engine looks again after sync_interval_seconds
+
+
+def dead_engines_claim(app: SchedulerApp) -> tuple[SchedulerJob, claims.Dispatch]:
+    """A due job claimed by an engine that died before sending: its run is pending, its lease expired."""
+    job = due_one_off(app)
+    claim = claims.claim_due("dead-engine", timezone.now(), 10, timedelta(seconds=-1), claims.RetryPolicy(5, 300))
+    (orphan,) = claim.dispatches
+    return job, orphan
+
+
+def test_pending_run_of_a_job_with_unreadable_arguments_is_recorded_failed(
+    app: SchedulerApp, recorder: Recorder
+) -> None:
+    job, orphan = dead_engines_claim(app)
+    # SQLite: a number in a JSON text column cannot be decoded; PostgreSQL's jsonb holds only JSON.
+    store_raw("scheduler_job", job.id, "task_args", 12345 if connection.vendor == "sqlite" else '"abc"')
+    before = timezone.now()
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+    failed = SchedulerRun.objects.get(pk=orphan.run_id)
+    assert (failed.status, failed.claimed_by, failed.lease_expires_at) == (RunStatus.FAILED, None, None)
+    assert "task_args holds" in failed.error
+    last_error, failures, enabled, next_run_at = job_columns(
+        job.id, "last_error", "dispatch_failures", "is_enabled", "next_run_at"
+    )
+    assert (last_error, failures, enabled) == (failed.error, 1, True)  # retried, as a failed send is
+    assert before + timedelta(seconds=4) < next_run_at < timezone.now() + timedelta(seconds=6)
+
+
+def test_pending_run_of_a_job_with_an_unreadable_slot_is_sent(app: SchedulerApp, recorder: Recorder) -> None:
+    job, orphan = dead_engines_claim(app)  # the one-off is finished: its slot is not due again
+    store_raw("scheduler_job", job.id, "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    assert run(app.engine.run_once) == 1 and recorder.names() == ["system.echo"]
+    assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.DISPATCHED
+
+
+def test_outcomes_are_stored_when_the_job_row_became_unreadable(app: SchedulerApp) -> None:
+    sent = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    failing = due_one_off(app)
+    force_due(sent)
+    claim = claims.claim_due("engine-a", timezone.now(), 10, timedelta(minutes=1), claims.RetryPolicy(5, 300))
+    for job_id in (sent.id, failing.id):
+        store_raw("scheduler_job", job_id, "created_at", UNREADABLE_TIMES[connection.vendor][0])
+    now = timezone.now()
+    outcomes = [
+        claims.Outcome(dispatch, now, now, None if dispatch.job_id == sent.id else "ConnectionError: boom")
+        for dispatch in claim.dispatches
+    ]
+    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
+    assert job_columns(sent.id, "dispatch_count", "dispatch_failures") == (1, 0)
+    assert job_columns(failing.id, "dispatch_failures", "last_error", "is_enabled") == (1, "ConnectionError: boom", True)
+    statuses = dict(SchedulerRun.objects.values_list("job_id", "status"))
+    assert statuses == {sent.id: RunStatus.DISPATCHED, failing.id: RunStatus.FAILED}
+
