@@ -318,10 +318,11 @@ def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta
 
 
 def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> None:
-    """Keep the runs being sent ours while a slow broker takes its time."""
-    SchedulerRun.objects.filter(id__in=run_ids, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
-        lease_expires_at=until
-    )
+    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own."""
+    for chunk in bulk.chunks(run_ids):
+        SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
+            lease_expires_at=until
+        )
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:

@@ -5,7 +5,9 @@ ORM thread, so these tests commit for real (``transaction=True``).
 """
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -635,3 +637,71 @@ def test_outcomes_are_stored_when_the_job_row_became_unreadable(app: SchedulerAp
     statuses = dict(SchedulerRun.objects.values_list("job_id", "status"))
     assert statuses == {sent.id: RunStatus.DISPATCHED, failing.id: RunStatus.FAILED}
 
+
+# -- a database that refuses to store outcomes for a while ------------------------------------------------
+
+def refuse_records(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Make ``claims.record`` fail as a database refusing writes would, for ``seconds`` after its first call."""
+    from django.db import OperationalError
+
+    real_record = claims.record
+    calls, deadline = [0], [float("inf")]
+
+    def refusing(*args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            deadline[0] = time.monotonic() + seconds
+        if time.monotonic() < deadline[0]:
+            raise OperationalError("database is locked")
+        real_record(*args)
+
+    monkeypatch.setattr(claims, "record", refusing)
+    return calls
+
+
+def test_sent_outcomes_wait_for_the_database_and_keep_their_leases(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Longer than the old three tries and than the lease; another engine looks for expired leases all along."""
+    sender = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, idle_sleep_seconds=0.05))
+    other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=1))
+    calls = refuse_records(monkeypatch, seconds=2.5)
+    job = due_one_off(sender)
+
+    async def scenario() -> None:
+        await sender.start()
+        for _ in range(40):  # 4 s
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(Exception):  # its own stores are refused too
+                await other.engine.run_once()
+        await sender.stop()
+
+    run(scenario)
+    assert calls[0] > 3
+    assert recorder.names() == ["system.echo"]
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+    assert job_columns(job.id, "dispatch_count") == (1,)
+    assert not [message for message in caplog.messages if "Giving up" in message]
+
+
+def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, idle_sleep_seconds=0.05))
+    refuse_records(monkeypatch, seconds=3600)
+    job = due_one_off(app)
+
+    async def scenario() -> float:
+        await app.start()
+        while not recorder.calls:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await app.stop()
+        return time.monotonic() - started
+
+    assert 1 <= run(scenario) < 5
+    assert "Storing send outcomes at stop failed (try 2); trying again." in caplog.messages
+    assert "Giving up storing send outcomes at stop; their runs are sent again when their leases expire." in (
+        caplog.messages
+    )
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.PENDING  # sent again once its lease expires
