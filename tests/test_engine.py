@@ -27,7 +27,7 @@ from django_taskiq_beat import (
     claims,
 )
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
-from tests.conftest import Recorder
+from tests.conftest import UNREADABLE_TIMES, Recorder, store_raw
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -524,18 +524,6 @@ def test_backoff_never_overflows() -> None:
 
 
 # -- a row the ORM cannot read costs only that row ------------------------------------------------------
-
-# Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
-# (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
-# datetime cannot hold.
-UNREADABLE_TIMES = {"sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"]}
-
-
-def store_raw(table: str, row_id: str, column: str, value: Any) -> None:
-    """Write a value behind the ORM's back, as a broken import or a manual edit would."""
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", [value, row_id])
-
 
 def job_columns(job_id: str, *fields: str) -> tuple[Any, ...]:
     """Columns of a job whose other columns may be unreadable."""
