@@ -297,7 +297,8 @@ def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
                 failures[run.job_id] = error = describe_error(exc)
-                # Never sent: only the run, its job, the claim's version and the failure count are recorded.
+                # Never sent: what is recorded is the run, its job, the claim's version (if unreadable,
+                # ``now``, which matches no job, so no retry) and the failure count.
                 claim = Dispatch(
                     run.id, run.job_id, "", [], {}, _or(run.created_at, datetime, now), now,
                     _or(run.dispatch_failures, int, 0),

@@ -7,9 +7,11 @@ whichever comes first, and wakes at once when this process changes a job. A tick
 that fails (broker down, database gone) is logged; the engine closes its database
 connection, backs off and tries again. It never stops on its own.
 
-What it has sent it keeps until the database has stored it, and the leases of every run
-it holds are renewed by a task of their own meanwhile, so a database outage shorter than
-a lease makes no slot go out twice.
+What it has sent it keeps until the database has stored it, claiming nothing new
+meanwhile, and a task of its own renews the lease of every run it holds each
+``claim_ttl_seconds / 10``. So a database outage sends no slot twice: with one engine
+whatever its length, with several if it is shorter than about 4/5 of a lease (the
+lease left at its start, less a renewal interval after it).
 """
 
 import asyncio
