@@ -231,7 +231,7 @@ def test_dropped_database_connections_are_reopened(
 # 20 slots at 0.1 s each, two at a time: a second of sending. A short idle sleep makes the failed ticks'
 # backoff short, so the engine tries to store many times during the outage.
 SLOW_BATCH = {"DISPATCH_CONCURRENCY": 2, "IDLE_SLEEP_SECONDS": 0.05}
-OUTAGE_SECONDS = 6
+OUTAGE_SECONDS = 4
 
 
 def sending_a_batch(engine: EngineProcess, app: SchedulerApp, sink: Path) -> list[str]:
@@ -352,7 +352,7 @@ def test_postgres_connections_cut_again_and_again_cost_no_repeated_send(
 def test_another_engine_leaves_alone_what_an_engine_cut_off_for_less_than_a_lease_has_sent(
     cut_off_role: str, engines: EngineFactory, app: SchedulerApp, sink: Path
 ) -> None:
-    lease = {"CLAIM_TTL_SECONDS": OUTAGE_SECONDS + 2}
+    lease = {"CLAIM_TTL_SECONDS": 2 * OUTAGE_SECONDS}  # renewed each 0.8 s: the outage is half a lease
     first = engines("engine-cut-off", {**SLOW_BATCH, **lease}, send_delay=0.1, database_user=cut_off_role)
     job_ids = sending_a_batch(first, app, sink)
     with cut_off(first, cut_off_role):
