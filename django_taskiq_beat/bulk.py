@@ -7,7 +7,7 @@ UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
 """
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import connection
 
@@ -17,6 +17,7 @@ except ImportError:  # psycopg2, or no PostgreSQL driver at all
     ServerBindingCursor = None
 
 _ROWS_PER_STATEMENT = 500  # keeps SQLite under its 32,766 bound parameters
+_T = TypeVar("_T")
 
 
 def begin_write() -> None:
@@ -32,9 +33,10 @@ def begin_write() -> None:
             cursor.execute("UPDATE scheduler_job SET id = id WHERE 0 = 1")
 
 
-def _chunks(rows: Sequence[tuple[Any, ...]]) -> Iterator[Sequence[tuple[Any, ...]]]:
-    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-        yield rows[start : start + _ROWS_PER_STATEMENT]
+def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
+    """Slices small enough for one statement's bound parameters."""
+    for start in range(0, len(items), _ROWS_PER_STATEMENT):
+        yield items[start : start + _ROWS_PER_STATEMENT]
 
 
 def _server_binding() -> bool:
@@ -63,8 +65,10 @@ def _execute_in_chunks(
 ) -> list[tuple[Any, ...]]:
     """Run ``statement(values_sql)`` once per chunk of rows; returns what RETURNING gave."""
     returned: list[tuple[Any, ...]] = []
+    if not rows:
+        return returned
     with _cursor() as cursor:
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             values_sql = ", ".join([row_sql] * len(chunk))
             params = [value for row in chunk for value in row]
             if _server_binding():

@@ -11,18 +11,21 @@ by the database: ``FOR UPDATE SKIP LOCKED`` where it exists, SQLite's single wri
 otherwise, and the unique key on (job, slot) as the last line of defence.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db import DataError, connection, transaction
+from django.db.models import F, QuerySet, TextField
+from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk
 from django_taskiq_beat.models import JobKind, RunStatus, SchedulerJob, SchedulerRun, new_id
 from django_taskiq_beat.sending import describe_error
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,12 @@ class Dispatch:
     kwargs: dict[str, Any]
     claimed_at: datetime  # the job's ``updated_at`` written by the claim: its version
     scheduled_for: datetime  # the slot; a slot claimed ahead of time is sent when it comes
+    failures: int = 0  # the job's failed sends in a row at the claim: a failed send's retry backs off from it
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened when a claimed slot was sent."""
+    """What happened when a claimed slot was sent; ``error`` is ``describe_error``'s storable text."""
 
     dispatch: Dispatch
     dispatched_at: datetime | None
@@ -52,7 +56,7 @@ class Outcome:
 class Claim:
     dispatches: list[Dispatch]
     row_count: int  # rows taken, including those that failed before sending
-    failed_job_ids: list[str]  # rows whose stored trigger could not be read
+    failures: dict[str, str]  # job id -> error, for rows that failed before sending (recorded, retry scheduled)
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,76 @@ def _time_adapter() -> Callable[[datetime | None], Any]:
     return connection.ops.adapt_datetimefield_value
 
 
+# What reading a stored value the ORM cannot convert raises: Django's SQLite converters on text that
+# is not a date (ValueError), psycopg on timestamps Python cannot hold, '-infinity' or BC (DataError),
+# JSON decoding of a number stored in a SQLite text column (TypeError).
+_CONVERSION_ERRORS = (ValueError, TypeError, AttributeError, DataError)
+
+
+class UnusableRowError(ValueError):
+    """A row holds values the engine cannot use: unreadable, or of the wrong type (written behind the API's back)."""
+
+
+def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int) -> list[tuple[Any, ...]]:
+    """The first ``limit`` rows' ``fields``, in one query.
+
+    Only if a stored value cannot be converted are the rows read one by one, a value that
+    cannot be read becoming None, so that one bad row costs only itself (``_require_types``
+    reports it). On PostgreSQL the conversion fails in the client after the server ran the
+    query, so the transaction and its row locks stay usable.
+    """
+    try:
+        return list(rows.values_list(*fields)[:limit])
+    except _CONVERSION_ERRORS:
+        keys = list(rows.values_list("pk", flat=True)[:limit])
+    return [_read_row(rows.filter(pk=key), fields) for key in keys]
+
+
+def _read_row(row: QuerySet[Any], fields: Sequence[str]) -> tuple[Any, ...]:
+    try:
+        return row.values_list(*fields).get()
+    except _CONVERSION_ERRORS:
+        return tuple(_read_value(row, field) for field in fields)
+
+
+def _read_value(row: QuerySet[Any], field: str) -> Any:
+    try:
+        return row.values_list(field, flat=True).get()
+    except _CONVERSION_ERRORS:
+        return None
+
+
+def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], types: Mapping[str, type]) -> None:
+    """Raise ``UnusableRowError`` naming each column whose value is not of its type, with the stored text."""
+    wrong = [name for name, kind in types.items() if not isinstance(values[name], kind)]
+    if not wrong:
+        return
+    stored = rows.filter(pk=key).values_list(*(Cast(name, TextField()) for name in wrong)).get()
+    raise UnusableRowError("; ".join(
+        f"{name} holds {text!r}, not a {types[name].__name__}" for name, text in zip(wrong, stored, strict=True)
+    ))
+
+
+def _or(value: Any, kind: type[_T], default: _T) -> _T:
+    """``value`` if it is a ``kind`` (a column read as expected), else ``default``."""
+    return value if isinstance(value, kind) else default
+
+
 def next_due_at() -> datetime | None:
-    """The earliest slot of any enabled job (one index lookup)."""
-    return (
-        SchedulerJob.objects.filter(is_enabled=True, next_run_at__isnull=False)
-        .order_by("next_run_at")
-        .values_list("next_run_at", flat=True)
-        .first()
-    )
+    """The earliest slot of any enabled job (one index lookup).
+
+    None when there is none, or when the earliest stored slot cannot be read: the engine
+    then looks again after ``sync_interval_seconds``, and a claim reports the row once it is due.
+    """
+    try:
+        return (
+            SchedulerJob.objects.filter(is_enabled=True, next_run_at__isnull=False)
+            .order_by("next_run_at")
+            .values_list("next_run_at", flat=True)
+            .first()
+        )
+    except _CONVERSION_ERRORS:
+        return None
 
 
 def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -93,6 +159,10 @@ _DUE_FIELDS = (
     "id", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs", "next_run_at",
     "created_at", "dispatch_failures",
 )
+_DUE_TYPES = {
+    "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
+    "dispatch_failures": int,
+}
 
 
 @dataclass
@@ -115,23 +185,31 @@ def claim_due(
     scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
     ahead: timedelta = timedelta(0),
 ) -> Claim:
-    """Claim up to ``limit`` slots due by ``now + ahead``: advance each job and write its pending run."""
+    """Claim up to ``limit`` slots due by ``now + ahead``: advance each job and write its pending run.
+
+    A row that cannot be sent (a corrupt trigger, a stored value unreadable or of the wrong
+    type) gets a failed run and a retry with backoff instead; the rest of the batch goes on.
+    """
     with transaction.atomic():
         due = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now + ahead).order_by("next_run_at")
-        jobs = [_DueJob(*row) for row in _lock_for_claiming(due).values_list(*_DUE_FIELDS)[:limit]]
+        locked = _lock_for_claiming(due)
+        jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
-        runs, job_updates, dispatches, failed = [], [], [], []
+        runs, job_updates, dispatches, failures = [], [], [], {}
         for job in jobs:
             run_id = new_id()
             try:
+                _require_types(locked, job.id, vars(job), _DUE_TYPES)
                 next_run_at = _next_slot(job, now)
-            except Exception as exc:  # a corrupt stored trigger must not stop the batch
-                failed.append(job.id)
-                error = describe_error(exc)
-                retry_at = now + retry.delay(job.dispatch_failures + 1)
-                job_updates.append((job.id, _time(retry_at), True, None, now_value, error, job.dispatch_failures + 1))
-                runs.append((run_id, job.id, _time(job.next_run_at), RunStatus.FAILED, None, None, error, now_value))
+            except Exception as exc:  # a corrupt stored row must not stop the batch
+                failures[job.id] = error = describe_error(exc)
+                failed_sends = _or(job.dispatch_failures, int, 0) + 1
+                job_updates.append(
+                    (job.id, _time(now + retry.delay(failed_sends)), True, None, now_value, error, failed_sends)
+                )
+                slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
+                runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, now_value))
                 continue
             job_updates.append((
                 job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
@@ -140,9 +218,10 @@ def claim_due(
             runs.append(
                 (run_id, job.id, _time(job.next_run_at), RunStatus.PENDING, scheduler_id, lease_value, None, None)
             )
-            dispatches.append(
-                Dispatch(run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at)
-            )
+            dispatches.append(Dispatch(
+                run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at,
+                job.dispatch_failures,
+            ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
             ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "finished_at",
@@ -160,7 +239,7 @@ def claim_due(
             job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
-    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failed)
+    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures)
 
 
 def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
@@ -172,45 +251,94 @@ def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
     return trigger.next_after(max(now, job.next_run_at), job.created_at)
 
 
-def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta) -> list[Dispatch]:
-    """Take over pending runs whose engine died (lease expired) so they are sent again."""
+_EXPIRED_FIELDS = (
+    "id", "job_id", "task_name", "task_args", "task_kwargs", "created_at", "scheduled_for", "dispatch_failures",
+)
+_EXPIRED_TYPES = {
+    "task_args": list, "task_kwargs": dict, "created_at": datetime, "scheduled_for": datetime,
+    "dispatch_failures": int,
+}
+
+
+@dataclass
+class _ExpiredRun:
+    """A pending run and what its job sends: read with ``values_list``, no model instance."""
+
+    id: str
+    job_id: str
+    task_name: str
+    task_args: list[Any]
+    task_kwargs: dict[str, Any]
+    created_at: datetime  # written by the claim, as the job's ``updated_at``: the claim's version
+    scheduled_for: datetime
+    dispatch_failures: int
+
+
+def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy) -> Claim:
+    """Take over pending runs whose engine died (lease expired) so they are sent again.
+
+    A run that cannot be sent (its job's stored arguments unreadable or of the wrong type) is
+    recorded failed, with a retry as for a failed send, instead of failing the tick.
+    """
     with transaction.atomic():
-        expired = SchedulerRun.objects.filter(status=RunStatus.PENDING, lease_expires_at__lt=now).order_by(
-            "lease_expires_at"
+        expired = (
+            SchedulerRun.objects.filter(status=RunStatus.PENDING, lease_expires_at__lt=now)
+            .order_by("lease_expires_at")
+            .annotate(
+                task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
+                dispatch_failures=F("job__dispatch_failures"),
+            )
         )
-        runs = list(_lock_for_claiming(expired).select_related("job")[:limit])
-        if not runs:
-            return []
-        SchedulerRun.objects.filter(id__in=[run.id for run in runs]).update(
-            claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
-        )
-    return [
-        Dispatch(
-            run.id, run.job_id, run.job.task_name, run.job.task_args, run.job.task_kwargs, run.created_at,
-            run.scheduled_for,
-        )
-        for run in runs
-    ]
+        locked = _lock_for_claiming(expired)
+        runs = [_ExpiredRun(*row) for row in _read(locked, _EXPIRED_FIELDS, limit)]
+        dispatches, unsendable, failures = [], [], {}
+        for run in runs:
+            try:
+                _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
+            except UnusableRowError as exc:
+                failures[run.job_id] = error = describe_error(exc)
+                # Never sent: what is recorded is the run, its job, the claim's version (if unreadable,
+                # ``now``, which matches no job, so no retry) and the failure count.
+                claim = Dispatch(
+                    run.id, run.job_id, "", [], {}, _or(run.created_at, datetime, now), now,
+                    _or(run.dispatch_failures, int, 0),
+                )
+                unsendable.append(Outcome(claim, None, now, error))
+                continue
+            dispatches.append(Dispatch(
+                run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
+                run.dispatch_failures,
+            ))
+        if dispatches:
+            SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
+                claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
+            )
+        if unsendable:
+            record(unsendable, now, True, retry)
+    return Claim(dispatches, len(runs), failures)
 
 
 def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> None:
-    """Keep the runs being sent ours while a slow broker takes its time."""
-    SchedulerRun.objects.filter(id__in=run_ids, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
-        lease_expires_at=until
-    )
+    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own."""
+    for chunk in bulk.chunks(run_ids):
+        SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
+            lease_expires_at=until
+        )
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
     """Store the outcomes on the jobs and their runs; failed slots get a retry.
 
-    Jobs are written before runs, as a claim, a job delete, the job cleanup and the outcome
-    middleware do, so two writers never wait on each other's locks in opposite orders.
+    Set-based SQL only, no model instance: a job row with a value the ORM cannot read
+    cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
+    job delete, the job cleanup and the outcome middleware do, so two writers never wait on
+    each other's locks in opposite orders.
     """
     _time = _time_adapter()
     sent: dict[str, list[Outcome]] = {}
+    failed: dict[str, list[Outcome]] = {}
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
-        if outcome.error is None:
-            sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
+        (sent if outcome.error is None else failed).setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
         bulk.update_from_values(
             "scheduler_job",
@@ -223,9 +351,13 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
                 for job_id, job_outcomes in sent.items()
             ],
         )
-        for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatch.job_id):
-            if outcome.error is not None:
-                _schedule_retry(outcome, now, retry)
+        bulk.update_from_values(
+            "scheduler_job",
+            (("id", "varchar"), ("claimed_at", "timestamptz"), ("failed", "integer"), ("last_error", "text"),
+             ("retry_at", "timestamptz"), ("now", "timestamptz")),
+            _RETRY,
+            [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
+        )
         if record_runs:
             bulk.update_from_values(
                 "scheduler_run",
@@ -253,22 +385,29 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
     )
 
 
-def _schedule_retry(outcome: Outcome, now: datetime, retry: RetryPolicy) -> None:
-    """Retry a failed slot with backoff, never later than the job's next regular slot.
+# A failed send counts and shows its error on the job. Its retry (with backoff, never later than the
+# job's next regular slot) applies only where the job is unchanged since the claim, its ``updated_at``
+# still the claim's version: a job paused, upserted or run now meanwhile keeps what its operator set.
+# Every right-hand side reads the row as it was before this UPDATE.
+_UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
+_RETRY = (
+    "dispatch_failures = scheduler_job.dispatch_failures + v.failed, last_error = v.last_error,"
+    f" next_run_at = CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
+    " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END,"
+    f" is_enabled = CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END,"
+    f" finished_at = CASE WHEN {_UNCHANGED} THEN NULL ELSE scheduler_job.finished_at END,"
+    f" updated_at = CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END"
+)
 
-    A job changed since the claim (paused, upserted, run now) keeps what its
-    operator set; only its error and failure count are updated.
-    """
-    job = SchedulerJob.objects.select_for_update().filter(pk=outcome.dispatch.job_id).first()
-    if job is None:
-        return
-    job.dispatch_failures += 1
-    job.last_error = outcome.error
-    if job.updated_at == outcome.dispatch.claimed_at:
-        retry_at = now + retry.delay(job.dispatch_failures)
-        job.next_run_at = min(retry_at, job.next_run_at) if job.next_run_at else retry_at
-        job.is_enabled, job.finished_at, job.updated_at = True, None, now
-    job.save(update_fields=["dispatch_failures", "last_error", "next_run_at", "is_enabled", "finished_at", "updated_at"])
+
+def _retry(
+    job_outcomes: list[Outcome], now: datetime, retry: RetryPolicy, _time: Callable[[datetime | None], Any]
+) -> tuple[Any, ...]:
+    """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version."""
+    latest = max((outcome.dispatch for outcome in job_outcomes), key=lambda dispatch: dispatch.claimed_at)
+    failed = len(job_outcomes)
+    retry_at = now + retry.delay(latest.failures + failed)
+    return latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now)
 
 
 def delete_runs_finished_before(cutoff: datetime) -> int:

@@ -6,6 +6,12 @@ outcomes. Between ticks it sleeps until the next due slot or ``sync_interval_sec
 whichever comes first, and wakes at once when this process changes a job. A tick
 that fails (broker down, database gone) is logged; the engine closes its database
 connection, backs off and tries again. It never stops on its own.
+
+What it has sent it keeps until the database has stored it, claiming nothing new
+meanwhile, and a task of its own renews the lease of every run it holds each
+``claim_ttl_seconds / 10``. So a database outage sends no slot twice: with one engine
+whatever its length, with several if it is shorter than about 4/5 of a lease (the
+lease left at its start, less a renewal interval after it).
 """
 
 import asyncio
@@ -31,7 +37,6 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _MAX_BACKOFF_SECONDS = 30.0
 _MAX_BATCHES_IN_FLIGHT = 8
-_MAX_RECORD_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,7 @@ class SchedulerEngine:
         self.config = config
         self._retry = claims.RetryPolicy(config.dispatch_retry_seconds, config.dispatch_retry_max_seconds)
         self._lease = timedelta(seconds=config.claim_ttl_seconds)
+        self._renew_seconds = config.claim_ttl_seconds / 10
         self._ahead = timedelta(seconds=config.claim_ahead_seconds)
         self._counters = _Counters()
         self._runner: asyncio.Task[None] | None = None
@@ -116,8 +122,11 @@ class SchedulerEngine:
         self._wake: asyncio.Event | None = None
         self._stopping = False
         self._next_due_at: datetime | None = None
+        # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
+        # the keeper renews their leases. Memory is bounded: nothing new is claimed while outcomes wait.
+        self._held: set[str] = set()
         self._unrecorded: list[claims.Outcome] = []
-        self._leftover_attempts = 0
+        self._keeper: asyncio.Task[None] | None = None
         self._send_limit: asyncio.Semaphore | None = None
         self._run_cleanup = _Cleanup(
             config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
@@ -155,6 +164,8 @@ class SchedulerEngine:
         self.wake()
         await self._runner
         self._runner = None
+        if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
+            self._keeper.cancel()
         logger.info("Scheduler engine stopped.")
 
     def wake(self) -> None:
@@ -205,13 +216,16 @@ class SchedulerEngine:
                 self._counters.failed_tick_count += 1
                 logger.exception("Scheduler engine iteration failed; retrying.")
                 await self._reset_connection()
-                timeout = min(self.config.idle_sleep_seconds * 2 ** min(failures, 16), _MAX_BACKOFF_SECONDS)
+                timeout = self._backoff_seconds(failures)
             await self._sleep(timeout)
-        try:
-            await self._record_leftovers()
-        except Exception:
-            logger.exception("Storing send outcomes at stop failed; their runs are sent again after their leases.")
+        await self._record_at_stop()
         await self._reset_connection()
+
+    def _backoff_seconds(self, failures: int) -> float:
+        """Exponential from ``idle_sleep_seconds``; while sent outcomes wait to be stored, at most a
+        lease renewal interval, so they are stored soon after the database is back."""
+        ceiling = self._renew_seconds if self._unrecorded else _MAX_BACKOFF_SECONDS
+        return min(self.config.idle_sleep_seconds * 2 ** min(failures, 16), ceiling)
 
     async def _sleep(self, timeout: float) -> None:
         assert self._wake is not None
@@ -253,12 +267,16 @@ class SchedulerEngine:
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
         sent = 0
         orphans = await _orm(
-            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size, self._lease
+            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
+            self._lease, self._retry,
         )
-        if orphans:
-            self._counters.recovered_run_count += len(orphans)
-            logger.warning("Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans)})
-            sent += await self._send_and_record(orphans)
+        self._report_failures(orphans)
+        if orphans.dispatches:
+            self._counters.recovered_run_count += len(orphans.dispatches)
+            logger.warning(
+                "Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans.dispatches)}
+            )
+            sent += await self._send_and_record(orphans.dispatches)
         sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
@@ -269,21 +287,18 @@ class SchedulerEngine:
 
         A batch claimed ahead of its slot waits for it in the background while the
         next batch is claimed, so a burst goes out on time. At most
-        ``_MAX_BATCHES_IN_FLIGHT`` batches are claimed and not yet recorded.
+        ``_MAX_BATCHES_IN_FLIGHT`` batches are claimed and not yet recorded, and none
+        once a batch's outcomes could not be stored.
         """
         in_flight: set[asyncio.Task[int]] = set()
         sent = 0
         try:
-            while not self._stopping:
+            while not self._stopping and not self._unrecorded:
                 claim = await _orm(
                     claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
                     self._lease, self._retry, self._ahead,
                 )
-                if claim.failed_job_ids:
-                    self._counters.failed_dispatch_count += len(claim.failed_job_ids)
-                    logger.error(
-                        "Scheduler job preparation failed; retry scheduled.", extra={"job_ids": claim.failed_job_ids}
-                    )
+                self._report_failures(claim)
                 if claim.dispatches:
                     in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
                 if claim.row_count < self.config.dispatch_batch_size:
@@ -299,66 +314,96 @@ class SchedulerEngine:
             sent += result
         return sent
 
+    def _report_failures(self, claim: claims.Claim) -> None:
+        for job_id, error in claim.failures.items():
+            self._counters.failed_dispatch_count += 1
+            logger.error(
+                "Scheduler job %s failed before sending; retry scheduled: %s", job_id, error, extra={"job_id": job_id}
+            )
+
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
+        self._hold(dispatches)
         self._counters.claimed_job_count += len(dispatches)
         self._counters.last_dispatch_started_at = timezone.now()
         logger.info("Dispatching scheduler jobs batch.", extra={"job_count": len(dispatches)})
-        keep_alive = asyncio.create_task(self._keep_leases([d.run_id for d in dispatches]))
-        try:
-            outcomes = await self._send_all(dispatches)
-        finally:
-            keep_alive.cancel()
-        await self._record(outcomes)
+        outcomes = await self._send_all(dispatches)
         self._counters.last_dispatch_finished_at = timezone.now()
         sent = sum(outcome.error is None for outcome in outcomes)
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
+        try:
+            await self._store(outcomes)
+        except Exception:
+            self._unrecorded.extend(outcomes)  # kept until stored: see _record_leftovers
+            raise
         return sent
 
     async def _record_leftovers(self) -> None:
-        """Store outcomes a failed tick could not, giving up after a few tries.
+        """Store the outcomes an earlier store could not; raises while the database is away.
 
-        Given up, their runs stay pending; once the leases expire the slots are sent
-        again (at-least-once), so nothing is lost and a poisoned outcome cannot stop
-        the engine.
+        They are kept, however many tries it takes, and their runs stay held, so their
+        leases are renewed and no engine sends them again; meanwhile nothing new is
+        claimed. Only a stop gives up on them (``_record_at_stop``).
         """
-        outcomes, self._unrecorded = self._unrecorded, []
-        if not outcomes:
-            return
-        try:
-            await self._store(outcomes)
-        except Exception:
-            self._leftover_attempts += 1
-            if self._leftover_attempts < _MAX_RECORD_ATTEMPTS:
-                self._unrecorded = outcomes
-            else:
-                self._leftover_attempts = 0
-                logger.error(
-                    "Giving up storing send outcomes; their runs are sent again when their leases expire.",
-                    extra={"run_count": len(outcomes)},
-                )
-            raise
-        self._leftover_attempts = 0
+        if self._unrecorded:
+            await self._store(self._unrecorded)
+            self._unrecorded = []
 
-    async def _record(self, outcomes: list[claims.Outcome]) -> None:
-        """Store outcomes; if the database is away, keep them for the next tick."""
-        try:
-            await self._store(outcomes)
-        except Exception:
-            self._unrecorded.extend(outcomes)
-            raise
+    async def _record_at_stop(self) -> None:
+        """Keep trying to store what was sent for one lease; after that other engines send those runs anyway."""
+        deadline = time.monotonic() + self.config.claim_ttl_seconds
+        attempt = 0
+        while self._unrecorded:
+            attempt += 1
+            try:
+                await self._record_leftovers()
+            except Exception:
+                await self._reset_connection()
+                if time.monotonic() >= deadline:
+                    logger.error(
+                        "Giving up storing send outcomes at stop; their runs are sent again when their leases expire.",
+                        extra={"run_count": len(self._unrecorded)},
+                    )
+                    self._release(self._unrecorded)
+                    self._unrecorded = []
+                    return
+                logger.warning(
+                    "Storing send outcomes at stop failed (try %d); trying again.", attempt, exc_info=True,
+                    extra={"run_count": len(self._unrecorded)},
+                )
+                await asyncio.sleep(self._renew_seconds)
 
     async def _store(self, outcomes: list[claims.Outcome]) -> None:
         await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+        self._release(outcomes)
 
-    async def _keep_leases(self, run_ids: list[str]) -> None:
-        interval = max(self.config.claim_ttl_seconds / 3, 0.1)
-        while True:
-            await asyncio.sleep(interval)
+    def _hold(self, dispatches: list[claims.Dispatch]) -> None:
+        """Keep these runs' leases renewed until their outcomes are stored."""
+        self._held.update(dispatch.run_id for dispatch in dispatches)
+        if self._keeper is None or self._keeper.done():
+            name = f"taskiq-beat-leases-{self.config.scheduler_id}"
+            self._keeper = asyncio.create_task(self._keep_leases(), name=name)
+
+    def _release(self, outcomes: list[claims.Outcome]) -> None:
+        self._held.difference_update(outcome.dispatch.run_id for outcome in outcomes)
+
+    async def _keep_leases(self) -> None:
+        """Renew the lease of every held run each ``claim_ttl_seconds / 10``, while any is held.
+
+        One task for the engine, apart from the tick loop and its backoff: a slow broker,
+        a claimed-ahead batch waiting for its slot or outcomes waiting for the database
+        never let a lease of this engine lapse, unless the database stays away for most of
+        a lease. A failed renewal is logged and tried again at the next interval.
+        """
+        while self._held:
+            await asyncio.sleep(self._renew_seconds)
             try:
-                await _orm(claims.extend_leases, self.config.scheduler_id, run_ids, timezone.now() + self._lease)
+                await _orm(
+                    claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
+                )
             except Exception:
-                logger.exception("Extending the leases of runs being sent failed.")
+                logger.exception("Renewing the leases of this engine's runs failed; trying again.")
+                await self._reset_connection()
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
         limit = self._send_limit

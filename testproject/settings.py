@@ -58,7 +58,11 @@ def _database(url: str | None) -> dict[str, object]:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "testproject" / "demo.sqlite3")),
             # WAL: readers do not block the writer, and a commit needs no fsync of the database file.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"},
+            # The tests shorten how long a write waits for another writer's lock (Python's default: 5 s).
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "timeout": float(os.environ.get("SQLITE_TIMEOUT_SECONDS", "5")),
+            },
             # A file, not memory: the tests start engine processes on the test database.
             "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"taskiq-beat-test-{os.getpid()}.sqlite3")},
         }

@@ -1,4 +1,4 @@
-"""Shared fixtures: a fresh in-process broker per test, an app on it, sync/async callers."""
+"""Shared fixtures: a fresh in-process broker per test, an app on it, sync/async callers; rows written raw."""
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +9,20 @@ from asgiref.sync import async_to_sync
 from taskiq import InMemoryBroker
 
 from django_taskiq_beat import SchedulerApp, SchedulerConfig
+
+
+# Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
+# (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
+# datetime cannot hold.
+UNREADABLE_TIMES = {"sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"]}
+
+
+def store_raw(table: str, row_id: str, column: str, value: Any) -> None:
+    """Write a value behind the ORM's back, as a broken import or a manual edit would."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET {column} = %s WHERE id = %s", [value, row_id])
 
 
 class Recorder:

@@ -20,8 +20,8 @@ from tests.pgserver import free_port
 REPO = Path(__file__).resolve().parent.parent
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child process that uses the database the tests use."""
+def child_env(database_user: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process that uses the database the tests use (as ``database_user``)."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", "PYTHONPATH": str(REPO)}
     settings = connection.settings_dict
     for name in ("DATABASE_URL", "REDIS_URL"):  # the shell's, from "Run it for real", never reach a test's child
@@ -30,8 +30,9 @@ def child_env(**extra: str) -> dict[str, str]:
     if connection.vendor == "sqlite":
         env["SQLITE_PATH"] = str(settings["NAME"])
     else:
+        user = database_user or settings["USER"]
         env["DATABASE_URL"] = (
-            f"postgres://{settings['USER']}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+            f"postgres://{user}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
         )
     return env
 
@@ -47,18 +48,20 @@ class EngineProcess:
     """One ``run_taskiq_beat`` process on the test database; its output goes to a log file.
 
     The broker is the counting test broker unless another ``module:attribute`` is given;
-    ``env`` adds variables (the test broker's ``TEST_SINK``, a ``REDIS_URL``).
+    ``env`` adds variables (the test broker's ``TEST_SINK``, a ``REDIS_URL``). On PostgreSQL
+    it logs in as ``database_user`` if given, a role a test can cut off alone.
     """
 
     def __init__(
         self, name: str, log_dir: Path, options: dict[str, Any], broker: str = "tests.process_broker:broker",
-        arguments: tuple[str, ...] = (), **env: str,
+        arguments: tuple[str, ...] = (), database_user: str | None = None, **env: str,
     ) -> None:
         self.name = name
         self.arguments = ("--broker", broker, *arguments)
         self.log_path = log_dir / f"{name}.log"
         self.env = child_env(
-            DB_APPLICATION_NAME=name, TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}), **env
+            database_user, DB_APPLICATION_NAME=name,
+            TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}), **env,
         )
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -5,13 +5,16 @@ ORM thread, so these tests commit for real (``transaction=True``).
 """
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import connection
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
@@ -24,7 +27,7 @@ from django_taskiq_beat import (
     claims,
 )
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
-from tests.conftest import Recorder
+from tests.conftest import UNREADABLE_TIMES, Recorder, store_raw
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -518,3 +521,175 @@ def test_backoff_never_overflows() -> None:
     from django_taskiq_beat import claims
 
     assert claims.RetryPolicy(5, 300).delay(5000) == timedelta(seconds=300)
+
+
+# -- a row the ORM cannot read costs only that row ------------------------------------------------------
+
+def job_columns(job_id: str, *fields: str) -> tuple[Any, ...]:
+    """Columns of a job whose other columns may be unreadable."""
+    return SchedulerJob.objects.filter(pk=job_id).values_list(*fields).get()
+
+
+def test_unreadable_next_run_at_fails_only_its_job(
+    app: SchedulerApp, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="django_taskiq_beat.engine")
+    bad_values = UNREADABLE_TIMES[connection.vendor]
+    good = [due_one_off(app, args=[n]).id for n in range(3)]
+    bad = [due_one_off(app).id for _ in bad_values]
+    for job_id, value in zip(bad, bad_values):
+        store_raw("scheduler_job", job_id, "next_run_at", value)
+    before = timezone.now()
+    assert run(app.engine.run_once) == 3
+    assert sorted(recorder.calls) == [("system.echo", (n,), {}) for n in range(3)]
+    assert all(job_columns(job_id, "dispatch_count") == (1,) for job_id in good)
+    for job_id, value in zip(bad, bad_values):
+        (failed,) = SchedulerRun.objects.filter(job_id=job_id)
+        assert failed.status == RunStatus.FAILED and before <= failed.scheduled_for <= timezone.now()
+        assert "next_run_at" in failed.error and repr(value) in failed.error
+        last_error, failures, enabled, next_run_at = job_columns(
+            job_id, "last_error", "dispatch_failures", "is_enabled", "next_run_at"
+        )
+        assert (last_error, failures, enabled) == (failed.error, 1, True)
+        assert before + timedelta(seconds=4) < next_run_at < timezone.now() + timedelta(seconds=6)  # the retry
+        assert any(job_id in record.getMessage() for record in caplog.records if record.levelno == logging.ERROR)
+    later = due_one_off(app, task="system.other")
+    assert run(app.engine.run_once) == 1 and job_columns(later.id, "dispatch_count") == (1,)
+
+
+def test_wrong_typed_arguments_fail_only_their_job(app: SchedulerApp, recorder: Recorder) -> None:
+    good = due_one_off(app, args=[1])
+    bad = insert_job("system.echo", task_args="abc")  # a JSON string where a list belongs
+    assert run(app.engine.run_once) == 1
+    assert recorder.calls == [("system.echo", (1,), {})]  # never echo('a', 'b', 'c')
+    assert job_columns(good.id, "dispatch_count") == (1,)
+    failed = SchedulerRun.objects.get(job=bad)
+    assert failed.status == RunStatus.FAILED and "task_args holds '\"abc\"', not a list" in failed.error
+    assert job_columns(bad.id, "last_error", "dispatch_failures") == (failed.error, 1)
+
+
+def test_unreadable_next_run_at_does_not_hide_the_next_due_slot(app: SchedulerApp) -> None:
+    later = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)))
+    store_raw("scheduler_job", later.id, "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    assert claims.next_due_at() is None  # unknown: the engine looks again after sync_interval_seconds
+
+
+def dead_engines_claim(app: SchedulerApp) -> tuple[SchedulerJob, claims.Dispatch]:
+    """A due job claimed by an engine that died before sending: its run is pending, its lease expired."""
+    job = due_one_off(app)
+    claim = claims.claim_due("dead-engine", timezone.now(), 10, timedelta(seconds=-1), claims.RetryPolicy(5, 300))
+    (orphan,) = claim.dispatches
+    return job, orphan
+
+
+def test_pending_run_of_a_job_with_unreadable_arguments_is_recorded_failed(
+    app: SchedulerApp, recorder: Recorder
+) -> None:
+    job, orphan = dead_engines_claim(app)
+    # SQLite: a number in a JSON text column cannot be decoded; PostgreSQL's jsonb holds only JSON.
+    store_raw("scheduler_job", job.id, "task_args", 12345 if connection.vendor == "sqlite" else '"abc"')
+    before = timezone.now()
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+    failed = SchedulerRun.objects.get(pk=orphan.run_id)
+    assert (failed.status, failed.claimed_by, failed.lease_expires_at) == (RunStatus.FAILED, None, None)
+    assert "task_args holds" in failed.error
+    last_error, failures, enabled, next_run_at = job_columns(
+        job.id, "last_error", "dispatch_failures", "is_enabled", "next_run_at"
+    )
+    assert (last_error, failures, enabled) == (failed.error, 1, True)  # retried, as a failed send is
+    assert before + timedelta(seconds=4) < next_run_at < timezone.now() + timedelta(seconds=6)
+
+
+def test_pending_run_of_a_job_with_an_unreadable_slot_is_sent(app: SchedulerApp, recorder: Recorder) -> None:
+    job, orphan = dead_engines_claim(app)  # the one-off is finished: its slot is not due again
+    store_raw("scheduler_job", job.id, "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    assert run(app.engine.run_once) == 1 and recorder.names() == ["system.echo"]
+    assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.DISPATCHED
+
+
+def test_outcomes_are_stored_when_the_job_row_became_unreadable(app: SchedulerApp) -> None:
+    sent = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    failing = due_one_off(app)
+    force_due(sent)
+    claim = claims.claim_due("engine-a", timezone.now(), 10, timedelta(minutes=1), claims.RetryPolicy(5, 300))
+    for job_id in (sent.id, failing.id):
+        store_raw("scheduler_job", job_id, "created_at", UNREADABLE_TIMES[connection.vendor][0])
+    now = timezone.now()
+    outcomes = [
+        claims.Outcome(dispatch, now, now, None if dispatch.job_id == sent.id else "ConnectionError: boom")
+        for dispatch in claim.dispatches
+    ]
+    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
+    assert job_columns(sent.id, "dispatch_count", "dispatch_failures") == (1, 0)
+    assert job_columns(failing.id, "dispatch_failures", "last_error", "is_enabled") == (1, "ConnectionError: boom", True)
+    statuses = dict(SchedulerRun.objects.values_list("job_id", "status"))
+    assert statuses == {sent.id: RunStatus.DISPATCHED, failing.id: RunStatus.FAILED}
+
+
+# -- a database that refuses to store outcomes for a while ------------------------------------------------
+
+def refuse_records(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Make ``claims.record`` fail as a database refusing writes would, for ``seconds`` after its first call."""
+    from django.db import OperationalError
+
+    real_record = claims.record
+    calls, deadline = [0], [float("inf")]
+
+    def refusing(*args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            deadline[0] = time.monotonic() + seconds
+        if time.monotonic() < deadline[0]:
+            raise OperationalError("database is locked")
+        real_record(*args)
+
+    monkeypatch.setattr(claims, "record", refusing)
+    return calls
+
+
+def test_sent_outcomes_wait_for_the_database_and_keep_their_leases(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Longer than the old three tries and than the lease; another engine looks for expired leases all along."""
+    sender = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, idle_sleep_seconds=0.05))
+    other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=1))
+    calls = refuse_records(monkeypatch, seconds=2.5)
+    job = due_one_off(sender)
+
+    async def scenario() -> None:
+        await sender.start()
+        for _ in range(40):  # 4 s
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(Exception):  # its own stores are refused too
+                await other.engine.run_once()
+        await sender.stop()
+
+    run(scenario)
+    assert calls[0] > 3
+    assert recorder.names() == ["system.echo"]
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+    assert job_columns(job.id, "dispatch_count") == (1,)
+    assert not [message for message in caplog.messages if "Giving up" in message]
+
+
+def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, idle_sleep_seconds=0.05))
+    refuse_records(monkeypatch, seconds=3600)
+    job = due_one_off(app)
+
+    async def scenario() -> float:
+        await app.start()
+        while not recorder.calls:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await app.stop()
+        return time.monotonic() - started
+
+    assert 1 <= run(scenario) < 5
+    assert "Storing send outcomes at stop failed (try 2); trying again." in caplog.messages
+    assert "Giving up storing send outcomes at stop; their runs are sent again when their leases expire." in (
+        caplog.messages
+    )
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.PENDING  # sent again once its lease expires

@@ -6,8 +6,12 @@ The engines' logs are printed when a test fails.
 """
 
 import signal
+import sqlite3
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,12 +23,16 @@ from django.utils import timezone
 from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig
 from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
 from tests.processes import EngineProcess, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 requires_postgres = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="PostgreSQL only; runs in the PostgreSQL pass of `make test`"
+)
+requires_sqlite = pytest.mark.skipif(
+    connection.vendor != "sqlite", reason="SQLite only; runs in the SQLite pass of `make test`"
 )
 FAST = {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2, "DISPATCH_RETRY_SECONDS": 1}
 
@@ -43,11 +51,12 @@ def engines(tmp_path: Path, sink: Path) -> Iterator[EngineFactory]:
     started: list[EngineProcess] = []
 
     def start(
-        name: str, options: dict[str, Any] | None = None, send_delay: float = 0, arguments: tuple[str, ...] = ()
+        name: str, options: dict[str, Any] | None = None, send_delay: float = 0, arguments: tuple[str, ...] = (),
+        database_user: str | None = None, **env: str,
     ) -> EngineProcess:
         engine = EngineProcess(
-            name, tmp_path, {**FAST, **(options or {})}, arguments=arguments, TEST_SINK=str(sink),
-            TEST_SEND_DELAY=str(send_delay),
+            name, tmp_path, {**FAST, **(options or {})}, arguments=arguments, database_user=database_user,
+            TEST_SINK=str(sink), TEST_SEND_DELAY=str(send_delay), **env,
         ).start()
         started.append(engine)
         return engine
@@ -212,6 +221,169 @@ def test_dropped_database_connections_are_reopened(
     if health_checks == "off":  # without Django's health check the broken connection surfaces once
         assert "Scheduler engine iteration failed; retrying." in engine.log()
     assert len(sends(sink)) == 1
+
+
+# -- database outages after a send: each slot still goes out once --------------------------------------------
+#
+# The engine sends a batch slowly; when the first sends reach the sink the database goes away for longer
+# than a lease (and than the three tries after which the engine used to give up), then comes back.
+
+# 20 slots at 0.1 s each, two at a time: a second of sending. A short idle sleep makes the failed ticks'
+# backoff short, so the engine tries to store many times during the outage.
+SLOW_BATCH = {"DISPATCH_CONCURRENCY": 2, "IDLE_SLEEP_SECONDS": 0.05}
+OUTAGE_SECONDS = 4
+
+
+def sending_a_batch(engine: EngineProcess, app: SchedulerApp, sink: Path) -> list[str]:
+    """Schedule 20 due slots at once and wait until the engine has begun sending them."""
+    with transaction.atomic():
+        job_ids = schedule_due(app, 20)
+    wait_until(lambda: bool(sends(sink)), timeout=30, what=f"{engine.name} to start sending")
+    return job_ids
+
+
+def assert_sent_once(job_ids: list[str], sink: Path) -> None:
+    wait_until(lambda: all_dispatched(len(job_ids)), timeout=60, what="every run to be recorded dispatched")
+    run_ids = assert_each_slot_dispatched_once(job_ids)
+    assert sends(sink) == Counter({run_id: 1 for run_id in run_ids}), "a slot was sent more than once"
+
+
+def terminate_backends(application_name: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+            [application_name],
+        )
+        return cursor.fetchone()[0]
+
+
+def sql(statement: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+
+
+@pytest.fixture
+def cut_off_role() -> Iterator[str]:
+    """A login role of its own for the engine a test cuts off (set up before the engines, so it outlives them)."""
+    role = "engine-cut-off"
+    sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    yield role
+    sql(f'ALTER ROLE "{role}" NOLOGIN')
+    terminate_backends(role)
+    sql(f'DROP ROLE "{role}"')
+
+
+@contextmanager
+def cut_off(engine: EngineProcess, role: str) -> Iterator[None]:
+    """Cut the engine's connections again and again, and refuse its new ones, until the block ends.
+
+    Terminating backends alone is no outage: a new connection commits within a millisecond or
+    two, before the next terminate finds it.
+    """
+    done = threading.Event()
+
+    def cut() -> None:
+        try:
+            while not done.wait(0.02):
+                terminate_backends(engine.name)
+        finally:
+            connection.close()  # this thread's own connection
+
+    sql(f'ALTER ROLE "{role}" NOLOGIN')
+    cutter = threading.Thread(target=cut)
+    cutter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        cutter.join()
+        sql(f'ALTER ROLE "{role}" LOGIN')
+
+
+@requires_sqlite
+def test_sqlite_write_lock_after_a_send_costs_no_repeated_send(
+    engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    engine = engines("engine-locked-out", SLOW_BATCH, send_delay=0.1, SQLITE_TIMEOUT_SECONDS="0.2")
+    job_ids = sending_a_batch(engine, app, sink)
+    locker = sqlite3.connect(connection.settings_dict["NAME"], timeout=10, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")  # SQLite's one write lock: every write of the engine waits, then fails
+        time.sleep(OUTAGE_SECONDS)
+        assert "database is locked" in engine.log()
+    finally:
+        locker.close()
+    assert_sent_once(job_ids, sink)
+
+
+@requires_postgres
+def test_postgres_refusing_writes_after_a_send_costs_no_repeated_send(
+    engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    engine = engines("engine-read-only", SLOW_BATCH, send_delay=0.1)
+    job_ids = sending_a_batch(engine, app, sink)
+    database = connection.ops.quote_name(connection.settings_dict["NAME"])
+    with connection.cursor() as cursor:
+        cursor.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
+    try:
+        terminate_backends(engine.name)  # its new sessions are read-only
+        time.sleep(OUTAGE_SECONDS)
+        assert "read-only transaction" in engine.log()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
+        terminate_backends(engine.name)
+    assert_sent_once(job_ids, sink)
+
+
+@requires_postgres
+def test_postgres_connections_cut_again_and_again_cost_no_repeated_send(
+    cut_off_role: str, engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    engine = engines("engine-cut-off", SLOW_BATCH, send_delay=0.1, database_user=cut_off_role)
+    job_ids = sending_a_batch(engine, app, sink)
+    with cut_off(engine, cut_off_role):
+        time.sleep(OUTAGE_SECONDS)
+        assert "terminating connection due to administrator command" in engine.log()
+    assert_sent_once(job_ids, sink)
+
+
+@requires_postgres
+def test_another_engine_leaves_alone_what_an_engine_cut_off_for_less_than_a_lease_has_sent(
+    cut_off_role: str, engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    lease = {"CLAIM_TTL_SECONDS": 2 * OUTAGE_SECONDS}  # renewed each 0.8 s: the outage is half a lease
+    first = engines("engine-cut-off", {**SLOW_BATCH, **lease}, send_delay=0.1, database_user=cut_off_role)
+    job_ids = sending_a_batch(first, app, sink)
+    with cut_off(first, cut_off_role):
+        started = time.monotonic()
+        second = engines("engine-looking-on", lease)  # starts during the outage, looks for expired leases
+        time.sleep(max(OUTAGE_SECONDS - (time.monotonic() - started), 0))
+    assert_sent_once(job_ids, sink)
+    assert "Re-sending runs left pending" not in second.log()
+
+
+# -- one unreadable job row ---------------------------------------------------------------------------------
+
+def test_an_unreadable_job_row_costs_only_that_row(engines: EngineFactory, app: SchedulerApp, sink: Path) -> None:
+    engine = engines("engine-bad-row", {"DISPATCH_RETRY_SECONDS": 60})
+    bad_values = UNREADABLE_TIMES[connection.vendor]
+    with transaction.atomic():
+        good = schedule_due(app, 3)
+        bad = schedule_due(app, len(bad_values))
+        for job_id, value in zip(bad, bad_values):
+            store_raw("scheduler_job", job_id, "next_run_at", value)
+    wait_until(lambda: all_dispatched(len(good)), timeout=30, what="the good jobs")
+    for job_id, value in zip(bad, bad_values):
+        (failed,) = SchedulerRun.objects.filter(job_id=job_id)
+        assert failed.status == RunStatus.FAILED and "next_run_at" in failed.error and repr(value) in failed.error
+        assert SchedulerJob.objects.filter(pk=job_id).values_list("last_error", "dispatch_failures").get() == (
+            failed.error, 1
+        )
+        assert f"ERROR django_taskiq_beat.engine Scheduler job {job_id} failed before sending" in engine.log()
+    (later,) = schedule_due(app, 1)
+    wait_until(lambda: SchedulerJob.objects.get(pk=later).dispatch_count == 1, timeout=30, what="a job created later")
+    assert len(sends(sink)) == len(good) + 1
 
 
 # -- the command's errors ------------------------------------------------------------------------------------------

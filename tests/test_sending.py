@@ -22,6 +22,21 @@ def test_error_text_names_the_chain_and_drops_nul_bytes() -> None:
     assert text == "RuntimeError: send failed <- caused by ConnectionError: refused"
 
 
+@pytest.mark.django_db
+def test_error_text_is_storable_on_every_backend() -> None:
+    from django.utils import timezone
+
+    from django_taskiq_beat.models import SchedulerJob
+
+    undecodable = b"caf\xe9".decode("utf-8", "surrogateescape")  # bytes that were not UTF-8, as an OS error carries
+    text = sending.describe_error(OSError(f"cannot open {undecodable}\x00"))
+    assert text == "OSError: cannot open caf\\udce9"
+    now = timezone.now()
+    job = SchedulerJob.objects.create(task_name="t", kind="one_off", strategy="one_off", created_at=now, updated_at=now)
+    SchedulerJob.objects.filter(pk=job.pk).update(last_error=text)
+    assert SchedulerJob.objects.get(pk=job.pk).last_error == text
+
+
 def test_a_finished_async_caller_is_not_taken_for_a_running_one() -> None:
     async def caller() -> None:
         await sync_to_async(lambda: None)()  # leaves asgiref's thread-local behind
