@@ -4,6 +4,7 @@ Names that need Django's models (``SchedulerApp``, ``get_scheduler_app``) load o
 first access, so importing this package is safe before the app registry is ready.
 """
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from django_taskiq_beat.chains import (
@@ -22,6 +23,11 @@ from django_taskiq_beat.triggers import (
     OneOffSchedule,
     PeriodicSchedule,
 )
+
+try:
+    __version__ = version("django-taskiq-beat")  # pyproject.toml's, the one place it is written
+except PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from django_taskiq_beat.app import SchedulerApp, get_scheduler_app

@@ -17,7 +17,7 @@ from taskiq import AsyncBroker
 from django_taskiq_beat.builders import ChainScheduleBuilder, SingleScheduleBuilder
 from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orchestrator
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
-from django_taskiq_beat.engine import SchedulerEngine, SchedulerHealthSnapshot
+from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 from django_taskiq_beat.payloads import require_text
@@ -54,7 +54,7 @@ class SchedulerApp:
             raise ImproperlyConfigured(f"broker={broker!r} is not a taskiq broker.")
         self.broker = broker
         self.config = config if config is not None else SchedulerConfig.from_settings()
-        self.engine = SchedulerEngine(broker, self.config)
+        self.engine = BeatEngine(broker, self.config)
         register_chain_orchestrator(broker)
 
     async def start(self) -> None:

@@ -38,17 +38,20 @@ class SchedulerConfig:
     dispatch_concurrency: int = 32
     dispatch_batch_size: int = 256
     record_runs: bool = True
-    run_history_retention_days: int | None = None
+    run_history_retention_days: int | None = 30  # None keeps all: a 5-second job adds 17,000 rows a day
     run_cleanup_interval_seconds: float = 3600.0
     completed_job_retention_days: int | None = None
     job_cleanup_interval_seconds: float = 3600.0
     stale_run_seconds: float = 3600.0
+    heartbeat_seconds: float = 5.0
+    engine_dead_after_seconds: float = 15.0
     default_timezone: str | None = None  # None: settings.TIME_ZONE (UTC without settings)
 
     def __post_init__(self) -> None:
         require_text("scheduler_id", self.scheduler_id, max_length=128, allow_blank=False)
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
-                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds"):
+                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds",
+                     "heartbeat_seconds", "engine_dead_after_seconds"):
             require_number(name, getattr(self, name), minimum=0, inclusive=False, maximum=MAX_SECONDS)
         for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds"):
             require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True, maximum=MAX_SECONDS)
@@ -58,6 +61,11 @@ class SchedulerConfig:
             if getattr(self, name) is not None:
                 require_number(name, getattr(self, name), minimum=0, inclusive=True, integer=True, maximum=_MAX_DAYS)
         require_number("claim_ahead_seconds", self.claim_ahead_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
+        if self.engine_dead_after_seconds <= self.heartbeat_seconds:
+            raise SchedulerValidationError(
+                "engine_dead_after_seconds", self.engine_dead_after_seconds,
+                "Must be longer than heartbeat_seconds (three heartbeats is a good margin).",
+            )
         if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
             raise SchedulerValidationError(
                 "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,

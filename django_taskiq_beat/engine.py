@@ -106,7 +106,7 @@ def _close_connection() -> None:
     connection.close()
 
 
-class SchedulerEngine:
+class BeatEngine:
     """Claims due slots and sends them; any number of engines may share a database."""
 
     def __init__(self, broker: AsyncBroker, config: SchedulerConfig) -> None:

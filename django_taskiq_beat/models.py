@@ -207,3 +207,55 @@ class SchedulerRun(models.Model):
         if self.started_at is None or self.completed_at is None:
             return None
         return self.completed_at - self.started_at
+
+
+class EngineState(models.TextChoices):
+    """What an operator sees of an engine: derived from its heartbeat, never stored."""
+
+    ALIVE = "alive", "alive"
+    DEAD = "dead", "dead"  # no heartbeat for ENGINE_DEAD_AFTER_SECONDS: killed, frozen or cut off
+    STOPPED = "stopped", "stopped"  # exited cleanly
+
+
+class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
+    def alive(self, now: datetime, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+        return self.filter(stopped_at__isnull=True, heartbeat_at__gte=now - dead_after)
+
+    def gone(self, now: datetime, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+        """Engines that stopped or whose heartbeat is older than ``dead_after``: their claims are free."""
+        return self.filter(models.Q(stopped_at__isnull=False) | models.Q(heartbeat_at__lt=now - dead_after))
+
+
+class SchedulerEngine(models.Model):
+    """One ``run_taskiq_beat`` process (or any started ``SchedulerApp``), as its heartbeats tell.
+
+    The id is the engine's ``scheduler_id``, which its claims and leases carry. The counters
+    are the engine's own since it started, written with each heartbeat.
+    """
+
+    id = models.CharField(primary_key=True, max_length=128)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    version = models.CharField(max_length=64)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    dispatched_count = models.PositiveBigIntegerField(default=0)
+    failed_dispatch_count = models.PositiveBigIntegerField(default=0)
+    recovered_run_count = models.PositiveBigIntegerField(default=0)
+    claim_conflict_count = models.PositiveBigIntegerField(default=0)
+
+    objects = SchedulerEngineQuerySet.as_manager()
+
+    class Meta:
+        db_table = "scheduler_engine"
+        verbose_name = "scheduler engine"
+        ordering = ("-heartbeat_at",)
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.hostname}:{self.pid})"
+
+    def state(self, now: datetime, dead_after: timedelta) -> EngineState:
+        if self.stopped_at is not None:
+            return EngineState.STOPPED
+        return EngineState.ALIVE if self.heartbeat_at >= now - dead_after else EngineState.DEAD

@@ -21,7 +21,9 @@ def test_defaults_follow_the_reference() -> None:
     assert (config.sync_interval_seconds, config.idle_sleep_seconds, config.claim_ttl_seconds) == (1.0, 0.2, 60)
     assert (config.dispatch_retry_seconds, config.dispatch_concurrency, config.dispatch_batch_size) == (5, 32, 256)
     assert config.record_runs is True
-    assert (config.run_history_retention_days, config.completed_job_retention_days) == (None, None)
+    # History is bounded by default (the design's wave 2): the reference keeps it forever.
+    assert (config.run_history_retention_days, config.completed_job_retention_days) == (30, None)
+    assert (config.heartbeat_seconds, config.engine_dead_after_seconds) == (5.0, 15.0)
     assert (config.run_cleanup_interval_seconds, config.job_cleanup_interval_seconds) == (3600.0, 3600.0)
     assert SchedulerConfig().scheduler_id != config.scheduler_id
 
@@ -39,7 +41,7 @@ def test_config_is_frozen() -> None:
         ("dispatch_batch_size", "10"), ("record_runs", 1), ("run_history_retention_days", -1),
         ("completed_job_retention_days", 2.0), ("run_cleanup_interval_seconds", float("inf")),
         ("default_timezone", "Nowhere/Special"), ("claim_ahead_seconds", -0.1), ("dispatch_timeout_seconds", 0),
-        ("dispatch_retry_max_seconds", 1),
+        ("dispatch_retry_max_seconds", 1), ("heartbeat_seconds", 0), ("engine_dead_after_seconds", 5.0),
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: Any) -> None:
