@@ -24,6 +24,7 @@ from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware
 
 logger = logging.getLogger("django_taskiq_beat.app")
+_MAX_NOTE_LENGTH = 1000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -113,9 +114,15 @@ class SchedulerApp:
         except SchedulerJob.DoesNotExist:
             raise JobNotFoundError(job_id) from None
 
-    def pause(self, job_id: str) -> SchedulerJob:
-        """Stop the job until it is resumed; its pending slot is dropped."""
-        return self._change(job_id, "Scheduler job paused.", lambda job, now: job.disarm())
+    def pause(self, job_id: str, note: str | None = None) -> SchedulerJob:
+        """Stop the job until it is resumed; its pending slot is dropped.
+
+        ``paused_at`` records when, and ``note`` (stored as ``pause_note``) why; pausing a
+        paused job keeps when it began and replaces the note if one is given.
+        """
+        if note is not None:
+            require_text("note", note, max_length=_MAX_NOTE_LENGTH)
+        return self._change(job_id, "Scheduler job paused.", lambda job, now: job.disarm(now, note))
 
     def resume(self, job_id: str) -> SchedulerJob:
         """Re-enable the job on its next slot from now; a finished job stays finished."""
@@ -174,12 +181,14 @@ def _job_id(job_id: Any) -> str:
 
 
 def _resume(job: SchedulerJob, now: datetime) -> None:
+    job.unpause()
     if not job.is_finished:
         job.arm(now)
 
 
 def _run_now(job: SchedulerJob, now: datetime) -> None:
     job.is_enabled, job.next_run_at, job.finished_at = True, now, None
+    job.unpause()
     job.release_claim()
 
 

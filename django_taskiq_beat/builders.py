@@ -66,6 +66,7 @@ def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
 _UPSERT_FIELDS = (
     "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
     "metadata_payload", "is_enabled", "next_run_at", "finished_at", "claimed_by", "claimed_at", "claim_expires_at",
+    "paused_at", "pause_note",
 )
 
 
@@ -187,10 +188,12 @@ class ScheduleBuilder:
         )
         if job_id is not None:
             job.id = job_id
-        if is_enabled and not isinstance(trigger, ImmediateDispatch):
+        if isinstance(trigger, ImmediateDispatch):
+            job.is_enabled = False  # sent at once, then finished: never due, and not paused either
+        elif is_enabled:
             job.arm(now)
         else:
-            job.disarm()
+            job.disarm(now)
         job.save(force_insert=True)
         return job
 
@@ -266,7 +269,7 @@ class ScheduleBuilder:
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
         job.metadata_payload, job.name, job.description = call.metadata, name, description
         if is_enabled is False:
-            job.disarm()
+            job.disarm(now)
         elif job.is_finished:
             if trigger_changed:
                 job.arm(now)

@@ -107,6 +107,8 @@ class SchedulerJob(models.Model):
         default=0, db_default=0, help_text="Runs in a row that the worker reported failed."
     )
     finished_at = models.DateTimeField(null=True, blank=True)
+    paused_at = models.DateTimeField(null=True, blank=True, help_text="When an operator paused the job.")
+    pause_note = models.TextField(null=True, blank=True, help_text="Why it was paused, as the operator said.")
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -148,13 +150,21 @@ class SchedulerJob(models.Model):
         self.next_run_at = next_slot(self.trigger, now, self.created_at)
         self.is_enabled = self.next_run_at is not None
         self.finished_at = None if self.is_enabled else (self.finished_at or now)
+        self.unpause()
         self.release_claim()
 
-    def disarm(self) -> None:
-        """Stop the job without finishing it: no slot until it is resumed."""
+    def disarm(self, now: datetime, note: str | None = None) -> None:
+        """Pause the job without finishing it: no slot until it is resumed."""
+        if self.is_enabled or self.paused_at is None:  # pausing again keeps when it began
+            self.paused_at = now
+        if note is not None or self.is_enabled:
+            self.pause_note = note
         self.is_enabled = False
         self.next_run_at = None
         self.release_claim()
+
+    def unpause(self) -> None:
+        self.paused_at = self.pause_note = None
 
     def release_claim(self) -> None:
         self.claimed_by = self.claimed_at = self.claim_expires_at = None

@@ -454,3 +454,39 @@ def test_unchanged_upsert_writes_nothing(app: SchedulerApp, call: Call) -> None:
     first = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="same", name="Same")
     again = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="same", name="Same")
     assert SchedulerJob.objects.get(pk="same").updated_at == first.updated_at == again.updated_at
+
+
+# -- pause notes ---------------------------------------------------------------------------------------
+
+def test_pause_records_when_and_why_and_resume_clears_it(app: SchedulerApp, call: Call) -> None:
+    job = call(app.single(task="system.echo"), "schedule", HOURLY)
+    paused = call(app, "pause", job.id, note="Disk full on the reports host")
+    assert (paused.is_enabled, paused.pause_note) == (False, "Disk full on the reports host")
+    began = paused.paused_at
+    assert began is not None and SchedulerJob.objects.get(pk=job.id).paused_at == began
+    again = call(app, "pause", job.id)  # no note: the reason given stays
+    assert (again.paused_at, again.pause_note) == (began, "Disk full on the reports host")
+    renoted = call(app, "pause", job.id, note="Waiting for the vendor")
+    assert (renoted.paused_at, renoted.pause_note) == (began, "Waiting for the vendor")
+    resumed = call(app, "resume", job.id)
+    assert (resumed.is_enabled, resumed.paused_at, resumed.pause_note) == (True, None, None)
+
+
+def test_run_now_of_a_paused_job_clears_the_pause(app: SchedulerApp, call: Call) -> None:
+    job = call(app.single(task="system.echo"), "schedule", HOURLY)
+    call(app, "pause", job.id, note="later")
+    ran = call(app, "run_now", job.id)
+    assert (ran.is_enabled, ran.paused_at, ran.pause_note) == (True, None, None)
+
+
+def test_created_disabled_is_paused_and_an_immediate_job_is_not(app: SchedulerApp) -> None:
+    assert app.single(task="system.echo").schedule(HOURLY, is_enabled=False).paused_at is not None
+    assert app.single(task="system.echo").schedule().paused_at is None
+
+
+@pytest.mark.parametrize("note", ["a\x00b", "x" * 1001, 42])
+def test_a_bad_pause_note_is_refused_and_the_job_stays_enabled(app: SchedulerApp, call: Call, note: Any) -> None:
+    job = call(app.single(task="system.echo"), "schedule", HOURLY)
+    with pytest.raises(SchedulerValidationError) as caught:
+        call(app, "pause", job.id, note=note)
+    assert caught.value.field == "note" and SchedulerJob.objects.get(pk=job.id).is_enabled
