@@ -5,7 +5,7 @@ through raw row edits, so the rules of the API and the engine's wake-ups apply.
 Everything shown is escaped (``format_html``).
 """
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,8 +27,17 @@ from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.forms import SchedulerJobForm
-from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerJob, SchedulerRun
-from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
+from django_taskiq_beat.health import live_engines
+from django_taskiq_beat.models import (
+    EngineState,
+    JobState,
+    RunOutcome,
+    RunStatus,
+    SchedulerEngine,
+    SchedulerJob,
+    SchedulerRun,
+)
+from django_taskiq_beat.describe import describe_schedule, local_time, next_fire_times, relative_time, trigger_problem
 
 RECENT_RUNS = 20
 _RUN_COLOURS = {RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e"}
@@ -41,78 +50,9 @@ _STATE_COLOURS = {
 }
 
 
-# -- how a job's schedule reads ------------------------------------------------------------------
-
-def _local(moment: datetime) -> str:
-    try:
-        return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
-    except OverflowError:  # a time at the calendar's edge, stored before it was refused
-        return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _change_url(model: type[Any], pk: str) -> str:
     """The admin page of a row, its id quoted as the admin quotes ids ('/', '_', '%' ...)."""
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
-
-
-def _interval_text(interval: IntervalTrigger) -> str:
-    for unit in ("days", "hours", "minutes", "seconds"):
-        value = getattr(interval, unit)
-        if value is not None:
-            return f"every {unit[:-1]}" if value == 1 else f"every {value:g} {unit}"
-    return "every ?"
-
-
-def _trigger_problem(job: SchedulerJob) -> str | None:
-    """Why the job's stored trigger cannot be read, or None."""
-    try:
-        job.trigger
-    except SchedulerValidationError as exc:
-        return str(exc)
-    return None
-
-
-def describe_schedule(job: SchedulerJob) -> str:
-    """'every 5 minutes', 'cron 0 */5 * * * * (Europe/Berlin)', 'once at ...', 'chain of 3 steps, ...'."""
-    try:
-        trigger = job.trigger
-    except Exception:
-        return f"unreadable {job.strategy} trigger"
-    if isinstance(trigger, ImmediateDispatch):
-        text = "immediately"
-    elif isinstance(trigger, OneOffSchedule):
-        text = f"once at {_local(trigger.run_at)}"
-    else:
-        assert isinstance(trigger, PeriodicSchedule)
-        if trigger.interval is not None:
-            text = _interval_text(trigger.interval)
-        else:
-            assert trigger.crontab is not None
-            text = f"cron {trigger.crontab.expression} ({trigger.crontab.timezone or 'default timezone'})"
-        if trigger.start_at:
-            text += f", from {_local(trigger.start_at)}"
-        if trigger.end_at:
-            text += f", until {_local(trigger.end_at)}"
-    if job.task_name == CHAIN_ORCHESTRATOR_TASK_NAME:
-        steps = len(job.task_kwargs.get("steps") or [])
-        text = f"chain of {steps} step{'' if steps == 1 else 's'}, {text}"
-    return text
-
-
-def next_fire_times(job: SchedulerJob, count: int = 5) -> list[datetime]:
-    """The job's next slots from its stored next run (or from now), for the preview."""
-    try:
-        trigger = job.trigger
-    except Exception:
-        return []
-    if not isinstance(trigger, PeriodicSchedule):
-        return [job.next_run_at] if job.next_run_at else []
-    times: list[datetime] = []
-    current = job.next_run_at or trigger.next_after(timezone.now(), job.created_at)
-    while current is not None and len(times) < count:
-        times.append(current)
-        current = trigger.next_after(current, job.created_at)
-    return times
 
 
 # -- filters ------------------------------------------------------------------------------------------
@@ -190,6 +130,18 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         ("Recent runs", {"fields": ("recent_runs_table",)}),
     )
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        if request.method == "GET":
+            config = get_scheduler_app().config
+            dead_after = timedelta(seconds=config.engine_dead_after_seconds)
+            if not live_engines(timezone.now(), dead_after):
+                self.message_user(
+                    request, f"No scheduler engine is alive (none has sent a heartbeat in the last"
+                    f" {dead_after.total_seconds():g} s): nothing is being sent. Start manage.py run_taskiq_beat.",
+                    messages.WARNING,
+                )
+        return super().changelist_view(request, extra_context)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerJob]:
         recent = SchedulerRun.objects.order_by("-scheduled_for").only(
             "id", "job_id", "status", "outcome", "scheduled_for", "dispatched_at", "error"
@@ -227,7 +179,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
     ) -> HttpResponse:
         if request.method == "GET":
             job = self.get_object(request, object_id)
-            problem = job is not None and _trigger_problem(job)
+            problem = job is not None and trigger_problem(job)
             if problem:
                 self.message_user(
                     request, f"The stored schedule of this job cannot be read ({problem}). Choose a schedule and"
@@ -290,7 +242,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
             return "–"
         moment = job.next_run_at
         relative = f"in {timeuntil(moment)}" if moment > timezone.now() else f"due {timesince(moment)} ago"
-        return format_html("{}<br><small>{}</small>", _local(moment), relative)
+        return format_html("{}<br><small>{}</small>", local_time(moment), relative)
 
     @admin.display(description="last run")
     def last_run(self, job: SchedulerJob) -> str:
@@ -299,14 +251,14 @@ class SchedulerJobAdmin(admin.ModelAdmin):
             return "–"
         run = runs[0]
         colour, label = _run_colour_and_label(run)
-        return format_html('{}<br><small style="color: {}">{}</small>', _local(run.scheduled_for), colour, label)
+        return format_html('{}<br><small style="color: {}">{}</small>', local_time(run.scheduled_for), colour, label)
 
     @admin.display(description=f"last {RECENT_RUNS} runs")
     def recent_runs_strip(self, job: SchedulerJob) -> str:
         cells = format_html_join(
             "", '<span title="{} {}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
                 '</span>',
-            ((_run_colour_and_label(run)[1], _local(run.scheduled_for), _run_colour_and_label(run)[0])
+            ((_run_colour_and_label(run)[1], local_time(run.scheduled_for), _run_colour_and_label(run)[0])
              for run in reversed(_recent(job))),
         )
         return format_html('<span style="white-space: nowrap">{}</span>', cells)
@@ -316,7 +268,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         times = next_fire_times(job)
         if not times:
             return "–"
-        return format_html_join(mark_safe("<br>"), "{}", ((_local(moment),) for moment in times))
+        return format_html_join(mark_safe("<br>"), "{}", ((local_time(moment),) for moment in times))
 
     @admin.display(description="chain steps")
     def chain_steps(self, job: SchedulerJob) -> str:
@@ -338,9 +290,9 @@ class SchedulerJobAdmin(admin.ModelAdmin):
             return "No runs yet."
         rows = format_html_join(
             "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((_change_url(SchedulerRun, run.pk), _local(run.scheduled_for),
+            ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for),
               _RUN_COLOURS[run.status], run.get_status_display(),
-              _local(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
+              local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
              for run in runs),
         )
         history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
@@ -466,11 +418,11 @@ class SchedulerRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="scheduled for", ordering="scheduled_for")
     def scheduled_time(self, run: SchedulerRun) -> str:
-        return _local(run.scheduled_for)  # to the second: jobs run every few seconds
+        return local_time(run.scheduled_for)  # to the second: jobs run every few seconds
 
     @admin.display(description="dispatched at", ordering="dispatched_at")
     def dispatched_time(self, run: SchedulerRun) -> str:
-        return _local(run.dispatched_at) if run.dispatched_at else "–"
+        return local_time(run.dispatched_at) if run.dispatched_at else "–"
 
     @admin.display(description="job", ordering="job__name")
     def job_link(self, run: SchedulerRun) -> str:
@@ -497,8 +449,8 @@ class SchedulerRunAdmin(admin.ModelAdmin):
         if run.started_at is None or run.outcome != RunOutcome.RUNNING:
             return "–"
         if timezone.now() - run.started_at > timedelta(seconds=get_scheduler_app().config.stale_run_seconds):
-            return format_html('<strong style="color: #c62828">stale</strong>: running since {}', _local(run.started_at))
-        return f"running since {_local(run.started_at)}"
+            return format_html('<strong style="color: #c62828">stale</strong>: running since {}', local_time(run.started_at))
+        return f"running since {local_time(run.started_at)}"
 
     @admin.display(description="error")
     def short_error(self, run: SchedulerRun) -> str:
@@ -520,3 +472,67 @@ class SchedulerRunAdmin(admin.ModelAdmin):
             "<th>error</th></tr>{}</table><p>{}</p>",
             progress.get("status"), progress.get("chain_attempt"), rows, outcome,
         )
+
+
+# -- engines ------------------------------------------------------------------------------------------
+
+_ENGINE_COLOURS = {EngineState.ALIVE: "#2e7d32", EngineState.DEAD: "#c62828", EngineState.STOPPED: "#616161"}
+
+
+def _dead_after() -> timedelta:
+    return timedelta(seconds=get_scheduler_app().config.engine_dead_after_seconds)
+
+
+class EngineStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return list(EngineState.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerEngine]) -> QuerySet[SchedulerEngine]:
+        now, dead_after = timezone.now(), _dead_after()
+        match self.value():
+            case EngineState.ALIVE:
+                return queryset.alive(now, dead_after)  # type: ignore[attr-defined]
+            case EngineState.STOPPED:
+                return queryset.filter(stopped_at__isnull=False)
+            case EngineState.DEAD:
+                return queryset.filter(stopped_at__isnull=True, heartbeat_at__lt=now - dead_after)
+        return queryset
+
+
+@admin.register(SchedulerEngine)
+class SchedulerEngineAdmin(admin.ModelAdmin):
+    """The engines as their heartbeats tell: read-only, written by the engines themselves."""
+
+    list_display = (
+        "id", "state_badge", "hostname", "pid", "version", "heartbeat", "started_at", "stopped_at",
+        "dispatched_count", "failed_dispatch_count", "recovered_run_count", "claim_conflict_count",
+    )
+    list_filter = (EngineStateFilter, "hostname")
+    search_fields = ("id", "hostname")
+    ordering = ("-heartbeat_at",)
+    readonly_fields = list_display
+    fields = readonly_fields
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SafeChangeList
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: SchedulerEngine | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: SchedulerEngine | None = None) -> bool:
+        return False  # engines prune their own old rows
+
+    @admin.display(description="state")
+    def state_badge(self, engine: SchedulerEngine) -> str:
+        state = engine.state(timezone.now(), _dead_after())
+        return format_html('<strong style="color: {}">{}</strong>', _ENGINE_COLOURS[state], state.label)
+
+    @admin.display(description="last heartbeat", ordering="heartbeat_at")
+    def heartbeat(self, engine: SchedulerEngine) -> str:
+        return format_html("{}<br><small>{}</small>", local_time(engine.heartbeat_at), relative_time(engine.heartbeat_at))
