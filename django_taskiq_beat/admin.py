@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import EmptyResultSet
 from django.db.models import Count, F, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -37,9 +38,18 @@ from django_taskiq_beat.models import (
     SchedulerJob,
     SchedulerRun,
 )
-from django_taskiq_beat.describe import describe_schedule, local_time, next_fire_times, relative_time, trigger_problem
+from django_taskiq_beat.describe import (
+    describe_schedule,
+    dicts_in,
+    local_time,
+    next_fire_times,
+    relative_time,
+    trigger_problem,
+)
 
 RECENT_RUNS = 20
+_LISTED_PROBLEMS = 10
+_UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
 _RUN_COLOURS = {RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e"}
 _OUTCOME_COLOURS = {
     RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
@@ -69,6 +79,17 @@ class SafeChangeList(ChangeList):
             return super().get_filters(request)
         except (ValueError, OverflowError) as exc:
             raise IncorrectLookupParameters(exc) from exc
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
+        """Also refuse a filter value the backend cannot convert, such as a date before year 1 in UTC."""
+        queryset = super().get_queryset(request, exclude_parameters)
+        try:
+            queryset.query.sql_with_params()  # the values are adapted for the database here
+        except EmptyResultSet:
+            pass  # a filter no row can match: an empty page, not an error
+        except (ValueError, OverflowError) as exc:
+            raise IncorrectLookupParameters(exc) from exc
+        return queryset
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -187,13 +208,17 @@ class SchedulerJobAdmin(admin.ModelAdmin):
                 )
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def _shown_read_only(self, request: HttpRequest, obj: SchedulerJob | None) -> bool:
+        """A chain, or any job to a user who may not change it: every column, nothing to edit."""
+        return obj is not None and not self.has_change_permission(request, obj)
+
     def get_fieldsets(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
-        if not self._editable(obj):
+        if self._shown_read_only(request, obj):
             return self.fieldsets
         return self.edit_fieldsets if obj is None else self.edit_fieldsets + self.status_fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
-        if not self._editable(obj):
+        if self._shown_read_only(request, obj):
             return self.readonly_fields
         return () if obj is None else tuple(
             field for _, options in self.status_fieldsets for field in options["fields"]
@@ -201,7 +226,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
 
     def get_form(self, request: HttpRequest, obj: SchedulerJob | None = None, change: bool = False,
                  **kwargs: Any) -> Any:
-        if not self._editable(obj):
+        if self._shown_read_only(request, obj):
             return super().get_form(request, obj, change=change, **{**kwargs, "fields": (), "form": ModelForm})
         form = super().get_form(request, obj, change=change, **kwargs)
         app = get_scheduler_app()
@@ -277,7 +302,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             ((index, step.get("task_name"), step.get("args"), step.get("kwargs"), step.get("max_attempts") or "default")
-             for index, step in enumerate(job.task_kwargs.get("steps") or [])),
+             for index, step in enumerate(dicts_in(job.task_kwargs, "steps"))),
         )
         return format_html(
             "<table><tr><th>#</th><th>task</th><th>args</th><th>kwargs</th><th>attempts</th></tr>{}</table>", rows
@@ -291,7 +316,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         rows = format_html_join(
             "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
             ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for),
-              _RUN_COLOURS[run.status], run.get_status_display(),
+              _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display(),
               local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
              for run in runs),
         )
@@ -318,9 +343,10 @@ class SchedulerJobAdmin(admin.ModelAdmin):
                 continue
             count += 1
         if problems:
+            more = f"; and {len(problems) - _LISTED_PROBLEMS} more" if len(problems) > _LISTED_PROBLEMS else ""
             self.message_user(
                 request, f"{len(problems)} job{'' if len(problems) == 1 else 's'} could not be changed: "
-                + "; ".join(problems), messages.ERROR,
+                + "; ".join(problems[:_LISTED_PROBLEMS]) + more, messages.ERROR,
             )
         return count
 
@@ -370,8 +396,8 @@ class SchedulerJobAdmin(admin.ModelAdmin):
 def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
     """The worker's outcome when it reported one, else the dispatch status."""
     if run.status == RunStatus.DISPATCHED and run.outcome:
-        return _OUTCOME_COLOURS[run.outcome], run.get_outcome_display()
-    return _RUN_COLOURS[run.status], run.get_status_display()
+        return _OUTCOME_COLOURS.get(run.outcome, _UNKNOWN_COLOUR), run.get_outcome_display()
+    return _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
 
 
 def _recent(job: SchedulerJob) -> list[SchedulerRun]:
@@ -430,7 +456,9 @@ class SchedulerRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: SchedulerRun) -> str:
-        return format_html('<strong style="color: {}">{}</strong>', _RUN_COLOURS[run.status], run.get_status_display())
+        return format_html(
+            '<strong style="color: {}">{}</strong>', _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
+        )
 
     @admin.display(description="lag")
     def lag(self, run: SchedulerRun) -> str:
@@ -438,7 +466,7 @@ class SchedulerRunAdmin(admin.ModelAdmin):
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, run: SchedulerRun) -> str:
-        return format_html('<strong style="color: {}">{}</strong>', _OUTCOME_COLOURS[run.outcome],
+        return format_html('<strong style="color: {}">{}</strong>', _OUTCOME_COLOURS.get(run.outcome, _UNKNOWN_COLOUR),
                            run.get_outcome_display())
 
     @admin.display(description="duration")
@@ -459,12 +487,12 @@ class SchedulerRunAdmin(admin.ModelAdmin):
     @admin.display(description="chain progress")
     def chain_progress(self, run: SchedulerRun) -> str:
         progress = run.progress
-        if not progress:
+        if not isinstance(progress, dict) or not progress:
             return "–"
         rows = format_html_join(
             "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             ((index, step.get("task_name"), step.get("status"), step.get("attempts"), step.get("error") or "")
-             for index, step in enumerate(progress.get("steps") or [])),
+             for index, step in enumerate(dicts_in(progress, "steps"))),
         )
         outcome = progress.get("error") or progress.get("result") or ""
         return format_html(

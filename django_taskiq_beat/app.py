@@ -19,7 +19,7 @@ from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orche
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
-from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import UNREADABLE_ERRORS, SchedulerJob, SchedulerRun, unreadable_job
 from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware
 
@@ -113,6 +113,8 @@ class SchedulerApp:
             return SchedulerJob.objects.get(pk=_job_id(job_id))
         except SchedulerJob.DoesNotExist:
             raise JobNotFoundError(job_id) from None
+        except UNREADABLE_ERRORS as exc:
+            raise unreadable_job(job_id, exc) from None
 
     def pause(self, job_id: str, note: str | None = None) -> SchedulerJob:
         """Stop the job until it is resumed; its pending slot is dropped.
@@ -135,7 +137,7 @@ class SchedulerApp:
     def delete(self, job_id: str) -> None:
         """Delete the job and its run history."""
         with transaction.atomic():
-            job = self._locked(job_id)
+            job = self._locked(job_id, "id", "task_name")  # a row with unreadable columns can still go
             job.delete()
             self.job_changed()
         logger.info("Scheduler job deleted.", extra={"job_id": job_id, "task_name": job.task_name})
@@ -157,8 +159,8 @@ class SchedulerApp:
     adelete = _async_twin(delete)
     apurge_runs = _async_twin(purge_runs)
 
-    def _locked(self, job_id: str) -> SchedulerJob:
-        job = SchedulerJob.objects.locked(_job_id(job_id))
+    def _locked(self, job_id: str, *fields: str) -> SchedulerJob:
+        job = SchedulerJob.objects.locked(_job_id(job_id), *fields)
         if job is None:
             raise JobNotFoundError(job_id)
         return job

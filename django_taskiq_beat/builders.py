@@ -8,14 +8,16 @@ is sent through the broker as soon as the row is committed (inside an outer
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 from asgiref.sync import sync_to_async
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
@@ -46,16 +48,25 @@ UNSET: Final = _Unset()
 """``upsert(is_enabled=UNSET)``: keep the job's current enabled state."""
 
 _MAX_ID_LENGTH = SchedulerJob._meta.get_field("id").max_length
+_RECORD_PATIENCE_SECONDS = 5.0
 _MAX_NAME_LENGTH = SchedulerJob._meta.get_field("name").max_length
 
 
-def _check_identity(job_id: Any, name: Any, description: Any) -> None:
-    if job_id is not None:
-        require_text("job_id", job_id, max_length=_MAX_ID_LENGTH, allow_blank=False)
-    if name is not None:
-        require_text("name", name, max_length=_MAX_NAME_LENGTH)
-    if description is not None:
-        require_text("description", description)
+@dataclass(frozen=True)
+class _Identity:
+    """What names a job, checked and as plain strings."""
+
+    job_id: str | None
+    name: str | None
+    description: str | None
+
+
+def _identity(job_id: Any, name: Any, description: Any) -> _Identity:
+    return _Identity(
+        job_id=None if job_id is None else require_text("job_id", job_id, max_length=_MAX_ID_LENGTH, allow_blank=False),
+        name=None if name is None else require_text("name", name, max_length=_MAX_NAME_LENGTH),
+        description=None if description is None else require_text("description", description),
+    )
 
 
 def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
@@ -95,14 +106,16 @@ class ScheduleBuilder:
 
     # -- validation --------------------------------------------------------------
 
-    def _validated(self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any) -> tuple[Trigger, TaskCall]:
+    def _validated(
+        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any
+    ) -> tuple[Trigger, TaskCall, _Identity]:
         if not isinstance(trigger, ImmediateDispatch | OneOffSchedule | PeriodicSchedule):
             raise SchedulerValidationError(
                 "trigger", trigger, "Expected ImmediateDispatch, OneOffSchedule or PeriodicSchedule."
             )
         if isinstance(trigger, PeriodicSchedule):
             trigger = trigger.with_timezone(self.app.config.default_timezone)
-        _check_identity(job_id, name, description)
+        identity = _identity(job_id, name, description)
         if is_enabled is not UNSET and not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()
@@ -111,7 +124,7 @@ class ScheduleBuilder:
         except UnknownTaskError as exc:
             raise SchedulerValidationError("task", call.task_name, str(exc)) from None
         require_callable_with(task, call.args, call.kwargs, "")
-        return trigger, call
+        return trigger, call, identity
 
     def validate(
         self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None
@@ -153,12 +166,12 @@ class ScheduleBuilder:
         self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool
     ) -> tuple[SchedulerJob, SchedulerRun | None]:
         """Insert the job; returns the run to send now, unless an outer transaction sends it on commit."""
-        trigger, call = self._validated(trigger or ImmediateDispatch(), job_id, name, description, is_enabled)
+        trigger, call, identity = self._validated(trigger or ImmediateDispatch(), job_id, name, description, is_enabled)
         if not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         in_outer_transaction = transaction.get_connection().in_atomic_block
-        with _job_id_free(job_id), transaction.atomic():
-            job = self._insert(trigger, call, job_id, name, description, is_enabled)
+        with _job_id_free(identity.job_id), transaction.atomic():
+            job = self._insert(trigger, call, identity, is_enabled)
             self.app.job_changed()
             pending_run = None
             if isinstance(trigger, ImmediateDispatch):
@@ -176,18 +189,16 @@ class ScheduleBuilder:
         )
         return job, pending_run
 
-    def _insert(
-        self, trigger: Trigger, call: TaskCall, job_id: str | None, name: str | None, description: str | None,
-        is_enabled: bool,
-    ) -> SchedulerJob:
+    def _insert(self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool) -> SchedulerJob:
         now = timezone.now()
         job = SchedulerJob(
-            name=name, description=description, task_name=call.task_name, kind=trigger_kind(trigger),
-            strategy=trigger.strategy, trigger_payload=trigger.to_payload(), task_args=call.args,
-            task_kwargs=call.kwargs, metadata_payload=call.metadata, created_at=now, updated_at=now,
+            name=identity.name, description=identity.description, task_name=call.task_name,
+            kind=trigger_kind(trigger), strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
+            task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, created_at=now,
+            updated_at=now,
         )
-        if job_id is not None:
-            job.id = job_id
+        if identity.job_id is not None:
+            job.id = identity.job_id
         if isinstance(trigger, ImmediateDispatch):
             job.is_enabled = False  # sent at once, then finished: never due, and not paused either
         elif is_enabled:
@@ -219,16 +230,16 @@ class ScheduleBuilder:
             )
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
-        trigger, call = self._validated(trigger, job_id, name, description, is_enabled)
+        trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled)
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    job = SchedulerJob.objects.locked(job_id)
+                    job = SchedulerJob.objects.locked(identity.job_id)
                     created = job is None
                     if job is None:
-                        job = self._insert(trigger, call, job_id, name, description, is_enabled is not False)
+                        job = self._insert(trigger, call, identity, is_enabled is not False)
                     else:
-                        self._update(job, trigger, call, name, description, is_enabled)
+                        self._update(job, trigger, call, identity, is_enabled)
                     self.app.job_changed()
                 break
             except IntegrityError:  # a concurrent upsert created it first: update that row
@@ -252,8 +263,7 @@ class ScheduleBuilder:
         return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled)
 
     def _update(
-        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, name: str | None, description: str | None,
-        is_enabled: bool | _Unset,
+        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset
     ) -> None:
         """Bring the row in line; an upsert that changes nothing writes nothing.
 
@@ -267,7 +277,7 @@ class ScheduleBuilder:
         call_changed = (call.task_name, call.args, call.kwargs) != (job.task_name, job.task_args, job.task_kwargs)
         job.kind, job.strategy, job.trigger_payload = new_trigger
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
-        job.metadata_payload, job.name, job.description = call.metadata, name, description
+        job.metadata_payload, job.name, job.description = call.metadata, identity.name, identity.description
         if is_enabled is False:
             job.disarm(now)
         elif job.is_finished:
@@ -325,17 +335,40 @@ class ScheduleBuilder:
         else:
             logger.error("Immediate dispatch failed.", extra=extra, exc_info=error)
 
+    def _record_patiently(self, job: SchedulerJob, run: SchedulerRun, dispatched_at: Any, error: Exception | None) -> None:
+        """Record the send, trying again through a short database outage.
+
+        The task is already with the broker: a run left pending would be sent again by an
+        engine once its lease expires. After ``_RECORD_PATIENCE_SECONDS`` the error is
+        raised, and that is what happens (at-least-once, with the same task id).
+        """
+        deadline = time.monotonic() + _RECORD_PATIENCE_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                self._record(job, run, dispatched_at, error)
+                return
+            except DatabaseError:
+                if time.monotonic() + pause > deadline:
+                    raise
+                logger.warning(
+                    "Recording an immediate dispatch failed; trying again.", exc_info=True, extra={"job_id": job.id}
+                )
+                connection.close_if_unusable_or_obsolete()
+                time.sleep(pause)
+                pause *= 2
+
     def _dispatch_now(self, job: SchedulerJob, run: SchedulerRun, raise_errors: bool = True) -> None:
         dispatched_at = timezone.now()
         error = run_from_sync(self._send, job, run)
-        self._record(job, run, dispatched_at, error)
+        self._record_patiently(job, run, dispatched_at, error)
         if error is not None and raise_errors:
             raise error
 
     async def _adispatch_now(self, job: SchedulerJob, run: SchedulerRun) -> None:
         dispatched_at = timezone.now()
         error = await self._send(job, run)
-        await sync_to_async(self._record)(job, run, dispatched_at, error)
+        await sync_to_async(self._record_patiently)(job, run, dispatched_at, error)
         if error is not None:
             raise error
 
@@ -372,8 +405,13 @@ class SingleScheduleBuilder(ScheduleBuilder):
         self, app: "SchedulerApp", *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
     ) -> None:
         super().__init__(app)
+        task_name = task_name_of(task)
+        if task_name == CHAIN_ORCHESTRATOR_TASK_NAME:
+            raise SchedulerValidationError(
+                "task", task_name, "The chain orchestrator runs chains: schedule them with app.chain(steps=[...])."
+            )
         self._call = TaskCall(
-            task_name=task_name_of(task),
+            task_name=task_name,
             args=require_json(args, "args", list),
             kwargs=require_json(kwargs, "kwargs", dict),
             metadata=require_json(metadata, "metadata", dict),

@@ -4,6 +4,7 @@ The admin and the ``taskiq_beat`` command show jobs the same way.
 """
 
 from datetime import UTC, datetime
+from typing import Any
 
 from django.utils import timezone
 
@@ -19,6 +20,12 @@ def local_time(moment: datetime) -> str:
         return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
     except OverflowError:  # a time at the calendar's edge, stored before it was refused
         return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def dicts_in(value: Any, key: str) -> list[dict[str, Any]]:
+    """``value[key]`` as a list of dicts (a chain's steps, its progress): [] for a row written otherwise."""
+    items = value.get(key) if isinstance(value, dict) else None
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def relative_time(moment: datetime, now: datetime | None = None) -> str:
@@ -73,7 +80,7 @@ def describe_schedule(job: SchedulerJob) -> str:
         if trigger.end_at:
             text += f", until {local_time(trigger.end_at)}"
     if job.task_name == CHAIN_ORCHESTRATOR_TASK_NAME:
-        steps = len(job.task_kwargs.get("steps") or [])
+        steps = len(dicts_in(job.task_kwargs, "steps"))
         text = f"chain of {steps} step{'' if steps == 1 else 's'}, {text}"
     return text
 

@@ -209,7 +209,10 @@ class SchedulerJobForm(forms.ModelForm):
         if expression:
             crontab = CrontabTrigger.from_expression(expression, timezone=zone)
         else:
-            crontab = CrontabTrigger(**{name: data.get(name) or "*" for name in CRON_FIELDS}, timezone=zone)
+            # A field left blank means what the API's default means: second 0, every minute, hour ...
+            crontab = CrontabTrigger(
+                **{name: data.get(name) or ("0" if name == "second" else "*") for name in CRON_FIELDS}, timezone=zone
+            )
         return PeriodicSchedule(crontab=crontab, **window)
 
     # -- saving, through the app ---------------------------------------------------------------------

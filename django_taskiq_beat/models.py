@@ -4,11 +4,24 @@ import uuid
 
 from datetime import datetime, timedelta
 
-from django.db import models
+from django.db import DataError, models
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
+from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
+
+
+UNREADABLE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, RecursionError, DataError)
+"""What loading a value the driver cannot convert raises: Django's SQLite converters on text that is
+not a date, psycopg on '-infinity' or a year past 9999, json on nesting too deep."""
+
+
+def unreadable_job(job_id: str, error: Exception) -> SchedulerValidationError:
+    return SchedulerValidationError(
+        "job_id", job_id, f"Its stored row cannot be read ({type(error).__name__}: {str(error)[:200]});"
+        " fix the row in the database, or delete the job.",
+    )
 
 
 def new_id() -> str:
@@ -54,11 +67,18 @@ class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
     def in_state(self, state: str) -> "SchedulerJobQuerySet":
         return self.filter(_STATE_FILTERS[JobState(state)])
 
-    def locked(self, job_id: str) -> "SchedulerJob | None":
-        """The job, locked until the transaction ends: its row on PostgreSQL, SQLite's write lock
-        (taken before the read, so the transaction can still write)."""
+    def locked(self, job_id: str, *fields: str) -> "SchedulerJob | None":
+        """The job (only ``fields``, if named), locked until the transaction ends: its row on
+        PostgreSQL, SQLite's write lock (taken before the read, so the transaction can still write).
+
+        A row holding a value the database driver cannot read raises ``SchedulerValidationError``.
+        """
         begin_write()
-        return self.select_for_update().filter(pk=job_id).first()
+        rows = self.select_for_update().filter(pk=job_id)
+        try:
+            return (rows.only(*fields) if fields else rows).first()
+        except UNREADABLE_ERRORS as exc:
+            raise unreadable_job(job_id, exc) from None
 
 
 class RunOutcome(models.TextChoices):

@@ -35,9 +35,13 @@ def text_problem(text: str) -> str | None:
 def require_text(
     field: str, value: Any, *, max_length: int | None = None, allow_blank: bool = True
 ) -> str:
-    """A string that every database stores as given: no NUL, no lone surrogate, not too long."""
+    """A string that every database stores as given: no NUL, no lone surrogate, not too long.
+
+    Returns a plain ``str``: a subclass could answer ``len`` or ``in`` otherwise than the text it holds.
+    """
     if not isinstance(value, str):
         raise SchedulerValidationError(field, value, "Must be a string.")
+    value = str.__str__(value)
     problem = text_problem(value)
     if problem is None and not allow_blank and not value.strip():
         problem = "Must not be empty."
@@ -50,12 +54,15 @@ def require_text(
 
 def task_name_of(task: Any, field: str = "task", max_length: int = 255) -> str:
     """The name of a taskiq task object, or the stripped string given."""
-    name = task if isinstance(task, str) else getattr(task, "task_name", None)
+    try:
+        name = task if isinstance(task, str) else getattr(task, "task_name", None)
+    except Exception:  # an object whose task_name raises
+        name = None
     if not isinstance(name, str):
         raise SchedulerValidationError(field, task, "Scheduler task must have a task_name.")
     if not name.strip():
         raise SchedulerValidationError(field, task, "Task name must not be empty.")
-    return require_text(field, name.strip(), max_length=max_length)
+    return require_text(field, str.__str__(name).strip(), max_length=max_length)
 
 
 def require_json(value: Any, field: str, expected: type) -> Any:
@@ -95,25 +102,37 @@ def _check_json_tree(value: Any, field: str) -> None:
     while stack:
         node, path, depth = stack.pop()
         if isinstance(node, str):
-            problem = text_problem(node)
+            problem = text_problem(str.__str__(node))
             if problem:
                 raise SchedulerValidationError(field, node, f"At {_spell(path, field)}: {problem}")
         elif isinstance(node, dict | list | tuple):
             if depth > MAX_JSON_DEPTH:
                 raise SchedulerValidationError(field, value, f"Nested deeper than {MAX_JSON_DEPTH} levels.")
             if isinstance(node, dict):
+                if len({str.__str__(key) for key in node if isinstance(key, str)}) < len(node):
+                    _refuse_keys(node, path, field)
                 for key, item in node.items():
                     if not isinstance(key, str):
                         raise SchedulerValidationError(
                             field, key,
                             f"At {_spell(path, field)}: keys must be strings (JSON would turn this one into a string).",
                         )
-                    problem = text_problem(key)
+                    problem = text_problem(str.__str__(key))
                     if problem:
                         raise SchedulerValidationError(field, key, f"A key at {_spell(path, field)}: {problem}")
                     stack.append((item, (path, key), depth + 1))
             else:
                 stack.extend((item, (path, index), depth + 1) for index, item in enumerate(node))
+
+
+def _refuse_keys(node: dict[Any, Any], path: _Path, field: str) -> None:
+    """Two keys that JSON would write as one text (str subclasses that are not equal as keys)."""
+    key = next((key for key in node if not isinstance(key, str)), None)
+    if key is not None:
+        raise SchedulerValidationError(
+            field, key, f"At {_spell(path, field)}: keys must be strings (JSON would turn this one into a string)."
+        )
+    raise SchedulerValidationError(field, list(node), f"At {_spell(path, field)}: two keys are the same text.")
 
 
 def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], field: str) -> None:
@@ -139,7 +158,7 @@ def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], fi
     except TypeError as exc:
         raise SchedulerValidationError(
             f"{field}kwargs" if kwargs else f"{field}args", {"args": args, "kwargs": kwargs},
-            f"The task {getattr(task, 'task_name', '?')!r} cannot be called with these arguments: {exc}.",
+            f"The task {getattr(task, 'task_name', '?')!r} cannot be called with these arguments: {str(exc)[:200]}.",
         ) from None
 
 

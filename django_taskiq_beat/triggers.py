@@ -10,7 +10,7 @@ import re
 import zoneinfo
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, ClassVar
 
 from croniter import CroniterError
@@ -41,39 +41,47 @@ _MAX_TIMEZONE_LENGTH = 64
 _MAX_CRON_FIELD_LENGTH = 200
 """Longer than any useful cron field (every minute listed is 169 characters); croniter's time grows with it."""
 
+_RANDOM_OR_HASHED = re.compile(r"(^|[,/-])[rh](?![a-z])")  # croniter's R and H, not names such as 'thu'
 _UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 _MIN_INTERVAL_SECONDS = 0.001
 _MAX_INTERVAL_SECONDS = 36500 * 86400  # a hundred years
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    """IANA zone names, without the host-dependent ``localtime`` and the placeholder ``Factory``."""
+    return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory", "posixrules"}) | {"UTC"}
 
 
 def resolve_timezone(name: Any, field: str = "timezone") -> zoneinfo.ZoneInfo:
     """The IANA zone called ``name``; "utc" in any case is UTC."""
     if not isinstance(name, str) or not name.strip():
         raise SchedulerValidationError(field, name, "Timezone must be a non-empty IANA name.")
-    if len(name) > _MAX_TIMEZONE_LENGTH or text_problem(name):
-        raise SchedulerValidationError(field, name, "Unknown timezone: not an IANA name.")
-    key = "UTC" if name.strip().upper() == "UTC" else name.strip()
-    try:
-        return zoneinfo.ZoneInfo(key)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Europe" is a directory
-        raise SchedulerValidationError(field, name, f"Unknown timezone: {type(exc).__name__}: {exc}") from None
+    key = str.__str__(name).strip()
+    key = "UTC" if key.upper() == "UTC" else key
+    if len(key) > _MAX_TIMEZONE_LENGTH or key not in _zone_names():
+        raise SchedulerValidationError(field, name, "Unknown timezone: not an IANA zone name (such as Europe/Berlin).")
+    return zoneinfo.ZoneInfo(key)
 
 
 def require_aware(value: Any, field: str) -> datetime:
     """Return ``value`` in UTC; every schedule time must carry its timezone and lie in the calendar."""
     if not isinstance(value, datetime):
         raise SchedulerValidationError(field, value, "Expected a datetime.")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise SchedulerValidationError(field, value, f"{field} must be timezone-aware.")
     try:
-        instant = value.astimezone(UTC)
-    except (OverflowError, ValueError):
-        instant = None
+        aware = value.tzinfo is not None and value.utcoffset() is not None
+        instant = value.astimezone(UTC) if aware else None
+    except (OverflowError, ValueError):  # past the calendar's end in UTC
+        aware, instant = True, None
+    except Exception:  # a tzinfo of the caller's that raises or answers nonsense
+        raise SchedulerValidationError(field, value, "Its timezone gives no valid UTC offset.") from None
+    if not aware:
+        raise SchedulerValidationError(field, value, f"{field} must be timezone-aware.")
     if instant is None or not EARLIEST <= instant <= LATEST:
         raise SchedulerValidationError(
             field, value, f"Must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d} (UTC)."
         )
-    return instant
+    return datetime(*instant.timetuple()[:6], instant.microsecond, tzinfo=UTC)  # a plain datetime, not a subclass
 
 
 def _parse_instant(value: Any, field: str) -> datetime:
@@ -188,9 +196,13 @@ class CrontabTrigger:
                 raise SchedulerValidationError(name, value, "Cron fields must be strings.")
             if len(str(value)) > _MAX_CRON_FIELD_LENGTH:
                 raise SchedulerValidationError(name, value, f"At most {_MAX_CRON_FIELD_LENGTH} characters.")
-            text = str(value).strip().lower()
+            text = (str.__str__(value) if isinstance(value, str) else str(value)).strip().lower()
             if not text or len(text.split()) != 1 or text_problem(text):
                 raise SchedulerValidationError(name, value, "Cron field must be one non-empty token.")
+            if _RANDOM_OR_HASHED.search(text):
+                raise SchedulerValidationError(
+                    name, value, "Random (R) and hashed (H) cron values are not standard cron: they fire unpredictably."
+                )
             probe = ["*"] * len(cron.FIELD_NAMES)
             probe[cron.FIELD_NAMES.index(name)] = text
             try:

@@ -272,3 +272,86 @@ def test_a_chain_page_has_no_save_and_a_post_writes_nothing(admin_client: Client
     response = client.post(job_change_url(chain), {"name": "Renamed", "_save": "Save"})
     assert response.status_code == 403
     assert snapshot(chain.pk) == before and SchedulerJob.objects.get(pk=chain.pk).dispatch_count == 7
+
+
+# -- found by review ------------------------------------------------------------------------------------
+
+def test_the_chain_orchestrator_cannot_be_typed_into_the_form(admin_client: Client) -> None:
+    from django_taskiq_beat import CHAIN_ORCHESTRATOR_TASK_NAME
+
+    response = admin_client.post(ADD, form_data(task="", task_name=CHAIN_ORCHESTRATOR_TASK_NAME, kwargs='{"steps": 5}'))
+    assert response.status_code == 200 and "app.chain" in " ".join(errors_of(response)["task_name"])
+    assert not SchedulerJob.objects.exists()
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 5}, {"steps": [1, "x", None]}, [1, 2], "text"])
+def test_a_chain_row_written_otherwise_still_shows(admin_client: Client, app: SchedulerApp, kwargs: Any) -> None:
+    chain = app.chain(steps=[ChainStep(task="demo.heartbeat")]).schedule(EVERY_FIVE, name="Odd chain")
+    SchedulerJob.objects.filter(pk=chain.pk).update(task_kwargs=kwargs)
+    assert "Odd chain" in admin_client.get(JOBS).content.decode()
+    assert admin_client.get(job_change_url(chain)).status_code == 200
+
+
+def test_runs_with_a_status_or_outcome_this_version_does_not_know_still_show(
+    admin_client: Client, app: SchedulerApp
+) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Newer rows")
+    now = timezone.now()
+    SchedulerRun.objects.create(job=job, scheduled_for=now, status="skipped")
+    SchedulerRun.objects.create(job=job, scheduled_for=now - timedelta(minutes=1), status="dispatched",
+                                outcome="cancelled", progress=["not", "a", "dict"])
+    for url in (JOBS, job_change_url(job), RUNS):
+        assert admin_client.get(url).status_code == 200, url
+    for run in SchedulerRun.objects.all():
+        assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).status_code == 200
+
+
+def test_a_view_only_user_sees_every_column_of_a_job(app: SchedulerApp) -> None:
+    job = app.single(task="demo.greet", args=["Visible"]).schedule(EVERY_FIVE, job_id="seen", name="Seen")
+    page = client_with("view_schedulerjob").get(job_change_url(job)).content.decode()
+    for text in ("seen", "demo.greet", "Visible", "every 5 minutes", "Next five fire times"):
+        assert text in page, text
+    assert 'name="_save"' not in page
+
+
+@pytest.mark.filterwarnings("ignore:DateTimeField .* received a naive datetime")  # Django's, for a bare date
+@pytest.mark.parametrize("query", [
+    "scheduled_for__gte=0001-01-01", "scheduled_for__lt=0001-01-01", "scheduled_for__year=1",
+    "scheduled_for__year=1&scheduled_for__month=1&scheduled_for__day=1",
+])
+def test_date_filters_at_the_start_of_the_calendar_do_not_fail(admin_client: Client, app: SchedulerApp, query: str) -> None:
+    job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
+    SchedulerRun.objects.create(job=job, scheduled_for=timezone.now(), status=RunStatus.DISPATCHED)
+    response = admin_client.get(f"{RUNS}?{query}")
+    assert response.status_code in (200, 302)
+
+
+def test_a_blank_second_field_means_second_zero(admin_client: Client) -> None:
+    response = admin_client.post(ADD, form_data(schedule_type="crontab", second="", minute="5", hour="3"))
+    assert response.status_code == 302, errors_of(response)
+    assert SchedulerJob.objects.get().trigger_payload["crontab"]["second"] == "0"
+
+
+def test_the_message_of_a_failing_action_is_bounded(admin_client: Client, app: SchedulerApp) -> None:
+    jobs = [app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id=f"broken-{n:02}", is_enabled=False)
+            for n in range(25)]
+    for job in jobs:
+        break_trigger(job)
+    response = post_action(admin_client, "resume_jobs", *jobs)
+    (error,) = [str(message) for message in response.context["messages"] if "could not be changed" in str(message)]
+    assert error.startswith("25 jobs could not be changed") and "and 15 more" in error and len(error) < 3000
+
+
+def test_an_unreadable_row_is_refused_by_the_api_and_can_still_be_deleted(app: SchedulerApp) -> None:
+    from django.db import connection
+
+    from django_taskiq_beat import SchedulerValidationError
+    from tests.conftest import UNREADABLE_TIMES, store_raw
+
+    app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id="bad-row")
+    store_raw("scheduler_job", "bad-row", "created_at", UNREADABLE_TIMES[connection.vendor][0])
+    for operation in (app.get_job, app.pause, app.resume, app.run_now):
+        with pytest.raises(SchedulerValidationError, match="cannot be read"):
+            operation("bad-row")
+    app.delete("bad-row")
+    assert not SchedulerJob.objects.filter(pk="bad-row").exists()

@@ -7,7 +7,7 @@ and lone surrogates are database errors unless refused first.
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone as fixed_zone
+from datetime import UTC, datetime, timedelta, timezone as fixed_zone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -272,3 +272,116 @@ def test_upsert_still_changes_an_existing_job(app: SchedulerApp, stored: Schedul
     changed = app.single(task="system.other").upsert(HOURLY, job_id="kept", name="changed")
     assert (changed.name, changed.task_name) == ("changed", "system.other")
     assert timezone.now() < changed.next_run_at
+
+
+# -- found by review: objects that answer otherwise than the value they hold ------------------------
+
+class RaisingZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        raise RuntimeError("tz database unavailable")
+
+    def dst(self, dt: datetime | None) -> None:
+        return None
+
+
+class HugeZone(tzinfo):
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(hours=30)
+
+    def dst(self, dt: datetime | None) -> None:
+        return None
+
+
+class LyingLength(str):
+    def __len__(self) -> int:
+        return 1
+
+
+class HidingNul(str):
+    def __contains__(self, item: object) -> bool:
+        return False
+
+
+class IdentityKey(str):
+    __hash__ = object.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+@pytest.mark.parametrize("zone", [RaisingZone(), HugeZone()])
+def test_a_tzinfo_that_raises_or_lies_is_refused(app: SchedulerApp, zone: tzinfo) -> None:
+    refused(lambda: OneOffSchedule(run_at=datetime(2030, 1, 1, tzinfo=zone)), "run_at")
+    refused(lambda: app.purge_runs(finished_before=datetime(2030, 1, 1, tzinfo=zone)), "finished_before")
+
+
+@pytest.mark.parametrize(
+    ("build", "field"),
+    [
+        (lambda app: app.single(task="system.echo").schedule(HOURLY, job_id=LyingLength("x" * 300)), "job_id"),
+        (lambda app: app.single(task="system.echo").schedule(HOURLY, job_id=HidingNul("a\x00b")), "job_id"),
+        (lambda app: app.single(task="system.echo", args=[HidingNul("a\x00b")]), "args"),
+        (lambda app: app.single(task="system.echo", kwargs={IdentityKey("a"): 1, IdentityKey("a"): 2}), "kwargs"),
+        (lambda app: app.single(task="system.echo", args=[{"x": {IdentityKey("a"): 1, IdentityKey("a"): 2}}]), "args"),
+        (lambda app: ChainStep(task=type("Task", (), {"task_name": property(lambda self: 1 / 0)})()), "task"),
+    ],
+)
+def test_str_subclasses_and_odd_objects_are_judged_by_the_text_they_hold(
+    app: SchedulerApp, build: Callable[[SchedulerApp], Any], field: str | None
+) -> None:
+    refused(lambda: build(app), field)
+
+
+def test_a_plain_str_subclass_is_stored_as_plain_text(app: SchedulerApp) -> None:
+    class Name(str):
+        pass
+
+    job = app.single(task=Name("system.echo"), args=[Name("x")]).schedule(HOURLY, job_id=Name("plain"), name=Name("n"))
+    stored = SchedulerJob.objects.get(pk="plain")
+    assert type(job.id) is str and (stored.name, stored.task_name, stored.task_args) == ("n", "system.echo", ["x"])
+
+
+@pytest.mark.parametrize("zone", ["localtime", "Factory", "posixrules", "zone.tab"])
+def test_host_dependent_and_placeholder_zones_are_refused(zone: str) -> None:
+    refused(lambda: CrontabTrigger(timezone=zone), "timezone")
+
+
+@pytest.mark.parametrize(("field", "value"), [("minute", "R"), ("hour", "H"), ("minute", "1,r"), ("minute", "H(0-29)/5")])
+def test_random_and_hashed_cron_values_are_refused(field: str, value: str) -> None:
+    refused(lambda: CrontabTrigger(**{field: value}), field)
+
+
+def test_the_chain_orchestrator_is_not_a_single_task(app: SchedulerApp) -> None:
+    from django_taskiq_beat import CHAIN_ORCHESTRATOR_TASK_NAME
+
+    refused(lambda: app.single(task=CHAIN_ORCHESTRATOR_TASK_NAME, kwargs={"steps": 5}), "task")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_immediate_dispatch_is_recorded_through_a_database_blip(
+    app: SchedulerApp, recorder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    from django_taskiq_beat.builders import ScheduleBuilder
+
+    real_record, failures = ScheduleBuilder._record, [1]
+
+    def flaky_record(self: ScheduleBuilder, *args: Any) -> None:
+        if failures:
+            failures.pop()
+            raise OperationalError("database is locked")
+        real_record(self, *args)
+
+    monkeypatch.setattr(ScheduleBuilder, "_record", flaky_record)
+    job = app.single(task="system.echo", args=["once"]).schedule()
+    run = SchedulerRun.objects.get(job=job)
+    assert run.status == "dispatched" and run.lease_expires_at is None  # no engine will send it again
+    assert recorder.calls == [("system.echo", ("once",), {})]
+
+
+def test_a_huge_unexpected_keyword_makes_a_short_message() -> None:
+    from django_taskiq_beat import get_scheduler_app
+
+    refused(lambda: get_scheduler_app().single(task="demo.greet", kwargs={"x" * 10_000_000: 1}).schedule(HOURLY),
+            "kwargs")
