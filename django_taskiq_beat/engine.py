@@ -12,6 +12,9 @@ meanwhile, and a task of its own renews the lease of every run it holds each
 ``claim_ttl_seconds / 10``. So a database outage sends no slot twice: with one engine
 whatever its length, with several if it is shorter than about 4/5 of a lease (the
 lease left at its start, less a renewal interval after it).
+
+Its heartbeat (``registry``) beats apart from all that; a pending run of an engine that
+stopped or stopped beating is re-sent at once, without waiting for its lease.
 """
 
 import asyncio
@@ -27,7 +30,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat import claims
+from django_taskiq_beat import claims, registry
 from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.sending import describe_error, send_task
 
@@ -136,6 +139,11 @@ class BeatEngine:
             config.completed_job_retention_days, config.job_cleanup_interval_seconds, claims.delete_jobs_finished_before,
             "Scheduler engine cleaned old completed jobs.", "deleted_job_count", "updated_before",
         )
+        self._engine_cleanup = _Cleanup(
+            registry.RETENTION_DAYS, config.run_cleanup_interval_seconds, registry.delete_engines_silent_since,
+            "Scheduler engine deleted the rows of engines gone for a week.", "deleted_engine_count", "heartbeat_before",
+        )
+        self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -153,6 +161,7 @@ class BeatEngine:
         self._wake = asyncio.Event()
         self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
         self._runner.add_done_callback(self._report_crash)
+        self._heartbeat.start()
         logger.info("Scheduler engine started.")
 
     async def stop(self) -> None:
@@ -162,10 +171,13 @@ class BeatEngine:
         logger.info("Stopping scheduler engine.")
         self._stopping = True
         self.wake()
-        await self._runner
-        self._runner = None
-        if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
-            self._keeper.cancel()
+        try:
+            await self._runner
+        finally:
+            self._runner = None
+            if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
+                self._keeper.cancel()
+            await self._heartbeat.stop()  # beats until here: others leave what it holds alone
         logger.info("Scheduler engine stopped.")
 
     def wake(self) -> None:
@@ -198,6 +210,13 @@ class BeatEngine:
             next_due_at=self._next_due_at,
         )
 
+    def _heartbeat_counts(self) -> dict[str, int]:
+        counters = self._counters
+        return {
+            "dispatched_count": counters.dispatched_job_count, "failed_dispatch_count": counters.failed_dispatch_count,
+            "recovered_run_count": counters.recovered_run_count,
+        }
+
     def _report_crash(self, task: "asyncio.Task[None]") -> None:
         if not task.cancelled() and task.exception() is not None:
             logger.error("Scheduler engine runner stopped with an unhandled error.", exc_info=task.exception())
@@ -214,6 +233,7 @@ class BeatEngine:
             except Exception:
                 failures += 1
                 self._counters.failed_tick_count += 1
+                self._heartbeat.disconnected()
                 logger.exception("Scheduler engine iteration failed; retrying.")
                 await self._reset_connection()
                 timeout = self._backoff_seconds(failures)
@@ -268,7 +288,7 @@ class BeatEngine:
         sent = 0
         orphans = await _orm(
             claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-            self._lease, self._retry,
+            self._lease, self._retry, self._heartbeat.dead_after(),
         )
         self._report_failures(orphans)
         if orphans.dispatches:
@@ -403,6 +423,7 @@ class BeatEngine:
                 )
             except Exception:
                 logger.exception("Renewing the leases of this engine's runs failed; trying again.")
+                self._heartbeat.disconnected()
                 await self._reset_connection()
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
@@ -435,6 +456,6 @@ class BeatEngine:
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     async def _clean_up(self) -> None:
-        for cleanup in (self._run_cleanup, self._job_cleanup):
+        for cleanup in (self._run_cleanup, self._job_cleanup, self._engine_cleanup):
             if cleanup.is_due():
                 await cleanup.run()

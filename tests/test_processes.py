@@ -6,6 +6,7 @@ The engines' logs are printed when a test fails.
 """
 
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -20,9 +21,9 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig
+from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig, __version__
 from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
-from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
 from tests.processes import EngineProcess, manage, wait_until
@@ -221,6 +222,57 @@ def test_dropped_database_connections_are_reopened(
     if health_checks == "off":  # without Django's health check the broken connection surfaces once
         assert "Scheduler engine iteration failed; retrying." in engine.log()
     assert len(sends(sink)) == 1
+
+
+# -- the engine registry: heartbeats, and taking over from a killed engine ---------------------------------------
+
+def test_an_engine_keeps_its_row_beating_counting_and_marks_it_stopped(
+    engines: EngineFactory, app: SchedulerApp
+) -> None:
+    engine = engines("engine-registered", {"HEARTBEAT_SECONDS": 0.5, "ENGINE_DEAD_AFTER_SECONDS": 2})
+    wait_until(lambda: SchedulerEngine.objects.filter(pk=engine.name).exists(), timeout=10, what="the engine's row")
+    first = SchedulerEngine.objects.get(pk=engine.name)
+    assert engine.process is not None
+    assert (first.hostname, first.pid, first.version, first.stopped_at) == (
+        socket.gethostname(), engine.process.pid, __version__, None
+    )
+    schedule_due(app, 2)
+    wait_until(lambda: SchedulerEngine.objects.get(pk=engine.name).dispatched_count == 2, timeout=10,
+               what="the counters in a heartbeat")
+    assert SchedulerEngine.objects.get(pk=engine.name).heartbeat_at > first.heartbeat_at
+    engine.signal(signal.SIGTERM)
+    assert engine.wait() == 0
+    stopped = SchedulerEngine.objects.get(pk=engine.name)
+    assert stopped.stopped_at is not None and stopped.dispatched_count == 2
+
+
+def test_a_killed_engines_claimed_slots_are_sent_once_it_is_declared_dead_not_at_its_lease(
+    engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    """Default heartbeat (5 s) and dead-after (15 s); the default 60 s lease cannot be what frees the slots."""
+    dead_after = timedelta(seconds=SchedulerConfig().engine_dead_after_seconds)
+    defaults = {"CLAIM_TTL_SECONDS": 60}
+    survivor = engines("engine-survivor", defaults)
+    victim = engines("engine-victim", {**defaults, "CLAIM_AHEAD_SECONDS": 10})
+    slot = timezone.now() + timedelta(seconds=8)  # claimed at once by the victim, which sends when it comes
+    with transaction.atomic():
+        job_ids = [app.single(task="test.record").schedule(OneOffSchedule(run_at=slot)).id for _ in range(5)]
+    claimed = SchedulerRun.objects.filter(status=RunStatus.PENDING, claimed_by=victim.name)
+    wait_until(lambda: claimed.count() == 5, timeout=10, what="the victim to claim the slots ahead")
+    victim.signal(signal.SIGSTOP)  # frozen, then checked: it holds five claims and has sent none
+    assert claimed.count() == 5 and not sends(sink)
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = timezone.now()
+    last_beat = SchedulerEngine.objects.get(pk=victim.name).heartbeat_at
+    wait_until(lambda: all_dispatched(len(job_ids)), timeout=40, what="the survivor to send the victim's slots")
+    run_ids = assert_each_slot_dispatched_once(job_ids)
+    assert sends(sink) == Counter({run_id: 1 for run_id in run_ids}), "a slot was sent twice"
+    sent_at = sorted(SchedulerRun.objects.values_list("dispatched_at", flat=True))
+    print(f"sent {sent_at[-1] - killed_at} after the kill, {sent_at[0] - last_beat} after the last heartbeat")
+    assert sent_at[0] > last_beat + dead_after, "taken over while the victim's heartbeat was fresh"
+    assert sent_at[-1] - killed_at < dead_after + timedelta(seconds=2)
+    assert "Re-sending runs left pending by a stopped engine." in survivor.log()
 
 
 # -- database outages after a send: each slot still goes out once --------------------------------------------
