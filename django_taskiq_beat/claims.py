@@ -58,6 +58,7 @@ class Claim:
     dispatches: list[Dispatch]
     row_count: int  # rows taken, including those that failed before sending
     failures: dict[str, str]  # job id -> error, for rows that failed before sending (recorded, retry scheduled)
+    conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
 
 
 @dataclass(frozen=True)
@@ -240,7 +241,7 @@ def claim_due(
             job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
-    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures)
+    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures, len(runs) - len(written))
 
 
 def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
@@ -329,12 +330,18 @@ def claim_expired(
     return Claim(dispatches, len(runs), failures)
 
 
-def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> None:
-    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own."""
+def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set[str]:
+    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own.
+
+    Returns those it no longer holds: recorded meanwhile, or taken over by another engine
+    that found this one dead. Only then is a second query made, to tell which.
+    """
+    missed: set[str] = set()
     for chunk in bulk.chunks(run_ids):
-        SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
-            lease_expires_at=until
-        )
+        held = SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING)
+        if held.update(lease_expires_at=until) < len(chunk):
+            missed.update(set(chunk).difference(held.values_list("id", flat=True)))
+    return missed
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:

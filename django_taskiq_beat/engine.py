@@ -44,7 +44,16 @@ _MAX_BATCHES_IN_FLIGHT = 8
 
 @dataclass(frozen=True)
 class SchedulerHealthSnapshot:
-    """What an engine has done so far, for health checks and dashboards."""
+    """What an engine has done so far, for health checks and dashboards.
+
+    ``claim_conflict_count`` counts the slots this engine claimed and another engine had
+    before it: a claimed slot whose run the unique key on (job, slot) refused because another
+    writer had recorded it first (it is not sent again), and a run this engine held that
+    another engine took over, having found this one dead or its lease expired (seen at the
+    next lease renewal; both may send it). Slots another engine holds while this one looks are skipped unseen
+    (``SKIP LOCKED``, SQLite's single writer) and are not counted: counting them would cost
+    a query per claim.
+    """
 
     scheduler_id: str
     is_running: bool
@@ -53,6 +62,7 @@ class SchedulerHealthSnapshot:
     dispatched_job_count: int
     failed_dispatch_count: int
     recovered_run_count: int
+    claim_conflict_count: int
     cleaned_run_count: int
     cleaned_job_count: int
     failed_tick_count: int
@@ -95,6 +105,7 @@ class _Counters:
     def __init__(self) -> None:
         self.sync_count = self.claimed_job_count = self.dispatched_job_count = 0
         self.failed_dispatch_count = self.recovered_run_count = self.failed_tick_count = 0
+        self.claim_conflict_count = 0
         self.last_sync_at: datetime | None = None
         self.last_dispatch_started_at: datetime | None = None
         self.last_dispatch_finished_at: datetime | None = None
@@ -199,6 +210,7 @@ class BeatEngine:
             dispatched_job_count=counters.dispatched_job_count,
             failed_dispatch_count=counters.failed_dispatch_count,
             recovered_run_count=counters.recovered_run_count,
+            claim_conflict_count=counters.claim_conflict_count,
             cleaned_run_count=self._run_cleanup.deleted_total,
             cleaned_job_count=self._job_cleanup.deleted_total,
             failed_tick_count=counters.failed_tick_count,
@@ -214,7 +226,7 @@ class BeatEngine:
         counters = self._counters
         return {
             "dispatched_count": counters.dispatched_job_count, "failed_dispatch_count": counters.failed_dispatch_count,
-            "recovered_run_count": counters.recovered_run_count,
+            "recovered_run_count": counters.recovered_run_count, "claim_conflict_count": counters.claim_conflict_count,
         }
 
     def _report_crash(self, task: "asyncio.Task[None]") -> None:
@@ -319,6 +331,7 @@ class BeatEngine:
                     self._lease, self._retry, self._ahead,
                 )
                 self._report_failures(claim)
+                self._counters.claim_conflict_count += claim.conflicts
                 if claim.dispatches:
                     in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
                 if claim.row_count < self.config.dispatch_batch_size:
@@ -418,13 +431,26 @@ class BeatEngine:
         while self._held:
             await asyncio.sleep(self._renew_seconds)
             try:
-                await _orm(
+                missed = await _orm(
                     claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
                 )
             except Exception:
                 logger.exception("Renewing the leases of this engine's runs failed; trying again.")
                 self._heartbeat.disconnected()
                 await self._reset_connection()
+                continue
+            self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
+
+    def _drop_lost(self, lost: set[str]) -> None:
+        """Runs another engine took over: claim conflicts, and no longer this engine's to renew."""
+        if lost:
+            self._held -= lost
+            self._counters.claim_conflict_count += len(lost)
+            logger.warning(
+                "Another engine took over %d runs this engine holds (it found this engine dead, or their leases"
+                " expired); they may be sent twice.",
+                len(lost), extra={"run_count": len(lost)},
+            )
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
         limit = self._send_limit

@@ -1,4 +1,4 @@
-"""The engine registry in-process: the engine's row, taking over the runs of dead engines.
+"""The engine registry in-process: the engine's row, taking over the runs of dead engines, claim conflicts.
 
 Heartbeats here are tenths of a second; ``tests/test_processes.py`` checks the defaults
 with real processes.
@@ -217,3 +217,54 @@ def test_an_engine_judges_others_only_after_its_own_heartbeats_have_been_on_time
 
     assert run(scenario) >= 0.5 + 2.0  # dead_after, counted from the failed tick
     assert recorder.names() == ["system.echo"]
+
+
+# -- claim conflicts -----------------------------------------------------------------------------------------------
+
+def test_a_slot_whose_run_another_writer_recorded_first_is_a_conflict_and_not_sent(
+    app: SchedulerApp, recorder: Recorder
+) -> None:
+    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now()))
+    SchedulerRun.objects.create(job=job, scheduled_for=job.next_run_at, status=RunStatus.DISPATCHED)
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+    assert app.get_health_snapshot().claim_conflict_count == 1
+    assert SchedulerRun.objects.filter(job=job).count() == 1
+
+
+def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_held_them(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stuck engine that another engine found dead: both send, and the stuck one counts the conflict."""
+    stuck_broker = InMemoryBroker(await_inplace=True)
+    released = asyncio.Event()
+
+    @stuck_broker.task(task_name="system.echo")
+    async def echo() -> None:
+        recorder.calls.append(("stuck.echo", (), {}))
+
+    real_kick = stuck_broker.kick
+
+    async def stuck_kick(message: Any) -> None:
+        await released.wait()
+        await real_kick(message)
+
+    monkeypatch.setattr(stuck_broker, "kick", stuck_kick)
+    stuck = make_app(stuck_broker, scheduler_id="stuck-engine", claim_ttl_seconds=1)  # renews each 0.1 s
+    engine_row("stuck-engine", heartbeat_at=timezone.now() - timedelta(hours=1))  # its heartbeat stopped
+    live = make_app(broker)
+    job = stuck.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now()))
+
+    async def scenario() -> None:
+        sending = asyncio.create_task(stuck.engine.run_once())
+        await eventually(lambda: SchedulerRun.objects.filter(job=job, claimed_by="stuck-engine").exists())
+        await live.start()
+        await eventually(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists())
+        await eventually(lambda: stuck.get_health_snapshot().claim_conflict_count == 1)
+        released.set()
+        await sending
+        await live.stop()
+
+    run(scenario)
+    assert recorder.names() == ["system.echo", "stuck.echo"]  # at-least-once: the same run id twice
+    assert live.get_health_snapshot().recovered_run_count == 1
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 2
