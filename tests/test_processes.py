@@ -8,6 +8,8 @@ The engines' logs are printed when a test fails.
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -26,7 +28,7 @@ from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
 from django_taskiq_beat.models import RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
-from tests.processes import EngineProcess, manage, wait_until
+from tests.processes import REPO, EngineProcess, child_env, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 requires_postgres = pytest.mark.skipif(
@@ -447,17 +449,49 @@ def test_bad_broker_path_exits_non_zero_with_a_clear_message() -> None:
 
 
 def test_bad_broker_setting_is_reported_by_the_system_check() -> None:
-    from tests.processes import child_env
-
     result = manage("run_taskiq_beat", env=child_env(TASKIQ_BEAT_OPTIONS='{"BROKER": "testproject.nowhere:broker"}'))
     assert result.returncode != 0 and "django_taskiq_beat.E003" in result.stderr
 
 
-def test_unapplied_migrations_exit_non_zero(tmp_path: Path) -> None:
-    from tests.processes import child_env
-
+def fresh_sqlite(tmp_path: Path, *migrate: str) -> dict[str, str]:
+    """The environment of a command on a new SQLite database, after ``manage.py migrate`` with each argument list."""
     env = child_env()
     env.pop("DATABASE_URL", None)
-    env["SQLITE_PATH"] = str(tmp_path / "empty.sqlite3")
-    result = manage("run_taskiq_beat", env=env)
+    env["SQLITE_PATH"] = str(tmp_path / "fresh.sqlite3")
+    for arguments in migrate:
+        result = manage("migrate", *arguments.split(), env=env)
+        assert result.returncode == 0, result.stderr
+    return env
+
+
+def test_unapplied_migrations_exit_non_zero(tmp_path: Path) -> None:
+    result = manage("run_taskiq_beat", env=fresh_sqlite(tmp_path))
     assert result.returncode != 0 and "Unapplied migrations" in result.stderr
+
+
+def test_a_missing_migration_of_this_app_is_refused_naming_only_this_apps(tmp_path: Path) -> None:
+    result = manage("run_taskiq_beat", env=fresh_sqlite(tmp_path, "", "django_taskiq_beat 0003", "sessions zero"))
+    assert result.returncode != 0
+    assert "Unapplied migrations (django_taskiq_beat.0004_engines): run 'manage.py migrate' first." in result.stderr
+
+
+def test_another_apps_unapplied_migration_is_a_warning_and_the_engine_runs(tmp_path: Path) -> None:
+    """A rolling deploy: the new code's migrations of other apps are not applied yet."""
+    env = fresh_sqlite(tmp_path, "", "sessions zero")
+    log_path = tmp_path / "engine.log"
+    with open(log_path, "wb") as log:
+        engine = subprocess.Popen(
+            [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: "Scheduler engine started." in log_path.read_text(), timeout=30, what="the engine")
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(timeout=30) == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        print(log_path.read_text())
+    assert "WARNING django_taskiq_beat.engine Unapplied migrations of other apps (sessions.0001_initial)" in (
+        log_path.read_text()
+    )
