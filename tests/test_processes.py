@@ -8,8 +8,6 @@ The engines' logs are printed when a test fails.
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -28,7 +26,7 @@ from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
 from django_taskiq_beat.models import RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
-from tests.processes import REPO, EngineProcess, child_env, manage, wait_until
+from tests.processes import EngineProcess, child_env, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 requires_postgres = pytest.mark.skipif(
@@ -477,21 +475,13 @@ def test_a_missing_migration_of_this_app_is_refused_naming_only_this_apps(tmp_pa
 
 def test_another_apps_unapplied_migration_is_a_warning_and_the_engine_runs(tmp_path: Path) -> None:
     """A rolling deploy: the new code's migrations of other apps are not applied yet."""
-    env = fresh_sqlite(tmp_path, "", "sessions zero")
-    log_path = tmp_path / "engine.log"
-    with open(log_path, "wb") as log:
-        engine = subprocess.Popen(
-            [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )
+    engine = EngineProcess("engine-rolling-deploy", tmp_path, {})
+    engine.env = fresh_sqlite(tmp_path, "", "sessions zero")  # a database of its own, one app behind
     try:
-        wait_until(lambda: "Scheduler engine started." in log_path.read_text(), timeout=30, what="the engine")
-        engine.send_signal(signal.SIGTERM)
-        assert engine.wait(timeout=30) == 0
+        engine.start()
+        engine.signal(signal.SIGTERM)
+        assert engine.wait() == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
-        print(log_path.read_text())
-    assert "WARNING django_taskiq_beat.engine Unapplied migrations of other apps (sessions.0001_initial)" in (
-        log_path.read_text()
-    )
+        engine.stop()
+        print(engine.log())
+    assert "WARNING django_taskiq_beat.engine Unapplied migrations of other apps (sessions.0001_initial)" in engine.log()
