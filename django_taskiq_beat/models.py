@@ -5,7 +5,6 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.db import models
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
@@ -221,10 +220,10 @@ class EngineState(models.TextChoices):
 class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
     """``now`` may be ``Now()``: engines write their heartbeats with the database's clock."""
 
-    def alive(self, now: datetime | Now, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+    def alive(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
         return self.filter(stopped_at__isnull=True, heartbeat_at__gte=now - dead_after)
 
-    def gone(self, now: datetime | Now, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+    def gone(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
         """Engines that stopped or whose heartbeat is older than ``dead_after``: their claims are free."""
         return self.filter(models.Q(stopped_at__isnull=False) | models.Q(heartbeat_at__lt=now - dead_after))
 
