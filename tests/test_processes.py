@@ -470,7 +470,8 @@ def test_unapplied_migrations_exit_non_zero(tmp_path: Path) -> None:
 def test_a_missing_migration_of_this_app_is_refused_naming_only_this_apps(tmp_path: Path) -> None:
     result = manage("run_taskiq_beat", env=fresh_sqlite(tmp_path, "", "django_taskiq_beat 0003", "sessions zero"))
     assert result.returncode != 0
-    assert "Unapplied migrations (django_taskiq_beat.0004_engines): run 'manage.py migrate' first." in result.stderr
+    assert "Unapplied migrations (django_taskiq_beat.0004_engines" in result.stderr  # and this app's later ones
+    assert "sessions" not in result.stderr
 
 
 def test_another_apps_unapplied_migration_is_a_warning_and_the_engine_runs(tmp_path: Path) -> None:
