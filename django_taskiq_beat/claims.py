@@ -5,10 +5,11 @@ calls it through ``sync_to_async`` and never holds a transaction across an ``awa
 
 A claim advances the job to its next slot and writes the claimed slot's run row
 (``pending``, with a lease) in the same transaction, before anything is sent. So a
-process that dies after the claim loses nothing: once the lease expires, any engine
-re-sends the pending run with the same id. Which engine claims which row is decided
-by the database: ``FOR UPDATE SKIP LOCKED`` where it exists, SQLite's single writer
-otherwise, and the unique key on (job, slot) as the last line of defence.
+process that dies after the claim loses nothing: once its engine is found dead
+(``registry``) or the lease expires, any engine re-sends the pending run with the same
+id. Which engine claims which row is decided by the database: ``FOR UPDATE SKIP LOCKED``
+where it exists, SQLite's single writer otherwise, and the unique key on (job, slot) as
+the last line of defence.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -17,11 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.db import DataError, connection, transaction
-from django.db.models import F, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import F, Q, QuerySet, TextField
+from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk
-from django_taskiq_beat.models import JobKind, RunStatus, SchedulerJob, SchedulerRun, new_id
+from django_taskiq_beat.models import JobKind, RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun, new_id
 from django_taskiq_beat.sending import describe_error
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
@@ -57,6 +58,7 @@ class Claim:
     dispatches: list[Dispatch]
     row_count: int  # rows taken, including those that failed before sending
     failures: dict[str, str]  # job id -> error, for rows that failed before sending (recorded, retry scheduled)
+    conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
 
 
 @dataclass(frozen=True)
@@ -239,7 +241,7 @@ def claim_due(
             job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
-    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures)
+    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures, len(runs) - len(written))
 
 
 def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
@@ -274,15 +276,25 @@ class _ExpiredRun:
     dispatch_failures: int
 
 
-def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy) -> Claim:
-    """Take over pending runs whose engine died (lease expired) so they are sent again.
+def claim_expired(
+    scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
+    engines_dead_after: timedelta | None = None,
+) -> Claim:
+    """Take over pending runs whose engine died so they are sent again.
 
-    A run that cannot be sent (its job's stored arguments unreadable or of the wrong type) is
-    recorded failed, with a retry as for a failed send, instead of failing the tick.
+    A run is free once its lease has expired, or, given ``engines_dead_after``, once the engine
+    that claimed it has stopped or has not beaten for that long (the database's clock). A run
+    claimed by a process with no engine row (an immediate dispatch from a web process) waits
+    for its lease. A run that cannot be sent (its job's stored arguments unreadable or of the
+    wrong type) is recorded failed, with a retry as for a failed send, instead of failing the tick.
     """
+    free = Q(lease_expires_at__lt=now)
+    if engines_dead_after is not None:
+        gone = SchedulerEngine.objects.gone(Now(), engines_dead_after).exclude(pk=scheduler_id)
+        free |= Q(claimed_by__in=gone.values("pk"))
     with transaction.atomic():
         expired = (
-            SchedulerRun.objects.filter(status=RunStatus.PENDING, lease_expires_at__lt=now)
+            SchedulerRun.objects.filter(free, status=RunStatus.PENDING)
             .order_by("lease_expires_at")
             .annotate(
                 task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
@@ -318,12 +330,18 @@ def claim_expired(scheduler_id: str, now: datetime, limit: int, lease: timedelta
     return Claim(dispatches, len(runs), failures)
 
 
-def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> None:
-    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own."""
+def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set[str]:
+    """Keep the runs this engine holds (claimed, being sent, or sent and not yet recorded) its own.
+
+    Returns those it no longer holds: recorded meanwhile, or taken over by another engine
+    that found this one dead. Only then is a second query made, to tell which.
+    """
+    missed: set[str] = set()
     for chunk in bulk.chunks(run_ids):
-        SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING).update(
-            lease_expires_at=until
-        )
+        held = SchedulerRun.objects.filter(id__in=chunk, claimed_by=scheduler_id, status=RunStatus.PENDING)
+        if held.update(lease_expires_at=until) < len(chunk):
+            missed.update(set(chunk).difference(held.values_list("id", flat=True)))
+    return missed
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:

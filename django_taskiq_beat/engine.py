@@ -12,6 +12,9 @@ meanwhile, and a task of its own renews the lease of every run it holds each
 ``claim_ttl_seconds / 10``. So a database outage sends no slot twice: with one engine
 whatever its length, with several if it is shorter than about 4/5 of a lease (the
 lease left at its start, less a renewal interval after it).
+
+Its heartbeat (``registry``) beats apart from all that; a pending run of an engine that
+stopped or stopped beating is re-sent at once, without waiting for its lease.
 """
 
 import asyncio
@@ -27,7 +30,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat import claims
+from django_taskiq_beat import claims, registry
 from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.sending import describe_error, send_task
 
@@ -41,7 +44,16 @@ _MAX_BATCHES_IN_FLIGHT = 8
 
 @dataclass(frozen=True)
 class SchedulerHealthSnapshot:
-    """What an engine has done so far, for health checks and dashboards."""
+    """What an engine has done so far, for health checks and dashboards.
+
+    ``claim_conflict_count`` counts the slots this engine claimed and another engine had
+    before it: a claimed slot whose run the unique key on (job, slot) refused because another
+    writer had recorded it first (it is not sent again), and a run this engine held that
+    another engine took over, having found this one dead or its lease expired (seen at the
+    next lease renewal; both may send it). Slots another engine holds while this one looks are skipped unseen
+    (``SKIP LOCKED``, SQLite's single writer) and are not counted: counting them would cost
+    a query per claim.
+    """
 
     scheduler_id: str
     is_running: bool
@@ -50,6 +62,7 @@ class SchedulerHealthSnapshot:
     dispatched_job_count: int
     failed_dispatch_count: int
     recovered_run_count: int
+    claim_conflict_count: int
     cleaned_run_count: int
     cleaned_job_count: int
     failed_tick_count: int
@@ -92,6 +105,7 @@ class _Counters:
     def __init__(self) -> None:
         self.sync_count = self.claimed_job_count = self.dispatched_job_count = 0
         self.failed_dispatch_count = self.recovered_run_count = self.failed_tick_count = 0
+        self.claim_conflict_count = 0
         self.last_sync_at: datetime | None = None
         self.last_dispatch_started_at: datetime | None = None
         self.last_dispatch_finished_at: datetime | None = None
@@ -136,6 +150,11 @@ class BeatEngine:
             config.completed_job_retention_days, config.job_cleanup_interval_seconds, claims.delete_jobs_finished_before,
             "Scheduler engine cleaned old completed jobs.", "deleted_job_count", "updated_before",
         )
+        self._engine_cleanup = _Cleanup(
+            registry.RETENTION_DAYS, config.run_cleanup_interval_seconds, registry.delete_engines_silent_since,
+            "Scheduler engine deleted the rows of engines gone for a week.", "deleted_engine_count", "heartbeat_before",
+        )
+        self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -153,6 +172,7 @@ class BeatEngine:
         self._wake = asyncio.Event()
         self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
         self._runner.add_done_callback(self._report_crash)
+        self._heartbeat.start()
         logger.info("Scheduler engine started.")
 
     async def stop(self) -> None:
@@ -162,10 +182,13 @@ class BeatEngine:
         logger.info("Stopping scheduler engine.")
         self._stopping = True
         self.wake()
-        await self._runner
-        self._runner = None
-        if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
-            self._keeper.cancel()
+        try:
+            await self._runner
+        finally:
+            self._runner = None
+            if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
+                self._keeper.cancel()
+            await self._heartbeat.stop()  # beats until here: others leave what it holds alone
         logger.info("Scheduler engine stopped.")
 
     def wake(self) -> None:
@@ -187,6 +210,7 @@ class BeatEngine:
             dispatched_job_count=counters.dispatched_job_count,
             failed_dispatch_count=counters.failed_dispatch_count,
             recovered_run_count=counters.recovered_run_count,
+            claim_conflict_count=counters.claim_conflict_count,
             cleaned_run_count=self._run_cleanup.deleted_total,
             cleaned_job_count=self._job_cleanup.deleted_total,
             failed_tick_count=counters.failed_tick_count,
@@ -197,6 +221,13 @@ class BeatEngine:
             last_job_cleanup_at=self._job_cleanup.last_at,
             next_due_at=self._next_due_at,
         )
+
+    def _heartbeat_counts(self) -> dict[str, int]:
+        counters = self._counters
+        return {
+            "dispatched_count": counters.dispatched_job_count, "failed_dispatch_count": counters.failed_dispatch_count,
+            "recovered_run_count": counters.recovered_run_count, "claim_conflict_count": counters.claim_conflict_count,
+        }
 
     def _report_crash(self, task: "asyncio.Task[None]") -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -214,6 +245,7 @@ class BeatEngine:
             except Exception:
                 failures += 1
                 self._counters.failed_tick_count += 1
+                self._heartbeat.disconnected()
                 logger.exception("Scheduler engine iteration failed; retrying.")
                 await self._reset_connection()
                 timeout = self._backoff_seconds(failures)
@@ -268,7 +300,7 @@ class BeatEngine:
         sent = 0
         orphans = await _orm(
             claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-            self._lease, self._retry,
+            self._lease, self._retry, self._heartbeat.dead_after(),
         )
         self._report_failures(orphans)
         if orphans.dispatches:
@@ -299,6 +331,7 @@ class BeatEngine:
                     self._lease, self._retry, self._ahead,
                 )
                 self._report_failures(claim)
+                self._counters.claim_conflict_count += claim.conflicts
                 if claim.dispatches:
                     in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
                 if claim.row_count < self.config.dispatch_batch_size:
@@ -398,12 +431,26 @@ class BeatEngine:
         while self._held:
             await asyncio.sleep(self._renew_seconds)
             try:
-                await _orm(
+                missed = await _orm(
                     claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
                 )
             except Exception:
                 logger.exception("Renewing the leases of this engine's runs failed; trying again.")
+                self._heartbeat.disconnected()
                 await self._reset_connection()
+                continue
+            self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
+
+    def _drop_lost(self, lost: set[str]) -> None:
+        """Runs another engine took over: claim conflicts, and no longer this engine's to renew."""
+        if lost:
+            self._held -= lost
+            self._counters.claim_conflict_count += len(lost)
+            logger.warning(
+                "Another engine took over %d runs this engine holds (it found this engine dead, or their leases"
+                " expired); they may be sent twice.",
+                len(lost), extra={"run_count": len(lost)},
+            )
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
         limit = self._send_limit
@@ -435,6 +482,6 @@ class BeatEngine:
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     async def _clean_up(self) -> None:
-        for cleanup in (self._run_cleanup, self._job_cleanup):
+        for cleanup in (self._run_cleanup, self._job_cleanup, self._engine_cleanup):
             if cleanup.is_due():
                 await cleanup.run()

@@ -248,10 +248,12 @@ class EngineState(models.TextChoices):
 
 
 class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
-    def alive(self, now: datetime, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+    """``now`` may be ``Now()``: engines write their heartbeats with the database's clock."""
+
+    def alive(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
         return self.filter(stopped_at__isnull=True, heartbeat_at__gte=now - dead_after)
 
-    def gone(self, now: datetime, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+    def gone(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
         """Engines that stopped or whose heartbeat is older than ``dead_after``: their claims are free."""
         return self.filter(models.Q(stopped_at__isnull=False) | models.Q(heartbeat_at__lt=now - dead_after))
 

@@ -5,8 +5,11 @@ naming the job and the run, so the worker side can report back.
 """
 
 import asyncio
+import itertools
+import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -18,6 +21,10 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 
 JOB_LABEL = "scheduler_job_id"
 RUN_LABEL = "scheduler_run_id"
+_BROKER_RETRY_FIRST_SECONDS = 1.0
+_BROKER_RETRY_MAX_SECONDS = 30.0
+
+logger = logging.getLogger("django_taskiq_beat.engine")
 
 _T = TypeVar("_T")
 _started_brokers: "weakref.WeakSet[AsyncBroker]" = weakref.WeakSet()
@@ -60,11 +67,6 @@ def find_task(broker: AsyncBroker, task_name: str) -> AsyncTaskiqDecoratedTask[A
     return task
 
 
-def mark_broker_started(broker: AsyncBroker) -> None:
-    """Record that this process started ``broker`` itself, so sends do not start it again."""
-    _started_brokers.add(broker)
-
-
 async def ensure_broker_started(broker: AsyncBroker) -> None:
     """Start the broker on first use, unless a worker or the caller already did.
 
@@ -81,6 +83,30 @@ async def ensure_broker_started(broker: AsyncBroker) -> None:
         if startup.done():
             _startups.pop(broker, None)
     _started_brokers.add(broker)
+
+
+async def start_broker_until_up(broker: AsyncBroker, timeout: float) -> None:
+    """Start the broker, trying again with capped exponential backoff until it answers.
+
+    Each failed try is one WARNING line with the error and the next try's time; a try
+    taking longer than ``timeout`` counts as failed. Sends meanwhile share the startup
+    in flight (``ensure_broker_started``), or fail and are retried like any failed send.
+    """
+    delay = _BROKER_RETRY_FIRST_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            async with asyncio.timeout(timeout):
+                await ensure_broker_started(broker)
+        except Exception as exc:
+            error = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            next_try = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
+            logger.warning("Broker startup failed (try %d), next try at %s: %s", attempt, next_try, error)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, _BROKER_RETRY_MAX_SECONDS)
+        else:
+            if attempt > 1:
+                logger.info("Broker started (try %d).", attempt)
+            return
 
 
 async def send_task(

@@ -289,6 +289,57 @@ def test_a_chain_step_failing_in_the_worker_fails_the_chain_and_stops_it(deploym
     assert SchedulerJob.objects.get(pk=chain.pk).last_outcome == "failed"
 
 
+@pytest.fixture
+def redis_not_started(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server on a free port that a test starts later, or never."""
+    redis = RedisServer(tmp_path)
+    yield redis
+    redis.stop()
+    with contextlib.suppress(FileNotFoundError):
+        print(f"----- redis -----\n{(tmp_path / 'redis.log').read_text(errors='replace')}")
+
+
+@contextlib.contextmanager
+def scheduler(redis: RedisServer, log_dir: Path, name: str = "beat-early") -> Iterator[EngineProcess]:
+    engine = EngineProcess(name, log_dir, SCHEDULER_OPTIONS, broker="testproject.tasks:broker", REDIS_URL=redis.url)
+    try:
+        yield engine.start()
+    finally:
+        engine.stop()
+        print(f"----- {engine.name} -----\n{engine.log()}")
+
+
+def test_the_scheduler_starts_with_redis_down_and_sends_once_redis_is_up(
+    redis_not_started: RedisServer, tmp_path: Path
+) -> None:
+    app = get_scheduler_app()
+    with scheduler(redis_not_started, tmp_path) as engine:
+        wait_until(lambda: "Broker startup failed (try 2), next try at " in engine.log(), timeout=30,
+                   what="the scheduler to retry the broker's startup")
+        job = app.single(task="demo.add", args=[1, 2]).schedule(OneOffSchedule(run_at=timezone.now()))
+        wait_until(lambda: SchedulerRun.objects.filter(job=job, status="failed").exists(), timeout=30,
+                   what="a send to fail while Redis is down")
+        redis_not_started.start()
+        wait_until(lambda: SchedulerRun.objects.filter(job=job, status="dispatched").exists(), timeout=30,
+                   what="the send once Redis is up")
+        wait_until(lambda: "Broker started (try " in engine.log(), timeout=60, what="the broker's startup")
+        run = SchedulerRun.objects.get(job=job, status="dispatched")
+        with Redis.from_url(redis_not_started.url) as client:
+            sent = [json.loads(fields[b"data"])["task_id"] for _, fields in client.xrange("taskiq")]
+        assert sent == [run.id]
+    failed_tries = [line for line in engine.log().splitlines() if "Broker startup failed" in line]
+    assert all(line.split()[2:4] == ["WARNING", "django_taskiq_beat.engine"] for line in failed_tries)
+    assert f"connecting to 127.0.0.1:{redis_not_started.port}" in failed_tries[0]
+
+
+def test_sigterm_while_the_broker_is_down_exits_0(redis_not_started: RedisServer, tmp_path: Path) -> None:
+    with scheduler(redis_not_started, tmp_path) as engine:
+        wait_until(lambda: "Broker startup failed (try 1)" in engine.log(), timeout=30, what="a failed broker startup")
+        engine.signal(signal.SIGTERM)
+        assert engine.wait() == 0
+        assert "run_taskiq_beat stopped." in engine.log()
+
+
 def test_the_redis_broker_sends_at_once_after_a_redis_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A restart closes the connections in the client's pool; the next send must not fail on one."""
     with redis_server(tmp_path) as redis:

@@ -6,6 +6,7 @@ The engines' logs are printed when a test fails.
 """
 
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -20,12 +21,12 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig
+from django_taskiq_beat import OneOffSchedule, SchedulerApp, SchedulerConfig, __version__
 from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
-from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
-from tests.processes import EngineProcess, manage, wait_until
+from tests.processes import EngineProcess, child_env, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 requires_postgres = pytest.mark.skipif(
@@ -223,6 +224,57 @@ def test_dropped_database_connections_are_reopened(
     assert len(sends(sink)) == 1
 
 
+# -- the engine registry: heartbeats, and taking over from a killed engine ---------------------------------------
+
+def test_an_engine_keeps_its_row_beating_counting_and_marks_it_stopped(
+    engines: EngineFactory, app: SchedulerApp
+) -> None:
+    engine = engines("engine-registered", {"HEARTBEAT_SECONDS": 0.5, "ENGINE_DEAD_AFTER_SECONDS": 2})
+    wait_until(lambda: SchedulerEngine.objects.filter(pk=engine.name).exists(), timeout=10, what="the engine's row")
+    first = SchedulerEngine.objects.get(pk=engine.name)
+    assert engine.process is not None
+    assert (first.hostname, first.pid, first.version, first.stopped_at) == (
+        socket.gethostname(), engine.process.pid, __version__, None
+    )
+    schedule_due(app, 2)
+    wait_until(lambda: SchedulerEngine.objects.get(pk=engine.name).dispatched_count == 2, timeout=10,
+               what="the counters in a heartbeat")
+    assert SchedulerEngine.objects.get(pk=engine.name).heartbeat_at > first.heartbeat_at
+    engine.signal(signal.SIGTERM)
+    assert engine.wait() == 0
+    stopped = SchedulerEngine.objects.get(pk=engine.name)
+    assert stopped.stopped_at is not None and stopped.dispatched_count == 2
+
+
+def test_a_killed_engines_claimed_slots_are_sent_once_it_is_declared_dead_not_at_its_lease(
+    engines: EngineFactory, app: SchedulerApp, sink: Path
+) -> None:
+    """Default heartbeat (5 s) and dead-after (15 s); the default 60 s lease cannot be what frees the slots."""
+    dead_after = timedelta(seconds=SchedulerConfig().engine_dead_after_seconds)
+    defaults = {"CLAIM_TTL_SECONDS": 60}
+    survivor = engines("engine-survivor", defaults)
+    victim = engines("engine-victim", {**defaults, "CLAIM_AHEAD_SECONDS": 10})
+    slot = timezone.now() + timedelta(seconds=8)  # claimed at once by the victim, which sends when it comes
+    with transaction.atomic():
+        job_ids = [app.single(task="test.record").schedule(OneOffSchedule(run_at=slot)).id for _ in range(5)]
+    claimed = SchedulerRun.objects.filter(status=RunStatus.PENDING, claimed_by=victim.name)
+    wait_until(lambda: claimed.count() == 5, timeout=10, what="the victim to claim the slots ahead")
+    victim.signal(signal.SIGSTOP)  # frozen, then checked: it holds five claims and has sent none
+    assert claimed.count() == 5 and not sends(sink)
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    killed_at = timezone.now()
+    last_beat = SchedulerEngine.objects.get(pk=victim.name).heartbeat_at
+    wait_until(lambda: all_dispatched(len(job_ids)), timeout=40, what="the survivor to send the victim's slots")
+    run_ids = assert_each_slot_dispatched_once(job_ids)
+    assert sends(sink) == Counter({run_id: 1 for run_id in run_ids}), "a slot was sent twice"
+    sent_at = sorted(SchedulerRun.objects.values_list("dispatched_at", flat=True))
+    print(f"sent {sent_at[-1] - killed_at} after the kill, {sent_at[0] - last_beat} after the last heartbeat")
+    assert sent_at[0] > last_beat + dead_after, "taken over while the victim's heartbeat was fresh"
+    assert sent_at[-1] - killed_at < dead_after + timedelta(seconds=2)
+    assert "Re-sending runs left pending by a stopped engine." in survivor.log()
+
+
 # -- database outages after a send: each slot still goes out once --------------------------------------------
 #
 # The engine sends a batch slowly; when the first sends reach the sink the database goes away for longer
@@ -395,17 +447,42 @@ def test_bad_broker_path_exits_non_zero_with_a_clear_message() -> None:
 
 
 def test_bad_broker_setting_is_reported_by_the_system_check() -> None:
-    from tests.processes import child_env
-
     result = manage("run_taskiq_beat", env=child_env(TASKIQ_BEAT_OPTIONS='{"BROKER": "testproject.nowhere:broker"}'))
     assert result.returncode != 0 and "django_taskiq_beat.E003" in result.stderr
 
 
-def test_unapplied_migrations_exit_non_zero(tmp_path: Path) -> None:
-    from tests.processes import child_env
-
+def fresh_sqlite(tmp_path: Path, *migrate: str) -> dict[str, str]:
+    """The environment of a command on a new SQLite database, after ``manage.py migrate`` with each argument list."""
     env = child_env()
     env.pop("DATABASE_URL", None)
-    env["SQLITE_PATH"] = str(tmp_path / "empty.sqlite3")
-    result = manage("run_taskiq_beat", env=env)
+    env["SQLITE_PATH"] = str(tmp_path / "fresh.sqlite3")
+    for arguments in migrate:
+        result = manage("migrate", *arguments.split(), env=env)
+        assert result.returncode == 0, result.stderr
+    return env
+
+
+def test_unapplied_migrations_exit_non_zero(tmp_path: Path) -> None:
+    result = manage("run_taskiq_beat", env=fresh_sqlite(tmp_path))
     assert result.returncode != 0 and "Unapplied migrations" in result.stderr
+
+
+def test_a_missing_migration_of_this_app_is_refused_naming_only_this_apps(tmp_path: Path) -> None:
+    result = manage("run_taskiq_beat", env=fresh_sqlite(tmp_path, "", "django_taskiq_beat 0003", "sessions zero"))
+    assert result.returncode != 0
+    assert "Unapplied migrations (django_taskiq_beat.0004_engines" in result.stderr  # and this app's later ones
+    assert "sessions" not in result.stderr
+
+
+def test_another_apps_unapplied_migration_is_a_warning_and_the_engine_runs(tmp_path: Path) -> None:
+    """A rolling deploy: the new code's migrations of other apps are not applied yet."""
+    engine = EngineProcess("engine-rolling-deploy", tmp_path, {})
+    engine.env = fresh_sqlite(tmp_path, "", "sessions zero")  # a database of its own, one app behind
+    try:
+        engine.start()
+        engine.signal(signal.SIGTERM)
+        assert engine.wait() == 0
+    finally:
+        engine.stop()
+        print(engine.log())
+    assert "WARNING django_taskiq_beat.engine Unapplied migrations of other apps (sessions.0001_initial)" in engine.log()

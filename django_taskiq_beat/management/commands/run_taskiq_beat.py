@@ -8,15 +8,17 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations import Migration
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.models import SchedulerJob
-from django_taskiq_beat.sending import mark_broker_started
+from django_taskiq_beat.sending import start_broker_until_up
 
 _LOGGER = "django_taskiq_beat"
+logger = logging.getLogger("django_taskiq_beat.engine")
 
 
 class Command(BaseCommand):
@@ -44,35 +46,45 @@ class Command(BaseCommand):
         self.stdout.write("run_taskiq_beat stopped.")
 
     async def _serve(self, app: SchedulerApp) -> None:
+        """The engine first, then the broker's startup, retried until the broker answers.
+
+        The engine needs only the database: it beats, takes over dead engines' runs and
+        records a send that fails while the broker is down, to retry it as usual.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
-        if not app.broker.is_worker_process:
-            await app.broker.startup()
-            mark_broker_started(app.broker)
+        broker_startup: asyncio.Task[None] | None = None
         try:
             await app.start()
+            broker_startup = asyncio.create_task(
+                start_broker_until_up(app.broker, app.config.dispatch_timeout_seconds)
+            )
             await stop.wait()
         finally:
+            if broker_startup is not None:
+                broker_startup.cancel()
             await app.stop()
             await app.broker.shutdown()
 
     def _require_migrations(self) -> None:
-        connection = connections[DEFAULT_DB_ALIAS]
-        executor = MigrationExecutor(connection)
-        pending = executor.migration_plan(executor.loader.graph.leaf_nodes())
+        """Refuse without this app's tables; another app's unapplied migration is normal during a rolling deploy."""
+        executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
+        pending = [migration for migration, _ in executor.migration_plan(executor.loader.graph.leaf_nodes())]
+        own = [migration for migration in pending if migration.app_label == SchedulerJob._meta.app_label]
+        if own:
+            raise CommandError(f"Unapplied migrations ({_names(own)}): run 'manage.py migrate' first.")
         if pending:
-            names = ", ".join(f"{migration.app_label}.{migration.name}" for migration, _ in pending)
-            raise CommandError(f"Unapplied migrations ({names}): run 'manage.py migrate' first.")
+            logger.warning("Unapplied migrations of other apps (%s); starting anyway.", _names(pending))
 
     def _configure_logging(self, level: str) -> None:
-        logger = logging.getLogger(_LOGGER)
-        logger.setLevel(level)
-        if not logger.handlers and not logging.getLogger().handlers:
+        package_logger = logging.getLogger(_LOGGER)
+        package_logger.setLevel(level)
+        if not package_logger.handlers and not logging.getLogger().handlers:
             handler = logging.StreamHandler()
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-            logger.addHandler(handler)
+            package_logger.addHandler(handler)
 
     def _print_banner(self, app: SchedulerApp, broker_spec: str | None) -> None:
         connection = connections[DEFAULT_DB_ALIAS]
@@ -90,3 +102,7 @@ class Command(BaseCommand):
         ]
         self.stdout.write("\n".join(lines))
         self.stdout.flush()  # before the engine's log lines, also when stdout is a file
+
+
+def _names(migrations: list[Migration]) -> str:
+    return ", ".join(f"{migration.app_label}.{migration.name}" for migration in migrations)

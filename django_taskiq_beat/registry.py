@@ -1,0 +1,148 @@
+"""The engine registry: each engine's row in ``scheduler_engine``, its heartbeat, and when it may call others dead.
+
+An engine writes its row when it starts, beats every ``heartbeat_seconds`` (one UPDATE of
+``heartbeat_at`` and its counters) and sets ``stopped_at`` on a clean exit. A pending run
+claimed by an engine that stopped, or whose heartbeat is older than
+``engine_dead_after_seconds``, is re-sent by a live engine at once (``claims.claim_expired``)
+instead of at the end of its lease.
+
+The heartbeat runs on a thread and database connection of its own: slow sends, a long
+cleanup or a tick waiting on a lock never delay it. Its times are the database's clock
+(``Now()``), so engines on hosts whose clocks disagree do not misjudge each other.
+
+An engine judges others only while its own heartbeats reach the database on time (at most
+two intervals apart), and only once they have done so for ``engine_dead_after_seconds``
+with no failed tick meanwhile. An outage that cuts every engine off stops every heartbeat;
+after it, each engine waits that long again, by which time every live engine has beaten,
+so none takes over another's runs.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, connection
+from django.db.models.functions import Now
+
+from django_taskiq_beat.conf import SchedulerConfig
+from django_taskiq_beat.models import SchedulerEngine
+
+logger = logging.getLogger("django_taskiq_beat.engine")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+RETENTION_DAYS = 7  # rows of engines stopped or dead longer ago than this are deleted by the engine's cleanup
+
+
+def beat(engine_id: str, counts: Mapping[str, int], starting: bool) -> None:
+    """One UPDATE of the heartbeat and counters; at start, or if the row is gone, the whole row."""
+    row: dict[str, Any] = {"heartbeat_at": Now(), **counts}
+    if starting:
+        row.update(_identity())
+    if not SchedulerEngine.objects.filter(pk=engine_id).update(**row):
+        SchedulerEngine.objects.create(id=engine_id, **{**_identity(), **row})
+
+
+def _identity() -> dict[str, Any]:
+    from django_taskiq_beat import __version__
+
+    return {
+        "hostname": socket.gethostname(), "pid": os.getpid(), "version": __version__, "started_at": Now(),
+        "stopped_at": None,
+    }
+
+
+def mark_stopped(engine_id: str, counts: Mapping[str, int]) -> None:
+    SchedulerEngine.objects.filter(pk=engine_id).update(stopped_at=Now(), heartbeat_at=Now(), **counts)
+
+
+def delete_engines_silent_since(cutoff: datetime) -> int:
+    """Rows of engines whose last heartbeat (or stop) is older than ``cutoff``."""
+    deleted, _ = SchedulerEngine.objects.filter(heartbeat_at__lt=cutoff).delete()
+    return deleted
+
+
+def _in_own_connection(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """Run on the heartbeat's thread: a connection past its age or broken is replaced first, and closed on error."""
+    close_old_connections()
+    try:
+        return function(*args, **kwargs)
+    except Exception:
+        connection.close()
+        raise
+
+
+class Heartbeat:
+    """Keeps this engine's row alive and knows whether this engine may judge other engines' heartbeats."""
+
+    def __init__(self, config: SchedulerConfig, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.engine_id = config.scheduler_id
+        self._interval = config.heartbeat_seconds
+        self._on_time = 2 * config.heartbeat_seconds  # the longest gap between beats of a connected engine
+        self._dead_after = timedelta(seconds=config.engine_dead_after_seconds)
+        self._counts = counts
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._connected_since: float | None = None  # monotonic: since when the beats have been on time
+        self._last_beat = 0.0
+
+    def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"taskiq-beat-heartbeat-{self.engine_id}")
+        self._connected_since = None
+        self._task = asyncio.create_task(self._beat_until_stopped(), name=f"taskiq-beat-heartbeat-{self.engine_id}")
+
+    async def stop(self) -> None:
+        """Stop beating and mark the row stopped; with the database away the row is left to look dead."""
+        if self._task is None or self._executor is None:
+            return
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        try:
+            await self._call(mark_stopped, self.engine_id, self._counts())
+            await self._call(lambda: connection.close())  # the heartbeat thread's connection, looked up there
+        except Exception as exc:
+            logger.warning("Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.", exc)
+        finally:
+            self._executor.shutdown(wait=False)
+
+    def disconnected(self) -> None:
+        """The database failed this engine (a tick or a lease renewal): stop judging others for a while."""
+        self._connected_since = None
+
+    def dead_after(self) -> timedelta | None:
+        """``engine_dead_after_seconds`` while this engine may call others dead; None while it may not."""
+        now = time.monotonic()
+        if self._connected_since is None or now - self._last_beat > self._on_time:
+            return None
+        return self._dead_after if now - self._connected_since >= self._dead_after.total_seconds() else None
+
+    async def _beat_until_stopped(self) -> None:
+        starting = True
+        while True:
+            try:
+                await self._call(beat, self.engine_id, self._counts(), starting)
+            except Exception as exc:
+                logger.warning("Scheduler engine heartbeat failed; trying again in %s s: %s", self._interval, exc)
+            else:
+                starting = False
+                self._beaten(time.monotonic())
+            await asyncio.sleep(self._interval)
+
+    def _beaten(self, now: float) -> None:
+        """A beat later than ``_on_time`` after the last one means the database was away: start counting again."""
+        if self._connected_since is None or now - self._last_beat > self._on_time:
+            self._connected_since = now
+        self._last_beat = now
+
+    async def _call(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await sync_to_async(_in_own_connection, thread_sensitive=False, executor=self._executor)(
+            function, *args, **kwargs
+        )
