@@ -15,6 +15,7 @@ from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import EmptyResultSet
 from django.db.models import Count, F, Prefetch, QuerySet
+from django.db.models.functions import Now
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
@@ -155,7 +156,7 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         if request.method == "GET":
             config = get_scheduler_app().config
             dead_after = timedelta(seconds=config.engine_dead_after_seconds)
-            if not live_engines(timezone.now(), dead_after):
+            if not live_engines(dead_after):
                 self.message_user(
                     request, f"No scheduler engine is alive (none has sent a heartbeat in the last"
                     f" {dead_after.total_seconds():g} s): nothing is being sent. Start manage.py run_taskiq_beat.",
@@ -519,14 +520,13 @@ class EngineStateFilter(admin.SimpleListFilter):
         return list(EngineState.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerEngine]) -> QuerySet[SchedulerEngine]:
-        now, dead_after = timezone.now(), _dead_after()
         match self.value():
             case EngineState.ALIVE:
-                return queryset.alive(now, dead_after)  # type: ignore[attr-defined]
+                return queryset.alive(Now(), _dead_after())  # type: ignore[attr-defined]
             case EngineState.STOPPED:
                 return queryset.filter(stopped_at__isnull=False)
             case EngineState.DEAD:
-                return queryset.filter(stopped_at__isnull=True, heartbeat_at__lt=now - dead_after)
+                return queryset.dead(Now(), _dead_after())  # type: ignore[attr-defined]
         return queryset
 
 
@@ -544,6 +544,9 @@ class SchedulerEngineAdmin(admin.ModelAdmin):
     readonly_fields = list_display
     fields = readonly_fields
 
+    def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerEngine]:
+        return super().get_queryset(request).on_database_clock()  # type: ignore[attr-defined]
+
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return SafeChangeList
 
@@ -558,7 +561,7 @@ class SchedulerEngineAdmin(admin.ModelAdmin):
 
     @admin.display(description="state")
     def state_badge(self, engine: SchedulerEngine) -> str:
-        state = engine.state(timezone.now(), _dead_after())
+        state = engine.state(_dead_after())
         return format_html('<strong style="color: {}">{}</strong>', _ENGINE_COLOURS[state], state.label)
 
     @admin.display(description="last heartbeat", ordering="heartbeat_at")

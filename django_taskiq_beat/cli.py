@@ -75,9 +75,9 @@ def _run_data(run: SchedulerRun) -> dict[str, Any]:
     }
 
 
-def _engine_data(engine: SchedulerEngine, now: datetime, dead_after: timedelta) -> dict[str, Any]:
+def _engine_data(engine: SchedulerEngine, dead_after: timedelta) -> dict[str, Any]:
     return {
-        "id": engine.id, "state": engine.state(now, dead_after).value, "hostname": engine.hostname,
+        "id": engine.id, "state": engine.state(dead_after).value, "hostname": engine.hostname,
         "pid": engine.pid, "version": engine.version, "started_at": engine.started_at,
         "heartbeat_at": engine.heartbeat_at, "stopped_at": engine.stopped_at,
         "dispatched_count": engine.dispatched_count, "failed_dispatch_count": engine.failed_dispatch_count,
@@ -91,7 +91,7 @@ def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     """Engines and their heartbeats, jobs by state, what is due."""
     now = timezone.now()
     dead_after = timedelta(seconds=app.config.engine_dead_after_seconds)
-    engines = [_engine_data(engine, now, dead_after) for engine in SchedulerEngine.objects.all()]
+    engines = [_engine_data(engine, dead_after) for engine in SchedulerEngine.objects.on_database_clock()]
     jobs = SchedulerJob.objects
     states = {state.value: jobs.in_state(state).count() for state in JobState}
     due = jobs.filter(is_enabled=True, next_run_at__lte=now)

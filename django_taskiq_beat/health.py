@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
+from django.db.models.functions import Now
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
@@ -33,8 +34,9 @@ def unapplied_migrations(app_label: str | None = None) -> list[str]:
             if app_label is None or migration.app_label == app_label]
 
 
-def live_engines(now: datetime, dead_after: timedelta) -> list[SchedulerEngine]:
-    return list(SchedulerEngine.objects.alive(now, dead_after))
+def live_engines(dead_after: timedelta) -> list[SchedulerEngine]:
+    """Engines with a heartbeat within ``dead_after``, judged by the database's clock as engines write it."""
+    return list(SchedulerEngine.objects.alive(Now(), dead_after))
 
 
 def _database() -> Check:
@@ -53,8 +55,8 @@ def _migrations() -> Check:
     return Check("migrations", True, "applied")
 
 
-def _engines(now: datetime, dead_after: timedelta) -> Check:
-    alive = live_engines(now, dead_after)
+def _engines(dead_after: timedelta) -> Check:
+    alive = live_engines(dead_after)
     if alive:
         return Check("engines", True, f"{len(alive)} alive")
     last = SchedulerEngine.objects.order_by("-heartbeat_at").first()
@@ -78,7 +80,7 @@ def run_checks(dead_after: timedelta, max_lag: timedelta, now: datetime | None =
     """database, migrations, engines, schedule: in that order, up to and including the first failure."""
     moment = now or timezone.now()
     checks: list[Callable[[], Check]] = [
-        _database, _migrations, lambda: _engines(moment, dead_after), lambda: _schedule(moment, max_lag),
+        _database, _migrations, lambda: _engines(dead_after), lambda: _schedule(moment, max_lag),
     ]
     results: list[Check] = []
     for check in checks:

@@ -5,6 +5,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from django.db import DataError, models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
@@ -257,6 +258,13 @@ class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
         """Engines that stopped or whose heartbeat is older than ``dead_after``: their claims are free."""
         return self.filter(models.Q(stopped_at__isnull=False) | models.Q(heartbeat_at__lt=now - dead_after))
 
+    def dead(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
+        return self.filter(stopped_at__isnull=True, heartbeat_at__lt=now - dead_after)
+
+    def on_database_clock(self) -> "SchedulerEngineQuerySet":
+        """Each engine with ``database_now``, so ``state`` judges it by the clock its heartbeats use."""
+        return self.annotate(database_now=Now())
+
 
 class SchedulerEngine(models.Model):
     """One ``run_taskiq_beat`` process (or any started ``SchedulerApp``), as its heartbeats tell.
@@ -287,7 +295,9 @@ class SchedulerEngine(models.Model):
     def __str__(self) -> str:
         return f"{self.id} ({self.hostname}:{self.pid})"
 
-    def state(self, now: datetime, dead_after: timedelta) -> EngineState:
+    def state(self, dead_after: timedelta) -> EngineState:
+        """Alive, dead or stopped, by the database's clock when loaded ``on_database_clock()``."""
         if self.stopped_at is not None:
             return EngineState.STOPPED
+        now = getattr(self, "database_now", None) or timezone.now()
         return EngineState.ALIVE if self.heartbeat_at >= now - dead_after else EngineState.DEAD

@@ -8,12 +8,11 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
-from django.db.migrations import Migration
-from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
+from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.models import SchedulerJob
 from django_taskiq_beat.sending import start_broker_until_up
 
@@ -70,13 +69,12 @@ class Command(BaseCommand):
 
     def _require_migrations(self) -> None:
         """Refuse without this app's tables; another app's unapplied migration is normal during a rolling deploy."""
-        executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
-        pending = [migration for migration, _ in executor.migration_plan(executor.loader.graph.leaf_nodes())]
-        own = [migration for migration in pending if migration.app_label == SchedulerJob._meta.app_label]
+        pending = unapplied_migrations()
+        own = [name for name in pending if name.startswith(f"{APP_LABEL}.")]
         if own:
-            raise CommandError(f"Unapplied migrations ({_names(own)}): run 'manage.py migrate' first.")
+            raise CommandError(f"Unapplied migrations ({', '.join(own)}): run 'manage.py migrate' first.")
         if pending:
-            logger.warning("Unapplied migrations of other apps (%s); starting anyway.", _names(pending))
+            logger.warning("Unapplied migrations of other apps (%s); starting anyway.", ", ".join(pending))
 
     def _configure_logging(self, level: str) -> None:
         package_logger = logging.getLogger(_LOGGER)
@@ -103,6 +101,3 @@ class Command(BaseCommand):
         self.stdout.write("\n".join(lines))
         self.stdout.flush()  # before the engine's log lines, also when stdout is a file
 
-
-def _names(migrations: list[Migration]) -> str:
-    return ", ".join(f"{migration.app_label}.{migration.name}" for migration in migrations)
