@@ -19,7 +19,7 @@ from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orche
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
-from django_taskiq_beat.models import UNREADABLE_ERRORS, SchedulerJob, SchedulerRun, unreadable_job
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun, is_unreadable, unreadable_job
 from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware
 
@@ -113,7 +113,9 @@ class SchedulerApp:
             return SchedulerJob.objects.get(pk=_job_id(job_id))
         except SchedulerJob.DoesNotExist:
             raise JobNotFoundError(job_id) from None
-        except UNREADABLE_ERRORS as exc:
+        except Exception as exc:
+            if not is_unreadable(exc):
+                raise
             raise unreadable_job(job_id, exc) from None
 
     def pause(self, job_id: str, note: str | None = None) -> SchedulerJob:

@@ -17,12 +17,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from django.db import DataError, connection, transaction
+from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk
-from django_taskiq_beat.models import JobKind, RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun, new_id
+from django_taskiq_beat.models import (
+    MAX_COUNT,
+    JobKind,
+    RunStatus,
+    SchedulerEngine,
+    SchedulerJob,
+    SchedulerRun,
+    is_unreadable,
+    new_id,
+)
 from django_taskiq_beat.sending import describe_error
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
@@ -77,12 +86,6 @@ def _time_adapter() -> Callable[[datetime | None], Any]:
     return connection.ops.adapt_datetimefield_value
 
 
-# What reading a stored value the ORM cannot convert raises: Django's SQLite converters on text that
-# is not a date (ValueError), psycopg on timestamps Python cannot hold, '-infinity' or BC (DataError),
-# JSON decoding of a number stored in a SQLite text column (TypeError).
-_CONVERSION_ERRORS = (ValueError, TypeError, AttributeError, DataError)
-
-
 class UnusableRowError(ValueError):
     """A row holds values the engine cannot use: unreadable, or of the wrong type (written behind the API's back)."""
 
@@ -97,23 +100,29 @@ def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int) -> list[tuple[
     """
     try:
         return list(rows.values_list(*fields)[:limit])
-    except _CONVERSION_ERRORS:
-        keys = list(rows.values_list("pk", flat=True)[:limit])
+    except Exception as exc:
+        if not is_unreadable(exc):
+            raise
+    keys = list(rows.values_list("pk", flat=True)[:limit])
     return [_read_row(rows.filter(pk=key), fields) for key in keys]
 
 
 def _read_row(row: QuerySet[Any], fields: Sequence[str]) -> tuple[Any, ...]:
     try:
         return row.values_list(*fields).get()
-    except _CONVERSION_ERRORS:
-        return tuple(_read_value(row, field) for field in fields)
+    except Exception as exc:
+        if not is_unreadable(exc):
+            raise
+    return tuple(_read_value(row, field) for field in fields)
 
 
 def _read_value(row: QuerySet[Any], field: str) -> Any:
     try:
         return row.values_list(field, flat=True).get()
-    except _CONVERSION_ERRORS:
-        return None
+    except Exception as exc:
+        if not is_unreadable(exc):
+            raise
+    return None
 
 
 def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], types: Mapping[str, type]) -> None:
@@ -145,8 +154,10 @@ def next_due_at() -> datetime | None:
             .values_list("next_run_at", flat=True)
             .first()
         )
-    except _CONVERSION_ERRORS:
-        return None
+    except Exception as exc:
+        if not is_unreadable(exc):
+            raise
+    return None
 
 
 def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -206,7 +217,7 @@ def claim_due(
                 next_run_at = _next_slot(job, now)
             except Exception as exc:  # a corrupt stored row must not stop the batch
                 failures[job.id] = error = describe_error(exc)
-                failed_sends = _or(job.dispatch_failures, int, 0) + 1
+                failed_sends = min(_or(job.dispatch_failures, int, 0) + 1, MAX_COUNT)
                 job_updates.append(
                     (job.id, _time(now + retry.delay(failed_sends)), True, None, now_value, error, failed_sends)
                 )
@@ -344,6 +355,12 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set
     return missed
 
 
+def _added(column: str, amount: str) -> str:
+    """``column + amount`` in SQL, stopping at ``MAX_COUNT``: a full counter must not make an outcome unstorable."""
+    return (f"CASE WHEN scheduler_job.{column} > {MAX_COUNT} - {amount} THEN {MAX_COUNT}"
+            f" ELSE scheduler_job.{column} + {amount} END")
+
+
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
     """Store the outcomes on the jobs and their runs; failed slots get a retry.
 
@@ -362,7 +379,7 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             "scheduler_job",
             (("id", "varchar"), ("sent", "integer"), ("last_run_at", "timestamptz"),
              ("last_dispatched_task_id", "varchar")),
-            "dispatch_count = scheduler_job.dispatch_count + v.sent, last_run_at = v.last_run_at,"
+            f"dispatch_count = {_added('dispatch_count', 'v.sent')}, last_run_at = v.last_run_at,"
             " last_dispatched_task_id = v.last_dispatched_task_id, last_error = NULL, dispatch_failures = 0",
             [
                 (job_id, len(job_outcomes), _time(job_outcomes[-1].dispatched_at), job_outcomes[-1].dispatch.run_id)
@@ -376,19 +393,48 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             _RETRY,
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
-        if record_runs:
-            bulk.update_from_values(
-                "scheduler_run",
-                (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
-                 ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
-                # A worker may already have reported the task's own error: a sent run keeps it.
-                "status = v.status, dispatched_at = v.dispatched_at, finished_at = v.finished_at,"
-                " broker_task_id = v.broker_task_id, error = COALESCE(v.error, scheduler_run.error),"
-                " claimed_by = NULL, lease_expires_at = NULL, updated_at = v.finished_at",
-                [_finished_run(outcome, _time) for outcome in outcomes],
-            )
-        else:
-            SchedulerRun.objects.filter(id__in=[outcome.dispatch.run_id for outcome in outcomes]).delete()
+        _settle_runs(outcomes, record_runs)
+
+
+STORE_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
+"""What storing raises because of the values, not because the database is away: trying again fails alike."""
+
+
+def record_each(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> list[Outcome]:
+    """Store outcomes one at a time, after the database refused a batch for its values.
+
+    An outcome whose job cannot be updated still has its run settled, so it is not sent
+    again; returns those whose run could not be settled either.
+    """
+    refused = []
+    for outcome in outcomes:
+        try:
+            record([outcome], now, record_runs, retry)
+        except STORE_DATA_ERRORS:
+            try:
+                with transaction.atomic():
+                    _settle_runs([outcome], record_runs)
+            except STORE_DATA_ERRORS:
+                refused.append(outcome)
+    return refused
+
+
+def _settle_runs(outcomes: list[Outcome], record_runs: bool) -> None:
+    """Mark the runs sent or failed and release their leases (or drop them without run history)."""
+    if not record_runs:
+        SchedulerRun.objects.filter(id__in=[outcome.dispatch.run_id for outcome in outcomes]).delete()
+        return
+    _time = _time_adapter()
+    bulk.update_from_values(
+        "scheduler_run",
+        (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
+         ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
+        # A worker may already have reported the task's own error: a sent run keeps it.
+        "status = v.status, dispatched_at = v.dispatched_at, finished_at = v.finished_at,"
+        " broker_task_id = v.broker_task_id, error = COALESCE(v.error, scheduler_run.error),"
+        " claimed_by = NULL, lease_expires_at = NULL, updated_at = v.finished_at",
+        [_finished_run(outcome, _time) for outcome in outcomes],
+    )
 
 
 def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
@@ -409,7 +455,7 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
 # Every right-hand side reads the row as it was before this UPDATE.
 _UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
 _RETRY = (
-    "dispatch_failures = scheduler_job.dispatch_failures + v.failed, last_error = v.last_error,"
+    f"dispatch_failures = {_added('dispatch_failures', 'v.failed')}, last_error = v.last_error,"
     f" next_run_at = CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
     " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END,"
     f" is_enabled = CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END,"
@@ -428,28 +474,31 @@ def _retry(
     return latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now)
 
 
+# Cleanups delete a chunk per call, so that between chunks the engine's database thread is free for its
+# claims and lease renewals: the first purge of a long history must not hold it for minutes.
+_RUN_DELETE_CHUNK = 5000
+_JOB_DELETE_CHUNK = 500
+
+
 def delete_runs_finished_before(cutoff: datetime) -> int:
-    deleted, _ = SchedulerRun.objects.filter(finished_at__lt=cutoff).exclude(status=RunStatus.PENDING).delete()
+    """One chunk of the runs that finished before ``cutoff``; returns how many (0: none left)."""
+    finished = SchedulerRun.objects.filter(finished_at__lt=cutoff).exclude(status=RunStatus.PENDING)
+    run_ids = list(finished.values_list("id", flat=True)[:_RUN_DELETE_CHUNK])
+    deleted, _ = SchedulerRun.objects.filter(id__in=run_ids).delete()
     return deleted
 
 
-_DELETE_CHUNK = 500
-
-
 def delete_jobs_finished_before(cutoff: datetime) -> int:
-    """Completed one-offs (sent at least once, finished before ``cutoff``) and their runs.
+    """One chunk of completed one-offs (sent at least once, finished before ``cutoff``) with their runs.
 
-    A chunk at a time, each job locked before its runs are deleted (the order every writer
-    keeps); a job another writer holds is left for the next cleanup.
+    Each job is locked before its runs are deleted (the order every writer keeps); a job
+    another writer holds is left for the next cleanup. Only ids are loaded, so a job row
+    with an unreadable column goes like any other. Returns how many jobs (0: none left).
     """
     finished = SchedulerJob.objects.filter(
         kind=JobKind.ONE_OFF, is_enabled=False, finished_at__lt=cutoff, dispatch_count__gt=0
     ).exclude(runs__status=RunStatus.PENDING)
-    deleted = 0
-    while True:
-        with transaction.atomic():
-            job_ids = list(_lock_for_claiming(finished).values_list("id", flat=True)[:_DELETE_CHUNK])
-            if not job_ids:
-                return deleted
-            _, by_model = SchedulerJob.objects.filter(pk__in=job_ids).delete()
-        deleted += by_model.get(SchedulerJob._meta.label, 0)
+    with transaction.atomic():
+        job_ids = list(_lock_for_claiming(finished).values_list("id", flat=True)[:_JOB_DELETE_CHUNK])
+        _, by_model = SchedulerJob.objects.filter(pk__in=job_ids).only("pk").delete()
+    return by_model.get(SchedulerJob._meta.label, 0)

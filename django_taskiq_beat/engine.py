@@ -91,10 +91,13 @@ class _Cleanup:
         return self.retention_days is not None and time.monotonic() >= self._next_at
 
     async def run(self) -> None:
+        """Delete chunk after chunk (``self.delete`` deletes one and says how many) until none is left."""
         assert self.retention_days is not None
         self._next_at = time.monotonic() + self.interval_seconds
         cutoff = timezone.now() - timedelta(days=self.retention_days)
-        deleted = await _orm(self.delete, cutoff)
+        deleted = 0
+        while chunk := await _orm(self.delete, cutoff):
+            deleted += chunk
         self.deleted_total += deleted
         self.last_at = timezone.now()
         if deleted:
@@ -407,7 +410,23 @@ class BeatEngine:
                 await asyncio.sleep(self._renew_seconds)
 
     async def _store(self, outcomes: list[claims.Outcome]) -> None:
-        await _orm(claims.record, outcomes, timezone.now(), self.config.record_runs, self._retry)
+        """Store outcomes; a batch the database refuses for its values is stored one by one.
+
+        Such a refusal is not an outage (storing again would fail alike), so it must not
+        keep the engine from claiming: the outcomes it can store are stored, and those it
+        cannot are logged and let go (their runs are sent again after their lease).
+        """
+        now = timezone.now()
+        try:
+            await _orm(claims.record, outcomes, now, self.config.record_runs, self._retry)
+        except claims.STORE_DATA_ERRORS:
+            logger.warning("The database refused a batch of send outcomes for its values; storing them one by one.",
+                           exc_info=True)
+            for outcome in await _orm(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
+                logger.error(
+                    "The send outcome of job %s (run %s) cannot be stored; the run is sent again after its lease.",
+                    outcome.dispatch.job_id, outcome.dispatch.run_id, extra={"job_id": outcome.dispatch.job_id},
+                )
         self._release(outcomes)
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:

@@ -21,6 +21,7 @@ from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.db import close_old_connections, connection, transaction
 from django.db.models import F
+from django.db.models.functions import Least
 from django.utils import timezone
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
@@ -115,7 +116,7 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
     once an engine has committed), and writes the job before the run, as the engine does,
     so the two never deadlock on PostgreSQL.
     """
-    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.models import MAX_COUNT, SchedulerJob
 
     with transaction.atomic():
         begin_write()
@@ -123,7 +124,7 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
         job_id = runs.values_list("job_id", flat=True).first()
         if job_id is None:
             return  # unknown run, or its outcome was already recorded (a repeated delivery)
-        failures = F("consecutive_failures") + 1 if outcome == "failed" else 0
+        failures = Least(F("consecutive_failures") + 1, MAX_COUNT) if outcome == "failed" else 0
         SchedulerJob.objects.filter(pk=job_id).update(last_outcome=outcome, consecutive_failures=failures)
         if not runs.update(outcome=outcome, completed_at=now, error=error, updated_at=now):
             transaction.set_rollback(True)  # a concurrent delivery recorded it first

@@ -4,7 +4,7 @@ import uuid
 
 from datetime import datetime, timedelta
 
-from django.db import DataError, models
+from django.db import DataError, OperationalError, models
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -13,9 +13,21 @@ from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
 
 
-UNREADABLE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, RecursionError, DataError)
-"""What loading a value the driver cannot convert raises: Django's SQLite converters on text that is
-not a date, psycopg on '-infinity' or a year past 9999, json on nesting too deep."""
+MAX_COUNT = 2**31 - 1
+"""The largest value of a count column on every backend (PostgreSQL's integer): counters stop there."""
+
+_UNREADABLE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, RecursionError, DataError)
+
+
+def is_unreadable(error: Exception) -> bool:
+    """Whether loading a row failed on a stored value rather than on the database itself.
+
+    Django's SQLite converters raise on text that is not a date, psycopg on '-infinity' or
+    a year past 9999, json on nesting too deep, and SQLite on text that is not UTF-8.
+    """
+    if isinstance(error, OperationalError):
+        return "Could not decode to UTF-8" in str(error)
+    return isinstance(error, _UNREADABLE_ERRORS)
 
 
 def unreadable_job(job_id: str, error: Exception) -> SchedulerValidationError:
@@ -78,7 +90,9 @@ class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
         rows = self.select_for_update().filter(pk=job_id)
         try:
             return (rows.only(*fields) if fields else rows).first()
-        except UNREADABLE_ERRORS as exc:
+        except Exception as exc:
+            if not is_unreadable(exc):
+                raise
             raise unreadable_job(job_id, exc) from None
 
 

@@ -237,14 +237,30 @@ def test_engine_cleans_old_completed_one_off_jobs_when_retention_is_enabled(brok
 def test_completed_jobs_are_cleaned_a_chunk_at_a_time(
     broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    app = SchedulerApp(broker=broker, config=make_config())
+    app = SchedulerApp(broker=broker, config=make_config(completed_job_retention_days=0))
     done = [app.single(task="system.echo").schedule().id for _ in range(5)]  # immediate jobs: sent and finished
     kept = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)))
     SchedulerJob.objects.filter(pk__in=done).update(finished_at=timezone.now() - timedelta(days=1))
-    monkeypatch.setattr(claims, "_DELETE_CHUNK", 2)
-    assert claims.delete_jobs_finished_before(timezone.now()) == 5
+    monkeypatch.setattr(claims, "_JOB_DELETE_CHUNK", 2)
+    assert [claims.delete_jobs_finished_before(timezone.now()) for _ in range(4)] == [2, 2, 1, 0]
     assert list(SchedulerJob.objects.values_list("id", flat=True)) == [kept.id]
     assert not SchedulerRun.objects.filter(job_id__in=done).exists()
+    done = [app.single(task="system.echo").schedule().id for _ in range(3)]
+    SchedulerJob.objects.filter(pk__in=done).update(finished_at=timezone.now() - timedelta(days=1))
+    run(app.engine.run_once)  # the engine's cleanup goes chunk after chunk until none is left
+    assert list(SchedulerJob.objects.values_list("id", flat=True)) == [kept.id]
+    assert app.get_health_snapshot().cleaned_job_count == 3
+
+
+def test_run_history_is_cleaned_a_chunk_at_a_time(app: SchedulerApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
+    old = timezone.now() - timedelta(days=40)
+    SchedulerRun.objects.bulk_create([
+        SchedulerRun(job=job, scheduled_for=old + timedelta(seconds=n), status=RunStatus.DISPATCHED, finished_at=old)
+        for n in range(7)
+    ])
+    monkeypatch.setattr(claims, "_RUN_DELETE_CHUNK", 3)
+    assert [claims.delete_runs_finished_before(timezone.now()) for _ in range(4)] == [3, 3, 1, 0]
 
 
 # -- the reference's scheduler scenarios that need the engine -----------------------------------------
