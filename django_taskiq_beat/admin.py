@@ -23,7 +23,6 @@ from django.utils import timezone
 from django.utils.text import capfirst
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
-from django.utils.timesince import timesince, timeuntil
 
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
@@ -267,8 +266,9 @@ class SchedulerJobAdmin(admin.ModelAdmin):
         if job.next_run_at is None:
             return "–"
         moment = job.next_run_at
-        relative = f"in {timeuntil(moment)}" if moment > timezone.now() else f"due {timesince(moment)} ago"
-        return format_html("{}<br><small>{}</small>", local_time(moment), relative)
+        relative = relative_time(moment)
+        return format_html("{}<br><small>{}</small>", local_time(moment), relative if moment > timezone.now()
+                           else f"due {relative}")
 
     @admin.display(description="last run")
     def last_run(self, job: SchedulerJob) -> str:
@@ -534,14 +534,14 @@ class EngineStateFilter(admin.SimpleListFilter):
 class SchedulerEngineAdmin(admin.ModelAdmin):
     """The engines as their heartbeats tell: read-only, written by the engines themselves."""
 
-    list_display = (
-        "id", "state_badge", "hostname", "pid", "version", "heartbeat", "started_at", "stopped_at",
-        "dispatched_count", "failed_dispatch_count", "recovered_run_count", "claim_conflict_count",
-    )
+    list_display = ("id", "state_badge", "process", "version", "heartbeat", "started", "stopped", "counters")
     list_filter = (EngineStateFilter, "hostname")
     search_fields = ("id", "hostname")
     ordering = ("-heartbeat_at",)
-    readonly_fields = list_display
+    readonly_fields = (
+        "id", "state_badge", "hostname", "pid", "version", "heartbeat", "started", "stopped", "dispatched_count",
+        "failed_dispatch_count", "recovered_run_count", "claim_conflict_count",
+    )
     fields = readonly_fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerEngine]:
@@ -563,6 +563,25 @@ class SchedulerEngineAdmin(admin.ModelAdmin):
     def state_badge(self, engine: SchedulerEngine) -> str:
         state = engine.state(_dead_after())
         return format_html('<strong style="color: {}">{}</strong>', _ENGINE_COLOURS[state], state.label)
+
+    @admin.display(description="host:pid", ordering="hostname")
+    def process(self, engine: SchedulerEngine) -> str:
+        return f"{engine.hostname}:{engine.pid}"
+
+    @admin.display(description="counts")
+    def counters(self, engine: SchedulerEngine) -> str:
+        return format_html(
+            "{} sent<br><small>{} failed · {} recovered · {} conflicts</small>", engine.dispatched_count,
+            engine.failed_dispatch_count, engine.recovered_run_count, engine.claim_conflict_count,
+        )
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, engine: SchedulerEngine) -> str:
+        return local_time(engine.started_at)
+
+    @admin.display(description="stopped", ordering="stopped_at")
+    def stopped(self, engine: SchedulerEngine) -> str:
+        return local_time(engine.stopped_at) if engine.stopped_at else "–"
 
     @admin.display(description="last heartbeat", ordering="heartbeat_at")
     def heartbeat(self, engine: SchedulerEngine) -> str:

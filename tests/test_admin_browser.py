@@ -1,4 +1,4 @@
-"""The admin in a real headless browser: create a job, run it now, see its run.
+"""The admin in a real headless browser: create a job, run it now, see its run; the engines screen.
 
 Playwright drives Debian's ``chromium`` (CI installs it with apt; Playwright's own
 browser download is not used). An engine process on the test database sends the job.
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, get_scheduler_app
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.processes import REPO, child_env, wait_until
 
@@ -110,3 +111,35 @@ def test_create_run_now_and_see_the_run_in_the_history(
     history = page.inner_text("#result_list")  # type: ignore[attr-defined]
     assert "Greeting from the browser" in history and "dispatched" in history
     page.screenshot(path=str(screenshots / "run-history.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def log_in(page: object, base: str, next_url: str) -> None:
+    User.objects.create_superuser("operator", "operator@example.com", "secret")
+    page.goto(f"{base}/admin/login/?next={next_url}")  # type: ignore[attr-defined]
+    page.fill("#id_username", "operator")  # type: ignore[attr-defined]
+    page.fill("#id_password", "secret")  # type: ignore[attr-defined]
+    page.click("input[type=submit]")  # type: ignore[attr-defined]
+
+
+def test_the_engines_screen_and_the_warning_when_none_is_alive(
+    live_server: object, page: object, screenshots: Path
+) -> None:
+    from tests.test_cli import engine_row
+
+    get_scheduler_app().single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=5)),
+                                                             name="Heartbeat")
+    engine_row("engine-b7", heartbeat_age=300, dispatched_count=5120, failed_dispatch_count=3)
+    engine_row("engine-a1", heartbeat_age=3600, stopped=True, dispatched_count=20411)
+    base = str(live_server)
+    log_in(page, base, "/admin/django_taskiq_beat/schedulerjob/")
+    assert "No scheduler engine is alive" in page.inner_text("ul.messagelist")  # type: ignore[attr-defined]
+    page.screenshot(path=str(screenshots / "no-engine-warning.png"), full_page=True)  # type: ignore[attr-defined]
+
+    engine_row("engine-c3", heartbeat_age=2, dispatched_count=812, recovered_run_count=4)
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerengine/")  # type: ignore[attr-defined]
+    listed = page.inner_text("#result_list")  # type: ignore[attr-defined]
+    for text in ("engine-c3", "alive", "engine-b7", "dead", "engine-a1", "stopped", "5120"):
+        assert text in listed, text
+    page.screenshot(path=str(screenshots / "engines.png"), full_page=True)  # type: ignore[attr-defined]
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
+    assert page.query_selector("ul.messagelist") is None  # type: ignore[attr-defined]  # an engine is alive: no warning

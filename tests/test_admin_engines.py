@@ -27,7 +27,7 @@ def test_the_engines_screen_shows_each_engine_and_its_state(admin_client: Client
     engine_row("engine-dead", heartbeat_age=3600)
     engine_row("engine-stopped", heartbeat_age=10, stopped=True)
     page = admin_client.get(ENGINES).content.decode()
-    for text in ("engine-live", "engine-dead", "engine-stopped", "host-a", "4242", "0.1.0", "1234", "2 s ago",
+    for text in ("engine-live", "engine-dead", "engine-stopped", "host-a:4242", "0.1.0", "1234 sent", "7 conflicts", "2 s ago",
                  ">alive</strong>", ">dead</strong>", ">stopped</strong>"):
         assert text in page, text
     for state, shown in (("alive", "engine-live"), ("dead", "engine-dead"), ("stopped", "engine-stopped")):
