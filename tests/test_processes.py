@@ -7,6 +7,7 @@ The engines' logs are printed when a test fails.
 
 import signal
 import socket
+import subprocess
 import sqlite3
 import threading
 import time
@@ -486,3 +487,27 @@ def test_another_apps_unapplied_migration_is_a_warning_and_the_engine_runs(tmp_p
         engine.stop()
         print(engine.log())
     assert "WARNING django_taskiq_beat.engine Unapplied migrations of other apps (sessions.0001_initial)" in engine.log()
+
+
+# -- the health probe against real engines ------------------------------------------------------------------
+
+def test_health_fails_without_an_engine_passes_with_one_and_fails_soon_after_it_is_killed(
+    engines: EngineFactory,
+) -> None:
+    """With the default heartbeat (5 s) and dead-after (15 s), as a Kubernetes probe would see it."""
+    dead_after = SchedulerConfig().engine_dead_after_seconds
+
+    def health() -> subprocess.CompletedProcess[str]:
+        return manage("taskiq_beat", "health")
+
+    before = health()
+    assert before.returncode == 1 and "engines: FAILED" in before.stdout
+    engine = engines("engine-probed", {"CLAIM_TTL_SECONDS": 60})
+    wait_until(lambda: health().returncode == 0, timeout=15, what="health to pass with a live engine", interval=0.5)
+    engine.signal(signal.SIGKILL)
+    engine.wait()
+    killed_at = time.monotonic()
+    wait_until(lambda: health().returncode == 1, timeout=dead_after + 5, what="health to fail after the kill",
+               interval=0.5)
+    assert time.monotonic() - killed_at <= dead_after + 2
+    assert "engines: FAILED (no engine alive" in health().stdout and "engine-probed" in health().stdout
