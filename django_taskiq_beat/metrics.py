@@ -134,8 +134,8 @@ class MetricsServer:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{f'[{host}]' if ':' in str(host) else host}:{port}/metrics"
+        host, port = self._server.socket.getsockname()[:2]
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def start(self) -> "MetricsServer":
         self._thread.start()
