@@ -11,7 +11,7 @@ SUITE_ENV := env -u REDIS_URL -u DATABASE_URL
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,redis]"
+	$(BIN)/python -m pip install --quiet -e ".[test,redis,metrics]"
 	touch $@
 
 test: test-sqlite test-postgres

@@ -158,6 +158,8 @@ class BeatEngine:
             "Scheduler engine deleted the rows of engines gone for a week.", "deleted_engine_count", "heartbeat_before",
         )
         self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
+        # Called with the lag (seconds from slot to send) of each slot the broker took; ``metrics`` sets it.
+        self.send_lag_observer: Callable[[float], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -367,12 +369,25 @@ class BeatEngine:
         sent = sum(outcome.error is None for outcome in outcomes)
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
+        self._observe_send_lags(outcomes)
         try:
             await self._store(outcomes)
         except Exception:
             self._unrecorded.extend(outcomes)  # kept until stored: see _record_leftovers
             raise
         return sent
+
+    def _observe_send_lags(self, outcomes: list[claims.Outcome]) -> None:
+        """Hand each sent slot's lag to ``send_lag_observer``; its error is logged and costs the engine nothing."""
+        observe = self.send_lag_observer
+        if observe is None:
+            return
+        try:
+            for outcome in outcomes:
+                if outcome.error is None and outcome.dispatched_at is not None:
+                    observe((outcome.dispatched_at - outcome.dispatch.scheduled_for).total_seconds())
+        except Exception:
+            logger.exception("The send lag observer failed.")
 
     async def _record_leftovers(self) -> None:
         """Store the outcomes an earlier store could not; raises while the database is away.

@@ -1,9 +1,10 @@
 """``manage.py run_taskiq_beat``: the scheduler process."""
 
+import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -16,7 +17,13 @@ from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.models import SchedulerJob
 from django_taskiq_beat.sending import start_broker_until_up
 
+if TYPE_CHECKING:
+    from django_taskiq_beat.metrics import MetricsServer
+
 _LOGGER = "django_taskiq_beat"
+# All interfaces, as prometheus-client's own server: Prometheus scrapes from another host or pod, and
+# what is served holds counts, the engine id and the version, no job names or arguments.
+DEFAULT_METRICS_HOST = "0.0.0.0"
 logger = logging.getLogger("django_taskiq_beat.engine")
 
 
@@ -29,9 +36,18 @@ class Command(BaseCommand):
             "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="Level of the django_taskiq_beat loggers (default INFO).",
         )
+        parser.add_argument(
+            "--metrics-port", type=_port, metavar="PORT",
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra).",
+        )
+        parser.add_argument(
+            "--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+            help=f"The address --metrics-port listens on (default {DEFAULT_METRICS_HOST}: all interfaces).",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["log_level"])
+        metrics_server = _metrics_server_class() if options["metrics_port"] is not None else None
         self._require_migrations()
         try:
             if options["broker"]:
@@ -40,8 +56,15 @@ class Command(BaseCommand):
                 app = get_scheduler_app()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
-        self._print_banner(app, options["broker"] or broker_path())
-        asyncio.run(self._serve(app))
+        server = None
+        if metrics_server is not None:
+            server = _bind(metrics_server, app, options["metrics_host"], options["metrics_port"])
+        try:
+            self._print_banner(app, options["broker"] or broker_path(), server)
+            asyncio.run(self._serve(app))
+        finally:
+            if server is not None:
+                server.stop()
         self.stdout.write("run_taskiq_beat stopped.")
 
     async def _serve(self, app: SchedulerApp) -> None:
@@ -84,7 +107,7 @@ class Command(BaseCommand):
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
             package_logger.addHandler(handler)
 
-    def _print_banner(self, app: SchedulerApp, broker_spec: str | None) -> None:
+    def _print_banner(self, app: SchedulerApp, broker_spec: str | None, metrics: "MetricsServer | None") -> None:
         connection = connections[DEFAULT_DB_ALIAS]
         jobs = SchedulerJob.objects
         config = app.config
@@ -98,6 +121,36 @@ class Command(BaseCommand):
             f"batch={config.dispatch_batch_size} concurrency={config.dispatch_concurrency} "
             f"lease={config.claim_ttl_seconds}s timezone={config.default_timezone}",
         ]
+        if metrics is not None:
+            lines.append(f"  metrics  : {metrics.url}")
         self.stdout.write("\n".join(lines))
         self.stdout.flush()  # before the engine's log lines, also when stdout is a file
 
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)")
+    return int(value)
+
+
+def _metrics_server_class() -> "type[MetricsServer]":
+    """``metrics.MetricsServer``, or a CommandError saying which extra to install."""
+    try:
+        from django_taskiq_beat.metrics import MetricsServer
+    except ImportError as exc:
+        if not (exc.name or "").startswith("prometheus_client"):
+            raise
+        raise CommandError(
+            "--metrics-port needs prometheus-client: install the 'metrics' extra"
+            " (pip install 'django-taskiq-beat[metrics]')."
+        ) from exc
+    return MetricsServer
+
+
+def _bind(server_class: "type[MetricsServer]", app: SchedulerApp, host: str, port: int) -> "MetricsServer":
+    """Bind before the engine starts, so a port in use stops the command at once."""
+    try:
+        server = server_class(app, host, port)
+    except OSError as exc:
+        raise CommandError(f"Cannot serve metrics on {host}:{port}: {exc.strerror or exc}.") from exc
+    return server.start()
