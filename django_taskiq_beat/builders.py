@@ -24,7 +24,8 @@ from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, r
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import TaskCall, require_callable_with, require_json, require_text, task_name_of
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
-from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
+from django_taskiq_beat.logs import describe_error
+from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
     ImmediateDispatch,
     OneOffSchedule,

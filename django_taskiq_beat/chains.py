@@ -22,7 +22,8 @@ from taskiq.result_backends.dummy import DummyResultBackend
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_SECONDS, require_json, require_number, task_name_of
-from django_taskiq_beat.sending import RUN_LABEL, describe_error
+from django_taskiq_beat.logs import describe_error
+from django_taskiq_beat.sending import RUN_LABEL
 
 CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
 FAILURE_POLICIES = ("stop", "restart")

@@ -32,7 +32,7 @@ from django_taskiq_beat.models import (
     is_unreadable,
     new_id,
 )
-from django_taskiq_beat.sending import describe_error
+from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")

@@ -32,7 +32,8 @@ from taskiq import AsyncBroker
 
 from django_taskiq_beat import claims, registry
 from django_taskiq_beat.conf import SchedulerConfig
-from django_taskiq_beat.sending import describe_error, send_task
+from django_taskiq_beat.logs import describe_error
+from django_taskiq_beat.sending import send_task
 
 logger = logging.getLogger("django_taskiq_beat.engine")
 

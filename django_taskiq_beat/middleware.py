@@ -27,7 +27,8 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from django_taskiq_beat.bulk import begin_write
-from django_taskiq_beat.sending import RUN_LABEL, describe_error
+from django_taskiq_beat.logs import describe_error
+from django_taskiq_beat.sending import RUN_LABEL
 
 logger = logging.getLogger("django_taskiq_beat.middleware")
 
