@@ -1,13 +1,18 @@
 """What operators read: each log line names its job, and an outage does not flood the log.
 
 The message formats, in-process (``caplog``); then real processes: a 10 s Redis outage
-seen in an engine's log.
+seen in an engine's log, and a ``taskiq worker`` printing each of our lines once.
 """
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -20,20 +25,26 @@ from asgiref.sync import async_to_sync
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 from taskiq import InMemoryBroker
+from taskiq.kicker import AsyncKicker
 
 from django_taskiq_beat import (
+    CHAIN_ORCHESTRATOR_TASK_NAME,
+    ChainStep,
     IntervalTrigger,
     OneOffSchedule,
     PeriodicSchedule,
     SchedulerApp,
     SchedulerConfig,
+    TaskChain,
     claims,
     get_scheduler_app,
     logs,
 )
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.sending import JOB_LABEL
+from testproject.tasks import make_broker
 from tests.conftest import UNREADABLE_TIMES, store_raw
-from tests.processes import EngineProcess, redis_server, wait_until
+from tests.processes import REPO, EngineProcess, child_env, redis_server, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="Debian's redis-server is not installed")
@@ -252,3 +263,47 @@ def test_a_ten_second_broker_outage_logs_one_line_per_job_per_retry(tmp_path: Pa
     assert set(named) == set(job_ids), "a job whose failed sends were not logged"
     assert max(named.values()) <= 1 + RETRIES_IN_OUTAGE
     assert all(", task demo.heartbeat, slot " in message and "; retry at " in message for message in failed_sends)
+
+
+@requires_redis
+def test_a_worker_prints_each_of_our_lines_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """taskiq's worker configures the root logger; the project's LOGGING must not add a second handler."""
+    with redis_server(tmp_path) as redis:
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "taskiq", "worker", "testproject.tasks:broker", "--workers", "1"],
+                env=child_env(REDIS_URL=redis.url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True,
+            )
+        try:
+            monkeypatch.setenv("REDIS_URL", redis.url)
+            broker = make_broker()
+            chain = TaskChain(steps=[ChainStep(task="demo.greet", args=["once"]), ChainStep(task="demo.add", args=[1, 2])],
+                              wait_poll_interval_seconds=0.1)
+
+            async def send_chain() -> None:
+                await broker.startup()
+                try:
+                    await AsyncKicker(CHAIN_ORCHESTRATOR_TASK_NAME, broker, {JOB_LABEL: "nightly-chain"}).kiq(
+                        **chain.to_payload()
+                    )
+                finally:
+                    await broker.shutdown()
+
+            async_to_sync(send_chain)()
+            wait_until(lambda: "[demo.add] 1 + 2 = 3" in log_path.read_text(), timeout=60, what="the chain's last step")
+            time.sleep(1)  # the orchestrator sees the result within its poll interval and logs the chain's end
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+            print(f"----- worker -----\n{log_path.read_text(errors='replace')}")
+    ours = [line for line in log_path.read_text().splitlines() if "django_taskiq_beat" in line]
+    assert len(ours) == 3, "each of the chain's three lines (two steps, the chain) printed once"
+    assert [line.split(" django_taskiq_beat.chains ", 1)[1] for line in ours] == [
+        "Chain of job nightly-chain: step 0 (demo.greet) completed, attempt 1 of 1.",
+        "Chain of job nightly-chain: step 1 (demo.add) completed, attempt 1 of 1.",
+        "Chain of job nightly-chain completed: 2 steps, chain attempt 1.",
+    ]
+
