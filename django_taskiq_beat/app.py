@@ -14,6 +14,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from taskiq import AsyncBroker
 
+from django_taskiq_beat import logs
 from django_taskiq_beat.builders import ChainScheduleBuilder, SingleScheduleBuilder
 from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orchestrator
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
@@ -126,30 +127,32 @@ class SchedulerApp:
         """
         if note is not None:
             require_text("note", note, max_length=_MAX_NOTE_LENGTH)
-        return self._change(job_id, "Scheduler job paused.", lambda job, now: job.disarm(now, note))
+        said = f" (note: {logs.one_line(note)!r})" if note else ""
+        return self._change(job_id, "Paused job %s%s.", lambda job, now: job.disarm(now, note), said)
 
     def resume(self, job_id: str) -> SchedulerJob:
         """Re-enable the job on its next slot from now; a finished job stays finished."""
-        return self._change(job_id, "Scheduler job resumed.", _resume)
+        return self._change(job_id, "Resumed job %s.", _resume)
 
     def run_now(self, job_id: str) -> SchedulerJob:
         """Make the job due at once, whatever its state; afterwards it goes on as before."""
-        return self._change(job_id, "Scheduler job marked to run now.", _run_now)
+        return self._change(job_id, "Marked job %s to run now.", _run_now)
 
     def delete(self, job_id: str) -> None:
         """Delete the job and its run history."""
         with transaction.atomic():
-            job = self._locked(job_id, "id", "task_name")  # a row with unreadable columns can still go
+            job = self._locked(job_id, "id", "name", "task_name")  # a row with unreadable columns can still go
             job.delete()
             self.job_changed()
-        logger.info("Scheduler job deleted.", extra={"job_id": job_id, "task_name": job.task_name})
+        logger.info("Deleted job %s and its runs.", logs.job(job_id, job.name, job.task_name),
+                    extra=logs.job_extra(job_id, job.name, job.task_name))
 
     def purge_runs(self, *, finished_before: datetime) -> int:
         """Delete runs that finished before ``finished_before``; returns how many."""
         cutoff = require_aware(finished_before, "finished_before")
         deleted, _ = SchedulerRun.objects.filter(finished_at__lt=cutoff).delete()
         logger.info(
-            "Scheduler run history purged.",
+            "Purged run history: %s finished before %s.", logs.count(deleted, "run"), logs.when(cutoff),
             extra={"deleted_run_count": deleted, "finished_before": cutoff.isoformat()},
         )
         return deleted
@@ -167,7 +170,10 @@ class SchedulerApp:
             raise JobNotFoundError(job_id)
         return job
 
-    def _change(self, job_id: str, message: str, change: Callable[[SchedulerJob, datetime], None]) -> SchedulerJob:
+    def _change(
+        self, job_id: str, message: str, change: Callable[[SchedulerJob, datetime], None], *message_args: str
+    ) -> SchedulerJob:
+        """Change the job under its row lock; ``message`` gets the job's description, then ``message_args``."""
         with transaction.atomic():
             job = self._locked(job_id)
             now = timezone.now()
@@ -175,7 +181,8 @@ class SchedulerApp:
             job.updated_at = now
             job.save()
             self.job_changed()
-        logger.info(message, extra={"job_id": job.id, "task_name": job.task_name})
+        logger.info(message, logs.job(job.id, job.name, job.task_name), *message_args,
+                    extra=logs.job_extra(job.id, job.name, job.task_name))
         return job
 
 

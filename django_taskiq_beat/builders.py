@@ -20,11 +20,12 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from django_taskiq_beat import logs
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import TaskCall, require_callable_with, require_json, require_text, task_name_of
-from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
-from django_taskiq_beat.sending import UnknownTaskError, describe_error, find_task, run_from_sync, send_task
+from django_taskiq_beat.models import JobStrategy, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
     ImmediateDispatch,
     OneOffSchedule,
@@ -67,6 +68,14 @@ def _identity(job_id: Any, name: Any, description: Any) -> _Identity:
         name=None if name is None else require_text("name", name, max_length=_MAX_NAME_LENGTH),
         description=None if description is None else require_text("description", description),
     )
+
+
+def _schedule_text(job: SchedulerJob) -> str:
+    """``periodic, active, next slot 14:00:00 UTC`` for a log line."""
+    if job.strategy == JobStrategy.IMMEDIATE:
+        return "sent at once"
+    text = f"{job.get_kind_display()}, {job.state}"
+    return text + (f", next slot {logs.when(job.next_run_at)}" if job.is_enabled and job.next_run_at else "")
 
 
 def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
@@ -184,9 +193,8 @@ class ScheduleBuilder:
                 if in_outer_transaction:
                     transaction.on_commit(partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True)
                     pending_run = None
-        logger.info(
-            "Scheduler job created.", extra={"job_id": job.id, "task_name": job.task_name, "kind": job.kind}
-        )
+        logger.info("Created job %s: %s.", logs.job(job.id, job.name, job.task_name), _schedule_text(job),
+                    extra={**logs.job_extra(job.id, job.name, job.task_name), "kind": job.kind})
         return job, pending_run
 
     def _insert(self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool) -> SchedulerJob:
@@ -235,19 +243,20 @@ class ScheduleBuilder:
             try:
                 with transaction.atomic():
                     job = SchedulerJob.objects.locked(identity.job_id)
-                    created = job is None
                     if job is None:
                         job = self._insert(trigger, call, identity, is_enabled is not False)
+                        change = "created"
                     else:
-                        self._update(job, trigger, call, identity, is_enabled)
+                        change = "updated" if self._update(job, trigger, call, identity, is_enabled) else "unchanged"
                     self.app.job_changed()
                 break
             except IntegrityError:  # a concurrent upsert created it first: update that row
                 if attempt:
                     raise
         logger.info(
-            "Scheduler job upserted.",
-            extra={"job_id": job.id, "task_name": job.task_name, "kind": job.kind, "job_created": created},
+            "Upserted job %s (%s): %s.", logs.job(job.id, job.name, job.task_name), change, _schedule_text(job),
+            extra={**logs.job_extra(job.id, job.name, job.task_name), "kind": job.kind,
+                   "job_created": change == "created"},
         )
         return job
 
@@ -264,8 +273,8 @@ class ScheduleBuilder:
 
     def _update(
         self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset
-    ) -> None:
-        """Bring the row in line; an upsert that changes nothing writes nothing.
+    ) -> bool:
+        """Bring the row in line; an upsert that changes nothing writes nothing. Returns whether it wrote.
 
         ``updated_at`` moves only on a real change: the engine reads it as the job's
         version, to leave an operator's change alone after a failed send.
@@ -287,10 +296,13 @@ class ScheduleBuilder:
             job.is_enabled and (trigger_changed or call_changed or job.next_run_at is None)
         ):
             job.arm(now)
-            logger.debug("Recalculated next run for scheduler job.", extra={"job_id": job.id, "task_name": job.task_name})
-        if _schedule_state(job) != before:
-            job.updated_at = now
-            job.save()
+            logger.debug("Recalculated the next slot of job %s: %s.", logs.job(job.id, job.name, job.task_name),
+                         _schedule_text(job), extra=logs.job_extra(job.id, job.name, job.task_name))
+        if _schedule_state(job) == before:
+            return False
+        job.updated_at = now
+        job.save()
+        return True
 
     # -- immediate dispatch -------------------------------------------------------
 
@@ -312,7 +324,7 @@ class ScheduleBuilder:
         run.dispatched_at, run.finished_at, run.updated_at = dispatched_at, now, now
         run.broker_task_id = None if error else run.id
         run.claimed_by = run.lease_expires_at = None
-        run.error = describe_error(error) if error else None
+        run.error = logs.describe_error(error) if error else None
         job.last_run_at, job.updated_at, job.finished_at = dispatched_at, now, now
         job.last_error = run.error
         job.dispatch_count += 1
@@ -329,11 +341,16 @@ class ScheduleBuilder:
                     "status", "dispatched_at", "finished_at", "updated_at", "broker_task_id", "claimed_by",
                     "lease_expires_at", *(["error"] if error else []),
                 ])
-        extra = {"job_id": job.id, "task_name": job.task_name}
+        extra = {**logs.job_extra(job.id, job.name, job.task_name, run.scheduled_for), "broker_task_id": run.id}
         if error is None:
-            logger.info("Immediate dispatch succeeded.", extra={**extra, "broker_task_id": run.id})
+            logger.info("Sent job %s at once (immediate dispatch), run %s.", logs.job(job.id, job.name, job.task_name),
+                        run.id, extra=extra)
         else:
-            logger.error("Immediate dispatch failed.", extra=extra, exc_info=error)
+            logger.error(
+                "Immediate dispatch of job %s failed: %s; it is not retried (run_now sends it again).",
+                logs.job(job.id, job.name, job.task_name), logs.error_text(error),
+                exc_info=logs.traceback_at_debug(logger, error), extra=extra,
+            )
 
     def _record_patiently(self, job: SchedulerJob, run: SchedulerRun, dispatched_at: Any, error: Exception | None) -> None:
         """Record the send, trying again through a short database outage.
@@ -348,11 +365,14 @@ class ScheduleBuilder:
             try:
                 self._record(job, run, dispatched_at, error)
                 return
-            except DatabaseError:
+            except DatabaseError as exc:
                 if time.monotonic() + pause > deadline:
                     raise
                 logger.warning(
-                    "Recording an immediate dispatch failed; trying again.", exc_info=True, extra={"job_id": job.id}
+                    "Recording the immediate dispatch of job %s (run %s) failed: %s; trying again in %s.",
+                    logs.job(job.id, job.name, job.task_name), run.id, logs.error_text(exc), logs.seconds(pause),
+                    exc_info=logs.traceback_at_debug(logger, exc),
+                    extra={**logs.job_extra(job.id, job.name, job.task_name), "run_id": run.id},
                 )
                 connection.close_if_unusable_or_obsolete()
                 time.sleep(pause)

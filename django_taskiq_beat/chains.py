@@ -20,9 +20,10 @@ from django.db import close_old_connections
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqResult
 from taskiq.result_backends.dummy import DummyResultBackend
 
+from django_taskiq_beat import logs
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_SECONDS, require_json, require_number, task_name_of
-from django_taskiq_beat.sending import RUN_LABEL, describe_error
+from django_taskiq_beat.sending import JOB_LABEL, RUN_LABEL
 
 CHAIN_ORCHESTRATOR_TASK_NAME = "taskiq_beat.chain_orchestrator"
 FAILURE_POLICIES = ("stop", "restart")
@@ -151,14 +152,27 @@ class _StepTimedOut(Exception):
         super().__init__(f"timed out after {timeout:g} s waiting for the result")
 
 
+class _Names:
+    """How the orchestrator's lines name the chain (by its job, from the message's label) and a step."""
+
+    def __init__(self, job_id: object, run_id: str | None) -> None:
+        job_id = str(job_id) if job_id else None  # a label: a string, unless someone sent another scalar
+        self.chain = f"Chain of job {logs.job(job_id)}" if job_id else "Chain"
+        self.extra: dict[str, Any] = {"job_id": job_id, "run_id": run_id}
+
+    def step(self, index: int, task_name: str) -> str:
+        return f"{self.chain}: step {index} ({task_name})"
+
+
 class ChainProgress:
     """The chain's state, written to its run row's ``progress`` after every change.
 
     Writes are best-effort: a failure is logged and the chain goes on.
     """
 
-    def __init__(self, run_id: str | None, steps: list[dict[str, Any]]) -> None:
+    def __init__(self, run_id: str | None, steps: list[dict[str, Any]], job_id: str | None = None) -> None:
         self.run_id = run_id
+        self.names = _Names(job_id, run_id)
         self.state: dict[str, Any] = {
             "status": "running", "chain_attempt": 0, "current_step": None,
             "steps": [{"task_name": step.get("task_name"), "status": "pending", "attempts": 0, "error": None}
@@ -186,8 +200,10 @@ class ChainProgress:
             return
         try:
             await sync_to_async(_save_progress)(self.run_id, self.state)
-        except Exception:
-            logger.exception("Recording chain progress failed.", extra={"run_id": self.run_id})
+        except Exception as exc:
+            logger.warning("%s: recording its progress on run %s failed: %s; the chain goes on.", self.names.chain,
+                           self.run_id, logs.error_text(exc), exc_info=logs.traceback_at_debug(logger, exc),
+                           extra=self.names.extra)
 
 
 def _save_progress(run_id: str, state: dict[str, Any]) -> None:
@@ -199,12 +215,15 @@ def _save_progress(run_id: str, state: dict[str, Any]) -> None:
     SchedulerRun.objects.filter(pk=run_id).update(progress=state, updated_at=timezone.now())
 
 
-async def _wait_for_result(sent: Any, timeout: float | None, poll_interval: float) -> TaskiqResult[Any]:
+async def _wait_for_result(
+    sent: Any, timeout: float | None, poll_interval: float, step: str, extra: dict[str, Any]
+) -> TaskiqResult[Any]:
     """Poll for the step's result.
 
     Result-backend errors do not end the wait until they have lasted
     ``_BACKEND_OUTAGE_TOLERATED_SECONDS``: the step may well have succeeded, and
-    sending it again would run it twice.
+    sending it again would run it twice. Such an outage is two lines, not one per poll:
+    its first error and its end.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     failing_since: float | None = None
@@ -212,12 +231,18 @@ async def _wait_for_result(sent: Any, timeout: float | None, poll_interval: floa
         try:
             if await sent.is_ready():
                 return await sent.get_result()
+            if failing_since is not None:
+                logger.info("%s: the result backend answers again after %s.", step,
+                            logs.seconds(time.monotonic() - failing_since), extra=extra)
             failing_since = None
         except Exception as exc:
-            failing_since = failing_since or time.monotonic()
+            if failing_since is None:
+                failing_since = time.monotonic()
+                logger.warning("%s: the result backend failed: %s; still waiting for the result (up to %s).", step,
+                               logs.error_text(exc), logs.seconds(_BACKEND_OUTAGE_TOLERATED_SECONDS),
+                               exc_info=logs.traceback_at_debug(logger, exc), extra=extra)
             if time.monotonic() - failing_since >= _BACKEND_OUTAGE_TOLERATED_SECONDS:
                 raise
-            logger.warning("Result backend error while waiting for a chain step; still waiting.", exc_info=exc)
         if deadline is not None and time.monotonic() >= deadline:
             raise _StepTimedOut(timeout or 0)
         await asyncio.sleep(poll_interval)
@@ -228,20 +253,21 @@ async def run_chain(
     payload: dict[str, Any],
     *,
     run_id: str | None = None,
+    job_id: str | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, Any]:
     """Run the chain described by ``payload`` (the job's kwargs); raises ``ChainAbortedError``.
 
     Whatever ends it (an aborted chain, no result backend, a bad payload, the worker
-    shutting down), the run row's progress says so.
+    shutting down), the run row's progress says so. ``job_id`` names the chain in log lines.
     """
-    progress = ChainProgress(run_id, payload.get("steps") or [])
+    progress = ChainProgress(run_id, payload.get("steps") or [], job_id)
     try:
         require_result_backend(broker)
         return await _run_chain(broker, payload, progress, sleep)
     except BaseException as error:
         if progress.state["status"] == "running":
-            progress.finish(error=describe_error(error) if not isinstance(error, ChainAbortedError) else str(error))
+            progress.finish(error=logs.describe_error(error) if not isinstance(error, ChainAbortedError) else str(error))
             await asyncio.shield(progress.save())
         raise
 
@@ -259,10 +285,17 @@ async def _run_chain(
             step_attempts = await _run_steps(broker, payload, progress, sleep)
         except ChainStepFailedError as error:
             last_error = error
+            if payload["on_failure"] == "stop":
+                then = "stopping the chain"
+            elif chain_attempts < payload["max_chain_attempts"]:
+                then = f"restarting the chain (attempt {chain_attempts + 1} of {payload['max_chain_attempts']})"
+            else:
+                then = f"no chain attempt left ({chain_attempts} made)"
             logger.warning(
-                "Task chain step failed.",
-                extra={"chain_attempts": chain_attempts, "step_index": error.step_index, "task_name": error.task_name,
-                       "reason": error.reason, "on_failure": payload["on_failure"]},
+                "%s failed after %s: %s; %s.", progress.names.step(error.step_index, error.task_name),
+                logs.count(error.attempts, "attempt"), logs.one_line(error.reason), then,
+                extra={**progress.names.extra, "chain_attempts": chain_attempts, "step_index": error.step_index,
+                       "task_name": error.task_name, "reason": error.reason, "on_failure": payload["on_failure"]},
             )
             if payload["on_failure"] == "stop":
                 break
@@ -274,8 +307,9 @@ async def _run_chain(
         progress.finish(result=summary)
         await progress.save()
         logger.info(
-            "Task chain completed.",
-            extra={"chain_attempts": chain_attempts, "completed_steps": len(steps), "step_attempts": step_attempts},
+            "%s completed: %s, chain attempt %d.", progress.names.chain, logs.count(len(steps), "step"), chain_attempts,
+            extra={**progress.names.extra, "chain_attempts": chain_attempts, "completed_steps": len(steps),
+                   "step_attempts": step_attempts},
         )
         return summary
     assert last_error is not None
@@ -301,6 +335,7 @@ async def _run_step(
 ) -> int:
     """Run one step until it succeeds; returns the attempts it took or raises ``ChainStepFailedError``."""
     name = step["task_name"]
+    names = progress.names
     task = broker.find_task(name)
     if task is None:
         reason = "task is not registered in the broker"
@@ -314,29 +349,31 @@ async def _run_step(
     for attempt in range(1, max_attempts + 1):
         progress.step(index, status="running", attempts=attempt)
         await progress.save()
+        extra = {**names.extra, "step_index": index, "task_name": name, "attempt": attempt,
+                 "max_attempts": max_attempts}
         try:
             sent = await task.kiq(*step.get("args", []), **step.get("kwargs", {}))
-            result = await _wait_for_result(sent, timeout, payload["wait_poll_interval_seconds"])
+            result = await _wait_for_result(
+                sent, timeout, payload["wait_poll_interval_seconds"], names.step(index, name), extra
+            )
         except _StepTimedOut as timed_out:
             reason = f"{timed_out} (task {sent.task_id} may still be running)"
-            message = "Task chain step timed out; it may still be running."
         except Exception as exc:
-            reason = describe_error(exc)
-            message = "Task chain step raised; retrying."
+            reason = logs.describe_error(exc)
         else:
             if not result.is_err:
                 progress.step(index, status="succeeded", error=None)
                 await progress.save()
-                logger.info("Task chain step completed.", extra={"step_index": index, "task_name": name,
-                                                                  "attempts": attempt})
+                logger.info("%s completed, attempt %d of %d.", names.step(index, name), attempt, max_attempts,
+                            extra=extra)
                 return attempt
-            reason = describe_error(result.error) if result.error is not None else "the task returned an error"
-            message = "Task chain step returned error; retrying."
+            reason = logs.describe_error(result.error) if result.error is not None else "the task returned an error"
         if attempt < max_attempts:
             progress.step(index, status="retrying", error=reason)
             await progress.save()
-            logger.warning(message, extra={"step_index": index, "task_name": name, "attempt": attempt,
-                                           "max_attempts": max_attempts, "reason": reason})
+            logger.warning("%s failed, attempt %d of %d: %s; retrying%s.", names.step(index, name), attempt,
+                           max_attempts, logs.one_line(reason), f" in {logs.seconds(retry_delay)}" if retry_delay else "",
+                           extra={**extra, "reason": reason})
             if retry_delay:
                 await sleep(retry_delay)
     progress.step(index, status="failed", error=reason)
@@ -354,6 +391,7 @@ def register_chain_orchestrator(broker: AsyncBroker) -> None:
         return
 
     async def chain_orchestrator(context: Context = TaskiqDepends(), **payload: Any) -> dict[str, Any]:
-        return await run_chain(context.broker, payload, run_id=context.message.labels.get(RUN_LABEL))
+        labels = context.message.labels
+        return await run_chain(context.broker, payload, run_id=labels.get(RUN_LABEL), job_id=labels.get(JOB_LABEL))
 
     broker.register_task(chain_orchestrator, task_name=CHAIN_ORCHESTRATOR_TASK_NAME)

@@ -22,6 +22,7 @@ from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk
+from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
     MAX_COUNT,
     JobKind,
@@ -32,7 +33,6 @@ from django_taskiq_beat.models import (
     is_unreadable,
     new_id,
 )
-from django_taskiq_beat.sending import describe_error
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
@@ -50,6 +50,8 @@ class Dispatch:
     claimed_at: datetime  # the job's ``updated_at`` written by the claim: its version
     scheduled_for: datetime  # the slot; a slot claimed ahead of time is sent when it comes
     failures: int = 0  # the job's failed sends in a row at the claim: a failed send's retry backs off from it
+    job_name: str | None = None  # for log lines
+    next_slot: datetime | None = None  # the job's next regular slot after this one: no retry goes past it
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Outcome:
 class Claim:
     dispatches: list[Dispatch]
     row_count: int  # rows taken, including those that failed before sending
-    failures: dict[str, str]  # job id -> error, for rows that failed before sending (recorded, retry scheduled)
+    failures: list[Outcome]  # rows that failed before sending (recorded, retry scheduled), never sent
     conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
 
 
@@ -79,6 +81,14 @@ class RetryPolicy:
         """Capped exponential backoff: base, 2 x base, 4 x base ... up to the cap."""
         doublings = min(max(failures - 1, 0), 32)  # the cap is reached long before; no float overflow
         return timedelta(seconds=min(self.base_seconds * 2**doublings, self.max_seconds))
+
+    def retry_at(self, failed_at: datetime, failures: int, next_slot: datetime | None) -> datetime:
+        """When a job that failed ``failures`` times in a row is tried again: never after its next regular slot.
+
+        What ``record`` stores and what the engine's log line says.
+        """
+        retry_at = failed_at + self.delay(failures)
+        return retry_at if next_slot is None or retry_at < next_slot else next_slot
 
 
 def _time_adapter() -> Callable[[datetime | None], Any]:
@@ -170,7 +180,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 _DUE_FIELDS = (
     "id", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs", "next_run_at",
-    "created_at", "dispatch_failures",
+    "created_at", "dispatch_failures", "name",
 )
 _DUE_TYPES = {
     "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
@@ -192,6 +202,7 @@ class _DueJob:
     next_run_at: datetime
     created_at: datetime
     dispatch_failures: int
+    name: str | None
 
 
 def claim_due(
@@ -209,20 +220,23 @@ def claim_due(
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
-        runs, job_updates, dispatches, failures = [], [], [], {}
+        runs, job_updates, dispatches, failures = [], [], [], []
         for job in jobs:
             run_id = new_id()
             try:
                 _require_types(locked, job.id, vars(job), _DUE_TYPES)
                 next_run_at = _next_slot(job, now)
             except Exception as exc:  # a corrupt stored row must not stop the batch
-                failures[job.id] = error = describe_error(exc)
-                failed_sends = min(_or(job.dispatch_failures, int, 0) + 1, MAX_COUNT)
+                error = describe_error(exc)
+                failed_before = _or(job.dispatch_failures, int, 0)
+                failed_sends = min(failed_before + 1, MAX_COUNT)
                 job_updates.append(
-                    (job.id, _time(now + retry.delay(failed_sends)), True, None, now_value, error, failed_sends)
+                    (job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends)
                 )
                 slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
                 runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, now_value))
+                unsent = Dispatch(run_id, job.id, job.task_name or "", [], {}, now, slot, failed_before, job.name)
+                failures.append(Outcome(unsent, None, now, error))
                 continue
             job_updates.append((
                 job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
@@ -233,7 +247,7 @@ def claim_due(
             )
             dispatches.append(Dispatch(
                 run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at,
-                job.dispatch_failures,
+                job.dispatch_failures, job.name, next_run_at,
             ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
@@ -266,6 +280,7 @@ def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
 
 _EXPIRED_FIELDS = (
     "id", "job_id", "task_name", "task_args", "task_kwargs", "created_at", "scheduled_for", "dispatch_failures",
+    "job_name", "next_run_at",
 )
 _EXPIRED_TYPES = {
     "task_args": list, "task_kwargs": dict, "created_at": datetime, "scheduled_for": datetime,
@@ -285,6 +300,8 @@ class _ExpiredRun:
     created_at: datetime  # written by the claim, as the job's ``updated_at``: the claim's version
     scheduled_for: datetime
     dispatch_failures: int
+    job_name: str | None
+    next_run_at: datetime | None  # the job's next regular slot: a failed send's retry never goes past it
 
 
 def claim_expired(
@@ -309,28 +326,28 @@ def claim_expired(
             .order_by("lease_expires_at")
             .annotate(
                 task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
-                dispatch_failures=F("job__dispatch_failures"),
+                dispatch_failures=F("job__dispatch_failures"), job_name=F("job__name"), next_run_at=F("job__next_run_at"),
             )
         )
         locked = _lock_for_claiming(expired)
         runs = [_ExpiredRun(*row) for row in _read(locked, _EXPIRED_FIELDS, limit)]
-        dispatches, unsendable, failures = [], [], {}
+        dispatches, unsendable = [], []
         for run in runs:
+            next_slot = _or(run.next_run_at, datetime, None)
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
-                failures[run.job_id] = error = describe_error(exc)
                 # Never sent: what is recorded is the run, its job, the claim's version (if unreadable,
                 # ``now``, which matches no job, so no retry) and the failure count.
                 claim = Dispatch(
-                    run.id, run.job_id, "", [], {}, _or(run.created_at, datetime, now), now,
-                    _or(run.dispatch_failures, int, 0),
+                    run.id, run.job_id, run.task_name or "", [], {}, _or(run.created_at, datetime, now),
+                    _or(run.scheduled_for, datetime, now), _or(run.dispatch_failures, int, 0), run.job_name, next_slot,
                 )
-                unsendable.append(Outcome(claim, None, now, error))
+                unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
             dispatches.append(Dispatch(
                 run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
-                run.dispatch_failures,
+                run.dispatch_failures, run.job_name, next_slot,
             ))
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
@@ -338,7 +355,7 @@ def claim_expired(
             )
         if unsendable:
             record(unsendable, now, True, retry)
-    return Claim(dispatches, len(runs), failures)
+    return Claim(dispatches, len(runs), unsendable)
 
 
 def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set[str]:
@@ -470,7 +487,8 @@ def _retry(
     """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version."""
     latest = max((outcome.dispatch for outcome in job_outcomes), key=lambda dispatch: dispatch.claimed_at)
     failed = len(job_outcomes)
-    retry_at = now + retry.delay(latest.failures + failed)
+    # From the latest failure, as the engine's log line computes it; the cap at the next slot is the SQL's.
+    retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
     return latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now)
 
 

@@ -30,9 +30,9 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat import claims, registry
+from django_taskiq_beat import claims, logs, registry
 from django_taskiq_beat.conf import SchedulerConfig
-from django_taskiq_beat.sending import describe_error, send_task
+from django_taskiq_beat.sending import send_task
 
 logger = logging.getLogger("django_taskiq_beat.engine")
 
@@ -101,7 +101,8 @@ class _Cleanup:
         self.deleted_total += deleted
         self.last_at = timezone.now()
         if deleted:
-            logger.info(self.message, extra={self.count_key: deleted, self.cutoff_key: cutoff.isoformat()})
+            logger.info(self.message, deleted, logs.when(cutoff),
+                        extra={self.count_key: deleted, self.cutoff_key: cutoff.isoformat()})
 
 
 class _Counters:
@@ -147,15 +148,18 @@ class BeatEngine:
         self._send_limit: asyncio.Semaphore | None = None
         self._run_cleanup = _Cleanup(
             config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
-            "Scheduler engine cleaned old run history.", "deleted_run_count", "finished_before",
+            "Scheduler engine cleaned old run history: %d runs deleted (finished before %s).", "deleted_run_count",
+            "finished_before",
         )
         self._job_cleanup = _Cleanup(
             config.completed_job_retention_days, config.job_cleanup_interval_seconds, claims.delete_jobs_finished_before,
-            "Scheduler engine cleaned old completed jobs.", "deleted_job_count", "updated_before",
+            "Scheduler engine cleaned old completed jobs: %d one-offs deleted (finished before %s).",
+            "deleted_job_count", "updated_before",
         )
         self._engine_cleanup = _Cleanup(
             registry.RETENTION_DAYS, config.run_cleanup_interval_seconds, registry.delete_engines_silent_since,
-            "Scheduler engine deleted the rows of engines gone for a week.", "deleted_engine_count", "heartbeat_before",
+            "Scheduler engine cleaned old engine rows: %d deleted (silent since %s).", "deleted_engine_count",
+            "heartbeat_before",
         )
         self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
         # Called with the lag (seconds from slot to send) of each slot the broker took; ``metrics`` sets it.
@@ -241,19 +245,18 @@ class BeatEngine:
     # -- the loop ----------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        ticks = logs.Outage(logger, "Scheduler engine tick")
         while not self._stopping:
             try:
                 await self.run_once()
-                failures = 0
+                ticks.succeeded()
                 timeout = self._sleep_seconds()
-            except Exception:
-                failures += 1
+            except Exception as exc:
                 self._counters.failed_tick_count += 1
                 self._heartbeat.disconnected()
-                logger.exception("Scheduler engine iteration failed; retrying.")
+                timeout = self._backoff_seconds(ticks.failures + 1)
+                ticks.failed(exc, timeout)
                 await self._reset_connection()
-                timeout = self._backoff_seconds(failures)
             await self._sleep(timeout)
         await self._record_at_stop()
         await self._reset_connection()
@@ -291,8 +294,9 @@ class BeatEngine:
     async def _reset_connection(self) -> None:
         try:
             await _orm(_close_connection)
-        except Exception:
-            logger.exception("Closing the database connection failed.")
+        except Exception as exc:
+            logger.warning("Closing the database connection failed: %s", logs.error_text(exc),
+                           exc_info=logs.traceback_at_debug(logger, exc))
 
     async def run_once(self) -> int:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
@@ -311,7 +315,8 @@ class BeatEngine:
         if orphans.dispatches:
             self._counters.recovered_run_count += len(orphans.dispatches)
             logger.warning(
-                "Re-sending runs left pending by a stopped engine.", extra={"run_count": len(orphans.dispatches)}
+                "Re-sending runs left pending by a stopped or dead engine: %s (each may have been sent already).",
+                logs.count(len(orphans.dispatches), "run"), extra={"run_count": len(orphans.dispatches)},
             )
             sent += await self._send_and_record(orphans.dispatches)
         sent += await self._dispatch_due()
@@ -337,6 +342,12 @@ class BeatEngine:
                 )
                 self._report_failures(claim)
                 self._counters.claim_conflict_count += claim.conflicts
+                if claim.row_count:
+                    logger.debug(
+                        "Claimed scheduler jobs: %s, %d failed before sending, %d held by another engine.",
+                        logs.count(len(claim.dispatches), "due slot"), len(claim.failures), claim.conflicts,
+                        extra={"job_count": len(claim.dispatches), "conflict_count": claim.conflicts},
+                    )
                 if claim.dispatches:
                     in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
                 if claim.row_count < self.config.dispatch_batch_size:
@@ -353,17 +364,18 @@ class BeatEngine:
         return sent
 
     def _report_failures(self, claim: claims.Claim) -> None:
-        for job_id, error in claim.failures.items():
+        """Rows that cannot be sent (unreadable, wrong types, a corrupt trigger): an operator must fix the data."""
+        for outcome in claim.failures:
             self._counters.failed_dispatch_count += 1
-            logger.error(
-                "Scheduler job %s failed before sending; retry scheduled: %s", job_id, error, extra={"job_id": job_id}
-            )
+            logger.error("Job %s cannot be sent: %s; %s.", _job(outcome.dispatch), logs.one_line(outcome.error or ""),
+                         self._retry_text(outcome), extra=_job_extra(outcome.dispatch))
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
         self._hold(dispatches)
         self._counters.claimed_job_count += len(dispatches)
         self._counters.last_dispatch_started_at = timezone.now()
-        logger.info("Dispatching scheduler jobs batch.", extra={"job_count": len(dispatches)})
+        logger.debug("Dispatching scheduler jobs batch: %s.", logs.count(len(dispatches), "slot"),
+                     extra={"job_count": len(dispatches)})
         outcomes = await self._send_all(dispatches)
         self._counters.last_dispatch_finished_at = timezone.now()
         sent = sum(outcome.error is None for outcome in outcomes)
@@ -403,26 +415,24 @@ class BeatEngine:
     async def _record_at_stop(self) -> None:
         """Keep trying to store what was sent for one lease; after that other engines send those runs anyway."""
         deadline = time.monotonic() + self.config.claim_ttl_seconds
-        attempt = 0
+        tries = logs.Outage(logger, f"Storing the outcomes of {logs.count(len(self._unrecorded), 'send')} at stop")
         while self._unrecorded:
-            attempt += 1
             try:
                 await self._record_leftovers()
-            except Exception:
+            except Exception as exc:
                 await self._reset_connection()
                 if time.monotonic() >= deadline:
                     logger.error(
-                        "Giving up storing send outcomes at stop; their runs are sent again when their leases expire.",
+                        "Giving up storing the outcomes of %s at stop (%s); their runs are sent again when"
+                        " their leases expire.", logs.count(len(self._unrecorded), "send"), logs.error_text(exc),
                         extra={"run_count": len(self._unrecorded)},
                     )
                     self._release(self._unrecorded)
                     self._unrecorded = []
                     return
-                logger.warning(
-                    "Storing send outcomes at stop failed (try %d); trying again.", attempt, exc_info=True,
-                    extra={"run_count": len(self._unrecorded)},
-                )
+                tries.failed(exc, self._renew_seconds)
                 await asyncio.sleep(self._renew_seconds)
+        tries.succeeded()
 
     async def _store(self, outcomes: list[claims.Outcome]) -> None:
         """Store outcomes; a batch the database refuses for its values is stored one by one.
@@ -439,8 +449,9 @@ class BeatEngine:
                            exc_info=True)
             for outcome in await _orm(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
                 logger.error(
-                    "The send outcome of job %s (run %s) cannot be stored; the run is sent again after its lease.",
-                    outcome.dispatch.job_id, outcome.dispatch.run_id, extra={"job_id": outcome.dispatch.job_id},
+                    "The outcome of the send of job %s (run %s) cannot be stored; the run is sent again after its"
+                    " lease.", _job(outcome.dispatch), outcome.dispatch.run_id,
+                    extra={**_job_extra(outcome.dispatch), "run_id": outcome.dispatch.run_id},
                 )
         self._release(outcomes)
 
@@ -462,17 +473,19 @@ class BeatEngine:
         never let a lease of this engine lapse, unless the database stays away for most of
         a lease. A failed renewal is logged and tried again at the next interval.
         """
+        renewals = logs.Outage(logger, "Renewing the leases of this engine's runs")
         while self._held:
             await asyncio.sleep(self._renew_seconds)
             try:
                 missed = await _orm(
                     claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
                 )
-            except Exception:
-                logger.exception("Renewing the leases of this engine's runs failed; trying again.")
+            except Exception as exc:
+                renewals.failed(exc, self._renew_seconds)
                 self._heartbeat.disconnected()
                 await self._reset_connection()
                 continue
+            renewals.succeeded()
             self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
 
     def _drop_lost(self, lost: set[str]) -> None:
@@ -481,9 +494,9 @@ class BeatEngine:
             self._held -= lost
             self._counters.claim_conflict_count += len(lost)
             logger.warning(
-                "Another engine took over %d runs this engine holds (it found this engine dead, or their leases"
+                "Another engine took over %s this engine holds (it found this engine dead, or their leases"
                 " expired); they may be sent twice.",
-                len(lost), extra={"run_count": len(lost)},
+                logs.count(len(lost), "run"), extra={"run_count": len(lost)},
             )
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
@@ -500,7 +513,7 @@ class BeatEngine:
         return list(await asyncio.gather(*(send(dispatch) for dispatch in dispatches)))
 
     async def _send(self, dispatch: claims.Dispatch) -> claims.Outcome:
-        extra: dict[str, Any] = {"job_id": dispatch.job_id, "task_name": dispatch.task_name}
+        extra: dict[str, Any] = {**_job_extra(dispatch), "broker_task_id": dispatch.run_id}
         dispatched_at = timezone.now()
         try:
             async with asyncio.timeout(self.config.dispatch_timeout_seconds):
@@ -509,13 +522,32 @@ class BeatEngine:
                     job_id=dispatch.job_id, run_id=dispatch.run_id,
                 )
         except Exception as exc:
-            logger.error("Scheduler dispatch failed for %s", dispatch.task_name, exc_info=exc, extra=extra)
-            logger.warning("Scheduler job dispatch failed; retry scheduled.", extra=extra)
-            return claims.Outcome(dispatch, dispatched_at, timezone.now(), describe_error(exc))
-        logger.info("Scheduler job dispatched.", extra={**extra, "broker_task_id": dispatch.run_id})
+            if isinstance(exc, TimeoutError) and not str(exc):
+                exc = TimeoutError(f"no answer from the broker within {self.config.dispatch_timeout_seconds:g} s")
+            outcome = claims.Outcome(dispatch, dispatched_at, timezone.now(), logs.describe_error(exc))
+            # One line per failed send, whatever the outage's length: the traceback only at DEBUG.
+            logger.warning("Send of job %s failed: %s; %s.", _job(dispatch), logs.error_text(exc),
+                           self._retry_text(outcome), exc_info=logs.traceback_at_debug(logger, exc), extra=extra)
+            return outcome
+        logger.info("Sent job %s, run %s.", _job(dispatch), dispatch.run_id, extra=extra)
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
+
+    def _retry_text(self, outcome: claims.Outcome) -> str:
+        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that is."""
+        dispatch = outcome.dispatch
+        retry_at = self._retry.retry_at(outcome.finished_at, dispatch.failures + 1, dispatch.next_slot)
+        its_slot = " (its next slot)" if retry_at == dispatch.next_slot else ""
+        return f"retry at {logs.when(retry_at)}{its_slot}, attempt {dispatch.failures + 2}"
 
     async def _clean_up(self) -> None:
         for cleanup in (self._run_cleanup, self._job_cleanup, self._engine_cleanup):
             if cleanup.is_due():
                 await cleanup.run()
+
+
+def _job(dispatch: claims.Dispatch) -> str:
+    return logs.job(dispatch.job_id, dispatch.job_name, dispatch.task_name, dispatch.scheduled_for)
+
+
+def _job_extra(dispatch: claims.Dispatch) -> dict[str, Any]:
+    return logs.job_extra(dispatch.job_id, dispatch.job_name, dispatch.task_name, dispatch.scheduled_for)

@@ -26,8 +26,9 @@ from django.utils import timezone
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
+from django_taskiq_beat import logs
 from django_taskiq_beat.bulk import begin_write
-from django_taskiq_beat.sending import RUN_LABEL, describe_error
+from django_taskiq_beat.sending import JOB_LABEL, RUN_LABEL
 
 logger = logging.getLogger("django_taskiq_beat.middleware")
 
@@ -40,16 +41,17 @@ class RunOutcomeMiddleware(TaskiqMiddleware):
     def __init__(self) -> None:
         super().__init__()
         self._errors: dict[tuple[str, int], str] = {}  # attempt -> the exception on_error saw, for post_execute
+        self._said_no_django = False
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         run_id = _run_id(message)
         if run_id is not None:
-            await _safely(_mark_running, run_id, timezone.now())
+            await self._safely(message, _mark_running, run_id, timezone.now())
         return message
 
     async def on_error(self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException) -> None:
         if _run_id(message) is not None and not isinstance(exception, NoResultError):
-            self._errors[_attempt(message)] = describe_error(exception)
+            self._errors[_attempt(message)] = logs.describe_error(exception)
 
     async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         run_id = _run_id(message)
@@ -57,11 +59,37 @@ class RunOutcomeMiddleware(TaskiqMiddleware):
             return
         error = self._errors.pop(_attempt(message), None)
         if isinstance(result.error, NoResultError):
-            await _safely(_mark_retrying, run_id, error)
+            await self._safely(message, _mark_retrying, run_id, error)
         elif result.is_err:
-            await _safely(_mark_finished, run_id, "failed", timezone.now(), error or describe_error(result.error))
+            await self._safely(
+                message, _mark_finished, run_id, "failed", timezone.now(), error or logs.describe_error(result.error)
+            )
         else:
-            await _safely(_mark_finished, run_id, "succeeded", timezone.now(), None)
+            await self._safely(message, _mark_finished, run_id, "succeeded", timezone.now(), None)
+
+    async def _safely(self, message: TaskiqMessage, write: Callable[..., None], run_id: str, *args: Any) -> None:
+        """Run a database write off the event loop; log and swallow whatever goes wrong.
+
+        One line per failed write, naming the job and run; the traceback only at DEBUG (a database
+        outage in the worker would otherwise print one per task and hook).
+        """
+        if not apps.ready:
+            if not self._said_no_django:  # a setup mistake, not news at every task
+                self._said_no_django = True
+                logger.warning("RunOutcomeMiddleware needs Django set up in the worker (call "
+                               "django_taskiq_beat.worker.setup_django in the broker's module); outcomes are not "
+                               "recorded.")
+            return
+        try:
+            await sync_to_async(_on_fresh_connection)(write, run_id, *args)
+        except Exception as exc:
+            job_id = str(message.labels.get(JOB_LABEL, "?"))
+            logger.error(
+                "Recording the outcome of job %s (run %s) failed: %s; the task itself is unaffected.",
+                logs.job(job_id, task_name=message.task_name), run_id, logs.error_text(exc),
+                exc_info=logs.traceback_at_debug(logger, exc),
+                extra={**logs.job_extra(job_id, task_name=message.task_name), "run_id": run_id},
+            )
 
 
 def _attempt(message: TaskiqMessage) -> tuple[str, int]:
@@ -73,17 +101,6 @@ def _attempt(message: TaskiqMessage) -> tuple[str, int]:
 def _run_id(message: TaskiqMessage) -> str | None:
     run_id = message.labels.get(RUN_LABEL)
     return str(run_id) if run_id else None
-
-
-async def _safely(write: Callable[..., None], *args: Any) -> None:
-    """Run a database write off the event loop; log and swallow whatever goes wrong."""
-    if not apps.ready:
-        logger.warning("RunOutcomeMiddleware needs Django set up in the worker; outcome not recorded.")
-        return
-    try:
-        await sync_to_async(_on_fresh_connection)(write, *args)
-    except Exception:
-        logger.exception("Recording a run outcome failed; the task itself is unaffected.", extra={"run_id": args[0]})
 
 
 def _on_fresh_connection(write: Callable[..., None], *args: Any) -> None:

@@ -31,6 +31,7 @@ from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
 from django.db.models.functions import Now
 
+from django_taskiq_beat import logs
 from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.models import SchedulerEngine
 
@@ -109,7 +110,8 @@ class Heartbeat:
             await self._call(mark_stopped, self.engine_id, self._counts())
             await self._call(lambda: connection.close())  # the heartbeat thread's connection, looked up there
         except Exception as exc:
-            logger.warning("Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.", exc)
+            logger.warning("Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.",
+                           logs.error_text(exc))
         finally:
             self._executor.shutdown(wait=False)
 
@@ -126,12 +128,14 @@ class Heartbeat:
 
     async def _beat_until_stopped(self) -> None:
         starting = True
+        beats = logs.Outage(logger, "Scheduler engine heartbeat")
         while True:
             try:
                 await self._call(beat, self.engine_id, self._counts(), starting)
             except Exception as exc:
-                logger.warning("Scheduler engine heartbeat failed; trying again in %s s: %s", self._interval, exc)
+                beats.failed(exc, self._interval)
             else:
+                beats.succeeded()
                 starting = False
                 self._beaten(time.monotonic())
             await asyncio.sleep(self._interval)

@@ -9,15 +9,18 @@ import itertools
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
+from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 from taskiq import AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
+
+from django_taskiq_beat import logs
 
 JOB_LABEL = "scheduler_job_id"
 RUN_LABEL = "scheduler_run_id"
@@ -37,23 +40,6 @@ class UnknownTaskError(LookupError):
     def __init__(self, task_name: str) -> None:
         self.task_name = task_name
         super().__init__(f"Task '{task_name}' is not registered in Taskiq.")
-
-
-def describe_error(error: BaseException, limit: int = 4000) -> str:
-    """``Type: message``, with the chain of causes, cut to ``limit`` characters.
-
-    The text is storable on every backend, so storing it fails only for passing reasons:
-    no NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8; a message may
-    carry undecodable bytes that way), which is written as its ``\\udcxx`` escape.
-    """
-    parts, seen = [], set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        parts.append(f"{type(current).__name__}: {current}")
-        current = current.__cause__ or current.__context__
-    text = " <- caused by ".join(parts).replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def find_task(broker: AsyncBroker, task_name: str) -> AsyncTaskiqDecoratedTask[Any, Any]:
@@ -98,9 +84,10 @@ async def start_broker_until_up(broker: AsyncBroker, timeout: float) -> None:
             async with asyncio.timeout(timeout):
                 await ensure_broker_started(broker)
         except Exception as exc:
-            error = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            next_try = time.strftime("%H:%M:%S", time.localtime(time.time() + delay))
-            logger.warning("Broker startup failed (try %d), next try at %s: %s", attempt, next_try, error)
+            error = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else logs.error_text(exc)
+            next_try = logs.when(timezone.now() + timedelta(seconds=delay))
+            logger.warning("Broker startup failed (try %d), next try at %s: %s", attempt, next_try, error,
+                           exc_info=logs.traceback_at_debug(logger, exc))
             await asyncio.sleep(delay)
             delay = min(2 * delay, _BROKER_RETRY_MAX_SECONDS)
         else:

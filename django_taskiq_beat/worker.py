@@ -9,6 +9,11 @@ broker is defined::
 Django then registers the chain orchestrator on the broker (``AppConfig.ready``) and the
 outcome middleware can write to the database. Inside a process that is already setting
 Django up (``manage.py``, a web server), the call does nothing.
+
+Django also applies ``settings.LOGGING`` here. ``taskiq worker`` has configured the root
+logger already; a ``LOGGING`` that puts its handler on the root logger replaces taskiq's, and
+one that puts a handler on ``django_taskiq_beat`` too prints each of our lines twice (give that
+logger ``"propagate": False``, or only a level). This app adds no handler of its own.
 """
 
 import os

@@ -96,10 +96,16 @@ TASKIQ_BEAT = {
     **json.loads(os.environ.get("TASKIQ_BEAT_OPTIONS", "{}")),
 }
 
+# One handler, on the root logger; the loggers only get levels. A `taskiq worker` configures the
+# root logger itself (logging.basicConfig) before its broker module sets Django up: this config
+# then replaces that handler, so every line prints once, in this format. A handler of its own on
+# "django_taskiq_beat" would print each of its lines a second time through the root's. Django's
+# "django" logger is handed to the root handler for the same reason.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {"django_taskiq_beat": {"handlers": ["console"], "level": "INFO"}},
+    "root": {"handlers": ["console"]},
+    "loggers": {"django_taskiq_beat": {"level": "INFO"}, "django": {"handlers": [], "level": "INFO"}},
 }

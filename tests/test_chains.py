@@ -5,6 +5,7 @@ orchestrator really waits for results through the result backend.
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -450,3 +451,62 @@ def test_a_running_chain_keeps_the_steps_it_started_with(app: SchedulerApp, brok
     async_to_sync(scenario)()
     assert steps.calls == ["slow", "a"]
     assert SchedulerJob.objects.get(pk=job.pk).task_kwargs["steps"][0]["task_name"] == "chain.b"
+
+
+# -- log lines: each names the chain's job and the step ----------------------------------------------------------
+
+def chain_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(record.levelname, record.getMessage()) for record in caplog.records
+            if record.name == "django_taskiq_beat.chains"]
+
+
+def test_chain_lines_name_the_job_and_the_step(
+    broker: InMemoryBroker, steps: Steps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_taskiq_beat.chains")
+    steps.failures_left["flaky"] = 1
+    run(broker, payload(ChainStep(task="chain.a"), ChainStep(task="chain.flaky", max_attempts=2, retry_delay_seconds=0.01)),
+        job_id="reports.nightly", run_id="run-1")
+    assert chain_lines(caplog) == [
+        ("INFO", "Chain of job reports.nightly: step 0 (chain.a) completed, attempt 1 of 1."),
+        ("WARNING", "Chain of job reports.nightly: step 1 (chain.flaky) failed, attempt 1 of 2: RuntimeError: flaky"
+                    " failed; retrying in 0.01 s."),
+        ("INFO", "Chain of job reports.nightly: step 1 (chain.flaky) completed, attempt 2 of 2."),
+        ("INFO", "Chain of job reports.nightly completed: 2 steps, chain attempt 1."),
+    ]
+    ours = [record for record in caplog.records if record.name == "django_taskiq_beat.chains"]
+    assert {(record.job_id, record.run_id) for record in ours} == {  # type: ignore[attr-defined]
+        ("reports.nightly", "run-1")
+    }
+
+
+def test_a_failed_step_says_what_the_chain_does_next(
+    broker: InMemoryBroker, steps: Steps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="django_taskiq_beat.chains")
+    steps.failures_left["flaky"] = 10
+    with pytest.raises(ChainAbortedError):
+        run(broker, payload(ChainStep(task="chain.flaky"), on_failure="restart", max_chain_attempts=2),
+            job_id="reports.nightly")
+    assert chain_lines(caplog) == [
+        ("WARNING", "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
+                    " failed; restarting the chain (attempt 2 of 2)."),
+        ("WARNING", "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
+                    " failed; no chain attempt left (2 made)."),
+    ]
+
+
+def test_the_orchestrator_names_the_chain_by_the_job_label_it_was_sent_with(
+    app: SchedulerApp, broker: InMemoryBroker, steps: Steps, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_taskiq_beat.chains")
+    job = app.chain(steps=[ChainStep(task="chain.a")]).schedule(job_id="reports.chain")
+    run_from_sync(broker.wait_all)
+    for _ in range(200):
+        if len(chain_lines(caplog)) == 2:
+            break
+        run_from_sync(asyncio.sleep, 0.01)
+    assert [message for _, message in chain_lines(caplog)] == [
+        f"Chain of job {job.id}: step 0 (chain.a) completed, attempt 1 of 1.",
+        f"Chain of job {job.id} completed: 1 step, chain attempt 1.",
+    ]

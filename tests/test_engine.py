@@ -25,6 +25,7 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerConfig,
     claims,
+    logs,
 )
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, Recorder, store_raw
@@ -156,12 +157,19 @@ def test_engine_dispatches_periodic_job_multiple_times(app: SchedulerApp, record
     assert SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).count() >= 2
 
 
-def test_engine_logs_dispatch_lifecycle(app: SchedulerApp, caplog: pytest.LogCaptureFixture) -> None:
+def test_engine_logs_each_send_and_its_batches_only_at_debug(app: SchedulerApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="django_taskiq_beat.engine")
-    due_one_off(app)
+    job = due_one_off(app)
     run(app.engine.run_once)
     messages = [record.getMessage() for record in caplog.records if record.name == "django_taskiq_beat.engine"]
-    assert "Dispatching scheduler jobs batch." in messages and "Scheduler job dispatched." in messages
+    (run_id,) = SchedulerRun.objects.filter(job=job).values_list("id", flat=True)
+    assert messages == [f"Sent job {job.id}, task system.echo, slot {logs.when(job.next_run_at)}, run {run_id}."]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="django_taskiq_beat.engine")
+    due_one_off(app)
+    run(app.engine.run_once)
+    assert "Dispatching scheduler jobs batch: 1 slot." in caplog.messages
+    assert "Claimed scheduler jobs: 1 due slot, 0 failed before sending, 0 held by another engine." in caplog.messages
 
 
 @pytest.mark.parametrize(("level", "expected"), [(logging.INFO, False), (logging.DEBUG, True)])
@@ -489,7 +497,10 @@ def test_database_error_in_a_tick_is_logged_and_the_engine_goes_on(
     due_one_off(app)
     run(scenario)
     assert recorder.names() == ["system.echo"]
-    assert "Scheduler engine iteration failed; retrying." in caplog.messages
+    assert "Scheduler engine tick failed: OperationalError: the connection is closed; trying again in 0.1 s." in (
+        caplog.messages
+    )
+    assert "Scheduler engine tick works again after 1 failure in " in caplog.text
     assert app.get_health_snapshot().failed_tick_count == 1
 
 
@@ -704,8 +715,8 @@ def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
         return time.monotonic() - started
 
     assert 1 <= run(scenario) < 5
-    assert "Storing send outcomes at stop failed (try 2); trying again." in caplog.messages
-    assert "Giving up storing send outcomes at stop; their runs are sent again when their leases expire." in (
-        caplog.messages
-    )
+    assert ("Storing the outcomes of 1 send at stop failed again (2 in a row): OperationalError: database is"
+            " locked; trying again in 0.1 s.") in caplog.messages
+    assert ("Giving up storing the outcomes of 1 send at stop (OperationalError: database is locked); their runs"
+            " are sent again when their leases expire.") in caplog.messages
     assert SchedulerRun.objects.get(job=job).status == RunStatus.PENDING  # sent again once its lease expires

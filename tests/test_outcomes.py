@@ -175,7 +175,8 @@ def test_a_failing_outcome_write_loses_nothing(
     run = run_of(job)
     assert run.status == "dispatched" and run.outcome == "running"  # the start was recorded, the end was not
     assert broker.result_backend.results[run.id].return_value == "done"  # the task's result is safe
-    assert "Recording a run outcome failed; the task itself is unaffected." in caplog.messages
+    assert (f"Recording the outcome of job {job.id}, task outcome.ok (run {run.id}) failed: ConnectionError:"
+            " database is down; the task itself is unaffected.") in caplog.messages
 
 
 def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> None:

@@ -153,7 +153,7 @@ def test_three_engine_processes_dispatch_every_slot_exactly_once(
     assert not SchedulerRun.objects.filter(dispatched_at__lt=slot).exists(), "a slot claimed ahead went out early"
     run_ids = assert_each_slot_dispatched_once(job_ids)
     assert sends(sink) == Counter({run_id: 1 for run_id in run_ids})
-    working = [engine.name for engine in trio if "Scheduler job dispatched." in engine.log()]
+    working = [engine.name for engine in trio if "INFO django_taskiq_beat.engine Sent job " in engine.log()]
     assert len(working) >= 2, f"the engines did not share the work: only {working} dispatched"
 
 
@@ -221,7 +221,7 @@ def test_dropped_database_connections_are_reopened(
     (job_id,) = schedule_due(app, 1)
     wait_until(lambda: SchedulerJob.objects.get(pk=job_id).dispatch_count == 1, timeout=30, what="the dispatch")
     if health_checks == "off":  # without Django's health check the broken connection surfaces once
-        assert "Scheduler engine iteration failed; retrying." in engine.log()
+        assert "ERROR django_taskiq_beat.engine Scheduler engine tick failed: OperationalError: " in engine.log()
     assert len(sends(sink)) == 1
 
 
@@ -273,7 +273,7 @@ def test_a_killed_engines_claimed_slots_are_sent_once_it_is_declared_dead_not_at
     print(f"sent {sent_at[-1] - killed_at} after the kill, {sent_at[0] - last_beat} after the last heartbeat")
     assert sent_at[0] > last_beat + dead_after, "taken over while the victim's heartbeat was fresh"
     assert sent_at[-1] - killed_at < dead_after + timedelta(seconds=2)
-    assert "Re-sending runs left pending by a stopped engine." in survivor.log()
+    assert "Re-sending runs left pending by a stopped or dead engine: 5 runs (" in survivor.log()
 
 
 # -- database outages after a send: each slot still goes out once --------------------------------------------
@@ -299,6 +299,17 @@ def assert_sent_once(job_ids: list[str], sink: Path) -> None:
     wait_until(lambda: all_dispatched(len(job_ids)), timeout=60, what="every run to be recorded dispatched")
     run_ids = assert_each_slot_dispatched_once(job_ids)
     assert sends(sink) == Counter({run_id: 1 for run_id in run_ids}), "a slot was sent more than once"
+
+
+def assert_outage_logged_briefly(engine: EngineProcess) -> None:
+    """A failing activity (tick, lease renewal, heartbeat) prints one traceback, then a line a try, then its end."""
+    wait_until(lambda: " works again after " in engine.log(), timeout=10, what="a line saying the outage ended")
+    log = engine.log()
+    tracebacks = [line for line in log.splitlines() if " ERROR django_taskiq_beat.engine " in line]
+    short_lines = [line for line in log.splitlines() if " failed again (" in line]
+    ended = log.count(" works again after ")
+    assert tracebacks and len(tracebacks) <= 3 + ended, f"a traceback per try, not per outage: {tracebacks}"
+    assert short_lines, "the tries after the first one"
 
 
 def terminate_backends(application_name: str) -> int:
@@ -367,6 +378,7 @@ def test_sqlite_write_lock_after_a_send_costs_no_repeated_send(
     finally:
         locker.close()
     assert_sent_once(job_ids, sink)
+    assert_outage_logged_briefly(engine)
 
 
 @requires_postgres
@@ -399,6 +411,7 @@ def test_postgres_connections_cut_again_and_again_cost_no_repeated_send(
         time.sleep(OUTAGE_SECONDS)
         assert "terminating connection due to administrator command" in engine.log()
     assert_sent_once(job_ids, sink)
+    assert_outage_logged_briefly(engine)
 
 
 @requires_postgres
@@ -433,7 +446,10 @@ def test_an_unreadable_job_row_costs_only_that_row(engines: EngineFactory, app: 
         assert SchedulerJob.objects.filter(pk=job_id).values_list("last_error", "dispatch_failures").get() == (
             failed.error, 1
         )
-        assert f"ERROR django_taskiq_beat.engine Scheduler job {job_id} failed before sending" in engine.log()
+        assert f"ERROR django_taskiq_beat.engine Job {job_id}, task test.record, slot " in engine.log()
+        assert f"cannot be sent: UnusableRowError: next_run_at holds {value!r}, not a datetime; retry at " in (
+            engine.log()
+        )
     (later,) = schedule_due(app, 1)
     wait_until(lambda: SchedulerJob.objects.get(pk=later).dispatch_count == 1, timeout=30, what="a job created later")
     assert len(sends(sink)) == len(good) + 1

@@ -117,8 +117,12 @@ def test_single_builder_upsert_creates_and_updates_job_without_duplicates(
     stored = SchedulerJob.objects.get()
     assert stored.name == "Echo every two hours"
     assert second.next_run_at > first.next_run_at
-    upserts = [record for record in caplog.records if record.getMessage() == "Scheduler job upserted."]
+    upserts = [record for record in caplog.records if record.getMessage().startswith("Upserted job ")]
     assert [record.job_created for record in upserts] == [True, False]  # type: ignore[attr-defined]
+    assert [record.getMessage().split(": ")[0] for record in upserts] == [
+        "Upserted job system.echo, task system.echo (created)",
+        "Upserted job 'Echo every two hours' (system.echo), task system.echo (updated)",
+    ]
 
 
 def test_single_builder_upsert_preserves_next_run_for_unchanged_job(app: SchedulerApp, call: Call) -> None:
@@ -145,8 +149,9 @@ def test_scheduler_app_logs_job_lifecycle(app: SchedulerApp, call: Call, caplog:
     for method in ("pause", "resume", "run_now", "delete"):
         call(app, method, job.id)
     app_records = [record for record in caplog.records if record.name == "django_taskiq_beat.app"]
+    named = f"job {job.id}, task system.echo"
     assert [record.getMessage() for record in app_records] == [
-        "Scheduler job paused.", "Scheduler job resumed.", "Scheduler job marked to run now.", "Scheduler job deleted.",
+        f"Paused {named}.", f"Resumed {named}.", f"Marked {named} to run now.", f"Deleted {named} and its runs.",
     ]
     assert {record.job_id for record in app_records} == {job.id}  # type: ignore[attr-defined]
 

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from taskiq import InMemoryBroker
 
-from django_taskiq_beat import sending
+from django_taskiq_beat import logs, sending
 
 
 def test_error_text_names_the_chain_and_drops_nul_bytes() -> None:
@@ -18,7 +18,7 @@ def test_error_text_names_the_chain_and_drops_nul_bytes() -> None:
         except ConnectionError as cause:
             raise RuntimeError("send failed") from cause
     except RuntimeError as error:
-        text = sending.describe_error(error)
+        text = logs.describe_error(error)
     assert text == "RuntimeError: send failed <- caused by ConnectionError: refused"
 
 
@@ -29,7 +29,7 @@ def test_error_text_is_storable_on_every_backend() -> None:
     from django_taskiq_beat.models import SchedulerJob
 
     undecodable = b"caf\xe9".decode("utf-8", "surrogateescape")  # bytes that were not UTF-8, as an OS error carries
-    text = sending.describe_error(OSError(f"cannot open {undecodable}\x00"))
+    text = logs.describe_error(OSError(f"cannot open {undecodable}\x00"))
     assert text == "OSError: cannot open caf\\udce9"
     now = timezone.now()
     job = SchedulerJob.objects.create(task_name="t", kind="one_off", strategy="one_off", created_at=now, updated_at=now)
