@@ -92,6 +92,26 @@ class SafeChangeList(ChangeList):
         return queryset
 
 
+class SafeListAdmin(admin.ModelAdmin):
+    """A model admin whose list refuses query strings the database cannot take (``SafeChangeList``)."""
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return SafeChangeList
+
+
+class WrittenByTheSchedulerAdmin(SafeListAdmin):
+    """Rows the scheduler writes itself (runs, engines): to read, never to add, change or delete by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # run history goes by retention or purge_runs; engines prune their own old rows
+
+
 class StateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
@@ -125,7 +145,7 @@ class KindFilter(admin.SimpleListFilter):
 # -- jobs ---------------------------------------------------------------------------------------------
 
 @admin.register(SchedulerJob)
-class SchedulerJobAdmin(admin.ModelAdmin):
+class SchedulerJobAdmin(SafeListAdmin):
     list_display = (
         "display_name", "task_name", "schedule", "state_badge", "next_run", "last_run", "recent_runs_strip",
         "dispatch_count",
@@ -183,9 +203,6 @@ class SchedulerJobAdmin(admin.ModelAdmin):
                                "dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id")}),
         ("Recent runs", {"fields": ("recent_runs_table",)}),
     )
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return SafeChangeList
 
     def _editable(self, job: SchedulerJob | None) -> bool:
         """Single-task jobs are edited here; chains are shown read-only."""
@@ -414,7 +431,7 @@ def _lag_text(run: SchedulerRun) -> str:
 # -- runs ---------------------------------------------------------------------------------------------
 
 @admin.register(SchedulerRun)
-class SchedulerRunAdmin(admin.ModelAdmin):
+class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
     list_display = (
         "scheduled_time", "job_link", "status_badge", "outcome_badge", "dispatched_time", "lag", "duration_text",
         "broker_task_id", "short_error",
@@ -430,18 +447,6 @@ class SchedulerRunAdmin(admin.ModelAdmin):
         "chain_progress", "created_at", "updated_at",
     )
     fields = readonly_fields
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return SafeChangeList
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: SchedulerRun | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: SchedulerRun | None = None) -> bool:
-        return False  # history is removed by retention or purge_runs, not by hand
 
     @admin.display(description="scheduled for", ordering="scheduled_for")
     def scheduled_time(self, run: SchedulerRun) -> str:
@@ -531,7 +536,7 @@ class EngineStateFilter(admin.SimpleListFilter):
 
 
 @admin.register(SchedulerEngine)
-class SchedulerEngineAdmin(admin.ModelAdmin):
+class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
     """The engines as their heartbeats tell: read-only, written by the engines themselves."""
 
     list_display = ("id", "state_badge", "process", "version", "heartbeat", "started", "stopped", "counters")
@@ -546,18 +551,6 @@ class SchedulerEngineAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerEngine]:
         return super().get_queryset(request).on_database_clock()  # type: ignore[attr-defined]
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return SafeChangeList
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: SchedulerEngine | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: SchedulerEngine | None = None) -> bool:
-        return False  # engines prune their own old rows
 
     @admin.display(description="state")
     def state_badge(self, engine: SchedulerEngine) -> str:
