@@ -109,8 +109,6 @@ def _check_json_tree(value: Any, field: str) -> None:
             if depth > MAX_JSON_DEPTH:
                 raise SchedulerValidationError(field, value, f"Nested deeper than {MAX_JSON_DEPTH} levels.")
             if isinstance(node, dict):
-                if len({str.__str__(key) for key in node if isinstance(key, str)}) < len(node):
-                    _refuse_keys(node, path, field)
                 for key, item in node.items():
                     if not isinstance(key, str):
                         raise SchedulerValidationError(
@@ -121,18 +119,12 @@ def _check_json_tree(value: Any, field: str) -> None:
                     if problem:
                         raise SchedulerValidationError(field, key, f"A key at {_spell(path, field)}: {problem}")
                     stack.append((item, (path, key), depth + 1))
+                if len({str.__str__(key) for key in node}) < len(node):  # str subclasses that differ as keys
+                    raise SchedulerValidationError(
+                        field, list(node), f"At {_spell(path, field)}: two keys are the same text."
+                    )
             else:
                 stack.extend((item, (path, index), depth + 1) for index, item in enumerate(node))
-
-
-def _refuse_keys(node: dict[Any, Any], path: _Path, field: str) -> None:
-    """Two keys that JSON would write as one text (str subclasses that are not equal as keys)."""
-    key = next((key for key in node if not isinstance(key, str)), None)
-    if key is not None:
-        raise SchedulerValidationError(
-            field, key, f"At {_spell(path, field)}: keys must be strings (JSON would turn this one into a string)."
-        )
-    raise SchedulerValidationError(field, list(node), f"At {_spell(path, field)}: two keys are the same text.")
 
 
 def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], field: str) -> None:

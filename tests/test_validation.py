@@ -385,3 +385,9 @@ def test_a_huge_unexpected_keyword_makes_a_short_message() -> None:
 
     refused(lambda: get_scheduler_app().single(task="demo.greet", kwargs={"x" * 10_000_000: 1}).schedule(HOURLY),
             "kwargs")
+
+
+@pytest.mark.parametrize("key", [None, 1, 1.5, True])
+def test_a_key_that_is_not_a_string_is_named_as_such(app: SchedulerApp, key: Any) -> None:
+    error = refused(lambda: app.single(task="system.echo", kwargs={"outer": {key: 1}}), "kwargs")
+    assert "keys must be strings" in str(error) and "kwargs['outer']" in str(error)
