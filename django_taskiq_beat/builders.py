@@ -6,7 +6,6 @@ is sent through the broker as soon as the row is committed (inside an outer
 ``transaction.atomic()``, when that one commits).
 """
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -309,10 +308,10 @@ class ScheduleBuilder:
     async def _send(self, job: SchedulerJob, run: SchedulerRun) -> Exception | None:
         """Hand the task to the broker; returns the error instead of raising it."""
         try:
-            async with asyncio.timeout(self.app.config.dispatch_timeout_seconds):
-                await send_task(
-                    self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id
-                )
+            await send_task(
+                self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id,
+                timeout=self.app.config.dispatch_timeout_seconds,
+            )
         except Exception as exc:
             return exc
         return None

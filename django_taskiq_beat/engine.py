@@ -516,14 +516,11 @@ class BeatEngine:
         extra: dict[str, Any] = {**_job_extra(dispatch), "broker_task_id": dispatch.run_id}
         dispatched_at = timezone.now()
         try:
-            async with asyncio.timeout(self.config.dispatch_timeout_seconds):
-                await send_task(
-                    self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs,
-                    job_id=dispatch.job_id, run_id=dispatch.run_id,
-                )
+            await send_task(
+                self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs, job_id=dispatch.job_id,
+                run_id=dispatch.run_id, timeout=self.config.dispatch_timeout_seconds,
+            )
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and not str(exc):
-                exc = TimeoutError(f"no answer from the broker within {self.config.dispatch_timeout_seconds:g} s")
             outcome = claims.Outcome(dispatch, dispatched_at, timezone.now(), logs.describe_error(exc))
             # One line per failed send, whatever the outage's length: the traceback only at DEBUG.
             logger.warning("Send of job %s failed: %s; %s.", _job(dispatch), logs.error_text(exc),

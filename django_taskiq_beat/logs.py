@@ -55,7 +55,7 @@ def one_line(text: str, limit: int = _ERROR_LIMIT) -> str:
 
 
 def describe_error(error: BaseException, limit: int = 4000) -> str:
-    """``Type: message``, with the chain of causes, cut to ``limit`` characters.
+    """``Type: message``, with the chain of causes (as a traceback shows it), cut to ``limit`` characters.
 
     The text is storable on every backend, so storing it fails only for passing reasons:
     no NUL (PostgreSQL text refuses it) and no lone surrogate (not UTF-8; a message may
@@ -66,7 +66,7 @@ def describe_error(error: BaseException, limit: int = 4000) -> str:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         parts.append(f"{type(current).__name__}: {current}")
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     text = " <- caused by ".join(parts).replace("\x00", "").encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

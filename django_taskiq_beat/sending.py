@@ -104,16 +104,28 @@ async def send_task(
     *,
     job_id: str,
     run_id: str,
+    timeout: float,
 ) -> str:
-    """Send the task with the run id as ``task_id``; return the broker's task id."""
+    """Send the task with the run id as ``task_id``; return the broker's task id.
+
+    A broker that has not taken it within ``timeout`` seconds raises ``TimeoutError``
+    saying so (asyncio's own has no message, only a cancelled cause).
+    """
     task = find_task(broker, task_name)
-    await ensure_broker_started(broker)
-    sent = await (
-        task.kicker()
-        .with_task_id(run_id)
-        .with_labels(**{JOB_LABEL: job_id, RUN_LABEL: run_id})
-        .kiq(*args, **kwargs)
-    )
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            await ensure_broker_started(broker)
+            sent = await (
+                task.kicker()
+                .with_task_id(run_id)
+                .with_labels(**{JOB_LABEL: job_id, RUN_LABEL: run_id})
+                .kiq(*args, **kwargs)
+            )
+    except TimeoutError:
+        if not limit.expired():
+            raise
+        raise TimeoutError(f"no answer from the broker within {timeout:g} s") from None
     return sent.task_id
 
 

@@ -452,7 +452,8 @@ def test_hanging_broker_fails_an_immediate_dispatch_after_the_send_timeout(
     app = SchedulerApp(broker=broker, config=SchedulerConfig(dispatch_timeout_seconds=0.2))
     with pytest.raises(TimeoutError):
         call(app.single(task="system.echo"), "schedule")
-    assert SchedulerRun.objects.get().status == "failed"
+    run = SchedulerRun.objects.get()
+    assert run.status == "failed" and run.error == "TimeoutError: no answer from the broker within 0.2 s"
 
 
 def test_unchanged_upsert_writes_nothing(app: SchedulerApp, call: Call) -> None:
