@@ -215,7 +215,7 @@ def claim_due(
     type) gets a failed run and a retry with backoff instead; the rest of the batch goes on.
     """
     with transaction.atomic():
-        due = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now + ahead).order_by("next_run_at")
+        due = SchedulerJob.objects.due(now + ahead).order_by("next_run_at")
         locked = _lock_for_claiming(due)
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()

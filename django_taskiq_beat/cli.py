@@ -18,7 +18,7 @@ from django_taskiq_beat.app import SchedulerApp
 from django_taskiq_beat.describe import describe_schedule, local_time, next_fire_times, relative_time
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.health import run_checks
-from django_taskiq_beat.models import JobState, SchedulerEngine, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
 
 OK, FAILED = 0, 1
 _RECENT_RUNS = 10
@@ -93,8 +93,8 @@ def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     dead_after = timedelta(seconds=app.config.engine_dead_after_seconds)
     engines = [_engine_data(engine, dead_after) for engine in SchedulerEngine.objects.on_database_clock()]
     jobs = SchedulerJob.objects
-    states = {state.value: jobs.in_state(state).count() for state in JobState}
-    due = jobs.filter(is_enabled=True, next_run_at__lte=now)
+    states = jobs.count_by_state()
+    due = jobs.due(now)
     next_due = jobs.filter(is_enabled=True, next_run_at__gt=now).order_by("next_run_at").values_list(
         "next_run_at", flat=True).first()
     summary = {"total": jobs.count(), "by_state": states, "due_now": due.count(), "next_due_at": next_due}

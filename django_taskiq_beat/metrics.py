@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from django_taskiq_beat import __version__
 from django_taskiq_beat.app import SchedulerApp
-from django_taskiq_beat.models import JobState, SchedulerJob
+from django_taskiq_beat.models import SchedulerJob
 
 logger = logging.getLogger("django_taskiq_beat.metrics")
 
@@ -46,9 +46,7 @@ _WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 def job_counts() -> tuple[int, dict[str, int]]:
     """Enabled jobs due now, and jobs per state; on this thread's connection, closed before returning."""
     try:
-        jobs = SchedulerJob.objects
-        due = jobs.filter(is_enabled=True, next_run_at__lte=timezone.now()).count()
-        return due, {state.value: jobs.in_state(state).count() for state in JobState}
+        return SchedulerJob.objects.due(timezone.now()).count(), SchedulerJob.objects.count_by_state()
     finally:
         connection.close()
 

@@ -80,6 +80,14 @@ class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
     def in_state(self, state: str) -> "SchedulerJobQuerySet":
         return self.filter(_STATE_FILTERS[JobState(state)])
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state, in one aggregate query."""
+        return self.aggregate(**{state.value: models.Count("pk", filter=_STATE_FILTERS[state]) for state in JobState})
+
+    def due(self, moment: datetime) -> "SchedulerJobQuerySet":
+        """Enabled jobs whose slot is at or before ``moment``."""
+        return self.filter(is_enabled=True, next_run_at__lte=moment)
+
     def locked(self, job_id: str, *fields: str) -> "SchedulerJob | None":
         """The job (only ``fields``, if named), locked until the transaction ends: its row on
         PostgreSQL, SQLite's write lock (taken before the read, so the transaction can still write).

@@ -116,7 +116,7 @@ class Command(BaseCommand):
             f"  database : {connection.vendor} ({connection.settings_dict['NAME']})",
             f"  broker   : {type(app.broker).__name__} ({broker_spec or 'given in code'})",
             f"  jobs     : {jobs.count()} total, {jobs.filter(is_enabled=True).count()} enabled, "
-            f"{jobs.filter(is_enabled=True, next_run_at__lte=timezone.now()).count()} due now",
+            f"{jobs.due(timezone.now()).count()} due now",
             f"  config   : scheduler_id={config.scheduler_id} sync={config.sync_interval_seconds}s "
             f"batch={config.dispatch_batch_size} concurrency={config.dispatch_concurrency} "
             f"lease={config.claim_ttl_seconds}s timezone={config.default_timezone}",
