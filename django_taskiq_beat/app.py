@@ -20,7 +20,7 @@ from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orche
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError
-from django_taskiq_beat.models import SchedulerJob, SchedulerRun, is_unreadable, unreadable_job
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun, read_or, refuse_unreadable_job
 from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware
 
@@ -110,14 +110,10 @@ class SchedulerApp:
 
     def get_job(self, job_id: str) -> SchedulerJob:
         """The job ``job_id``; raises ``JobNotFoundError``."""
-        try:
-            return SchedulerJob.objects.get(pk=_job_id(job_id))
-        except SchedulerJob.DoesNotExist:
-            raise JobNotFoundError(job_id) from None
-        except Exception as exc:
-            if not is_unreadable(exc):
-                raise
-            raise unreadable_job(job_id, exc) from None
+        job = read_or(SchedulerJob.objects.filter(pk=_job_id(job_id)).first, refuse_unreadable_job(job_id))
+        if job is None:
+            raise JobNotFoundError(job_id)
+        return job
 
     def pause(self, job_id: str, note: str | None = None) -> SchedulerJob:
         """Stop the job until it is resumed; its pending slot is dropped.

@@ -13,7 +13,7 @@ the last line of defence.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from django_taskiq_beat.models import (
     SchedulerEngine,
     SchedulerJob,
     SchedulerRun,
-    is_unreadable,
+    read_or,
     new_id,
 )
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
@@ -108,31 +108,19 @@ def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int) -> list[tuple[
     reports it). On PostgreSQL the conversion fails in the client after the server ran the
     query, so the transaction and its row locks stay usable.
     """
-    try:
-        return list(rows.values_list(*fields)[:limit])
-    except Exception as exc:
-        if not is_unreadable(exc):
-            raise
-    keys = list(rows.values_list("pk", flat=True)[:limit])
-    return [_read_row(rows.filter(pk=key), fields) for key in keys]
+    def one_by_one(_: Exception) -> list[tuple[Any, ...]]:
+        keys = list(rows.values_list("pk", flat=True)[:limit])
+        return [_read_row(rows.filter(pk=key), fields) for key in keys]
+
+    return read_or(lambda: list(rows.values_list(*fields)[:limit]), one_by_one)
 
 
 def _read_row(row: QuerySet[Any], fields: Sequence[str]) -> tuple[Any, ...]:
-    try:
-        return row.values_list(*fields).get()
-    except Exception as exc:
-        if not is_unreadable(exc):
-            raise
-    return tuple(_read_value(row, field) for field in fields)
+    return read_or(row.values_list(*fields).get, lambda _: tuple(_read_value(row, field) for field in fields))
 
 
 def _read_value(row: QuerySet[Any], field: str) -> Any:
-    try:
-        return row.values_list(field, flat=True).get()
-    except Exception as exc:
-        if not is_unreadable(exc):
-            raise
-    return None
+    return read_or(row.values_list(field, flat=True).get, lambda _: None)
 
 
 def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], types: Mapping[str, type]) -> None:
@@ -157,17 +145,12 @@ def next_due_at() -> datetime | None:
     None when there is none, or when the earliest stored slot cannot be read: the engine
     then looks again after ``sync_interval_seconds``, and a claim reports the row once it is due.
     """
-    try:
-        return (
-            SchedulerJob.objects.filter(is_enabled=True, next_run_at__isnull=False)
-            .order_by("next_run_at")
-            .values_list("next_run_at", flat=True)
-            .first()
-        )
-    except Exception as exc:
-        if not is_unreadable(exc):
-            raise
-    return None
+    earliest = (
+        SchedulerJob.objects.filter(is_enabled=True, next_run_at__isnull=False)
+        .order_by("next_run_at")
+        .values_list("next_run_at", flat=True)
+    )
+    return read_or(earliest.first, lambda _: None)
 
 
 def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
@@ -178,10 +161,6 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
     return queryset
 
 
-_DUE_FIELDS = (
-    "id", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs", "next_run_at",
-    "created_at", "dispatch_failures", "name",
-)
 _DUE_TYPES = {
     "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
     "dispatch_failures": int,
@@ -203,6 +182,9 @@ class _DueJob:
     created_at: datetime
     dispatch_failures: int
     name: str | None
+
+
+_DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
 
 
 def claim_due(
@@ -278,10 +260,6 @@ def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
     return trigger.next_after(max(now, job.next_run_at), job.created_at)
 
 
-_EXPIRED_FIELDS = (
-    "id", "job_id", "task_name", "task_args", "task_kwargs", "created_at", "scheduled_for", "dispatch_failures",
-    "job_name", "next_run_at",
-)
 _EXPIRED_TYPES = {
     "task_args": list, "task_kwargs": dict, "created_at": datetime, "scheduled_for": datetime,
     "dispatch_failures": int,
@@ -302,6 +280,9 @@ class _ExpiredRun:
     dispatch_failures: int
     job_name: str | None
     next_run_at: datetime | None  # the job's next regular slot: a failed send's retry never goes past it
+
+
+_EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
 
 
 def claim_expired(

@@ -1,6 +1,8 @@
 """The two tables: ``scheduler_job`` (what to send and when) and ``scheduler_run`` (each send)."""
 
 import uuid
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 from datetime import datetime, timedelta
 
@@ -12,6 +14,8 @@ from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
 
+
+_T = TypeVar("_T")
 
 MAX_COUNT = 2**31 - 1
 """The largest value of a count column on every backend (PostgreSQL's integer): counters stop there."""
@@ -30,11 +34,26 @@ def is_unreadable(error: Exception) -> bool:
     return isinstance(error, _UNREADABLE_ERRORS)
 
 
-def unreadable_job(job_id: str, error: Exception) -> SchedulerValidationError:
-    return SchedulerValidationError(
-        "job_id", job_id, f"Its stored row cannot be read ({type(error).__name__}: {str(error)[:200]});"
-        " fix the row in the database, or delete the job.",
-    )
+def read_or(read: Callable[[], _T], unreadable: Callable[[Exception], _T]) -> _T:
+    """``read()``; if it fails on a stored value (``is_unreadable``), ``unreadable(error)`` instead."""
+    try:
+        return read()
+    except Exception as exc:
+        if not is_unreadable(exc):
+            raise
+        return unreadable(exc)
+
+
+def refuse_unreadable_job(job_id: str) -> Callable[[Exception], NoReturn]:
+    """For ``read_or``: a job whose row cannot be read is refused with ``SchedulerValidationError``."""
+
+    def refuse(error: Exception) -> NoReturn:
+        raise SchedulerValidationError(
+            "job_id", job_id, f"Its stored row cannot be read ({type(error).__name__}: {str(error)[:200]});"
+            " fix the row in the database, or delete the job.",
+        ) from None
+
+    return refuse
 
 
 def new_id() -> str:
@@ -96,12 +115,7 @@ class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
         """
         begin_write()
         rows = self.select_for_update().filter(pk=job_id)
-        try:
-            return (rows.only(*fields) if fields else rows).first()
-        except Exception as exc:
-            if not is_unreadable(exc):
-                raise
-            raise unreadable_job(job_id, exc) from None
+        return read_or((rows.only(*fields) if fields else rows).first, refuse_unreadable_job(job_id))
 
 
 class RunOutcome(models.TextChoices):
