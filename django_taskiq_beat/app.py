@@ -138,10 +138,10 @@ class SchedulerApp:
         """Delete the job and its run history."""
         with transaction.atomic():
             job = self._locked(job_id, "id", "name", "task_name")  # a row with unreadable columns can still go
+            named, extra = logs.job_row(job), logs.job_row_extra(job)  # delete() clears the id
             job.delete()
             self.job_changed()
-        logger.info("Deleted job %s and its runs.", logs.job(job_id, job.name, job.task_name),
-                    extra=logs.job_extra(job_id, job.name, job.task_name))
+        logger.info("Deleted job %s and its runs.", named, extra=extra)
 
     def purge_runs(self, *, finished_before: datetime) -> int:
         """Delete runs that finished before ``finished_before``; returns how many."""
@@ -177,8 +177,8 @@ class SchedulerApp:
             job.updated_at = now
             job.save()
             self.job_changed()
-        logger.info(message, logs.job(job.id, job.name, job.task_name), *message_args,
-                    extra=logs.job_extra(job.id, job.name, job.task_name))
+        logger.info(message, logs.job_row(job), *message_args,
+                    extra=logs.job_row_extra(job))
         return job
 
 

@@ -192,8 +192,8 @@ class ScheduleBuilder:
                 if in_outer_transaction:
                     transaction.on_commit(partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True)
                     pending_run = None
-        logger.info("Created job %s: %s.", logs.job(job.id, job.name, job.task_name), _schedule_text(job),
-                    extra={**logs.job_extra(job.id, job.name, job.task_name), "kind": job.kind})
+        logger.info("Created job %s: %s.", logs.job_row(job), _schedule_text(job),
+                    extra={**logs.job_row_extra(job), "kind": job.kind})
         return job, pending_run
 
     def _insert(self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool) -> SchedulerJob:
@@ -253,8 +253,8 @@ class ScheduleBuilder:
                 if attempt:
                     raise
         logger.info(
-            "Upserted job %s (%s): %s.", logs.job(job.id, job.name, job.task_name), change, _schedule_text(job),
-            extra={**logs.job_extra(job.id, job.name, job.task_name), "kind": job.kind,
+            "Upserted job %s (%s): %s.", logs.job_row(job), change, _schedule_text(job),
+            extra={**logs.job_row_extra(job), "kind": job.kind,
                    "job_created": change == "created"},
         )
         return job
@@ -295,8 +295,8 @@ class ScheduleBuilder:
             job.is_enabled and (trigger_changed or call_changed or job.next_run_at is None)
         ):
             job.arm(now)
-            logger.debug("Recalculated the next slot of job %s: %s.", logs.job(job.id, job.name, job.task_name),
-                         _schedule_text(job), extra=logs.job_extra(job.id, job.name, job.task_name))
+            logger.debug("Recalculated the next slot of job %s: %s.", logs.job_row(job),
+                         _schedule_text(job), extra=logs.job_row_extra(job))
         if _schedule_state(job) == before:
             return False
         job.updated_at = now
@@ -342,12 +342,12 @@ class ScheduleBuilder:
                 ])
         extra = {**logs.job_extra(job.id, job.name, job.task_name, run.scheduled_for), "broker_task_id": run.id}
         if error is None:
-            logger.info("Sent job %s at once (immediate dispatch), run %s.", logs.job(job.id, job.name, job.task_name),
+            logger.info("Sent job %s at once (immediate dispatch), run %s.", logs.job_row(job),
                         run.id, extra=extra)
         else:
             logger.error(
                 "Immediate dispatch of job %s failed: %s; it is not retried (run_now sends it again).",
-                logs.job(job.id, job.name, job.task_name), logs.error_text(error),
+                logs.job_row(job), logs.error_text(error),
                 exc_info=logs.traceback_at_debug(logger, error), extra=extra,
             )
 
@@ -369,9 +369,9 @@ class ScheduleBuilder:
                     raise
                 logger.warning(
                     "Recording the immediate dispatch of job %s (run %s) failed: %s; trying again in %s.",
-                    logs.job(job.id, job.name, job.task_name), run.id, logs.error_text(exc), logs.seconds(pause),
+                    logs.job_row(job), run.id, logs.error_text(exc), logs.seconds(pause),
                     exc_info=logs.traceback_at_debug(logger, exc),
-                    extra={**logs.job_extra(job.id, job.name, job.task_name), "run_id": run.id},
+                    extra={**logs.job_row_extra(job), "run_id": run.id},
                 )
                 connection.close_if_unusable_or_obsolete()
                 time.sleep(pause)

@@ -48,6 +48,16 @@ def job_extra(
             "scheduled_for": slot.isoformat() if slot is not None else None}
 
 
+def job_row(row: Any) -> str:
+    """``job(...)`` of a job row: anything with ``id``, ``name`` and ``task_name``."""
+    return job(row.id, row.name, row.task_name)
+
+
+def job_row_extra(row: Any) -> dict[str, Any]:
+    """``job_extra(...)`` of a job row."""
+    return job_extra(row.id, row.name, row.task_name)
+
+
 def one_line(text: str, limit: int = _ERROR_LIMIT) -> str:
     """``text`` on one line (an error message may hold newlines), cut to ``limit`` characters."""
     text = " ".join(text.split())
