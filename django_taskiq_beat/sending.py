@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
 from django.utils import timezone
-from django.utils.module_loading import autodiscover_modules
 from taskiq import AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from django_taskiq_beat import logs
+from django_taskiq_beat.discovery import discover_tasks
 
 JOB_LABEL = "scheduler_job_id"
 RUN_LABEL = "scheduler_run_id"
@@ -35,7 +35,7 @@ _startups: "weakref.WeakKeyDictionary[AsyncBroker, asyncio.Future[None]]" = weak
 
 
 class UnknownTaskError(LookupError):
-    """The broker has no task of that name, even after importing every app's ``tasks``."""
+    """The broker has no task of that name, even after importing every app's task modules."""
 
     def __init__(self, task_name: str) -> None:
         self.task_name = task_name
@@ -43,10 +43,10 @@ class UnknownTaskError(LookupError):
 
 
 def find_task(broker: AsyncBroker, task_name: str) -> AsyncTaskiqDecoratedTask[Any, Any]:
-    """The broker's task called ``task_name``; imports each installed app's ``tasks`` once if needed."""
+    """The broker's task called ``task_name``; imports the installed apps' task modules if needed."""
     task = broker.find_task(task_name)
     if task is None:
-        autodiscover_modules("tasks")
+        discover_tasks()
         task = broker.find_task(task_name)
     if task is None:
         raise UnknownTaskError(task_name)

@@ -404,20 +404,20 @@ def test_schedule_with_a_taken_job_id_is_refused_and_changes_nothing(app: Schedu
     )
 
 
-def test_unknown_task_is_looked_up_again_after_autodiscovering_tasks_modules(
+def test_unknown_task_is_looked_up_again_after_discovering_tasks_modules(
     app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from django_taskiq_beat import sending
 
-    imported: list[str] = []
+    discoveries: list[None] = []
 
-    def import_tasks_modules(module_name: str) -> None:  # what importing an app's tasks.py does
-        imported.append(module_name)
+    def discover_tasks() -> None:  # what importing an app's tasks.py does
+        discoveries.append(None)
         broker.register_task(lambda: None, task_name="late.registered")
 
-    monkeypatch.setattr(sending, "autodiscover_modules", import_tasks_modules)
+    monkeypatch.setattr(sending, "discover_tasks", discover_tasks)
     job = app.single(task="late.registered").schedule(HOURLY)
-    assert imported == ["tasks"] and job.task_name == "late.registered"
+    assert len(discoveries) == 1 and job.task_name == "late.registered"
 
 
 def test_immediate_run_of_a_process_that_died_before_sending_is_recovered(
