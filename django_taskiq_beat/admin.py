@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import quote
+from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import EmptyResultSet
 from django.db.models import Count, F, Prefetch, QuerySet
@@ -39,6 +39,7 @@ from django_taskiq_beat.models import (
     SchedulerRun,
 )
 from django_taskiq_beat.describe import (
+    declaration_text,
     describe_schedule,
     dicts_in,
     local_time,
@@ -148,9 +149,9 @@ class KindFilter(admin.SimpleListFilter):
 class SchedulerJobAdmin(SafeListAdmin):
     list_display = (
         "display_name", "task_name", "schedule", "state_badge", "next_run", "last_run", "recent_runs_strip",
-        "dispatch_count",
+        "dispatch_count", "source",
     )
-    list_filter = (StateFilter, KindFilter, "strategy", "task_name")
+    list_filter = (StateFilter, KindFilter, "source", "strategy", "task_name")
     search_fields = ("id", "name", "task_name")
     ordering = (F("next_run_at").asc(nulls_last=True), "id")
     sortable_by = ("task_name", "next_run", "dispatch_count")
@@ -158,14 +159,16 @@ class SchedulerJobAdmin(SafeListAdmin):
     actions = ("pause_jobs", "resume_jobs", "run_jobs_now")
     readonly_fields = (
         "id", "name", "description", "task_name", "schedule", "state_badge", "next_run", "next_fire_times_preview",
-        "is_enabled", "task_args", "task_kwargs", "metadata_payload", "chain_steps", "last_run_at", "last_error",
+        "is_enabled", "source", "declared_in", "task_args", "task_kwargs", "task_labels", "metadata_payload",
+        "chain_steps", "last_run_at", "last_error",
         "last_dispatched_task_id", "dispatch_count", "dispatch_failures", "finished_at", "created_at", "updated_at",
         "recent_runs_table",
     )
     fieldsets = (
-        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "is_enabled")}),
+        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "is_enabled",
+                           "source", "declared_in")}),
         ("Timing", {"fields": ("next_run", "next_fire_times_preview", "last_run_at", "finished_at")}),
-        ("What is sent", {"fields": ("task_args", "task_kwargs", "chain_steps", "metadata_payload")}),
+        ("What is sent", {"fields": ("task_args", "task_kwargs", "task_labels", "chain_steps", "metadata_payload")}),
         ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id",
                                  "created_at", "updated_at")}),
         ("Recent runs", {"fields": ("recent_runs_table",)}),
@@ -191,7 +194,9 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     form = SchedulerJobForm
     edit_fieldsets = (
-        (None, {"fields": ("name", "description", "job_id", "task", "task_name", "args", "kwargs", "is_enabled")}),
+        (None, {"fields": (
+            "name", "description", "job_id", "task", "task_name", "args", "kwargs", "labels", "is_enabled",
+        )}),
         ("Schedule", {"fields": (
             "schedule_type", ("interval_every", "interval_unit"), "cron_expression",
             ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
@@ -205,8 +210,8 @@ class SchedulerJobAdmin(SafeListAdmin):
     )
 
     def _editable(self, job: SchedulerJob | None) -> bool:
-        """Single-task jobs are edited here; chains are shown read-only."""
-        return job is None or job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME
+        """Single-task jobs are edited here; chains and jobs declared in code are shown read-only."""
+        return job is None or (job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME and not job.is_declared)
 
     def has_change_permission(self, request: HttpRequest, obj: SchedulerJob | None = None) -> bool:
         """A read-only job's page is a view: no Save button, and a POST to it is refused (403)."""
@@ -216,8 +221,15 @@ class SchedulerJobAdmin(SafeListAdmin):
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
     ) -> HttpResponse:
         if request.method == "GET":
-            job = self.get_object(request, object_id)
+            job = self.get_object(request, unquote(object_id))  # ids are quoted in URLs, as change_view does
             problem = job is not None and trigger_problem(job)
+            if job is not None and job.is_declared:
+                where = (f"This job is declared in code, in {declaration_text(job)}" if job.declaration is not None
+                         else f"This job was declared in code and is {declaration_text(job)}")
+                self.message_user(
+                    request, f"{where}: change it there, and the next sync (run_taskiq_beat's start, or manage.py"
+                    " taskiq_beat sync) applies it. Pause, resume and run now work here.", messages.INFO,
+                )
             if problem:
                 self.message_user(
                     request, f"The stored schedule of this job cannot be read ({problem}). Choose a schedule and"
@@ -268,6 +280,10 @@ class SchedulerJobAdmin(SafeListAdmin):
     @admin.display(description="name", ordering="name")
     def display_name(self, job: SchedulerJob) -> str:
         return job.name or job.id
+
+    @admin.display(description="declared in")
+    def declared_in(self, job: SchedulerJob) -> str:
+        return declaration_text(job) or "–"
 
     @admin.display(description="schedule")
     def schedule(self, job: SchedulerJob) -> str:

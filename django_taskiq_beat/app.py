@@ -79,10 +79,11 @@ class SchedulerApp:
         transaction.on_commit(self.engine.wake)
 
     def single(
-        self, *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
+        self, *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None, labels: Any = None
     ) -> SingleScheduleBuilder:
-        """A builder for one task with fixed ``args`` / ``kwargs``; ``metadata`` is stored only."""
-        return SingleScheduleBuilder(self, task=task, args=args, kwargs=kwargs, metadata=metadata)
+        """A builder for one task with fixed ``args`` / ``kwargs``; ``metadata`` is stored only,
+        ``labels`` (scalar taskiq labels, e.g. for routing or priority) go with every message."""
+        return SingleScheduleBuilder(self, task=task, args=args, kwargs=kwargs, metadata=metadata, labels=labels)
 
     def chain(
         self,
@@ -95,6 +96,7 @@ class SchedulerApp:
         default_step_timeout_seconds: float | None = None,
         wait_poll_interval_seconds: float = 0.5,
         metadata: Any = None,
+        labels: Any = None,
     ) -> ChainScheduleBuilder:
         """A builder for steps run one after another by the orchestrator task (see README)."""
         chain = TaskChain(
@@ -104,7 +106,7 @@ class SchedulerApp:
             default_step_timeout_seconds=default_step_timeout_seconds,
             wait_poll_interval_seconds=wait_poll_interval_seconds,
         )
-        return ChainScheduleBuilder(self, chain=chain, metadata=metadata)
+        return ChainScheduleBuilder(self, chain=chain, metadata=metadata, labels=labels)
 
     # -- managing jobs -------------------------------------------------------------
 

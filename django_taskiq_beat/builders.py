@@ -22,8 +22,15 @@ from django.utils import timezone
 from django_taskiq_beat import logs
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.payloads import TaskCall, require_callable_with, require_json, require_text, task_name_of
-from django_taskiq_beat.models import JobStrategy, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.payloads import (
+    TaskCall,
+    require_callable_with,
+    require_json,
+    require_labels,
+    require_text,
+    task_name_of,
+)
+from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, JobStrategy, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
     ImmediateDispatch,
@@ -69,6 +76,22 @@ def _identity(job_id: Any, name: Any, description: Any) -> _Identity:
     )
 
 
+def declared_id_prefix(job_id: str) -> str | None:
+    """``settings:`` for ``settings:nightly``: the prefix that reserves an id for the sync, or None."""
+    source = job_id.partition(":")[0]
+    return source if source in DECLARED_SOURCES and job_id != source else None
+
+
+def _refuse_declared_id(job_id: str | None, source: str) -> None:
+    """Ids named after a declared source belong to the sync: code and admin cannot take or change them."""
+    if job_id is not None and source not in DECLARED_SOURCES and declared_id_prefix(job_id):
+        raise SchedulerValidationError(
+            "job_id", job_id,
+            f"Ids starting with '{declared_id_prefix(job_id)}:' are kept for jobs declared in code; choose another id,"
+            " or change the declaration.",
+        )
+
+
 def _schedule_text(job: SchedulerJob) -> str:
     """``periodic, active, next slot 14:00:00 UTC`` for a log line."""
     if job.strategy == JobStrategy.IMMEDIATE:
@@ -84,8 +107,8 @@ def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
 
 _UPSERT_FIELDS = (
     "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
-    "metadata_payload", "is_enabled", "next_run_at", "finished_at", "claimed_by", "claimed_at", "claim_expires_at",
-    "paused_at", "pause_note",
+    "metadata_payload", "task_labels", "declaration", "is_enabled", "next_run_at", "finished_at", "claimed_by",
+    "claimed_at", "claim_expires_at", "paused_at", "pause_note",
 )
 
 
@@ -115,7 +138,7 @@ class ScheduleBuilder:
     # -- validation --------------------------------------------------------------
 
     def _validated(
-        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any
+        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any, source: JobSource
     ) -> tuple[Trigger, TaskCall, _Identity]:
         if not isinstance(trigger, ImmediateDispatch | OneOffSchedule | PeriodicSchedule):
             raise SchedulerValidationError(
@@ -124,6 +147,7 @@ class ScheduleBuilder:
         if isinstance(trigger, PeriodicSchedule):
             trigger = trigger.with_timezone(self.app.config.default_timezone)
         identity = _identity(job_id, name, description)
+        _refuse_declared_id(identity.job_id, source)
         if is_enabled is not UNSET and not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()
@@ -135,10 +159,11 @@ class ScheduleBuilder:
         return trigger, call, identity
 
     def validate(
-        self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None
+        self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None,
+        *, source: JobSource = JobSource.API,
     ) -> None:
-        """Check everything ``schedule``/``upsert`` would, writing nothing (the admin form uses it)."""
-        self._validated(trigger, job_id, name, description, UNSET)
+        """Check everything ``schedule``/``upsert`` would, writing nothing (the admin form and the sync use it)."""
+        self._validated(trigger, job_id, name, description, UNSET, source)
 
     # -- schedule ----------------------------------------------------------------
 
@@ -149,9 +174,14 @@ class ScheduleBuilder:
         name: str | None = None,
         description: str | None = None,
         is_enabled: bool = True,
+        *,
+        source: JobSource = JobSource.API,
     ) -> SchedulerJob:
-        """Create a job; with no trigger, send the task now (``ImmediateDispatch``)."""
-        job, pending_run = self._create(trigger, job_id, name, description, is_enabled)
+        """Create a job; with no trigger, send the task now (``ImmediateDispatch``).
+
+        ``source`` records who asked: ``api`` (code) or ``admin`` (the admin's add form).
+        """
+        job, pending_run = self._create(trigger, job_id, name, description, is_enabled, source)
         if pending_run is not None:
             self._dispatch_now(job, pending_run)
         return job
@@ -163,23 +193,30 @@ class ScheduleBuilder:
         name: str | None = None,
         description: str | None = None,
         is_enabled: bool = True,
+        *,
+        source: JobSource = JobSource.API,
     ) -> SchedulerJob:
         """Async twin of :meth:`schedule`."""
-        job, pending_run = await sync_to_async(self._create)(trigger, job_id, name, description, is_enabled)
+        job, pending_run = await sync_to_async(self._create)(trigger, job_id, name, description, is_enabled, source)
         if pending_run is not None:
             await self._adispatch_now(job, pending_run)
         return job
 
     def _create(
-        self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool
+        self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool,
+        source: JobSource,
     ) -> tuple[SchedulerJob, SchedulerRun | None]:
         """Insert the job; returns the run to send now, unless an outer transaction sends it on commit."""
-        trigger, call, identity = self._validated(trigger or ImmediateDispatch(), job_id, name, description, is_enabled)
+        if source not in (JobSource.API, JobSource.ADMIN):
+            raise SchedulerValidationError("source", source, "schedule() takes 'api' or 'admin'; declared jobs are synced.")
+        trigger, call, identity = self._validated(
+            trigger or ImmediateDispatch(), job_id, name, description, is_enabled, source
+        )
         if not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         in_outer_transaction = transaction.get_connection().in_atomic_block
         with _job_id_free(identity.job_id), transaction.atomic():
-            job = self._insert(trigger, call, identity, is_enabled)
+            job = self._insert(trigger, call, identity, is_enabled, source, None)
             self.app.job_changed()
             pending_run = None
             if isinstance(trigger, ImmediateDispatch):
@@ -196,13 +233,16 @@ class ScheduleBuilder:
                     extra={**logs.job_row_extra(job), "kind": job.kind})
         return job, pending_run
 
-    def _insert(self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool) -> SchedulerJob:
+    def _insert(
+        self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool, source: str,
+        declaration: dict[str, Any] | None,
+    ) -> SchedulerJob:
         now = timezone.now()
         job = SchedulerJob(
             name=identity.name, description=identity.description, task_name=call.task_name,
             kind=trigger_kind(trigger), strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
-            task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, created_at=now,
-            updated_at=now,
+            task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, task_labels=call.labels,
+            source=source, declaration=declaration, created_at=now, updated_at=now,
         )
         if identity.job_id is not None:
             job.id = identity.job_id
@@ -231,22 +271,40 @@ class ScheduleBuilder:
         kept unless ``is_enabled`` is passed, and a one-off that already ran is not
         run again unless its trigger changed.
         """
+        return self.upsert_as(JobSource.API, trigger, job_id, name, description, is_enabled)[0]
+
+    def upsert_as(
+        self,
+        source: JobSource,
+        trigger: Trigger,
+        job_id: str,
+        name: str | None = None,
+        description: str | None = None,
+        is_enabled: bool | _Unset = UNSET,
+        declaration: dict[str, Any] | None = None,
+    ) -> tuple[SchedulerJob, str]:
+        """``upsert`` on behalf of ``source``; returns the job and ``created``, ``updated`` or ``unchanged``.
+
+        The sync upserts declared jobs through it, with the ``declaration`` they were built
+        from (kept on the row, so the next sync knows what it last applied).
+        """
         if isinstance(trigger, ImmediateDispatch):
             raise SchedulerValidationError(
                 "trigger", trigger, "ImmediateDispatch cannot be used with upsert; use schedule() instead."
             )
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
-        trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled)
+        trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled, source)
         for attempt in range(2):
             try:
                 with transaction.atomic():
                     job = SchedulerJob.objects.locked(identity.job_id)
                     if job is None:
-                        job = self._insert(trigger, call, identity, is_enabled is not False)
+                        job = self._insert(trigger, call, identity, is_enabled is not False, source, declaration)
                         change = "created"
                     else:
-                        change = "updated" if self._update(job, trigger, call, identity, is_enabled) else "unchanged"
+                        changed = self._update(job, trigger, call, identity, is_enabled, declaration)
+                        change = "updated" if changed else "unchanged"
                     self.app.job_changed()
                 break
             except IntegrityError:  # a concurrent upsert created it first: update that row
@@ -257,7 +315,7 @@ class ScheduleBuilder:
             extra={**logs.job_row_extra(job), "kind": job.kind,
                    "job_created": change == "created"},
         )
-        return job
+        return job, change
 
     async def aupsert(
         self,
@@ -271,7 +329,8 @@ class ScheduleBuilder:
         return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled)
 
     def _update(
-        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset
+        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset,
+        declaration: dict[str, Any] | None,
     ) -> bool:
         """Bring the row in line; an upsert that changes nothing writes nothing. Returns whether it wrote.
 
@@ -286,6 +345,7 @@ class ScheduleBuilder:
         job.kind, job.strategy, job.trigger_payload = new_trigger
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
         job.metadata_payload, job.name, job.description = call.metadata, identity.name, identity.description
+        job.task_labels, job.declaration = call.labels, declaration
         if is_enabled is False:
             job.disarm(now)
         elif job.is_finished:
@@ -310,7 +370,7 @@ class ScheduleBuilder:
         try:
             await send_task(
                 self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id,
-                timeout=self.app.config.dispatch_timeout_seconds,
+                slot=run.scheduled_for, labels=job.task_labels, timeout=self.app.config.dispatch_timeout_seconds,
             )
         except Exception as exc:
             return exc
@@ -395,7 +455,9 @@ class ScheduleBuilder:
 class ChainScheduleBuilder(ScheduleBuilder):
     """Schedules a task chain: the orchestrator task with the chain as its kwargs."""
 
-    def __init__(self, app: "SchedulerApp", *, chain: TaskChain, metadata: Any = None) -> None:
+    def __init__(
+        self, app: "SchedulerApp", *, chain: TaskChain, metadata: Any = None, labels: Any = None
+    ) -> None:
         super().__init__(app)
         self.chain = chain
         user_metadata = require_json(metadata, "metadata", dict)
@@ -404,6 +466,7 @@ class ChainScheduleBuilder(ScheduleBuilder):
             args=[],
             kwargs=chain.to_payload(),
             metadata={"chain": True, "chain_step_count": len(chain.steps), **user_metadata},
+            labels=require_labels(labels),
         )
 
     def task_call(self) -> TaskCall:
@@ -421,7 +484,8 @@ class SingleScheduleBuilder(ScheduleBuilder):
     """Schedules one task with fixed args and kwargs."""
 
     def __init__(
-        self, app: "SchedulerApp", *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None
+        self, app: "SchedulerApp", *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None,
+        labels: Any = None,
     ) -> None:
         super().__init__(app)
         task_name = task_name_of(task)
@@ -434,6 +498,7 @@ class SingleScheduleBuilder(ScheduleBuilder):
             args=require_json(args, "args", list),
             kwargs=require_json(kwargs, "kwargs", dict),
             metadata=require_json(metadata, "metadata", dict),
+            labels=require_labels(labels),
         )
 
     def task_call(self) -> TaskCall:

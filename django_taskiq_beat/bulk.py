@@ -33,6 +33,22 @@ def begin_write() -> None:
             cursor.execute("UPDATE scheduler_job SET id = id WHERE 0 = 1")
 
 
+_SYNC_LOCK_KEY = 0x7A5B_5C01  # any constant: the lock's name among the project's advisory locks
+
+
+def lock_for_sync() -> None:
+    """Inside a transaction, wait until no other process syncs declared jobs, then hold it until commit.
+
+    PostgreSQL has a transaction-level advisory lock; on SQLite the write lock serialises
+    writers already.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SYNC_LOCK_KEY])
+    else:
+        begin_write()
+
+
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """Slices small enough for one statement's bound parameters."""
     for start in range(0, len(items), _ROWS_PER_STATEMENT):

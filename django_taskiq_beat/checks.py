@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
@@ -10,6 +11,7 @@ from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path,
 from django_taskiq_beat.exceptions import SchedulerValidationError
 
 _HINT = f"See the settings reference in django-taskiq-beat's README ({SETTINGS_NAME})."
+_SCHEDULE_HINT = "See 'Declaring schedules in code' in django-taskiq-beat's README."
 
 
 @register(Tags.compatibility)
@@ -41,4 +43,34 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         load_broker(path)
     except ImproperlyConfigured as exc:
         messages.append(Error(str(exc), hint=_HINT, id="django_taskiq_beat.E003"))
+    return messages
+
+
+@register(Tags.compatibility)
+def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Every job declared in settings or in a task's ``schedule`` label, checked as the API checks it.
+
+    taskiq-django's rows are data, not code: the sync reports a bad row without stopping anything.
+    """
+    from django_taskiq_beat.app import get_scheduler_app
+    from django_taskiq_beat.declarations import TASKIQ_DJANGO_APP, TASKIQ_DJANGO_MISSING
+    from django_taskiq_beat.sync import declared_in_code
+
+    try:
+        app = get_scheduler_app()
+    except (ImproperlyConfigured, SchedulerValidationError):
+        return []  # reported by check_settings
+    try:
+        declared = declared_in_code(app)
+    except ImportError as exc:  # a task module that does not import: its schedule labels cannot be read
+        return [Error(str(exc), hint="Fix the module; taskiq workers would fail on it too.", id="django_taskiq_beat.E007")]
+    messages: list[CheckMessage] = [
+        Error(str(error), hint=_SCHEDULE_HINT, id="django_taskiq_beat.E005")
+        for source in declared for error in source.errors
+    ]
+    if app.config.import_taskiq_django and not apps.is_installed(TASKIQ_DJANGO_APP):
+        messages.append(Error(
+            f"{SETTINGS_NAME}['IMPORT_TASKIQ_DJANGO'] is True, but {TASKIQ_DJANGO_MISSING}",
+            hint=_HINT, id="django_taskiq_beat.E006",
+        ))
     return messages

@@ -13,7 +13,7 @@ the last line of defence.
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -52,6 +52,7 @@ class Dispatch:
     failures: int = 0  # the job's failed sends in a row at the claim: a failed send's retry backs off from it
     job_name: str | None = None  # for log lines
     next_slot: datetime | None = None  # the job's next regular slot after this one: no retry goes past it
+    labels: dict[str, Any] = field(default_factory=dict)  # the job's taskiq labels
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 _DUE_TYPES = {
     "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
-    "dispatch_failures": int,
+    "dispatch_failures": int, "task_labels": dict,
 }
 
 
@@ -182,6 +183,7 @@ class _DueJob:
     created_at: datetime
     dispatch_failures: int
     name: str | None
+    task_labels: dict[str, Any]
 
 
 _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
@@ -229,7 +231,7 @@ def claim_due(
             )
             dispatches.append(Dispatch(
                 run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at,
-                job.dispatch_failures, job.name, next_run_at,
+                job.dispatch_failures, job.name, next_run_at, job.task_labels,
             ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
@@ -262,7 +264,7 @@ def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
 
 _EXPIRED_TYPES = {
     "task_args": list, "task_kwargs": dict, "created_at": datetime, "scheduled_for": datetime,
-    "dispatch_failures": int,
+    "dispatch_failures": int, "task_labels": dict,
 }
 
 
@@ -280,6 +282,7 @@ class _ExpiredRun:
     dispatch_failures: int
     job_name: str | None
     next_run_at: datetime | None  # the job's next regular slot: a failed send's retry never goes past it
+    task_labels: dict[str, Any]
 
 
 _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
@@ -308,6 +311,7 @@ def claim_expired(
             .annotate(
                 task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
                 dispatch_failures=F("job__dispatch_failures"), job_name=F("job__name"), next_run_at=F("job__next_run_at"),
+                task_labels=F("job__task_labels"),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -328,7 +332,7 @@ def claim_expired(
                 continue
             dispatches.append(Dispatch(
                 run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
-                run.dispatch_failures, run.job_name, next_slot,
+                run.dispatch_failures, run.job_name, next_slot, run.task_labels,
             ))
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(

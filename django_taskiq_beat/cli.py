@@ -19,6 +19,7 @@ from django_taskiq_beat.describe import describe_schedule, local_time, next_fire
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.health import run_checks
 from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
+from django_taskiq_beat.sync import sync_declared
 
 OK, FAILED = 0, 1
 _RECENT_RUNS = 10
@@ -227,12 +228,25 @@ def purge_runs(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
 
 
 def sync(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
-    """Declared schedules (settings, task labels) are not read yet: there is nothing to sync."""
+    """Bring the jobs declared in code into the database: one line per job, then the errors (exit 1 if any)."""
+    report = sync_declared(app, dry_run=options["dry_run"])
     if out.as_json:
-        out.json({"dry_run": options["dry_run"], "jobs": []})
+        out.json({
+            "dry_run": report.dry_run,
+            "jobs": [{"job_id": item.job_id, "change": item.change, "declared_in": item.origin}
+                     for item in report.changes],
+            "errors": [{"job_id": error.job_id, "declared_in": error.origin, "error": str(error.error)}
+                       for error in report.errors],
+        })
     else:
-        out.line("Nothing to sync: no schedules are declared in code.")
-    return OK
+        would = "would be " if report.dry_run else ""
+        out.table(("JOB", "CHANGE", "DECLARED IN"),
+                  ((item.job_id, would + item.change if item.change != "unchanged" else item.change, item.origin)
+                   for item in report.changes))
+        out.line(("Dry run, nothing written: " if report.dry_run else "") + report.summary() + ".")
+    for error in report.errors:
+        out.problem(f"not synced: {error}")
+    return FAILED if report.errors else OK
 
 
 SUBCOMMANDS: dict[str, Callable[[SchedulerApp, dict[str, Any], Output], int]] = {

@@ -15,6 +15,7 @@ from django_taskiq_beat.triggers import resolve_timezone
 
 SETTINGS_NAME = "TASKIQ_BEAT"
 BROKER_KEY = "BROKER"
+SCHEDULE_KEY = "SCHEDULE"  # jobs declared in settings: read by ``declarations``, not part of the config
 _MAX_DAYS = 36500
 _MAX_COUNT = 100_000
 
@@ -46,6 +47,7 @@ class SchedulerConfig:
     heartbeat_seconds: float = 5.0
     engine_dead_after_seconds: float = 15.0
     default_timezone: str | None = None  # None: settings.TIME_ZONE (UTC without settings)
+    import_taskiq_django: bool = False  # sync the rows of taskiq-django's schedule table as jobs
 
     def __post_init__(self) -> None:
         require_text("scheduler_id", self.scheduler_id, max_length=128, allow_blank=False)
@@ -71,8 +73,9 @@ class SchedulerConfig:
                 "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,
                 "Must be at least dispatch_retry_seconds.",
             )
-        if not isinstance(self.record_runs, bool):
-            raise SchedulerValidationError("record_runs", self.record_runs, "Must be True or False.")
+        for name in ("record_runs", "import_taskiq_django"):
+            if not isinstance(getattr(self, name), bool):
+                raise SchedulerValidationError(name, getattr(self, name), "Must be True or False.")
         if self.default_timezone is None:
             object.__setattr__(self, "default_timezone", _project_time_zone())
         object.__setattr__(
@@ -86,12 +89,12 @@ class SchedulerConfig:
         known = {item.name.upper(): item.name for item in fields(cls)}
         values: dict[str, Any] = {}
         for key, value in options.items():
-            if key == BROKER_KEY:
+            if key in (BROKER_KEY, SCHEDULE_KEY):
                 continue
             if key not in known:
                 raise SchedulerValidationError(
                     f"{SETTINGS_NAME}[{key!r}]", value,
-                    f"Unknown setting; known keys: {', '.join([BROKER_KEY, *sorted(known)])}.",
+                    f"Unknown setting; known keys: {', '.join([BROKER_KEY, SCHEDULE_KEY, *sorted(known)])}.",
                 )
             values[known[key]] = value
         return cls(**values)
@@ -106,6 +109,11 @@ def _settings_dict() -> dict[str, Any]:
     if not isinstance(options, dict):
         raise SchedulerValidationError(SETTINGS_NAME, options, "Must be a dict.")
     return options
+
+
+def schedule_setting() -> Any:
+    """``TASKIQ_BEAT["SCHEDULE"]``: the jobs declared in settings (checked by ``declarations``)."""
+    return _settings_dict().get(SCHEDULE_KEY, {})
 
 
 def broker_path() -> str | None:

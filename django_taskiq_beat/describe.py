@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import SchedulerValidationError
-from django_taskiq_beat.models import SchedulerJob
+from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
 
 
@@ -47,6 +47,19 @@ def _interval_text(interval: IntervalTrigger) -> str:
         if value is not None:
             return f"every {unit[:-1]}" if value == 1 else f"every {value:g} {unit}"
     return "every ?"
+
+
+def declaration_text(job: SchedulerJob) -> str:
+    """Where a declared job is written, as the sync last read it: ``TASKIQ_BEAT['SCHEDULE']['nightly']``."""
+    origin = job.declaration.get("origin") if isinstance(job.declaration, dict) else None
+    if origin:
+        return str(origin)
+    where = {
+        JobSource.SETTINGS: f"TASKIQ_BEAT['SCHEDULE'][{job.id.partition(':')[2]!r}]",
+        JobSource.TASKIQ: f"a schedule label of task {job.task_name!r}",
+        JobSource.TASKIQ_DJANGO: f"taskiq-django's schedule {job.id.partition(':')[2]!r}",
+    }.get(job.source, "")
+    return f"no longer declared; it was in {where}" if where else ""
 
 
 def trigger_problem(job: SchedulerJob) -> str | None:

@@ -518,7 +518,8 @@ class BeatEngine:
         try:
             await send_task(
                 self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs, job_id=dispatch.job_id,
-                run_id=dispatch.run_id, timeout=self.config.dispatch_timeout_seconds,
+                run_id=dispatch.run_id, slot=dispatch.scheduled_for, labels=dispatch.labels,
+                timeout=self.config.dispatch_timeout_seconds,
             )
         except Exception as exc:
             outcome = claims.Outcome(dispatch, dispatched_at, timezone.now(), logs.describe_error(exc))

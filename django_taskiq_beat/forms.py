@@ -20,7 +20,7 @@ from django_taskiq_beat.app import SchedulerApp
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.cron import FIELD_NAMES as CRON_FIELDS
 from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
-from django_taskiq_beat.models import SchedulerJob
+from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
 
 SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), ("one_off", "once, at a time")]
@@ -42,6 +42,7 @@ _ERROR_FIELDS = {
     "task": "task_name",
     "args": "args",
     "kwargs": "kwargs",
+    "labels": "labels",
     "job_id": "job_id",
     "name": "name",
     "description": "description",
@@ -86,6 +87,10 @@ class SchedulerJobForm(forms.ModelForm):
     task_name = forms.CharField(required=False, max_length=255, label="Other task name")
     args = JSONValueField(initial=list, required=False, help_text='A JSON array, e.g. [42, "x"].')
     kwargs = JSONValueField(initial=dict, required=False, help_text='A JSON object, e.g. {"label": "ping"}.')
+    labels = JSONValueField(
+        initial=dict, required=False, label="Taskiq labels",
+        help_text='Sent with every message, e.g. {"queue": "low", "priority": 3}: strings, numbers or booleans.',
+    )
     schedule_type = forms.ChoiceField(choices=SCHEDULE_TYPES, initial="interval")
     interval_every = forms.FloatField(required=False, label="Every")
     interval_unit = forms.ChoiceField(choices=INTERVAL_UNITS, initial="minutes", required=False, label="Unit")
@@ -132,7 +137,8 @@ class SchedulerJobForm(forms.ModelForm):
         """Show the stored job in the form's terms."""
         known = dict(self.fields["task"].choices)
         initial: dict[str, Any] = {
-            "job_id": job.pk, "args": job.task_args, "kwargs": job.task_kwargs, "is_enabled": job.is_enabled,
+            "job_id": job.pk, "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels,
+            "is_enabled": job.is_enabled,
             "task": job.task_name if job.task_name in known else _OTHER_TASK,
             "task_name": "" if job.task_name in known else job.task_name,
         }
@@ -171,10 +177,11 @@ class SchedulerJobForm(forms.ModelForm):
                 args=data.get("args") if data.get("args") is not None else [],
                 kwargs=data.get("kwargs") if data.get("kwargs") is not None else {},
                 metadata=self.instance.metadata_payload if self.editing else None,
+                labels=data.get("labels") if data.get("labels") is not None else {},
             )
             self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
         except SchedulerValidationError as error:
-            self.add_error(_ERROR_FIELDS.get(error.field), f"{error.problem} ({error.field}={short_repr(error.value)})")
+            self.add_error(_ERROR_FIELDS.get(error.field.split("[")[0]), f"{error.problem} ({error.field}={short_repr(error.value)})")
             return data
         if not self.editing and SchedulerJob.objects.filter(pk=self._job_id(data)).exists():
             self.add_error("job_id", "A job with this id already exists; open it to change it.")
@@ -221,8 +228,8 @@ class SchedulerJobForm(forms.ModelForm):
         """Create (``schedule``) or change (``upsert``) through ``SchedulerApp``; the enabled flag is
         the operator's explicit choice."""
         data = self.cleaned_data
-        write = self.task_call.upsert if self.editing else self.task_call.schedule
-        return write(
-            self.trigger, self._job_id(data), name=data.get("name") or None,
-            description=data.get("description") or None, is_enabled=bool(data.get("is_enabled")),
-        )
+        identity = {"name": data.get("name") or None, "description": data.get("description") or None,
+                    "is_enabled": bool(data.get("is_enabled"))}
+        if self.editing:
+            return self.task_call.upsert(self.trigger, self._job_id(data), **identity)
+        return self.task_call.schedule(self.trigger, self._job_id(data), **identity, source=JobSource.ADMIN)

@@ -72,6 +72,19 @@ class JobStrategy(models.TextChoices):
     CRONTAB = "crontab", "crontab"
 
 
+class JobSource(models.TextChoices):
+    """Who declared the job: declared sources are kept in line by the sync, not edited in the admin."""
+
+    API = "api", "API"
+    ADMIN = "admin", "admin"
+    SETTINGS = "settings", "settings"
+    TASKIQ = "taskiq", "taskiq label"
+    TASKIQ_DJANGO = "taskiq-django", "taskiq-django"
+
+
+DECLARED_SOURCES = (JobSource.SETTINGS, JobSource.TASKIQ, JobSource.TASKIQ_DJANGO)
+
+
 class RunStatus(models.TextChoices):
     PENDING = "pending", "pending"  # claimed, written, not yet handed to the broker
     DISPATCHED = "dispatched", "dispatched"
@@ -146,6 +159,16 @@ class SchedulerJob(models.Model):
     task_args = models.JSONField(default=list)
     task_kwargs = models.JSONField(default=dict)
     metadata_payload = models.JSONField(default=dict)
+    task_labels = models.JSONField(
+        default=dict, db_default={}, blank=True, help_text="Taskiq labels sent with every message of the job."
+    )
+    source = models.CharField(
+        max_length=16, choices=JobSource.choices, default=JobSource.API, db_default=JobSource.API, db_index=True
+    )
+    declaration = models.JSONField(
+        null=True, blank=True, editable=False,
+        help_text="The declaration in code as last synced; empty once it is no longer declared.",
+    )
     is_enabled = models.BooleanField(default=True, db_index=True)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
     claimed_by = models.CharField(max_length=128, null=True, blank=True, db_index=True)
@@ -184,6 +207,11 @@ class SchedulerJob(models.Model):
 
     def __str__(self) -> str:
         return self.name or self.id
+
+    @property
+    def is_declared(self) -> bool:
+        """Declared in code: the sync keeps it in line with its declaration."""
+        return self.source in DECLARED_SOURCES
 
     @property
     def is_finished(self) -> bool:

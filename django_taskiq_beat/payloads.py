@@ -19,6 +19,9 @@ MAX_JSON_DEPTH = 100
 """Arrays and objects nested deeper than this are refused (json and databases recurse)."""
 
 _KIQ_RESERVED = frozenset({"self"})  # ``kiq(self, *args, **kwargs)`` cannot take these as kwargs
+RESERVED_LABELS = frozenset({"scheduler_job_id", "scheduler_run_id", "scheduler_slot", "schedule"})
+"""Labels the scheduler writes itself on every message, and taskiq's own ``schedule`` declaration."""
+_MAX_LABELS = 100
 
 
 def text_problem(text: str) -> str | None:
@@ -154,14 +157,36 @@ def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], fi
         ) from None
 
 
+def require_labels(value: Any, field: str = "labels") -> dict[str, str | int | float | bool]:
+    """Taskiq labels for every message of a job: string keys and scalar values, none of ours.
+
+    Scalars only: every broker carries them in its message headers, where a list or a dict
+    would arrive as its string form.
+    """
+    labels = require_json(value, field, dict)
+    if len(labels) > _MAX_LABELS:
+        raise SchedulerValidationError(field, value, f"At most {_MAX_LABELS} labels.")
+    for key, item in labels.items():
+        if key in RESERVED_LABELS:
+            raise SchedulerValidationError(
+                f"{field}[{key!r}]", item, "This label is the scheduler's own; choose another name."
+            )
+        if not key.strip() or isinstance(item, list | dict) or item is None:
+            raise SchedulerValidationError(
+                f"{field}[{key!r}]", item, "Labels need a non-empty name and a string, number or boolean value."
+            )
+    return labels
+
+
 @dataclass(frozen=True)
 class TaskCall:
-    """What a job sends: a task name and its JSON arguments, plus stored-only metadata."""
+    """What a job sends: a task name, its JSON arguments and taskiq labels, plus stored-only metadata."""
 
     task_name: str
     args: list[Any]
     kwargs: dict[str, Any]
     metadata: dict[str, Any]
+    labels: dict[str, Any]
 
 
 def require_number(

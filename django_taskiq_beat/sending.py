@@ -11,7 +11,7 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from asgiref.sync import SyncToAsync, async_to_sync
@@ -24,6 +24,7 @@ from django_taskiq_beat.discovery import discover_tasks
 
 JOB_LABEL = "scheduler_job_id"
 RUN_LABEL = "scheduler_run_id"
+SLOT_LABEL = "scheduler_slot"
 _BROKER_RETRY_FIRST_SECONDS = 1.0
 _BROKER_RETRY_MAX_SECONDS = 30.0
 
@@ -104,9 +105,14 @@ async def send_task(
     *,
     job_id: str,
     run_id: str,
+    slot: datetime,
+    labels: dict[str, Any],
     timeout: float,
 ) -> str:
     """Send the task with the run id as ``task_id``; return the broker's task id.
+
+    The job's ``labels`` go with it, then the scheduler's own: the job, the run and the
+    slot (ISO 8601, UTC).
 
     A broker that has not taken it within ``timeout`` seconds raises ``TimeoutError``
     saying so (asyncio's own has no message, only a cancelled cause).
@@ -119,7 +125,7 @@ async def send_task(
             sent = await (
                 task.kicker()
                 .with_task_id(run_id)
-                .with_labels(**{JOB_LABEL: job_id, RUN_LABEL: run_id})
+                .with_labels(**labels, **{JOB_LABEL: job_id, RUN_LABEL: run_id, SLOT_LABEL: slot.astimezone(UTC).isoformat()})
                 .kiq(*args, **kwargs)
             )
     except TimeoutError:

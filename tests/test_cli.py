@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.test import override_settings
 from django.utils import timezone
 
 from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, get_scheduler_app
@@ -131,8 +132,30 @@ def test_purge_runs_deletes_old_history(jobs: dict[str, SchedulerJob]) -> None:
 
 
 @pytest.mark.django_db
-def test_sync_says_there_is_nothing_to_sync() -> None:
-    assert run("sync", "--dry-run") == (0, "Nothing to sync: no schedules are declared in code.\n", "")
+def test_sync_prints_one_line_per_job_and_a_dry_run_writes_nothing() -> None:
+    entry = {"task": "demo.heartbeat", "interval": 60}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": {"beat": entry}}):
+        status, out, err = run("sync", "--dry-run")
+        assert (status, err) == (0, "")
+        assert "settings:beat  would be created  TASKIQ_BEAT['SCHEDULE']['beat']" in out
+        assert out.endswith("Dry run, nothing written: 1 created, 0 updated, 0 unchanged, 0 finished.\n")
+        assert not SchedulerJob.objects.exists()
+        assert run("sync")[1].splitlines()[1].split() == ["settings:beat", "created", "TASKIQ_BEAT['SCHEDULE']['beat']"]
+        status, out, _ = run("sync", "--json")
+        assert json.loads(out)["jobs"] == [
+            {"job_id": "settings:beat", "change": "unchanged", "declared_in": "TASKIQ_BEAT['SCHEDULE']['beat']"}
+        ]
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker"}):
+        assert "settings:beat  finished" in run("sync")[1]
+
+
+@pytest.mark.django_db
+def test_sync_names_each_entry_it_could_not_sync_and_exits_1() -> None:
+    bad = {"task": "demo.heartbeat", "cron": "0 25 * * *"}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": {"bad": bad}}):
+        status, _, err = run("sync")
+    assert status == 1
+    assert err.startswith("not synced: TASKIQ_BEAT['SCHEDULE']['bad']: cron: hour='25'")
 
 
 # -- health --------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.models import SchedulerJob
 from django_taskiq_beat.sending import start_broker_until_up
+from django_taskiq_beat.sync import sync_declared
 
 if TYPE_CHECKING:
     from django_taskiq_beat.metrics import MetricsServer
@@ -56,6 +57,7 @@ class Command(BaseCommand):
                 app = get_scheduler_app()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from exc
+        sync_declared(app)  # each line and any error is logged; a bad declaration stops nothing
         server = None
         if metrics_server is not None:
             server = _bind(metrics_server, app, options["metrics_host"], options["metrics_port"])
