@@ -72,11 +72,16 @@ def declared_in_code(app: "SchedulerApp") -> list[Declared]:
 
 
 def read_declarations(app: "SchedulerApp") -> list[Declared]:
-    """Every source of declared jobs this project uses, checked as the API checks them."""
-    sources = declared_in_code(app)
-    if app.config.import_taskiq_django:
-        sources.append(_checked(app, _read_or_incomplete(JobSource.TASKIQ_DJANGO, lambda: from_taskiq_django(app.broker))))
-    return sources
+    """Every source of declared jobs, checked as the API checks them.
+
+    With ``IMPORT_TASKIQ_DJANGO`` off, taskiq-django declares nothing: jobs imported before are
+    finished, like any job no longer declared.
+    """
+    taskiq_django = (
+        _read_or_incomplete(JobSource.TASKIQ_DJANGO, lambda: from_taskiq_django(app.broker))
+        if app.config.import_taskiq_django else Declared(JobSource.TASKIQ_DJANGO, [], [])
+    )
+    return [*declared_in_code(app), _checked(app, taskiq_django)]
 
 
 def _builder(app: "SchedulerApp", declaration: Declaration) -> SingleScheduleBuilder:

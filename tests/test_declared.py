@@ -256,3 +256,12 @@ def test_the_same_job_id_declared_twice_is_an_error_and_the_first_wins(app: Sche
     assert "Also declared by the schedule label of task 'labelled.twice', entry 0" in str(report.errors[0])
     assert SchedulerJob.objects.get(pk="taskiq:same").trigger.interval.total_seconds == 60
 
+
+
+def test_jobs_imported_from_taskiq_django_are_finished_once_the_import_is_switched_off(app: SchedulerApp) -> None:
+    app.single(task="system.echo").upsert_as(
+        JobSource.TASKIQ_DJANGO, NIGHTLY_TRIGGER, "taskiq-django:nightly", declaration={"origin": "a row"}
+    )
+    with declared({}):
+        assert changes(app) == {"taskiq-django:nightly": "finished"}
+    assert SchedulerJob.objects.get(pk="taskiq-django:nightly").is_finished
