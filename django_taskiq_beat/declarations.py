@@ -107,8 +107,9 @@ class Declared:
 # -- TASKIQ_BEAT["SCHEDULE"] ----------------------------------------------------------
 
 
-def settings_origin(key: str) -> str:
-    return f"{SETTINGS_NAME}[{SCHEDULE_KEY!r}][{key!r}]"
+def settings_origin(key: Any) -> str:
+    """``TASKIQ_BEAT['SCHEDULE']['nightly']``; a long or odd key is shortened, so messages stay short."""
+    return f"{SETTINGS_NAME}[{SCHEDULE_KEY!r}][{short_repr(key)}]"
 
 
 def from_settings(schedule: Any = None) -> Declared:
@@ -123,7 +124,7 @@ def from_settings(schedule: Any = None) -> Declared:
         declared.complete = False
         return declared
     for key, entry in schedule.items():
-        origin = settings_origin(key) if isinstance(key, str) else f"{SETTINGS_NAME}[{SCHEDULE_KEY!r}][{short_repr(key)}]"
+        origin = settings_origin(key)
         try:
             declared.declarations.append(_settings_entry(key, entry, origin))
         except DeclarationError as exc:
@@ -135,15 +136,7 @@ def from_settings(schedule: Any = None) -> Declared:
 def _settings_entry(key: Any, entry: Any, origin: str) -> Declaration:
     with _field(origin, "key"):
         key = require_text("key", key, max_length=_MAX_KEY_LENGTH, allow_blank=False)
-    if not isinstance(entry, Mapping):
-        raise DeclarationError(origin, "entry", SchedulerValidationError(
-            "entry", entry, "Must be a dict with 'task' and one of 'cron', 'interval', 'run_at'."
-        ))
-    unknown = sorted(map(str, set(entry) - _SETTINGS_FIELDS))
-    if unknown:
-        raise DeclarationError(origin, unknown[0], SchedulerValidationError(
-            unknown[0], entry[unknown[0]], f"Unknown field; known fields: {', '.join(sorted(_SETTINGS_FIELDS))}."
-        ))
+    _require_entry(origin, entry, _SETTINGS_FIELDS, "'task' and one of 'cron', 'interval', 'run_at'")
     with _field(origin, "task"):
         task_name = task_name_of(entry.get("task"))
     trigger_field = _one_trigger(origin, entry, _TRIGGER_FIELDS)
@@ -208,15 +201,7 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
     ``cron_offset`` is an IANA zone, or a whole number of hours from UTC (a fixed-offset zone).
     A naive ``time`` is UTC, as in taskiq.
     """
-    if not isinstance(entry, Mapping):
-        raise DeclarationError(origin, "entry", SchedulerValidationError(
-            "entry", entry, "Must be a dict with one of 'cron', 'interval', 'time'."
-        ))
-    unknown = sorted(map(str, set(entry) - _TASKIQ_FIELDS))
-    if unknown:
-        raise DeclarationError(origin, unknown[0], SchedulerValidationError(
-            unknown[0], entry[unknown[0]], f"Unknown field; taskiq's fields: {', '.join(sorted(_TASKIQ_FIELDS))}."
-        ))
+    _require_entry(origin, entry, _TASKIQ_FIELDS, "one of 'cron', 'interval', 'time'")
     trigger_field = _one_trigger(origin, entry, _TASKIQ_TRIGGER_FIELDS)
     fields = {name: entry[name] for name in ("cron", "cron_offset", "time", "interval") if entry.get(name) is not None}
     try:
@@ -323,6 +308,17 @@ class _field:
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
         if isinstance(error, SchedulerValidationError) and not isinstance(error, DeclarationError):
             raise DeclarationError(self.origin, self.field, error) from None
+
+
+def _require_entry(origin: str, entry: Any, known: frozenset[str], needs: str) -> None:
+    """A dict whose keys are all ``known`` fields."""
+    if not isinstance(entry, Mapping):
+        raise DeclarationError(origin, "entry", SchedulerValidationError("entry", entry, f"Must be a dict with {needs}."))
+    unknown = sorted((key for key in entry if key not in known), key=str)
+    if unknown:
+        raise DeclarationError(origin, str(unknown[0]), SchedulerValidationError(
+            str(unknown[0]), entry[unknown[0]], f"Unknown field; the fields are {', '.join(sorted(known))}."
+        ))
 
 
 def _one_trigger(origin: str, entry: Mapping[str, Any], names: Iterable[str]) -> str:

@@ -31,6 +31,7 @@ from django_taskiq_beat.declarations import (
 )
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, SchedulerJob
+from django_taskiq_beat.payloads import text_problem
 from django_taskiq_beat.triggers import PeriodicSchedule
 
 if TYPE_CHECKING:
@@ -135,8 +136,8 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
     declarations = _unique(sources, report)
     # A job whose declaration has a mistake stays as it was: finishing it would punish a typo.
     kept = {declaration.job_id for declaration in declarations} | {
-        error.job_id for error in report.errors if error.job_id
-    }
+        error.job_id for error in report.errors if error.job_id and not text_problem(error.job_id)
+    }  # an id that cannot be stored names no job
     with transaction.atomic():
         if not dry_run:
             bulk.lock_for_sync()

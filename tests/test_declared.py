@@ -145,6 +145,7 @@ def test_a_dry_run_reports_what_would_change_and_writes_nothing(app: SchedulerAp
     ({"task": "system.echo", "interval": 5, "labels": {"scheduler_slot": "x"}}, "labels", "scheduler's own"),
     ({"task": "system.echo", "interval": 5, "enabled": "yes"}, "enabled", "True or False"),
     ({"task": "system.echo", "interval": 5, "every": 5}, "every", "Unknown field"),
+    ({"task": "system.echo", "interval": 5, 7: 5}, "7", "Unknown field"),
     ({"task": "no.such.task", "interval": 5}, "task", "not registered"),
     ({"task": "system.other", "interval": 5, "kwargs": {"self": 1}}, "kwargs", "kiq()"),
     ("0 3 * * *", "entry", "Must be a dict"),

@@ -85,6 +85,11 @@ friendly_json = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=6,
 )
+friendly_labels = st.dictionaries(
+    st.one_of(st.sampled_from(["queue", "priority", "scheduler_slot", "schedule"]), st.text(max_size=8)),
+    st.one_of(st.text(max_size=8), st.integers(-10, 10), st.booleans(), st.floats(allow_nan=False)),
+    max_size=3,
+)
 friendly_instants = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from([UTC, ZoneInfo("Asia/Tokyo")])
 )
@@ -128,6 +133,7 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     operation = draw(st.sampled_from(["schedule", "upsert", "chain", "manage", "purge"]))
     task = draw(mostly(st.sampled_from(["system.echo", "system.other"]), st.one_of(texts, anything)))
     args, kwargs, metadata = (draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict))
+    labels = draw(st.one_of(st.none(), mostly(friendly_labels, payloads)))
     trigger = draw(triggers())
     identity = {
         "job_id": draw(mostly(st.one_of(st.none(), st.just("kept"), st.text(min_size=1, max_size=20)),
@@ -137,16 +143,18 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     }
     enabled = draw(mostly(st.booleans(), anything))
     if operation == "schedule":
-        return operation, lambda app: app.single(task=task, args=args, kwargs=kwargs, metadata=metadata).schedule(
-            trigger(), is_enabled=enabled, **identity)
+        return operation, lambda app: app.single(
+            task=task, args=args, kwargs=kwargs, metadata=metadata, labels=labels,
+        ).schedule(trigger(), is_enabled=enabled, **identity)
     if operation == "upsert":
-        return operation, lambda app: app.single(task=task, args=args, kwargs=kwargs).upsert(
+        return operation, lambda app: app.single(task=task, args=args, kwargs=kwargs, labels=labels).upsert(
             trigger(), is_enabled=enabled, **identity)
     if operation == "chain":
         attempts, delay = draw(mostly(st.integers(1, 5), numbers)), draw(mostly(st.floats(0, 10), numbers))
         return operation, lambda app: app.chain(
             steps=[ChainStep(task=task, args=args, kwargs=kwargs, max_attempts=attempts), ChainStep(task="system.echo")],
             default_step_retry_delay_seconds=delay, metadata=metadata,
+            labels=labels,
         ).schedule(trigger(), **identity)
     if operation == "manage":
         method = draw(st.sampled_from(["get_job", "pause", "resume", "run_now", "delete"]))
@@ -187,8 +195,8 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
             event(f"{name}: done")
             if isinstance(result, SchedulerJob):
                 stored = SchedulerJob.objects.get(pk=result.pk)  # every column reads back
-                assert (stored.task_args, stored.task_kwargs, stored.metadata_payload) == (
-                    result.task_args, result.task_kwargs, result.metadata_payload
+                assert (stored.task_args, stored.task_kwargs, stored.metadata_payload, stored.task_labels) == (
+                    result.task_args, result.task_kwargs, result.metadata_payload, result.task_labels
                 )
                 stored.trigger  # noqa: B018  (the stored trigger can be rebuilt)
         transaction.set_rollback(True)
@@ -199,12 +207,13 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
 FORM_TEXT = ["1e300", "1e-9", "nan", "inf", "-0", "0.0005", "99999999", "9999-12-31T23:59:59", "0001-01-01T00:00:00",
              "9999-06-01T00:00:00", "2030-02-30T00:00:00", "[" * 3000 + "]" * 3000, '["\\ud800"]', '["\\u0000"]',
              '{"self": 1}', '{"a": {"1": 2}}', "[1, 2]", "{}", "[]", "*/5 * * * *", "0 0 30 2 *", "mon", "61",
-             ",".join(["1"] * 400), "taken", "x" * 300, "a\x00b", "Mars/Base", "Europe", "one_off", "crontab"]
+             ",".join(["1"] * 400), "taken", "x" * 300, '{"queue": [1]}', '{"scheduler_job_id": 1}',
+             '{"priority": 3}', "settings:x", "taskiq:y", "a\x00b", "Mars/Base", "Europe", "one_off", "crontab"]
 form_text = st.one_of(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30),
                       st.sampled_from(FORM_TEXT))
 FIELDS = ["name", "description", "job_id", "task", "task_name", "args", "kwargs", "schedule_type", "interval_every",
           "interval_unit", "cron_expression", "second", "minute", "hour", "day_of_month", "month_of_year",
-          "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled"]
+          "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels"]
 
 
 @FUZZ
@@ -226,3 +235,52 @@ def test_any_form_input_saves_a_readable_job_or_shows_errors(admin_client: Clien
             assert SchedulerJob.objects.get(pk="taken").task_name == "system.echo"
             assert admin_client.get(response["Location"]).status_code == 200
         transaction.set_rollback(True)
+
+
+# -- schedules declared in code ---------------------------------------------------------------------------
+
+ENTRY_FIELDS = ["task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "labels", "name", "description",
+                "enabled", "time", "cron_offset", "schedule_id", "policy"]
+entry_values = st.one_of(
+    st.sampled_from(["system.echo", "*/5 * * * *", "0 25 * * *", "Europe/Paris", "3600", "PT1H", "", "\x00"]),
+    st.integers(-5, 100_000), st.floats(), st.booleans(), st.just(timedelta(hours=3)), st.just(timedelta(minutes=7)),
+    friendly_instants, instants, friendly_json, friendly_labels, anything,
+)
+entries = st.one_of(
+    st.dictionaries(st.sampled_from(ENTRY_FIELDS), entry_values, max_size=6),
+    st.fixed_dictionaries({"task": st.just("system.echo")}, optional={
+        "interval": mostly(st.integers(1, 3600), entry_values), "cron": mostly(st.just("0 3 * * *"), entry_values),
+        "args": mostly(st.just([1]), entry_values), "labels": mostly(friendly_labels, entry_values),
+        "enabled": mostly(st.booleans(), entry_values), "timezone": mostly(st.just("UTC"), zones),
+    }),
+    anything,
+)
+
+
+@FUZZ
+@given(schedule=st.dictionaries(st.one_of(st.text(max_size=12), scalars, instants), entries, max_size=4),
+       labelled=st.lists(entries, max_size=3))
+def test_any_declaration_becomes_a_readable_job_or_an_error_naming_it_and_a_second_sync_changes_nothing(
+    app: SchedulerApp, schedule: dict[Any, Any], labelled: list[Any]
+) -> None:
+    from django.test import override_settings
+
+    from django_taskiq_beat.sync import sync_declared
+
+    app.broker.task(task_name="fuzz.labelled", schedule=labelled)(lambda *args, **kwargs: None)
+    try:
+        with transaction.atomic(), override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker",
+                                                                  "SCHEDULE": schedule}):
+            report = sync_declared(app)
+            for error in report.errors:
+                event(f"declaration refused: {error.field}")
+                assert str(error).startswith(error.origin) and len(str(error)) < 2000
+            for change in report.changes:
+                job = SchedulerJob.objects.get(pk=change.job_id)
+                job.trigger  # noqa: B018  (the stored trigger can be rebuilt)
+                assert job.source in ("settings", "taskiq")
+            again = sync_declared(app)
+            assert {change.change for change in again.changes} <= {"unchanged"}
+            transaction.set_rollback(True)
+    finally:
+        app.broker.local_task_registry.pop("fuzz.labelled", None)
