@@ -143,3 +143,32 @@ def test_the_engines_screen_and_the_warning_when_none_is_alive(
     page.screenshot(path=str(screenshots / "engines.png"), full_page=True)  # type: ignore[attr-defined]
     page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
     assert page.query_selector("ul.messagelist") is None  # type: ignore[attr-defined]  # an engine is alive: no warning
+
+
+def test_a_declared_job_is_read_only_says_where_it_is_declared_and_can_be_paused(
+    live_server: object, page: object, screenshots: Path
+) -> None:
+    from django.test import override_settings
+
+    from django_taskiq_beat.sync import sync_declared
+
+    schedule = {"nightly-report": {"task": "demo.greet", "cron": "0 6 * * mon-fri", "args": ["team"],
+                                   "labels": {"queue": "reports"}, "name": "Nightly report"}}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": schedule}):
+        sync_declared(get_scheduler_app())
+    base = str(live_server)
+    log_in(page, base, "/admin/django_taskiq_beat/schedulerjob/?source__exact=settings")
+    assert "Nightly report\nsettings" in page.inner_text("#result_list")  # type: ignore[attr-defined]
+    page.click("text=Nightly report")  # type: ignore[attr-defined]
+    assert "declared in code, in TASKIQ_BEAT['SCHEDULE']['nightly-report']" in messages_of(page)
+    assert page.query_selector("input[name=_save]") is None  # type: ignore[attr-defined]
+    assert page.query_selector("#id_cron_expression") is None  # type: ignore[attr-defined]
+    assert '"queue": "reports"' in page.inner_text("div.field-task_labels")  # type: ignore[attr-defined]
+    page.screenshot(path=str(screenshots / "declared-job.png"), full_page=True)  # type: ignore[attr-defined]
+
+    page.goto(f"{base}/admin/django_taskiq_beat/schedulerjob/")  # type: ignore[attr-defined]
+    page.check("input[name=_selected_action]")  # type: ignore[attr-defined]
+    page.select_option("select[name=action]", "pause_jobs")  # type: ignore[attr-defined]
+    page.click("button[name=index]")  # type: ignore[attr-defined]
+    assert "Paused 1 job" in messages_of(page)
+    assert SchedulerJob.objects.get(pk="settings:nightly-report").state == "paused"
