@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, DataError, IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -30,6 +30,7 @@ from django_taskiq_beat.declarations import (
     from_taskiq_django,
 )
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, SchedulerJob
 from django_taskiq_beat.payloads import text_problem
 from django_taskiq_beat.triggers import PeriodicSchedule
@@ -103,9 +104,7 @@ def _checked(app: "SchedulerApp", declared: Declared) -> Declared:
                 source=declaration.source,
             )
         except SchedulerValidationError as exc:
-            error = DeclarationError(declaration.origin, "task" if exc.field == "task" else exc.field, exc)
-            error.job_id = declaration.job_id
-            declared.errors.append(error)
+            declared.errors.append(_job_error(declaration, exc))
         else:
             accepted.append(declaration)
     declared.declarations = accepted
@@ -147,7 +146,12 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
             )
         }
         for declaration in declarations:
-            change = _apply(app, declaration, stored.get(declaration.job_id), dry_run, report)
+            try:
+                with transaction.atomic():  # a job that cannot be written costs that job alone
+                    change = _apply(app, declaration, stored.get(declaration.job_id), dry_run, report)
+            except (SchedulerValidationError, DataError, IntegrityError) as exc:
+                report.errors.append(_job_error(declaration, exc))
+                continue
             if change is not None:
                 report.changes.append(SyncChange(declaration.job_id, change, declaration.origin))
         complete = [declared.source for declared in sources if declared.complete]
@@ -160,6 +164,14 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
                         item.origin, extra={"job_id": item.job_id, "sync_change": item.change})
     logger.info("Synced declared jobs%s: %s.", " (dry run)" if dry_run else "", report.summary())
     return report
+
+
+def _job_error(declaration: Declaration, error: Exception) -> DeclarationError:
+    if not isinstance(error, SchedulerValidationError):
+        error = SchedulerValidationError("job_id", declaration.job_id, f"The database refused it: {describe_error(error)}")
+    result = DeclarationError(declaration.origin, error.field, error)
+    result.job_id = declaration.job_id
+    return result
 
 
 def _unique(sources: list[Declared], report: SyncReport) -> list[Declaration]:

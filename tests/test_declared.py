@@ -266,3 +266,20 @@ def test_jobs_imported_from_taskiq_django_are_finished_once_the_import_is_switch
     with declared({}):
         assert changes(app) == {"taskiq-django:nightly": "finished"}
     assert SchedulerJob.objects.get(pk="taskiq-django:nightly").is_finished
+
+
+def test_a_declared_job_whose_row_cannot_be_read_costs_that_job_alone(app: SchedulerApp) -> None:
+    from django.db import connection
+
+    from tests.conftest import UNREADABLE_TIMES, store_raw
+
+    other = {"task": "system.other", "interval": 60}
+    with declared({"nightly": NIGHTLY, "other": other}):
+        sync_declared(app)
+    store_raw("scheduler_job", "settings:nightly", "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    with declared({"nightly": {**NIGHTLY, "args": [2]}, "other": {**other, "args": [3]}}):
+        report = sync_declared(app)
+    [error] = report.errors
+    assert str(error).startswith("TASKIQ_BEAT['SCHEDULE']['nightly']: ") and "cannot be read" in str(error)
+    assert [(item.job_id, item.change) for item in report.changes] == [("settings:other", "updated")]
+    assert SchedulerJob.objects.get(pk="settings:other").task_args == [3]
