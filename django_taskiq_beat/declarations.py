@@ -169,8 +169,14 @@ def _settings_entry(key: Any, entry: Any, origin: str) -> Declaration:
 
 def from_task_labels(broker: AsyncBroker) -> Declared:
     """Every ``schedule`` label of the broker's tasks, as taskiq's ``LabelScheduleSource`` reads them."""
-    discover_tasks()
     declared = Declared(JobSource.TASKIQ, [], [])
+    try:
+        discover_tasks()
+    except ImportError as exc:  # the tasks that did register are read; none of this source's jobs is finished
+        declared.complete = False
+        declared.errors.append(DeclarationError("the installed apps' task modules", "tasks", SchedulerValidationError(
+            "tasks", getattr(exc, "name", None), f"{exc}; the schedule labels of its tasks cannot be read."
+        )))
     for task_name, task in sorted(broker.get_all_tasks().items()):
         if task.broker is not broker:
             logger.warning(

@@ -216,3 +216,16 @@ def test_bad_arguments_are_usage_errors(arguments: tuple[str, ...]) -> None:
 
     with pytest.raises(CommandError):
         call_command("taskiq_beat", *arguments)
+
+
+@pytest.mark.django_db
+def test_a_bad_declaration_stops_neither_taskiq_beat_nor_its_sync_but_manage_py_check_reports_it() -> None:
+    from django.core.management.base import SystemCheckError
+
+    bad = {"task": "demo.heartbeat", "cron": "0 25 * * *"}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": {"bad": bad}}):
+        out, err = io.StringIO(), io.StringIO()
+        call_command("taskiq_beat", "status", skip_checks=False, stdout=out, stderr=err)
+        assert "JOBS" in out.getvalue().upper()
+        with pytest.raises(SystemCheckError, match=r"E005.*TASKIQ_BEAT\['SCHEDULE'\]\['bad'\]"):
+            call_command("check")

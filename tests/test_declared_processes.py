@@ -31,7 +31,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 PROCESS_BROKER = "tests.process_broker:broker"
 LABELLED_BROKER = "tests.labelled_broker:broker"
 SYNCED = re.compile(
-    r"INFO django_taskiq_beat\.sync Synced declared jobs: (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished\."
+    r"INFO django_taskiq_beat\.sync Synced declared jobs: (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished(?:, \d+ errors?)?\."
 )
 
 
@@ -123,6 +123,17 @@ def assert_clean(engine: EngineProcess) -> None:
 
 
 # -- 1. TASKIQ_BEAT["SCHEDULE"] ------------------------------------------------------------------------------
+
+
+def test_one_bad_entry_costs_its_job_and_the_engine_starts_and_sends_the_others(
+    engines: EngineFactory, sinks: Sinks
+) -> None:
+    engine = engines("engine-one-bad", {"good": every(1), "bad": {"task": "test.record", "cron": "0 25 * * *"}})
+    wait_until(lambda: len(sinks.messages("settings:good")) >= 2, timeout=15, what="two sends of the good entry")
+    log = engine.log()
+    assert "ERROR django_taskiq_beat.sync Declared job not synced: TASKIQ_BEAT['SCHEDULE']['bad']: cron: hour='25'" in log
+    assert sync_counts(log) == (1, 0, 0, 0)
+    assert not SchedulerJob.objects.filter(pk="settings:bad").exists()
 
 
 def test_a_settings_entry_is_created_by_the_engine_at_start_and_sent_on_its_slots(
