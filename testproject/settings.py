@@ -4,6 +4,7 @@ SQLite by default; set ``DATABASE_URL=postgres://user:password@host:port/name`` 
 use PostgreSQL instead.
 """
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -26,6 +27,10 @@ INSTALLED_APPS = [
     "django_taskiq_beat",
     "testproject",
 ]
+# taskiq-django (the 'taskiq-django' extra) installs only on Python 3.12+ with Django 6.0.5+:
+# its app, and so its taskiq_schedules table, is there wherever it could be installed.
+if importlib.util.find_spec("taskiq_django") is not None:
+    INSTALLED_APPS.append("taskiq_django")
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
