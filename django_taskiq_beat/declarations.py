@@ -204,8 +204,8 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
     """One entry in taskiq's schedule format, parsed by taskiq's own ``ScheduledTask`` first.
 
     taskiq evaluates every trigger an entry names; a job has one, so an entry names one.
-    ``cron_offset`` is an IANA zone, or a whole number of hours from UTC (a fixed-offset zone).
-    A naive ``time`` is UTC, as in taskiq.
+    ``cron_offset`` is an IANA zone, or a whole number of hours from UTC (a fixed-offset zone);
+    without one a cron is matched in UTC, and a naive ``time`` is UTC, as in taskiq.
     """
     _require_entry(origin, entry, _TASKIQ_FIELDS, "one of 'cron', 'interval', 'time'")
     trigger_field = _one_trigger(origin, entry, _TASKIQ_TRIGGER_FIELDS)
@@ -219,7 +219,7 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
     with _field(origin, trigger_field):
         if parsed.cron is not None:
             with _field(origin, "cron_offset"):
-                zone = _cron_zone(parsed.cron_offset)
+                zone = _cron_zone(parsed.cron_offset) or "UTC"  # taskiq matches a cron without offset in UTC
             trigger: Trigger = PeriodicSchedule(crontab=CrontabTrigger.from_expression(parsed.cron, zone))
         elif parsed.interval is not None:
             trigger = PeriodicSchedule(interval=IntervalTrigger(seconds=_seconds("interval", parsed.interval)))

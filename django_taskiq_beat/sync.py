@@ -120,7 +120,7 @@ def _read_or_incomplete(source: JobSource, read: Callable[[], Declared]) -> Decl
     except DatabaseError as exc:
         problem = f"Its table cannot be read: {type(exc).__name__}: {str(exc)[:200]}."
     error = DeclarationError(
-        f"{SETTINGS_NAME}['IMPORT_TASKIQ_DJANGO']", "IMPORT_TASKIQ_DJANGO",
+        SETTINGS_NAME, "IMPORT_TASKIQ_DJANGO",
         SchedulerValidationError("IMPORT_TASKIQ_DJANGO", True, problem),
     )
     return Declared(source, [], [error], complete=False)

@@ -221,6 +221,7 @@ def test_taskiq_schedule_labels_become_jobs_read_by_taskiqs_own_rules(app: Sched
     assert (first.source, first.task_args, first.task_labels, first.trigger.crontab.minute) == (
         JobSource.TASKIQ, [1], {"priority": 3}, "*/5",
     )
+    assert first.trigger.crontab.timezone == "UTC"  # no cron_offset: UTC, as taskiq matches it
     assert jobs["taskiq:fast-report"].trigger.interval.total_seconds == 30
     assert jobs["taskiq:fast-report"].task_kwargs == {"x": 1}
     assert jobs["taskiq:labelled.report:2"].next_run_at == datetime(2099, 6, 1, 12, 0, tzinfo=UTC)

@@ -90,8 +90,8 @@ def test_rows_become_jobs_and_a_second_sync_changes_nothing(broker: InMemoryBrok
     assert (nightly.trigger.crontab.hour, nightly.trigger.crontab.timezone) == ("3", "Europe/Paris")
     assert nightly.declaration["origin"] == "taskiq-django's schedule 'nightly'"
     assert jobs["taskiq-django:nine-plus-one"].trigger.crontab.timezone == "Etc/GMT-1"  # UTC+1
-    # No cron_offset: DEFAULT_TIMEZONE, as for every cron without a zone (taskiq's own scheduler reads UTC).
-    assert jobs["taskiq-django:plain-cron"].trigger.crontab.timezone == "Europe/Berlin"
+    # No cron_offset: UTC, as taskiq's own scheduler reads it (not DEFAULT_TIMEZONE, unlike settings entries).
+    assert jobs["taskiq-django:plain-cron"].trigger.crontab.timezone == "UTC"
     assert (jobs["taskiq-django:often"].task_name, jobs["taskiq-django:often"].trigger.interval.total_seconds) == (
         "system.other", 30,
     )
@@ -155,16 +155,14 @@ def test_a_bad_row_is_an_error_naming_it_the_others_are_synced_and_its_job_is_ke
 
 
 @requires_taskiq_django
-def test_switched_off_the_table_is_not_read_and_its_jobs_stay_as_they_are(broker: InMemoryBroker) -> None:
-    """Today's behaviour: IMPORT_TASKIQ_DJANGO = False does not finish the jobs it made; they keep running,
-    unsynced (a row changed or deleted meanwhile changes nothing), until it is switched on again."""
+def test_switched_off_its_jobs_are_finished_and_switched_on_again_they_come_back(broker: InMemoryBroker) -> None:
     add_row("often", interval=30)
     sync(broker)
-    rows().filter(pk="often").delete()
-    assert changes(broker, enabled=False) == {}
+    assert changes(broker, enabled=False) == {"taskiq-django:often": "finished"}
+    assert SchedulerJob.objects.get(pk="taskiq-django:often").is_finished
+    assert changes(broker) == {"taskiq-django:often": "updated"}
     job = SchedulerJob.objects.get(pk="taskiq-django:often")
-    assert (job.state, job.is_finished, job.next_run_at is not None) == ("active", False, True)
-    assert changes(broker) == {"taskiq-django:often": "finished"}
+    assert (job.state, job.is_finished) == ("active", False)
 
 
 # -- a real engine process ----------------------------------------------------------------------------------
@@ -230,7 +228,8 @@ def test_requested_but_not_installed_the_sync_reports_it_and_finishes_none_of_it
     with override_settings(INSTALLED_APPS=WITHOUT_TASKIQ_DJANGO):
         report = sync(broker)
     [error] = report.errors
-    assert str(error).startswith("TASKIQ_BEAT['IMPORT_TASKIQ_DJANGO']: ") and TASKIQ_DJANGO_MISSING in str(error)
+    assert str(error).startswith("TASKIQ_BEAT: IMPORT_TASKIQ_DJANGO=True: taskiq-django is not installed")
+    assert TASKIQ_DJANGO_MISSING in str(error)
     assert report.changes == []
     job = SchedulerJob.objects.get(pk="taskiq-django:kept")
     assert (job.state, job.is_finished, job.declaration is not None) == ("active", False, True)
