@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp
-from django_taskiq_beat.describe import describe_schedule, local_time, next_fire_times, relative_time
+from django_taskiq_beat.describe import declaration_text, describe_schedule, local_time, next_fire_times, relative_time
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.health import run_checks
 from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
@@ -59,9 +59,11 @@ def _ago(moment: datetime | None, now: datetime) -> str:
 
 def _job_data(job: SchedulerJob) -> dict[str, Any]:
     return {
-        "id": job.id, "name": job.name, "task_name": job.task_name, "schedule": describe_schedule(job),
+        "id": job.id, "name": job.name, "description": job.description, "task_name": job.task_name,
+        "source": job.source, "declared_in": declaration_text(job) or None, "schedule": describe_schedule(job),
         "state": job.state.value, "kind": job.kind, "strategy": job.strategy, "trigger": job.trigger_payload,
-        "args": job.task_args, "kwargs": job.task_kwargs, "is_enabled": job.is_enabled,
+        "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels, "metadata": job.metadata_payload,
+        "is_enabled": job.is_enabled,
         "next_run_at": job.next_run_at, "last_run_at": job.last_run_at, "finished_at": job.finished_at,
         "paused_at": job.paused_at, "pause_note": job.pause_note, "dispatch_count": job.dispatch_count,
         "dispatch_failures": job.dispatch_failures, "last_error": job.last_error, "last_outcome": job.last_outcome,

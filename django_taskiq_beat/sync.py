@@ -103,7 +103,7 @@ def _checked(app: "SchedulerApp", declared: Declared) -> Declared:
                 declaration.trigger, declaration.job_id, declaration.name, declaration.description,
                 source=declaration.source,
             )
-        except SchedulerValidationError as exc:
+        except (SchedulerValidationError, ImportError) as exc:  # ImportError: looking the task up imports task modules
             declared.errors.append(_job_error(declaration, exc))
         else:
             accepted.append(declaration)
@@ -167,7 +167,9 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
 
 
 def _job_error(declaration: Declaration, error: Exception) -> DeclarationError:
-    if not isinstance(error, SchedulerValidationError):
+    if isinstance(error, ImportError):
+        error = SchedulerValidationError("task", declaration.task_name, f"{error}; the task cannot be looked up.")
+    elif not isinstance(error, SchedulerValidationError):
         error = SchedulerValidationError("job_id", declaration.job_id, f"The database refused it: {describe_error(error)}")
     result = DeclarationError(declaration.origin, error.field, error)
     result.job_id = declaration.job_id

@@ -19,6 +19,7 @@ from django_taskiq_beat import CrontabTrigger, PeriodicSchedule, SchedulerApp, S
 from django_taskiq_beat.declarations import from_task_labels
 from django_taskiq_beat.models import JobSource, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sync import sync_declared
+from tests.test_discovery import make_app  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -284,3 +285,17 @@ def test_a_declared_job_whose_row_cannot_be_read_costs_that_job_alone(app: Sched
     assert str(error).startswith("TASKIQ_BEAT['SCHEDULE']['nightly']: ") and "cannot be read" in str(error)
     assert [(item.job_id, item.change) for item in report.changes] == [("settings:other", "updated")]
     assert SchedulerJob.objects.get(pk="settings:other").task_args == [3]
+
+
+def test_a_task_module_that_does_not_import_is_an_error_of_the_entries_that_need_it(
+    app: SchedulerApp, make_app: Any
+) -> None:
+    make_app({"tasks.py": "import no_such_module_anywhere\n"})
+    schedule = {"lost": {"task": "lost.task", "interval": 60}, "fine": {"task": "system.echo", "interval": 60}}
+    with declared(schedule):
+        report = sync_declared(app)
+    assert [(item.job_id, item.change) for item in report.changes] == [("settings:fine", "created")]
+    messages = [str(error) for error in report.errors]
+    lost = "TASKIQ_BEAT['SCHEDULE']['lost']: task='lost.task': Could not import task module"
+    assert any(message.startswith(lost) for message in messages)
+    assert any(message.startswith("the installed apps' task modules: ") for message in messages)
