@@ -24,6 +24,7 @@ from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, r
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import (
     TaskCall,
+    json_identity,
     require_callable_with,
     require_json,
     require_labels,
@@ -100,9 +101,9 @@ def _schedule_text(job: SchedulerJob) -> str:
     return text + (f", next slot {logs.when(job.next_run_at)}" if job.is_enabled and job.next_run_at else "")
 
 
-def _schedule_state(job: SchedulerJob) -> tuple[Any, ...]:
-    """Every column an upsert may change."""
-    return tuple(getattr(job, field) for field in _UPSERT_FIELDS)
+def _schedule_state(job: SchedulerJob) -> Any:
+    """Every column an upsert may change, compared as JSON compares (``json_identity``)."""
+    return json_identity([getattr(job, field) for field in _UPSERT_FIELDS])
 
 
 _UPSERT_FIELDS = (
@@ -341,7 +342,9 @@ class ScheduleBuilder:
         before = _schedule_state(job)
         new_trigger = (trigger_kind(trigger), trigger.strategy, trigger.to_payload())
         trigger_changed = new_trigger != (job.kind, job.strategy, job.trigger_payload)
-        call_changed = (call.task_name, call.args, call.kwargs) != (job.task_name, job.task_args, job.task_kwargs)
+        call_changed = json_identity([call.task_name, call.args, call.kwargs]) != json_identity(
+            [job.task_name, job.task_args, job.task_kwargs]
+        )
         job.kind, job.strategy, job.trigger_payload = new_trigger
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
         job.metadata_payload, job.name, job.description = call.metadata, identity.name, identity.description

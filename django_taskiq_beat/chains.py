@@ -254,9 +254,12 @@ async def run_chain(
     *,
     run_id: str | None = None,
     job_id: str | None = None,
+    step_labels: dict[str, Any] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> dict[str, Any]:
     """Run the chain described by ``payload`` (the job's kwargs); raises ``ChainAbortedError``.
+
+    ``step_labels`` go with every step's message.
 
     Whatever ends it (an aborted chain, no result backend, a bad payload, the worker
     shutting down), the run row's progress says so. ``job_id`` names the chain in log lines.
@@ -264,7 +267,7 @@ async def run_chain(
     progress = ChainProgress(run_id, payload.get("steps") or [], job_id)
     try:
         require_result_backend(broker)
-        return await _run_chain(broker, payload, progress, sleep)
+        return await _run_chain(broker, payload, progress, step_labels or {}, sleep)
     except BaseException as error:
         if progress.state["status"] == "running":
             progress.finish(error=logs.describe_error(error) if not isinstance(error, ChainAbortedError) else str(error))
@@ -273,7 +276,8 @@ async def run_chain(
 
 
 async def _run_chain(
-    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, sleep: Callable[[float], Awaitable[None]]
+    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, step_labels: dict[str, Any],
+    sleep: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     steps: list[dict[str, Any]] = payload["steps"]
     chain_attempts = 0
@@ -282,7 +286,7 @@ async def _run_chain(
         chain_attempts += 1
         progress.start_attempt(chain_attempts)
         try:
-            step_attempts = await _run_steps(broker, payload, progress, sleep)
+            step_attempts = await _run_steps(broker, payload, progress, step_labels, sleep)
         except ChainStepFailedError as error:
             last_error = error
             if payload["on_failure"] == "stop":
@@ -317,12 +321,13 @@ async def _run_chain(
 
 
 async def _run_steps(
-    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, sleep: Callable[[float], Awaitable[None]]
+    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, step_labels: dict[str, Any],
+    sleep: Callable[[float], Awaitable[None]],
 ) -> list[int]:
     step_attempts: list[int] = []
     steps = payload["steps"]
     for index, step in enumerate(steps):
-        attempts = await _run_step(broker, payload, index, step, progress, sleep)
+        attempts = await _run_step(broker, payload, index, step, progress, step_labels, sleep)
         step_attempts.append(attempts)
         if index < len(steps) - 1 and step.get("post_delay_ms"):
             await sleep(step["post_delay_ms"] / 1000)
@@ -331,7 +336,7 @@ async def _run_steps(
 
 async def _run_step(
     broker: AsyncBroker, payload: dict[str, Any], index: int, step: dict[str, Any], progress: ChainProgress,
-    sleep: Callable[[float], Awaitable[None]],
+    step_labels: dict[str, Any], sleep: Callable[[float], Awaitable[None]],
 ) -> int:
     """Run one step until it succeeds; returns the attempts it took or raises ``ChainStepFailedError``."""
     name = step["task_name"]
@@ -352,7 +357,7 @@ async def _run_step(
         extra = {**names.extra, "step_index": index, "task_name": name, "attempt": attempt,
                  "max_attempts": max_attempts}
         try:
-            sent = await task.kiq(*step.get("args", []), **step.get("kwargs", {}))
+            sent = await task.kicker().with_labels(**step_labels).kiq(*step.get("args", []), **step.get("kwargs", {}))
             result = await _wait_for_result(
                 sent, timeout, payload["wait_poll_interval_seconds"], names.step(index, name), extra
             )
@@ -392,6 +397,10 @@ def register_chain_orchestrator(broker: AsyncBroker) -> None:
 
     async def chain_orchestrator(context: Context = TaskiqDepends(), **payload: Any) -> dict[str, Any]:
         labels = context.message.labels
-        return await run_chain(context.broker, payload, run_id=labels.get(RUN_LABEL), job_id=labels.get(JOB_LABEL))
+        # The steps carry the job's labels (routing, priority) and the slot, not the run's ids: their
+        # outcomes are the chain's business, not the run's.
+        step_labels = {key: value for key, value in labels.items() if key not in (RUN_LABEL, JOB_LABEL, "schedule")}
+        return await run_chain(context.broker, payload, run_id=labels.get(RUN_LABEL), job_id=labels.get(JOB_LABEL),
+                               step_labels=step_labels)
 
     broker.register_task(chain_orchestrator, task_name=CHAIN_ORCHESTRATOR_TASK_NAME)

@@ -10,7 +10,7 @@ could not, so ``manage.py check`` reports every bad entry at once.
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -187,6 +187,7 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
         if entries is None:
             continue
         if not isinstance(entries, list | tuple):
+            declared.complete = False  # which jobs it meant is unknown: none of this source's is finished
             declared.errors.append(DeclarationError(
                 f"task {task_name!r}", "schedule",
                 SchedulerValidationError("schedule", entries, "taskiq's schedule label is a list of dicts."),
@@ -196,8 +197,21 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
             origin = f"the schedule label of task {task_name!r}, entry {index}"
             schedule_id = entry.get("schedule_id") if isinstance(entry, Mapping) else None
             job_id = f"{JobSource.TASKIQ}:{schedule_id}" if schedule_id else f"{JobSource.TASKIQ}:{task_name}:{index}"
-            _read_into(declared, job_id, lambda: taskiq_entry(JobSource.TASKIQ, job_id, origin, task_name, entry))
+            _read_into(declared, job_id, lambda: _label_entry(task, job_id, origin, entry))
     return declared
+
+
+def _label_entry(task: Any, job_id: str, origin: str, entry: Any) -> Declaration:
+    """A ``schedule`` label entry; as in taskiq, the task's own labels win over the entry's."""
+    schedule_id = entry.get("schedule_id") if isinstance(entry, Mapping) else None
+    if schedule_id is not None:
+        with _field(origin, "schedule_id"):
+            require_text("schedule_id", schedule_id, max_length=200, allow_blank=False)
+            if not schedule_id.strip():
+                raise SchedulerValidationError("schedule_id", schedule_id, "Must not be blank.")
+    declaration = taskiq_entry(JobSource.TASKIQ, job_id, origin, task.task_name, entry)
+    own = set(task.labels)
+    return replace(declaration, labels={key: value for key, value in declaration.labels.items() if key not in own})
 
 
 def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, entry: Any) -> Declaration:
@@ -213,8 +227,9 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
     try:
         parsed = ScheduledTask(task_name=task_name, labels={}, args=[], kwargs={}, **fields)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise DeclarationError(origin, trigger_field, SchedulerValidationError(
-            trigger_field, entry.get(trigger_field), f"taskiq refuses it: {_pydantic_text(exc)}"
+        field = _pydantic_field(exc, fields) or trigger_field
+        raise DeclarationError(origin, field, SchedulerValidationError(
+            field, entry.get(field), f"taskiq refuses it: {_pydantic_text(exc)}"
         )) from None
     with _field(origin, trigger_field):
         if parsed.cron is not None:
@@ -254,6 +269,15 @@ def _cron_zone(offset: Any) -> str | None:
         )
     # POSIX-style Etc zones count west as positive: UTC+3 is Etc/GMT-3.
     return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
+
+
+def _pydantic_field(error: Exception, fields: Mapping[str, Any]) -> str | None:
+    """The entry field pydantic names first, if it names one."""
+    if isinstance(error, ValidationError):
+        for problem in error.errors():
+            if problem["loc"] and problem["loc"][0] in fields:
+                return str(problem["loc"][0])
+    return None
 
 
 def _pydantic_text(error: Exception) -> str:

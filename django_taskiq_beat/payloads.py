@@ -130,6 +130,32 @@ def _check_json_tree(value: Any, field: str) -> None:
                 stack.extend((item, (path, index), depth + 1) for index, item in enumerate(node))
 
 
+_EXACT_FLOAT_LIMIT = 2**53
+
+
+def json_identity(value: Any) -> Any:
+    """A form of ``value`` that equals another's only if the task would receive the same JSON.
+
+    Python's ``==`` has ``True == 1 == 1.0``; JSON, and the task, do not. Numbers past 2**53
+    compare by value, since PostgreSQL's jsonb gives ``1e23`` back as an integer.
+    """
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        big = abs(value) >= _EXACT_FLOAT_LIMIT and (isinstance(value, int) or value.is_integer())
+        if big:
+            try:
+                return ("number", float(value))
+            except OverflowError:  # an integer past the float range: only itself
+                return ("number", value)
+        return (type(value).__name__, value)
+    if isinstance(value, list | tuple):
+        return ("list", tuple(json_identity(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", tuple(sorted((key, json_identity(item)) for key, item in value.items())))
+    return value  # not JSON (a datetime column): its own equality
+
+
 def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], field: str) -> None:
     """Refuse arguments the task cannot be called with, now rather than at every slot.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, DataError, IntegrityError, transaction
-from django.db.models import F, Value
+from django.db.models import F, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -31,8 +31,8 @@ from django_taskiq_beat.declarations import (
 )
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.logs import describe_error
-from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, SchedulerJob
-from django_taskiq_beat.payloads import text_problem
+from django_taskiq_beat.models import DECLARED_SOURCES, JobKind, JobSource, SchedulerJob
+from django_taskiq_beat.payloads import json_identity, text_problem
 from django_taskiq_beat.triggers import PeriodicSchedule
 
 if TYPE_CHECKING:
@@ -117,6 +117,8 @@ def _read_or_incomplete(source: JobSource, read: Callable[[], Declared]) -> Decl
         return read()
     except LookupError:
         problem = TASKIQ_DJANGO_MISSING
+    except ImportError as exc:  # a task module that does not import: the rows' tasks cannot be looked up
+        problem = f"Its rows are not read: {exc}."
     except DatabaseError as exc:
         problem = f"Its table cannot be read: {type(exc).__name__}: {str(exc)[:200]}."
     error = DeclarationError(
@@ -142,7 +144,7 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
             bulk.lock_for_sync()
         stored = {
             row["id"]: row for row in SchedulerJob.objects.filter(pk__in=kept).values(
-                "id", "source", "declaration", "finished_at"
+                "id", "source", "declaration", "finished_at", "kind", "last_run_at"
             )
         }
         for declaration in declarations:
@@ -201,12 +203,13 @@ def _apply(
             f"A job with this id was created by {stored['source']}; delete it to let the declaration take its id.",
         )))
         return None
-    if stored is not None and stored["declaration"] == wanted:
+    if stored is not None and json_identity(stored["declaration"]) == json_identity(wanted):
         return UNCHANGED
     if dry_run:
         return CREATED if stored is None else UPDATED
     returning = stored is not None and stored["declaration"] is None
-    if returning and stored["finished_at"] is not None:  # finished when its declaration went away
+    ran_once = stored is not None and stored["kind"] == JobKind.ONE_OFF and stored["last_run_at"] is not None
+    if returning and stored["finished_at"] is not None and not ran_once:  # finished when its declaration went away
         SchedulerJob.objects.filter(pk=declaration.job_id).update(finished_at=None)
     if stored is None or returning or _enabled(stored["declaration"]) != declaration.enabled:
         is_enabled: bool | Any = declaration.enabled
@@ -224,8 +227,13 @@ def _enabled(declaration: Any) -> bool | None:
 
 
 def _finish_undeclared(sources: list[JobSource], kept: set[str], dry_run: bool) -> list[SyncChange]:
-    """Finish the jobs of fully read ``sources`` that are no longer declared; their history stays."""
-    gone = SchedulerJob.objects.filter(source__in=sources, declaration__isnull=False).exclude(pk__in=kept)
+    """Finish the jobs of fully read ``sources`` that are no longer declared; their history stays.
+
+    That includes one that an operator ran again ("run now") after its declaration went away.
+    """
+    gone = SchedulerJob.objects.filter(
+        Q(declaration__isnull=False) | Q(finished_at__isnull=True), source__in=sources
+    ).exclude(pk__in=kept)
     changes = [
         SyncChange(job_id, FINISHED, (declaration or {}).get("origin", source))
         for job_id, source, declaration in gone.values_list("id", "source", "declaration")
