@@ -207,8 +207,6 @@ def _label_entry(task: Any, job_id: str, origin: str, entry: Any) -> Declaration
     if schedule_id is not None:
         with _field(origin, "schedule_id"):
             require_text("schedule_id", schedule_id, max_length=200, allow_blank=False)
-            if not schedule_id.strip():
-                raise SchedulerValidationError("schedule_id", schedule_id, "Must not be blank.")
     declaration = taskiq_entry(JobSource.TASKIQ, job_id, origin, task.task_name, entry)
     own = set(task.labels)
     return replace(declaration, labels={key: value for key, value in declaration.labels.items() if key not in own})

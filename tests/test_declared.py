@@ -299,3 +299,12 @@ def test_a_task_module_that_does_not_import_is_an_error_of_the_entries_that_need
     lost = "TASKIQ_BEAT['SCHEDULE']['lost']: task='lost.task': Could not import task module"
     assert any(message.startswith(lost) for message in messages)
     assert any(message.startswith("the installed apps' task modules: ") for message in messages)
+
+
+@pytest.mark.parametrize(("schedule_id", "says"), [("  ", "Must not be empty"), (7, "Must be a string"), ("", "Must not be empty")])
+def test_a_schedule_id_must_be_text_that_is_not_blank(
+    app: SchedulerApp, broker: InMemoryBroker, schedule_id: Any, says: str
+) -> None:
+    broker.task(task_name="labelled.ids", schedule=[{"interval": 60, "schedule_id": schedule_id}])(lambda: None)
+    [error] = from_task_labels(broker).errors
+    assert error.field == "schedule_id" and says in str(error)
