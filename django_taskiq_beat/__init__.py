@@ -16,6 +16,7 @@ from django_taskiq_beat.chains import (
 )
 from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
+from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.triggers import (
     CrontabTrigger,
     ImmediateDispatch,
@@ -48,6 +49,7 @@ __all__ = [
     "SchedulerApp",
     "SchedulerConfig",
     "SchedulerHealthSnapshot",
+    "SchedulePolicy",
     "SchedulerValidationError",
     "get_scheduler_app",
 ]

@@ -29,6 +29,7 @@ from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.forms import SchedulerJobForm
 from django_taskiq_beat.health import live_engines
+from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.models import (
     EngineState,
     JobState,
@@ -51,7 +52,10 @@ from django_taskiq_beat.describe import (
 RECENT_RUNS = 20
 _LISTED_PROBLEMS = 10
 _UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
-_RUN_COLOURS = {RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e"}
+_RUN_COLOURS = {
+    RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e",
+    RunStatus.SKIPPED: "#f9a825",
+}
 _OUTCOME_COLOURS = {
     RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
     RunOutcome.SUCCEEDED: "#2e7d32", RunOutcome.FAILED: "#c62828",
@@ -159,7 +163,8 @@ class SchedulerJobAdmin(SafeListAdmin):
     actions = ("pause_jobs", "resume_jobs", "run_jobs_now")
     readonly_fields = (
         "id", "name", "description", "task_name", "schedule", "state_badge", "next_run", "next_fire_times_preview",
-        "is_enabled", "source", "declared_in", "task_args", "task_kwargs", "task_labels", "metadata_payload",
+        "is_enabled", "source", "declared_in", "policy", "skipped_count", "task_args", "task_kwargs", "task_labels",
+        "metadata_payload",
         "chain_steps", "last_run_at", "last_error",
         "last_dispatched_task_id", "dispatch_count", "dispatch_failures", "finished_at", "created_at", "updated_at",
         "recent_runs_table",
@@ -167,10 +172,10 @@ class SchedulerJobAdmin(SafeListAdmin):
     fieldsets = (
         (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "is_enabled",
                            "source", "declared_in")}),
-        ("Timing", {"fields": ("next_run", "next_fire_times_preview", "last_run_at", "finished_at")}),
+        ("Timing", {"fields": ("next_run", "next_fire_times_preview", "policy", "last_run_at", "finished_at")}),
         ("What is sent", {"fields": ("task_args", "task_kwargs", "task_labels", "chain_steps", "metadata_payload")}),
-        ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id",
-                                 "created_at", "updated_at")}),
+        ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "skipped_count", "last_error",
+                                 "last_dispatched_task_id", "created_at", "updated_at")}),
         ("Recent runs", {"fields": ("recent_runs_table",)}),
     )
 
@@ -202,10 +207,12 @@ class SchedulerJobAdmin(SafeListAdmin):
             ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
             ("start_at", "end_at"),
         )}),
+        ("Policy", {"fields": ("misfire_grace_seconds", "catch_up", "jitter_seconds")}),
     )
     status_fieldsets = (
-        ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "last_run_at", "finished_at",
-                               "dispatch_count", "dispatch_failures", "last_error", "last_dispatched_task_id")}),
+        ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "policy", "last_run_at",
+                               "finished_at", "dispatch_count", "dispatch_failures", "skipped_count", "last_error",
+                               "last_dispatched_task_id")}),
         ("Recent runs", {"fields": ("recent_runs_table",)}),
     )
 
@@ -285,6 +292,10 @@ class SchedulerJobAdmin(SafeListAdmin):
             return name
         return format_html("{}<br><small>{}</small>", name, job.get_source_display())
 
+    @admin.display(description="policy")
+    def policy(self, job: SchedulerJob) -> str:
+        return SchedulePolicy.of(job).describe() or "send every slot, however late"
+
     @admin.display(description="declared in")
     def declared_in(self, job: SchedulerJob) -> str:
         return declaration_text(job) or "–"
@@ -355,12 +366,12 @@ class SchedulerJobAdmin(SafeListAdmin):
             "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
             ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for),
               _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display(),
-              local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or "")
+              local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or run.reason or "")
              for run in runs),
         )
         history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
         return format_html(
-            "<table><tr><th>scheduled for</th><th>status</th><th>dispatched at</th><th>lag</th><th>error</th></tr>"
+            "<table><tr><th>scheduled for</th><th>status</th><th>dispatched at</th><th>lag</th><th>error or reason</th></tr>"
             '{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
         )
 
@@ -463,7 +474,8 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
     ordering = ("-scheduled_for",)
     readonly_fields = (
         "id", "job_link", "status_badge", "scheduled_for", "dispatched_at", "finished_at", "lag", "broker_task_id",
-        "outcome_badge", "started_at", "completed_at", "duration_text", "error", "claimed_by", "lease_expires_at",
+        "outcome_badge", "started_at", "completed_at", "duration_text", "error", "reason", "claimed_by",
+        "lease_expires_at",
         "chain_progress", "created_at", "updated_at",
     )
     fields = readonly_fields
@@ -506,9 +518,9 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
             return format_html('<strong style="color: #c62828">stale</strong>: running since {}', local_time(run.started_at))
         return f"running since {local_time(run.started_at)}"
 
-    @admin.display(description="error")
+    @admin.display(description="error or reason")
     def short_error(self, run: SchedulerRun) -> str:
-        return (run.error or "")[:120]
+        return (run.error or run.reason or "")[:120]
 
     @admin.display(description="chain progress")
     def chain_progress(self, run: SchedulerRun) -> str:

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
@@ -32,6 +32,7 @@ from django_taskiq_beat.payloads import (
     task_name_of,
 )
 from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, JobStrategy, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
     ImmediateDispatch,
@@ -109,7 +110,7 @@ def _schedule_state(job: SchedulerJob) -> Any:
 _UPSERT_FIELDS = (
     "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
     "metadata_payload", "task_labels", "declaration", "is_enabled", "next_run_at", "finished_at", "claimed_by",
-    "claimed_at", "claim_expires_at", "paused_at", "pause_note",
+    "claimed_at", "claim_expires_at", "paused_at", "pause_note", *(field.name for field in fields(SchedulePolicy)),
 )
 
 
@@ -139,7 +140,8 @@ class ScheduleBuilder:
     # -- validation --------------------------------------------------------------
 
     def _validated(
-        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any, source: JobSource
+        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any, source: JobSource,
+        policy: Any = None,
     ) -> tuple[Trigger, TaskCall, _Identity]:
         if not isinstance(trigger, ImmediateDispatch | OneOffSchedule | PeriodicSchedule):
             raise SchedulerValidationError(
@@ -149,6 +151,8 @@ class ScheduleBuilder:
             trigger = trigger.with_timezone(self.app.config.default_timezone)
         identity = _identity(job_id, name, description)
         _refuse_declared_id(identity.job_id, source)
+        if policy is not None and not isinstance(policy, SchedulePolicy):
+            raise SchedulerValidationError("policy", policy, "Expected a SchedulePolicy (or None for the default).")
         if is_enabled is not UNSET and not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()
@@ -161,10 +165,10 @@ class ScheduleBuilder:
 
     def validate(
         self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None,
-        *, source: JobSource = JobSource.API,
+        *, source: JobSource = JobSource.API, policy: SchedulePolicy | None = None,
     ) -> None:
         """Check everything ``schedule``/``upsert`` would, writing nothing (the admin form and the sync use it)."""
-        self._validated(trigger, job_id, name, description, UNSET, source)
+        self._validated(trigger, job_id, name, description, UNSET, source, policy)
 
     # -- schedule ----------------------------------------------------------------
 
@@ -176,13 +180,15 @@ class ScheduleBuilder:
         description: str | None = None,
         is_enabled: bool = True,
         *,
+        policy: SchedulePolicy | None = None,
         source: JobSource = JobSource.API,
     ) -> SchedulerJob:
         """Create a job; with no trigger, send the task now (``ImmediateDispatch``).
 
-        ``source`` records who asked: ``api`` (code) or ``admin`` (the admin's add form).
+        ``policy`` says what to do with late slots (default: ``SchedulePolicy()``). ``source``
+        records who asked: ``api`` (code) or ``admin`` (the admin's add form).
         """
-        job, pending_run = self._create(trigger, job_id, name, description, is_enabled, source)
+        job, pending_run = self._create(trigger, job_id, name, description, is_enabled, source, policy)
         if pending_run is not None:
             self._dispatch_now(job, pending_run)
         return job
@@ -195,29 +201,32 @@ class ScheduleBuilder:
         description: str | None = None,
         is_enabled: bool = True,
         *,
+        policy: SchedulePolicy | None = None,
         source: JobSource = JobSource.API,
     ) -> SchedulerJob:
         """Async twin of :meth:`schedule`."""
-        job, pending_run = await sync_to_async(self._create)(trigger, job_id, name, description, is_enabled, source)
+        job, pending_run = await sync_to_async(self._create)(
+            trigger, job_id, name, description, is_enabled, source, policy
+        )
         if pending_run is not None:
             await self._adispatch_now(job, pending_run)
         return job
 
     def _create(
         self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool,
-        source: JobSource,
+        source: JobSource, policy: SchedulePolicy | None,
     ) -> tuple[SchedulerJob, SchedulerRun | None]:
         """Insert the job; returns the run to send now, unless an outer transaction sends it on commit."""
         if source not in (JobSource.API, JobSource.ADMIN):
             raise SchedulerValidationError("source", source, "schedule() takes 'api' or 'admin'; declared jobs are synced.")
         trigger, call, identity = self._validated(
-            trigger or ImmediateDispatch(), job_id, name, description, is_enabled, source
+            trigger or ImmediateDispatch(), job_id, name, description, is_enabled, source, policy
         )
         if not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         in_outer_transaction = transaction.get_connection().in_atomic_block
         with _job_id_free(identity.job_id), transaction.atomic():
-            job = self._insert(trigger, call, identity, is_enabled, source, None)
+            job = self._insert(trigger, call, identity, is_enabled, source, None, policy)
             self.app.job_changed()
             pending_run = None
             if isinstance(trigger, ImmediateDispatch):
@@ -236,7 +245,7 @@ class ScheduleBuilder:
 
     def _insert(
         self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool, source: str,
-        declaration: dict[str, Any] | None,
+        declaration: dict[str, Any] | None, policy: SchedulePolicy | None,
     ) -> SchedulerJob:
         now = timezone.now()
         job = SchedulerJob(
@@ -244,6 +253,7 @@ class ScheduleBuilder:
             kind=trigger_kind(trigger), strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
             task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, task_labels=call.labels,
             source=source, declaration=declaration, created_at=now, updated_at=now,
+            **(policy or SchedulePolicy()).columns(),
         )
         if identity.job_id is not None:
             job.id = identity.job_id
@@ -265,6 +275,8 @@ class ScheduleBuilder:
         name: str | None = None,
         description: str | None = None,
         is_enabled: bool | _Unset = UNSET,
+        *,
+        policy: SchedulePolicy | None = None,
     ) -> SchedulerJob:
         """Create the job ``job_id`` or bring it in line with this definition.
 
@@ -272,7 +284,7 @@ class ScheduleBuilder:
         kept unless ``is_enabled`` is passed, and a one-off that already ran is not
         run again unless its trigger changed.
         """
-        return self.upsert_as(JobSource.API, trigger, job_id, name, description, is_enabled)[0]
+        return self.upsert_as(JobSource.API, trigger, job_id, name, description, is_enabled, policy=policy)[0]
 
     def upsert_as(
         self,
@@ -283,6 +295,7 @@ class ScheduleBuilder:
         description: str | None = None,
         is_enabled: bool | _Unset = UNSET,
         declaration: dict[str, Any] | None = None,
+        policy: SchedulePolicy | None = None,
     ) -> tuple[SchedulerJob, str]:
         """``upsert`` on behalf of ``source``; returns the job and ``created``, ``updated`` or ``unchanged``.
 
@@ -295,16 +308,18 @@ class ScheduleBuilder:
             )
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
-        trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled, source)
+        trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled, source, policy)
         for attempt in range(2):
             try:
                 with transaction.atomic():
                     job = SchedulerJob.objects.locked(identity.job_id)
                     if job is None:
-                        job = self._insert(trigger, call, identity, is_enabled is not False, source, declaration)
+                        job = self._insert(
+                            trigger, call, identity, is_enabled is not False, source, declaration, policy
+                        )
                         change = "created"
                     else:
-                        changed = self._update(job, trigger, call, identity, is_enabled, declaration)
+                        changed = self._update(job, trigger, call, identity, is_enabled, declaration, policy)
                         change = "updated" if changed else "unchanged"
                     self.app.job_changed()
                 break
@@ -325,13 +340,15 @@ class ScheduleBuilder:
         name: str | None = None,
         description: str | None = None,
         is_enabled: bool | _Unset = UNSET,
+        *,
+        policy: SchedulePolicy | None = None,
     ) -> SchedulerJob:
         """Async twin of :meth:`upsert`."""
-        return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled)
+        return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled, policy=policy)
 
     def _update(
         self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset,
-        declaration: dict[str, Any] | None,
+        declaration: dict[str, Any] | None, policy: SchedulePolicy | None,
     ) -> bool:
         """Bring the row in line; an upsert that changes nothing writes nothing. Returns whether it wrote.
 
@@ -349,6 +366,8 @@ class ScheduleBuilder:
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
         job.metadata_payload, job.name, job.description = call.metadata, identity.name, identity.description
         job.task_labels, job.declaration = call.labels, declaration
+        for column, value in (policy or SchedulePolicy()).columns().items():  # applied from the next slot
+            setattr(job, column, value)
         if is_enabled is False:
             job.disarm(now)
         elif job.is_finished:

@@ -12,6 +12,7 @@ where it exists, SQLite's single writer otherwise, and the unique key on (job, s
 the last line of defence.
 """
 
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import F, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 
-from django_taskiq_beat import bulk
+from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
     MAX_COUNT,
@@ -33,9 +34,11 @@ from django_taskiq_beat.models import (
     read_or,
     new_id,
 )
+from django_taskiq_beat.policies import CATCH_UP_ALL, MAX_CATCH_UP_SLOTS, jitter_delay
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
+_MAX_SLOTS_WALKED = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,19 @@ class Dispatch:
     job_name: str | None = None  # for log lines
     next_slot: datetime | None = None  # the job's next regular slot after this one: no retry goes past it
     labels: dict[str, Any] = field(default_factory=dict)  # the job's taskiq labels
+    send_at: datetime | None = None  # later than the slot by the job's jitter; None: at the slot
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A slot the job's policy did not send: recorded as a ``skipped`` run."""
+
+    run_id: str
+    job_id: str
+    task_name: str
+    job_name: str | None
+    scheduled_for: datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class Claim:
     row_count: int  # rows taken, including those that failed before sending
     failures: list[Outcome]  # rows that failed before sending (recorded, retry scheduled), never sent
     conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
+    skips: list[Skip] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
 
 
 @dataclass(frozen=True)
@@ -164,7 +181,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 _DUE_TYPES = {
     "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
-    "dispatch_failures": int, "task_labels": dict,
+    "dispatch_failures": int, "task_labels": dict, "catch_up": str,
 }
 
 
@@ -184,6 +201,9 @@ class _DueJob:
     dispatch_failures: int
     name: str | None
     task_labels: dict[str, Any]
+    misfire_grace_seconds: float | None
+    catch_up: str
+    jitter_seconds: float
 
 
 _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
@@ -193,10 +213,13 @@ def claim_due(
     scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
     ahead: timedelta = timedelta(0),
 ) -> Claim:
-    """Claim up to ``limit`` slots due by ``now + ahead``: advance each job and write its pending run.
+    """Claim up to ``limit`` jobs with a slot due by ``now + ahead``: advance each job and write its runs.
 
-    A row that cannot be sent (a corrupt trigger, a stored value unreadable or of the wrong
-    type) gets a failed run and a retry with backoff instead; the rest of the batch goes on.
+    The job's policy decides which of its due slots are handled (the latest missed one, or each
+    one up to ``MAX_CATCH_UP_SLOTS``) and whether each is sent (a pending run) or was found too
+    late (a ``skipped`` run). A row that cannot be sent (a corrupt trigger, a stored value
+    unreadable or of the wrong type) gets a failed run and a retry with backoff instead; the rest
+    of the batch goes on.
     """
     with transaction.atomic():
         due = SchedulerJob.objects.due(now + ahead).order_by("next_run_at")
@@ -204,62 +227,91 @@ def claim_due(
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
-        runs, job_updates, dispatches, failures = [], [], [], []
+        runs, job_updates, dispatches, failures, skips = [], [], [], [], []
         for job in jobs:
-            run_id = new_id()
             try:
                 _require_types(locked, job.id, vars(job), _DUE_TYPES)
-                next_run_at = _next_slot(job, now)
+                slots, next_run_at = _slots(job, now)
             except Exception as exc:  # a corrupt stored row must not stop the batch
+                run_id = new_id()
                 error = describe_error(exc)
                 failed_before = _or(job.dispatch_failures, int, 0)
                 failed_sends = min(failed_before + 1, MAX_COUNT)
-                job_updates.append(
-                    (job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends)
-                )
+                job_updates.append((
+                    job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends,
+                    0,
+                ))
                 slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
-                runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, now_value))
+                runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, None, now_value))
                 unsent = Dispatch(run_id, job.id, job.task_name or "", [], {}, now, slot, failed_before, job.name)
                 failures.append(Outcome(unsent, None, now, error))
                 continue
+            skipped = 0
+            grace = _or(job.misfire_grace_seconds, float | int, None)
+            jitter = _or(job.jitter_seconds, float | int, 0)
+            for slot in slots:
+                run_id = new_id()
+                late = now - slot
+                if grace is not None and late > timedelta(seconds=grace):
+                    reason = f"missed by {logs.seconds(late.total_seconds())} (misfire grace {logs.seconds(grace)})"
+                    runs.append((run_id, job.id, _time(slot), RunStatus.SKIPPED, None, None, None, reason, now_value))
+                    skips.append(Skip(run_id, job.id, job.task_name, job.name, slot, reason))
+                    skipped += 1
+                    continue
+                runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, scheduler_id, lease_value, None, None, None))
+                delay = jitter_delay(job.id, slot, jitter)
+                dispatches.append(Dispatch(
+                    run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
+                    job.name, next_run_at, job.task_labels, slot + delay if delay else None,
+                ))
             job_updates.append((
                 job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
-                None, job.dispatch_failures,
-            ))
-            runs.append(
-                (run_id, job.id, _time(job.next_run_at), RunStatus.PENDING, scheduler_id, lease_value, None, None)
-            )
-            dispatches.append(Dispatch(
-                run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, job.next_run_at,
-                job.dispatch_failures, job.name, next_run_at, job.task_labels,
+                None, job.dispatch_failures, skipped,
             ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
-            ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "finished_at",
-             "created_at", "updated_at"),
+            ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "reason",
+             "finished_at", "created_at", "updated_at"),
             [(*run, now_value, now_value) for run in runs],
         )
         bulk.update_from_values(
             "scheduler_job",
             (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
              ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
-             ("dispatch_failures", "integer")),
+             ("dispatch_failures", "integer"), ("skipped", "integer")),
             "next_run_at = v.next_run_at, is_enabled = v.is_enabled, finished_at = v.finished_at,"
             " updated_at = v.updated_at, last_error = COALESCE(v.last_error, scheduler_job.last_error),"
-            " dispatch_failures = v.dispatch_failures",
+            f" dispatch_failures = v.dispatch_failures, skipped_count = {_added('skipped_count', 'v.skipped')}",
             job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
-    return Claim([d for d in dispatches if d.run_id in written], len(jobs), failures, len(runs) - len(written))
+    sent = [d for d in dispatches if d.run_id in written]
+    return Claim(
+        sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written]
+    )
 
 
-def _next_slot(job: _DueJob, now: datetime) -> datetime | None:
-    """The slot after the one being claimed; None when the job is done (a one-off, an ended window)."""
+def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None]:
+    """The slots this claim handles, oldest first, and the job's next slot after them (None: it is done).
+
+    A one-off has its one slot. A periodic job has every slot from its stored one up to now
+    (or that slot, if it is claimed ahead): the latest of them with ``catch_up="latest"``, the
+    latest ``MAX_CATCH_UP_SLOTS`` with ``"all"``. Walking a long outage's slots stops after
+    ``_MAX_SLOTS_WALKED``; the job then goes on from now.
+    """
     trigger = trigger_from_row(job.kind, job.strategy, job.trigger_payload)
     if job.kind != JobKind.PERIODIC:
-        return None
+        return [job.next_run_at], None
     assert isinstance(trigger, PeriodicSchedule)
-    return trigger.next_after(max(now, job.next_run_at), job.created_at)
+    horizon = max(now, job.next_run_at)
+    handled: deque[datetime] = deque([job.next_run_at], maxlen=MAX_CATCH_UP_SLOTS if job.catch_up == CATCH_UP_ALL else 1)
+    following = trigger.next_after(job.next_run_at, job.created_at)
+    for _ in range(_MAX_SLOTS_WALKED):
+        if following is None or following > horizon:
+            return list(handled), following
+        handled.append(following)
+        following = trigger.next_after(following, job.created_at)
+    return list(handled), trigger.next_after(horizon, job.created_at)
 
 
 _EXPIRED_TYPES = {

@@ -19,6 +19,7 @@ from django_taskiq_beat.describe import declaration_text, describe_schedule, loc
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.health import run_checks
 from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
+from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.sync import sync_declared
 
 OK, FAILED = 0, 1
@@ -63,10 +64,10 @@ def _job_data(job: SchedulerJob) -> dict[str, Any]:
         "source": job.source, "declared_in": declaration_text(job) or None, "schedule": describe_schedule(job),
         "state": job.state.value, "kind": job.kind, "strategy": job.strategy, "trigger": job.trigger_payload,
         "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels, "metadata": job.metadata_payload,
-        "is_enabled": job.is_enabled,
+        "policy": SchedulePolicy.of(job).columns(), "is_enabled": job.is_enabled,
         "next_run_at": job.next_run_at, "last_run_at": job.last_run_at, "finished_at": job.finished_at,
         "paused_at": job.paused_at, "pause_note": job.pause_note, "dispatch_count": job.dispatch_count,
-        "dispatch_failures": job.dispatch_failures, "last_error": job.last_error, "last_outcome": job.last_outcome,
+        "dispatch_failures": job.dispatch_failures, "skipped_count": job.skipped_count, "last_error": job.last_error, "last_outcome": job.last_outcome,
         "consecutive_failures": job.consecutive_failures, "created_at": job.created_at, "updated_at": job.updated_at,
     }
 
@@ -75,6 +76,7 @@ def _run_data(run: SchedulerRun) -> dict[str, Any]:
     return {
         "id": run.id, "scheduled_for": run.scheduled_for, "status": run.status, "dispatched_at": run.dispatched_at,
         "outcome": run.outcome, "started_at": run.started_at, "completed_at": run.completed_at, "error": run.error,
+        "reason": run.reason,
     }
 
 
@@ -177,9 +179,9 @@ def show(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
         out.line("No runs yet.")
         return OK
     out.table(
-        ("SCHEDULED FOR", "STATUS", "OUTCOME", "DISPATCHED", "ERROR"),
+        ("SCHEDULED FOR", "STATUS", "OUTCOME", "DISPATCHED", "ERROR OR REASON"),
         ((local_time(run.scheduled_for), run.status, run.outcome or "–", _ago(run.dispatched_at, now),
-          (run.error or "")[:80]) for run in runs),
+          (run.error or run.reason or "")[:80]) for run in runs),
     )
     return OK
 

@@ -24,6 +24,7 @@ from django_taskiq_beat.discovery import discover_tasks
 from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
 from django_taskiq_beat.models import JobSource
 from django_taskiq_beat.payloads import require_json, require_labels, require_text, task_name_of
+from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.triggers import (
     CrontabTrigger,
     IntervalTrigger,
@@ -43,7 +44,8 @@ TASKIQ_DJANGO_MISSING = (
     " and add 'taskiq_django' to INSTALLED_APPS."
 )
 _SETTINGS_FIELDS = frozenset(
-    {"task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "labels", "name", "description", "enabled"}
+    {"task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "labels", "name", "description", "enabled",
+     "policy"}
 )
 _TRIGGER_FIELDS = ("cron", "interval", "run_at")
 _TASKIQ_TRIGGER_FIELDS = ("cron", "interval", "time")
@@ -67,6 +69,7 @@ class Declaration:
     name: str | None = None
     description: str | None = None
     enabled: bool = True
+    policy: SchedulePolicy | None = None
 
     def as_stored(self) -> dict[str, Any]:
         """The declaration as the job keeps it (JSON): the next sync compares against it."""
@@ -74,7 +77,7 @@ class Declaration:
             "origin": self.origin, "task": self.task_name, "kind": trigger_kind(self.trigger),
             "strategy": self.trigger.strategy, "trigger": self.trigger.to_payload(), "args": self.args,
             "kwargs": self.kwargs, "labels": self.labels, "name": self.name, "description": self.description,
-            "enabled": self.enabled,
+            "enabled": self.enabled, "policy": (self.policy or SchedulePolicy()).columns(),
         }
 
 
@@ -155,12 +158,14 @@ def _settings_entry(key: Any, entry: Any, origin: str) -> Declaration:
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise DeclarationError(origin, "enabled", SchedulerValidationError("enabled", enabled, "Must be True or False."))
+    with _field(origin, "policy"):
+        policy = None if entry.get("policy") is None else SchedulePolicy.from_mapping(entry["policy"])
     with _field(origin, "entry"):
         return Declaration(
             source=JobSource.SETTINGS, job_id=f"{JobSource.SETTINGS}:{key}", origin=origin, task_name=task_name,
             trigger=trigger, args=_json(origin, entry, "args", list), kwargs=_json(origin, entry, "kwargs", dict),
             labels=_labels(origin, entry.get("labels")), name=_text(origin, entry, "name"),
-            description=_text(origin, entry, "description"), enabled=enabled,
+            description=_text(origin, entry, "description"), enabled=enabled, policy=policy,
         )
 
 

@@ -63,6 +63,7 @@ class SchedulerHealthSnapshot:
     failed_dispatch_count: int
     recovered_run_count: int
     claim_conflict_count: int
+    skipped_slot_count: int  # slots its claims found too late for their job's misfire grace (skipped runs)
     cleaned_run_count: int
     cleaned_job_count: int
     failed_tick_count: int
@@ -109,7 +110,7 @@ class _Counters:
     def __init__(self) -> None:
         self.sync_count = self.claimed_job_count = self.dispatched_job_count = 0
         self.failed_dispatch_count = self.recovered_run_count = self.failed_tick_count = 0
-        self.claim_conflict_count = 0
+        self.claim_conflict_count = self.skipped_slot_count = 0
         self.last_sync_at: datetime | None = None
         self.last_dispatch_started_at: datetime | None = None
         self.last_dispatch_finished_at: datetime | None = None
@@ -220,6 +221,7 @@ class BeatEngine:
             failed_dispatch_count=counters.failed_dispatch_count,
             recovered_run_count=counters.recovered_run_count,
             claim_conflict_count=counters.claim_conflict_count,
+            skipped_slot_count=counters.skipped_slot_count,
             cleaned_run_count=self._run_cleanup.deleted_total,
             cleaned_job_count=self._job_cleanup.deleted_total,
             failed_tick_count=counters.failed_tick_count,
@@ -341,6 +343,7 @@ class BeatEngine:
                     self._lease, self._retry, self._ahead,
                 )
                 self._report_failures(claim)
+                self._report_skips(claim)
                 self._counters.claim_conflict_count += claim.conflicts
                 if claim.row_count:
                     logger.debug(
@@ -369,6 +372,14 @@ class BeatEngine:
             self._counters.failed_dispatch_count += 1
             logger.error("Job %s cannot be sent: %s; %s.", _job(outcome.dispatch), logs.one_line(outcome.error or ""),
                          self._retry_text(outcome), extra=_job_extra(outcome.dispatch))
+
+    def _report_skips(self, claim: claims.Claim) -> None:
+        """Slots the job's policy did not send: recorded as skipped runs, said once each."""
+        for skip in claim.skips:
+            self._counters.skipped_slot_count += 1
+            logger.info("Skipped job %s: %s.", logs.job(skip.job_id, skip.job_name, skip.task_name, skip.scheduled_for),
+                        skip.reason, extra={**logs.job_extra(skip.job_id, skip.job_name, skip.task_name,
+                                                             skip.scheduled_for), "run_id": skip.run_id})
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
         self._hold(dispatches)
@@ -504,8 +515,8 @@ class BeatEngine:
         assert limit is not None
 
         async def send(dispatch: claims.Dispatch) -> claims.Outcome:
-            early = (dispatch.scheduled_for - timezone.now()).total_seconds()
-            if early > 0:  # claimed ahead of its slot
+            early = ((dispatch.send_at or dispatch.scheduled_for) - timezone.now()).total_seconds()
+            if early > 0:  # claimed ahead of its slot, or delayed by the job's jitter
                 await asyncio.sleep(early)
             async with limit:
                 return await self._send(dispatch)

@@ -21,6 +21,7 @@ from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.cron import FIELD_NAMES as CRON_FIELDS
 from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
 from django_taskiq_beat.models import JobSource, SchedulerJob
+from django_taskiq_beat.policies import CATCH_UP_ALL, CATCH_UP_LATEST, SchedulePolicy
 from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
 
 SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), ("one_off", "once, at a time")]
@@ -43,6 +44,9 @@ _ERROR_FIELDS = {
     "args": "args",
     "kwargs": "kwargs",
     "labels": "labels",
+    "misfire_grace_seconds": "misfire_grace_seconds",
+    "catch_up": "catch_up",
+    "jitter_seconds": "jitter_seconds",
     "job_id": "job_id",
     "name": "name",
     "description": "description",
@@ -115,6 +119,18 @@ class SchedulerJobForm(forms.ModelForm):
         required=False, help_text="Optional end of the window; a slot at the end still runs.", widget=_DATETIME
     )
     is_enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
+    misfire_grace_seconds = forms.FloatField(
+        required=False, label="Misfire grace (s)",
+        help_text="A slot found later than this is skipped, not sent (empty: sent however late).",
+    )
+    catch_up = forms.ChoiceField(
+        choices=[(CATCH_UP_LATEST, "one run for the latest missed slot"), (CATCH_UP_ALL, "one run per missed slot")],
+        initial=CATCH_UP_LATEST, required=False, label="After an outage",
+    )
+    jitter_seconds = forms.FloatField(
+        required=False, initial=0, label="Jitter (s)",
+        help_text="Each slot is sent at a delay in [0, jitter), the same in every engine; the slot itself is kept.",
+    )
 
     class Meta:
         model = SchedulerJob
@@ -138,7 +154,7 @@ class SchedulerJobForm(forms.ModelForm):
         known = dict(self.fields["task"].choices)
         initial: dict[str, Any] = {
             "job_id": job.pk, "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels,
-            "is_enabled": job.is_enabled,
+            "is_enabled": job.is_enabled, **SchedulePolicy.of(job).columns(),
             "task": job.task_name if job.task_name in known else _OTHER_TASK,
             "task_name": "" if job.task_name in known else job.task_name,
         }
@@ -178,6 +194,10 @@ class SchedulerJobForm(forms.ModelForm):
                 kwargs=data.get("kwargs") if data.get("kwargs") is not None else {},
                 metadata=self.instance.metadata_payload if self.editing else None,
                 labels=data.get("labels") if data.get("labels") is not None else {},
+            )
+            self.policy = SchedulePolicy(
+                misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
+                jitter_seconds=data.get("jitter_seconds") or 0,
             )
             self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
         except SchedulerValidationError as error:
@@ -229,7 +249,7 @@ class SchedulerJobForm(forms.ModelForm):
         the operator's explicit choice."""
         data = self.cleaned_data
         identity = {"name": data.get("name") or None, "description": data.get("description") or None,
-                    "is_enabled": bool(data.get("is_enabled"))}
+                    "is_enabled": bool(data.get("is_enabled")), "policy": self.policy}
         if self.editing:
             return self.task_call.upsert(self.trigger, self._job_id(data), **identity)
         return self.task_call.schedule(self.trigger, self._job_id(data), **identity, source=JobSource.ADMIN)

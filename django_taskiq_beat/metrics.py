@@ -66,6 +66,10 @@ class EngineCollector(Collector):
             "taskiq_beat_dispatch_failures", "Slots this engine failed to send (each is retried with backoff).",
             value=snapshot.failed_dispatch_count,
         )
+        yield CounterMetricFamily(
+            "taskiq_beat_skipped_slots", "Slots this engine found later than their job's misfire grace (not sent).",
+            value=snapshot.skipped_slot_count,
+        )
         due, states = job_counts()
         yield GaugeMetricFamily("taskiq_beat_due_jobs", "Enabled jobs whose slot is due and not yet claimed.", value=due)
         jobs = GaugeMetricFamily("taskiq_beat_jobs", "Jobs by state, as the admin and the CLI show it.", labels=["state"])

@@ -89,6 +89,7 @@ class RunStatus(models.TextChoices):
     PENDING = "pending", "pending"  # claimed, written, not yet handed to the broker
     DISPATCHED = "dispatched", "dispatched"
     FAILED = "failed", "failed"
+    SKIPPED = "skipped", "skipped"  # not sent, by the job's policy: ``reason`` says why
 
 
 class JobState(models.TextChoices):
@@ -168,6 +169,19 @@ class SchedulerJob(models.Model):
     declaration = models.JSONField(
         null=True, blank=True, editable=False,
         help_text="The declaration in code as last synced; empty once it is no longer declared.",
+    )
+    misfire_grace_seconds = models.FloatField(
+        null=True, blank=True, help_text="A slot found later than this is skipped, not sent (empty: never)."
+    )
+    catch_up = models.CharField(
+        max_length=8, choices=[("latest", "latest missed slot"), ("all", "every missed slot")], default="latest",
+        db_default="latest", help_text="After an outage: one run for the latest missed slot, or one per missed slot.",
+    )
+    jitter_seconds = models.FloatField(
+        default=0, db_default=0, help_text="Each slot is sent at a delay in [0, jitter), the same in every engine."
+    )
+    skipped_count = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace)."
     )
     is_enabled = models.BooleanField(default=True, db_index=True)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -266,6 +280,7 @@ class SchedulerRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     broker_task_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
     error = models.TextField(null=True, blank=True)
+    reason = models.TextField(null=True, blank=True, help_text="Why a skipped run was not sent.")
     claimed_by = models.CharField(max_length=128, null=True, blank=True)
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."

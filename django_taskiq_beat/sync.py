@@ -101,7 +101,7 @@ def _checked(app: "SchedulerApp", declared: Declared) -> Declared:
         try:
             _builder(app, declaration).validate(
                 declaration.trigger, declaration.job_id, declaration.name, declaration.description,
-                source=declaration.source,
+                source=declaration.source, policy=declaration.policy,
             )
         except (SchedulerValidationError, ImportError) as exc:  # ImportError: looking the task up imports task modules
             declared.errors.append(_job_error(declaration, exc))
@@ -217,7 +217,7 @@ def _apply(
         is_enabled = UNSET  # the declaration did not change it: an operator's pause stays
     _, change = _builder(app, declaration).upsert_as(
         declaration.source, declaration.trigger, declaration.job_id, declaration.name, declaration.description,
-        is_enabled, declaration=wanted,
+        is_enabled, declaration=wanted, policy=declaration.policy,
     )
     return change
 

@@ -24,6 +24,7 @@ from django_taskiq_beat import (
     IntervalTrigger,
     OneOffSchedule,
     PeriodicSchedule,
+    SchedulePolicy,
     SchedulerApp,
     SchedulerValidationError,
 )
@@ -134,6 +135,15 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     task = draw(mostly(st.sampled_from(["system.echo", "system.other"]), st.one_of(texts, anything)))
     args, kwargs, metadata = (draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict))
     labels = draw(st.one_of(st.none(), mostly(friendly_labels, payloads)))
+    policy_values = draw(st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+        "misfire_grace_seconds": mostly(st.one_of(st.none(), st.floats(0, 3600)), anything),
+        "catch_up": mostly(st.sampled_from(["latest", "all"]), anything),
+        "jitter_seconds": mostly(st.floats(0, 60), numbers),
+    })))
+
+    def policy() -> SchedulePolicy | None:
+        return None if policy_values is None else SchedulePolicy(**policy_values)
+
     trigger = draw(triggers())
     identity = {
         "job_id": draw(mostly(st.one_of(st.none(), st.just("kept"), st.text(min_size=1, max_size=20)),
@@ -145,10 +155,10 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     if operation == "schedule":
         return operation, lambda app: app.single(
             task=task, args=args, kwargs=kwargs, metadata=metadata, labels=labels,
-        ).schedule(trigger(), is_enabled=enabled, **identity)
+        ).schedule(trigger(), is_enabled=enabled, policy=policy(), **identity)
     if operation == "upsert":
         return operation, lambda app: app.single(task=task, args=args, kwargs=kwargs, labels=labels).upsert(
-            trigger(), is_enabled=enabled, **identity)
+            trigger(), is_enabled=enabled, policy=policy(), **identity)
     if operation == "chain":
         attempts, delay = draw(mostly(st.integers(1, 5), numbers)), draw(mostly(st.floats(0, 10), numbers))
         return operation, lambda app: app.chain(
@@ -213,7 +223,8 @@ form_text = st.one_of(st.text(alphabet=st.characters(blacklist_categories=["Cs"]
                       st.sampled_from(FORM_TEXT))
 FIELDS = ["name", "description", "job_id", "task", "task_name", "args", "kwargs", "schedule_type", "interval_every",
           "interval_unit", "cron_expression", "second", "minute", "hour", "day_of_month", "month_of_year",
-          "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels"]
+          "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels", "misfire_grace_seconds",
+          "catch_up", "jitter_seconds"]
 
 
 @FUZZ

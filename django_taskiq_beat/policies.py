@@ -1,0 +1,91 @@
+"""``SchedulePolicy``: what a job does with slots found late, and how it spreads its sends.
+
+The engine applies it in its claims (``claims.claim_due``) from the job's columns, so a
+policy costs no query of its own. Later work adds the policies that read run outcomes.
+"""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.logs import seconds
+from django_taskiq_beat.payloads import MAX_SECONDS, require_number
+
+CATCH_UP_LATEST, CATCH_UP_ALL = "latest", "all"
+MAX_CATCH_UP_SLOTS = 100
+"""With ``catch_up="all"``, at most this many missed slots of a job are handled at once: the latest ones."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulePolicy:
+    """How a job treats late slots; every value is checked when the object is built.
+
+    - ``misfire_grace_seconds``: a slot found later than this is not sent but recorded as a
+      ``skipped`` run ("missed by N s"); ``None`` sends it however late.
+    - ``catch_up``: after an outage, ``"latest"`` sends one run for the latest missed slot;
+      ``"all"`` sends each missed slot (within the grace), oldest first, each its own run, at
+      most ``MAX_CATCH_UP_SLOTS``.
+    - ``jitter_seconds``: each slot is sent at a delay in [0, jitter) that every engine computes
+      the same for the job and the slot; the run keeps its slot (``scheduled_for``).
+    """
+
+    misfire_grace_seconds: float | None = None
+    catch_up: str = CATCH_UP_LATEST
+    jitter_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.misfire_grace_seconds is not None:
+            require_number("misfire_grace_seconds", self.misfire_grace_seconds, minimum=0, inclusive=True,
+                           maximum=MAX_SECONDS)
+        if self.catch_up not in (CATCH_UP_LATEST, CATCH_UP_ALL):
+            raise SchedulerValidationError("catch_up", self.catch_up, "Must be 'latest' or 'all'.")
+        require_number("jitter_seconds", self.jitter_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
+        # Stored as floats: kept as floats, so a policy read back from its job compares equal to it.
+        object.__setattr__(self, "jitter_seconds", float(self.jitter_seconds))
+        if self.misfire_grace_seconds is not None:
+            object.__setattr__(self, "misfire_grace_seconds", float(self.misfire_grace_seconds))
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "SchedulePolicy":
+        """A policy from a dict of its fields by name (a declared entry's ``"policy"``)."""
+        if not isinstance(data, Mapping):
+            raise SchedulerValidationError("policy", data, "Must be a dict of SchedulePolicy fields.")
+        known = {field.name for field in fields(cls)}
+        unknown = sorted((key for key in data if key not in known), key=str)
+        if unknown:
+            raise SchedulerValidationError(
+                f"policy[{unknown[0]!r}]", data[unknown[0]],
+                f"Unknown policy field; the fields are {', '.join(sorted(known))}.",
+            )
+        return cls(**data)
+
+    @classmethod
+    def of(cls, job: Any) -> "SchedulePolicy":
+        """The policy stored on a job's columns."""
+        return cls(**{field.name: getattr(job, field.name) for field in fields(cls)})
+
+    def columns(self) -> dict[str, Any]:
+        """The job's columns that hold it."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """``missed after 300 s; every missed slot is sent; jitter 30 s`` (empty for the default policy)."""
+        parts = []
+        if self.misfire_grace_seconds is not None:
+            parts.append(f"missed after {seconds(self.misfire_grace_seconds)}")
+        if self.catch_up == CATCH_UP_ALL:
+            parts.append("every missed slot is sent")
+        if self.jitter_seconds:
+            parts.append(f"jitter {seconds(self.jitter_seconds)}")
+        return "; ".join(parts)
+
+
+def jitter_delay(job_id: str, slot: datetime, jitter_seconds: float) -> timedelta:
+    """The delay in [0, jitter) of this job's slot: the same in every engine, spread evenly over jobs."""
+    if not jitter_seconds:
+        return timedelta(0)
+    digest = hashlib.sha256(f"{job_id}\x00{slot.isoformat()}".encode("utf-8", "surrogatepass")).digest()
+    return timedelta(seconds=int.from_bytes(digest[:8], "big") / 2**64 * jitter_seconds)

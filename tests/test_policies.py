@@ -1,0 +1,247 @@
+"""``SchedulePolicy``: misfire grace, catch-up and jitter, checked, stored and applied by the claim.
+
+The claim tests pass the claim a "now" well after the job's slot, as an engine finds it
+after an outage, and read what it wrote: runs (pending or skipped, with a reason), the job's
+next slot and counters, and what it hands the engine to send.
+"""
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_taskiq_beat import (
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulePolicy,
+    SchedulerApp,
+    SchedulerValidationError,
+)
+from django_taskiq_beat import claims
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.policies import MAX_CATCH_UP_SLOTS, jitter_delay
+from django_taskiq_beat.sync import sync_declared
+
+pytestmark = pytest.mark.django_db
+
+EVERY_10_S = PeriodicSchedule(interval=IntervalTrigger(seconds=10))
+RETRY = claims.RetryPolicy(5, 300)
+
+
+# -- the policy object --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"misfire_grace_seconds": -1}, "misfire_grace_seconds"),
+    ({"misfire_grace_seconds": float("nan")}, "misfire_grace_seconds"),
+    ({"misfire_grace_seconds": "60"}, "misfire_grace_seconds"),
+    ({"catch_up": "sometimes"}, "catch_up"),
+    ({"catch_up": None}, "catch_up"),
+    ({"jitter_seconds": -0.5}, "jitter_seconds"),
+    ({"jitter_seconds": 10**9}, "jitter_seconds"),
+    ({"jitter_seconds": True}, "jitter_seconds"),
+])
+def test_bad_policy_values_are_refused_naming_the_field(values: dict[str, Any], field: str) -> None:
+    with pytest.raises(SchedulerValidationError) as refused:
+        SchedulePolicy(**values)
+    assert refused.value.field == field
+
+
+def test_a_policy_from_a_mapping_refuses_unknown_fields_and_describes_itself() -> None:
+    with pytest.raises(SchedulerValidationError, match="Unknown policy field") as refused:
+        SchedulePolicy.from_mapping({"overlap_policy": "skip"})
+    assert refused.value.field == "policy['overlap_policy']"
+    policy = SchedulePolicy.from_mapping({"misfire_grace_seconds": 300, "catch_up": "all", "jitter_seconds": 30})
+    assert policy.describe() == "missed after 300 s; every missed slot is sent; jitter 30 s"
+    assert SchedulePolicy().describe() == ""
+
+
+def test_schedule_and_upsert_store_the_policy_and_a_policy_change_keeps_the_slot(app: SchedulerApp) -> None:
+    policy = SchedulePolicy(misfire_grace_seconds=60, catch_up="all", jitter_seconds=2.5)
+    job = app.single(task="system.echo").schedule(EVERY_10_S, job_id="p", policy=policy)
+    assert SchedulePolicy.of(SchedulerJob.objects.get(pk="p")) == policy
+    slot = job.next_run_at
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "p", policy=SchedulePolicy(jitter_seconds=1))
+    assert (SchedulePolicy.of(job), job.next_run_at) == (SchedulePolicy(jitter_seconds=1), slot)
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "p", policy=SchedulePolicy(jitter_seconds=1))
+    assert SchedulerJob.objects.get(pk="p").updated_at == job.updated_at  # unchanged: nothing written
+    with pytest.raises(SchedulerValidationError, match="Expected a SchedulePolicy"):
+        app.single(task="system.echo").schedule(EVERY_10_S, policy={"catch_up": "all"})  # type: ignore[arg-type]
+
+
+# -- applied by the claim ------------------------------------------------------------------------------------
+
+
+def down_for_45_s(app: SchedulerApp, policy: SchedulePolicy | None = None, trigger: Any = EVERY_10_S) -> tuple[SchedulerJob, datetime]:
+    """A job whose engine was away: the claim runs 45.5 s after the job's anchor, 4 slots later."""
+    job = app.single(task="system.echo").schedule(trigger, policy=policy)
+    anchor = job.created_at.replace(microsecond=0)
+    return job, anchor + timedelta(seconds=45.5)
+
+
+def claim(now: datetime) -> claims.Claim:
+    return claims.claim_due("engine-a", now, 256, timedelta(minutes=1), RETRY)
+
+
+def runs_of(job: SchedulerJob) -> list[tuple[datetime, str, str | None]]:
+    return list(SchedulerRun.objects.filter(job=job).order_by("scheduled_for").values_list("scheduled_for", "status", "reason"))
+
+
+def test_by_default_one_run_goes_for_the_latest_missed_slot_and_the_grid_goes_on(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app)
+    anchor = job.created_at.replace(microsecond=0)
+    (dispatch,) = claim(now).dispatches
+    assert dispatch.scheduled_for == anchor + timedelta(seconds=40)
+    assert runs_of(job) == [(anchor + timedelta(seconds=40), RunStatus.PENDING, None)]
+    assert SchedulerJob.objects.get(pk=job.pk).next_run_at == anchor + timedelta(seconds=50)
+
+
+def test_catch_up_all_sends_each_missed_slot_oldest_first_each_its_own_run(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(catch_up="all"))
+    anchor = job.created_at.replace(microsecond=0)
+    slots = [anchor + timedelta(seconds=seconds) for seconds in (10, 20, 30, 40)]
+    result = claim(now)
+    assert [dispatch.scheduled_for for dispatch in result.dispatches] == slots
+    assert len({dispatch.run_id for dispatch in result.dispatches}) == 4
+    assert runs_of(job) == [(slot, RunStatus.PENDING, None) for slot in slots]
+    assert SchedulerJob.objects.get(pk=job.pk).next_run_at == anchor + timedelta(seconds=50)
+
+
+def test_catch_up_all_takes_at_most_the_latest_hundred_slots(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(seconds=1)), policy=SchedulePolicy(catch_up="all")
+    )
+    anchor = job.created_at.replace(microsecond=0)
+    result = claim(anchor + timedelta(seconds=150.5))
+    slots = [dispatch.scheduled_for for dispatch in result.dispatches]
+    assert len(slots) == MAX_CATCH_UP_SLOTS and slots[-1] == anchor + timedelta(seconds=150)
+    assert slots[0] == anchor + timedelta(seconds=150 - MAX_CATCH_UP_SLOTS + 1)
+
+
+def test_slots_missed_by_more_than_the_grace_are_skipped_runs_with_a_reason(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(catch_up="all", misfire_grace_seconds=12))
+    anchor = job.created_at.replace(microsecond=0)
+    result = claim(now)
+    assert [dispatch.scheduled_for for dispatch in result.dispatches] == [anchor + timedelta(seconds=40)]
+    assert [skip.reason for skip in result.skips] == [
+        "missed by 36 s (misfire grace 12 s)", "missed by 26 s (misfire grace 12 s)",
+        "missed by 16 s (misfire grace 12 s)",
+    ]
+    assert [status for _, status, _ in runs_of(job)] == [RunStatus.SKIPPED] * 3 + [RunStatus.PENDING]
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.skipped_count, stored.next_run_at) == (3, anchor + timedelta(seconds=50))
+    assert SchedulerRun.objects.get(job=job, status=RunStatus.SKIPPED, scheduled_for=anchor + timedelta(seconds=10)
+                                    ).finished_at is not None
+
+
+def test_with_latest_a_slot_later_than_the_grace_is_skipped_and_nothing_is_sent(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
+    anchor = job.created_at.replace(microsecond=0)
+    result = claim(now)
+    assert result.dispatches == [] and [skip.scheduled_for for skip in result.skips] == [anchor + timedelta(seconds=40)]
+    assert runs_of(job) == [(anchor + timedelta(seconds=40), RunStatus.SKIPPED, "missed by 5.5 s (misfire grace 3 s)")]
+    assert SchedulerJob.objects.get(pk=job.pk).state == "active"
+
+
+def test_a_one_off_found_later_than_its_grace_is_skipped_and_finished(app: SchedulerApp) -> None:
+    moment = datetime.now(UTC) + timedelta(hours=1)
+    job = app.single(task="system.echo").schedule(
+        OneOffSchedule(run_at=moment), policy=SchedulePolicy(misfire_grace_seconds=60)
+    )
+    result = claim(moment + timedelta(minutes=5))
+    assert result.dispatches == [] and len(result.skips) == 1
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.state, stored.skipped_count) == ("finished", 1)
+
+
+def test_a_slot_within_the_grace_is_sent(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=6))
+    (dispatch,) = claim(now).dispatches
+    assert now - dispatch.scheduled_for == timedelta(seconds=5.5)
+
+
+def test_jitter_delays_each_send_in_range_the_same_for_every_engine_and_keeps_the_slot(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(catch_up="all", jitter_seconds=8))
+    dispatches = claim(now).dispatches
+    delays = [dispatch.send_at - dispatch.scheduled_for for dispatch in dispatches]
+    assert all(timedelta(0) <= delay < timedelta(seconds=8) for delay in delays)
+    assert len(set(delays)) == len(delays)  # spread, not one offset for all
+    assert delays == [jitter_delay(job.pk, dispatch.scheduled_for, 8) for dispatch in dispatches]
+    anchor = job.created_at.replace(microsecond=0)
+    assert [dispatch.scheduled_for for dispatch in dispatches] == [anchor + timedelta(seconds=s) for s in (10, 20, 30, 40)]
+    assert claim(now + timedelta(minutes=1)).dispatches[0].send_at is not None
+    without = app.single(task="system.echo").schedule(EVERY_10_S)
+    assert jitter_delay(without.pk, anchor, 0) == timedelta(0)
+
+
+def test_jitter_delays_spread_evenly_over_jobs() -> None:
+    slot = datetime(2030, 1, 1, tzinfo=UTC)
+    delays = [jitter_delay(f"job-{index}", slot, 10).total_seconds() for index in range(2000)]
+    buckets = [sum(1 for delay in delays if low <= delay < low + 1) for low in range(10)]
+    assert min(buckets) > 150 and max(buckets) < 250  # about 200 each
+
+
+# -- declared in settings -------------------------------------------------------------------------------------
+
+
+def test_a_settings_entry_declares_its_policy_and_a_bad_one_is_an_error_naming_it(app: SchedulerApp) -> None:
+    entry = {"task": "system.echo", "interval": 10, "policy": {"catch_up": "all", "misfire_grace_seconds": 30}}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": {"p": entry}}):
+        sync_declared(app)
+        assert sync_declared(app).count("unchanged") == 1
+    assert SchedulePolicy.of(SchedulerJob.objects.get(pk="settings:p")) == SchedulePolicy(
+        catch_up="all", misfire_grace_seconds=30
+    )
+    bad = {**entry, "policy": {"catch_up": "sometimes"}}
+    with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": {"p": bad}}):
+        [error] = sync_declared(app).errors
+    assert str(error).startswith("TASKIQ_BEAT['SCHEDULE']['p']: policy: catch_up='sometimes'")
+
+
+# -- in the admin ----------------------------------------------------------------------------------------------
+
+
+def test_the_admin_form_sets_the_policy_shows_it_in_words_and_names_a_bad_value(admin_client: Any) -> None:
+    from django.contrib.admin.utils import quote
+    from django.urls import reverse
+
+    from tests.test_admin import ADD, errors_of, form_data
+
+    response = admin_client.post(ADD, form_data(job_id="p", misfire_grace_seconds="90", catch_up="all",
+                                                jitter_seconds="2.5"))
+    assert response.status_code == 302, errors_of(response)
+    assert SchedulePolicy.of(SchedulerJob.objects.get(pk="p")) == SchedulePolicy(
+        misfire_grace_seconds=90, catch_up="all", jitter_seconds=2.5
+    )
+    page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_change", args=[quote("p")])).content.decode()
+    assert 'name="misfire_grace_seconds" value="90.0"' in page and "missed after 90 s; every missed slot is sent" in page
+    response = admin_client.post(ADD, form_data(job_id="q", misfire_grace_seconds="-5"))
+    assert "misfire_grace_seconds" in errors_of(response) and not SchedulerJob.objects.filter(pk="q").exists()
+
+
+def test_skipped_runs_show_their_reason_in_the_run_history(admin_client: Any, app: SchedulerApp) -> None:
+    from django.urls import reverse
+
+    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
+    claim(now)
+    page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_changelist"), {"status__exact": "skipped"})
+    text = page.content.decode()
+    assert "missed by 5.5 s (misfire grace 3 s)" in text and "skipped" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_engine_counts_skipped_slots_and_exports_them_as_a_metric(app: SchedulerApp) -> None:
+    from asgiref.sync import async_to_sync
+    from django.db.models import F
+
+    pytest.importorskip("prometheus_client")
+    from django_taskiq_beat.metrics import build_registry
+
+    job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(misfire_grace_seconds=1))
+    back = timedelta(seconds=25)  # as if no engine had run for its last two slots
+    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - back, next_run_at=F("next_run_at") - back)
+    async_to_sync(app.engine.run_once)()
+    assert app.get_health_snapshot().skipped_slot_count == 1
+    assert build_registry(app).get_sample_value("taskiq_beat_skipped_slots_total") == 1
