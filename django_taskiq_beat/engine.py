@@ -139,6 +139,7 @@ class BeatEngine:
         self._runner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._stop_signal: asyncio.Future[None] | None = None  # done once stop() begins
         self._stopping = False
         self._next_due_at: datetime | None = None
         # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
@@ -180,6 +181,7 @@ class BeatEngine:
         self._stopping = False
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._stop_signal = self._loop.create_future()
         self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
         self._runner.add_done_callback(self._report_crash)
         self._heartbeat.start()
@@ -191,6 +193,8 @@ class BeatEngine:
             return
         logger.info("Stopping scheduler engine.")
         self._stopping = True
+        if self._stop_signal is not None and not self._stop_signal.done():
+            self._stop_signal.set_result(None)  # sends waiting out their jitter go now
         self.wake()
         try:
             await self._runner
@@ -373,6 +377,16 @@ class BeatEngine:
             logger.error("Job %s cannot be sent: %s; %s.", _job(outcome.dispatch), logs.one_line(outcome.error or ""),
                          self._retry_text(outcome), extra=_job_extra(outcome.dispatch))
 
+    async def _wait_out_jitter(self, send_at: datetime) -> None:
+        """Wait until the jittered send time; a stop cuts it short, so SIGTERM never waits out a jitter."""
+        delay = (send_at - timezone.now()).total_seconds()
+        if delay <= 0:
+            return
+        if self._stop_signal is None:  # run_once, outside start()/stop()
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.wait([self._stop_signal], timeout=delay)
+
     def _report_skips(self, claim: claims.Claim) -> None:
         """Slots the job's policy did not send: recorded as skipped runs, said once each."""
         for skip in claim.skips:
@@ -515,9 +529,11 @@ class BeatEngine:
         assert limit is not None
 
         async def send(dispatch: claims.Dispatch) -> claims.Outcome:
-            early = ((dispatch.send_at or dispatch.scheduled_for) - timezone.now()).total_seconds()
-            if early > 0:  # claimed ahead of its slot, or delayed by the job's jitter
+            early = (dispatch.scheduled_for - timezone.now()).total_seconds()
+            if early > 0:  # claimed ahead of its slot: at most CLAIM_AHEAD_SECONDS
                 await asyncio.sleep(early)
+            if dispatch.send_at is not None:
+                await self._wait_out_jitter(dispatch.send_at)
             async with limit:
                 return await self._send(dispatch)
 

@@ -5,6 +5,7 @@ The jobs are written through the API, then moved ten seconds into the past (thei
 their slot), as if no engine had run since: the engine then starts and finds ten missed slots.
 """
 
+import signal
 from datetime import timedelta
 
 import pytest
@@ -75,3 +76,20 @@ def test_jitter_sends_each_slot_its_own_delay_after_the_slot(engines: EngineFact
         expected = slot + jitter_delay(job.pk, slot, 1.5)
         assert expected - timedelta(seconds=0.05) <= dispatched_at <= expected + timedelta(seconds=1), (slot, dispatched_at)
         assert (slot - job.created_at.replace(microsecond=0)) % timedelta(seconds=2) == timedelta(0)  # the grid is kept
+
+
+def test_sigterm_does_not_wait_out_a_jitter_the_waiting_send_goes_at_once(engines: EngineFactory, sinks: Sinks) -> None:
+    job = app().single(task="test.record").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(seconds=1)), job_id="long-jitter",
+        policy=SchedulePolicy(jitter_seconds=3600),
+    )
+    engine = engines("engine-long-jitter")
+    wait_until(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.PENDING).exists(), timeout=15,
+               what="a claimed slot waiting out its jitter")
+    stopped_at = timezone.now()
+    engine.signal(signal.SIGTERM)
+    assert engine.wait() == 0
+    assert timezone.now() - stopped_at < timedelta(seconds=10), "the stop waited for the jitter"
+    waiting = SchedulerRun.objects.filter(job=job)
+    assert waiting.exists() and not waiting.filter(status=RunStatus.PENDING).exists()  # sent at the stop, recorded
+    assert len(sinks.messages("long-jitter")) == waiting.filter(status=RunStatus.DISPATCHED).count()
