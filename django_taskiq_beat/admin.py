@@ -207,7 +207,7 @@ class SchedulerJobAdmin(SafeListAdmin):
             ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
             ("start_at", "end_at"),
         )}),
-        ("Policy", {"fields": ("misfire_grace_seconds", "catch_up", "jitter_seconds")}),
+        ("Policy", {"fields": ("misfire_grace_seconds", "catch_up", "jitter_seconds", "pause_after_failures")}),
     )
     status_fieldsets = (
         ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "policy", "last_run_at",

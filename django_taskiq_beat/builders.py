@@ -22,6 +22,7 @@ from django.utils import timezone
 from django_taskiq_beat import logs
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.middleware import reports_outcomes
 from django_taskiq_beat.payloads import (
     TaskCall,
     json_identity,
@@ -153,6 +154,11 @@ class ScheduleBuilder:
         _refuse_declared_id(identity.job_id, source)
         if policy is not None and not isinstance(policy, SchedulePolicy):
             raise SchedulerValidationError("policy", policy, "Expected a SchedulePolicy (or None for the default).")
+        if policy is not None and policy.reads_outcomes and not reports_outcomes(self.app.broker):
+            raise SchedulerValidationError(
+                "policy", policy, "pause_after_failures reads the worker's outcomes: add RunOutcomeMiddleware to the"
+                " broker (broker.with_middlewares(RunOutcomeMiddleware())).",
+            )
         if is_enabled is not UNSET and not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()

@@ -47,6 +47,8 @@ _ERROR_FIELDS = {
     "misfire_grace_seconds": "misfire_grace_seconds",
     "catch_up": "catch_up",
     "jitter_seconds": "jitter_seconds",
+    "pause_after_failures": "pause_after_failures",
+    "policy": "pause_after_failures",  # the one policy error the form can meet: no RunOutcomeMiddleware
     "job_id": "job_id",
     "name": "name",
     "description": "description",
@@ -131,6 +133,10 @@ class SchedulerJobForm(forms.ModelForm):
         required=False, initial=0, label="Jitter (s)",
         help_text="Each slot is sent at a delay in [0, jitter), the same in every engine; the slot itself is kept.",
     )
+    pause_after_failures = forms.IntegerField(
+        required=False, label="Pause after failures",
+        help_text="Pause the job after this many runs in a row that the worker reported failed (empty: never).",
+    )
 
     class Meta:
         model = SchedulerJob
@@ -197,7 +203,7 @@ class SchedulerJobForm(forms.ModelForm):
             )
             self.policy = SchedulePolicy(
                 misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
-                jitter_seconds=data.get("jitter_seconds") or 0,
+                jitter_seconds=data.get("jitter_seconds") or 0, pause_after_failures=data.get("pause_after_failures"),
             )
             self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
         except SchedulerValidationError as error:

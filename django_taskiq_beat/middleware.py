@@ -35,6 +35,11 @@ logger = logging.getLogger("django_taskiq_beat.middleware")
 _FINAL = ("succeeded", "failed")
 
 
+def reports_outcomes(broker: Any) -> bool:
+    """Whether the broker's workers record outcomes (it has ``RunOutcomeMiddleware``)."""
+    return any(isinstance(middleware, RunOutcomeMiddleware) for middleware in getattr(broker, "middlewares", []))
+
+
 class RunOutcomeMiddleware(TaskiqMiddleware):
     """Records each scheduled run's outcome as the worker sees it."""
 
@@ -145,3 +150,23 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
         SchedulerJob.objects.filter(pk=job_id).update(last_outcome=outcome, consecutive_failures=failures)
         if not runs.update(outcome=outcome, completed_at=now, error=error, updated_at=now):
             transaction.set_rollback(True)  # a concurrent delivery recorded it first
+            return
+        if outcome == "failed":
+            _pause_if_failing(job_id, now, error)
+
+
+def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
+    """The job's ``pause_after_failures``: at that many failed runs in a row (and each as many more), pause it."""
+    from django_taskiq_beat.models import SchedulerJob
+
+    jobs = SchedulerJob.objects.filter(pk=job_id, is_enabled=True, pause_after_failures__isnull=False)
+    row = jobs.values_list("consecutive_failures", "pause_after_failures", "name", "task_name").first()
+    if row is None or row[0] % row[1]:
+        return
+    failures, _, name, task_name = row
+    note = f"Paused after {failures} failed runs in a row; the last: {logs.one_line(error or 'no error text')[:500]}"
+    jobs.update(is_enabled=False, next_run_at=None, paused_at=now, pause_note=note, claimed_by=None, claimed_at=None,
+                claim_expires_at=None, updated_at=now)
+    logger.warning("Paused job %s after %d failed runs in a row (its pause_after_failures): %s",
+                   logs.job(job_id, name, task_name, None), failures, logs.one_line(error or ""),
+                   extra={**logs.job_extra(job_id, name, task_name, None), "consecutive_failures": failures})

@@ -12,13 +12,12 @@ from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.exceptions import SchedulerValidationError
+from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
 
 
 _T = TypeVar("_T")
 
-MAX_COUNT = 2**31 - 1
-"""The largest value of a count column on every backend (PostgreSQL's integer): counters stop there."""
 
 _UNREADABLE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, RecursionError, DataError)
 
@@ -179,6 +178,9 @@ class SchedulerJob(models.Model):
     )
     jitter_seconds = models.FloatField(
         default=0, db_default=0, help_text="Each slot is sent at a delay in [0, jitter), the same in every engine."
+    )
+    pause_after_failures = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Pause the job after this many runs in a row that the worker reported failed."
     )
     skipped_count = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace)."

@@ -15,6 +15,9 @@ from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
 MAX_SECONDS = 365 * 86400
 """The longest wait, lease or delay a setting may name: longer ones are mistakes, and overflow timedelta."""
 
+MAX_COUNT = 2**31 - 1
+"""The largest value of a count column on every backend (PostgreSQL's integer): counters stop there."""
+
 MAX_JSON_DEPTH = 100
 """Arrays and objects nested deeper than this are refused (json and databases recurse)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.logs import seconds
-from django_taskiq_beat.payloads import MAX_SECONDS, require_number
+from django_taskiq_beat.payloads import MAX_COUNT, MAX_SECONDS, require_number
 
 CATCH_UP_LATEST, CATCH_UP_ALL = "latest", "all"
 MAX_CATCH_UP_SLOTS = 100
@@ -30,11 +30,15 @@ class SchedulePolicy:
       most ``MAX_CATCH_UP_SLOTS``.
     - ``jitter_seconds``: each slot is sent at a delay in [0, jitter) that every engine computes
       the same for the job and the slot; the run keeps its slot (``scheduled_for``).
+    - ``pause_after_failures``: after that many runs in a row that the worker reported failed,
+      the job is paused with a note naming the last error (again after as many more, once
+      resumed). It reads the worker's outcomes: the broker needs ``RunOutcomeMiddleware``.
     """
 
     misfire_grace_seconds: float | None = None
     catch_up: str = CATCH_UP_LATEST
     jitter_seconds: float = 0.0
+    pause_after_failures: int | None = None
 
     def __post_init__(self) -> None:
         if self.misfire_grace_seconds is not None:
@@ -43,6 +47,9 @@ class SchedulePolicy:
         if self.catch_up not in (CATCH_UP_LATEST, CATCH_UP_ALL):
             raise SchedulerValidationError("catch_up", self.catch_up, "Must be 'latest' or 'all'.")
         require_number("jitter_seconds", self.jitter_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
+        if self.pause_after_failures is not None:
+            require_number("pause_after_failures", self.pause_after_failures, minimum=1, inclusive=True, integer=True,
+                           maximum=MAX_COUNT)
         # Stored as floats: kept as floats, so a policy read back from its job compares equal to it.
         object.__setattr__(self, "jitter_seconds", float(self.jitter_seconds))
         if self.misfire_grace_seconds is not None:
@@ -67,6 +74,11 @@ class SchedulePolicy:
         """The policy stored on a job's columns."""
         return cls(**{field.name: getattr(job, field.name) for field in fields(cls)})
 
+    @property
+    def reads_outcomes(self) -> bool:
+        """Whether it needs the worker's outcomes (``RunOutcomeMiddleware`` on the broker)."""
+        return self.pause_after_failures is not None
+
     def columns(self) -> dict[str, Any]:
         """The job's columns that hold it."""
         return asdict(self)
@@ -80,6 +92,9 @@ class SchedulePolicy:
             parts.append("every missed slot is sent")
         if self.jitter_seconds:
             parts.append(f"jitter {seconds(self.jitter_seconds)}")
+        if self.pause_after_failures is not None:
+            parts.append(f"paused after {self.pause_after_failures} failed run{'s' if self.pause_after_failures > 1 else ''}"
+                         " in a row")
         return "; ".join(parts)
 
 

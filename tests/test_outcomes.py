@@ -267,3 +267,61 @@ def test_chain_run_gets_the_chains_outcome_and_steps_are_not_runs(app: Scheduler
     assert SchedulerRun.objects.count() == 1
     run = run_of(job)
     assert run.outcome == "succeeded" and run.progress["status"] == "succeeded"
+
+
+# -- pause_after_failures ----------------------------------------------------------------------------------
+
+
+def test_pause_after_failures_pauses_the_job_with_a_note_naming_the_last_error(app: SchedulerApp) -> None:
+    from django_taskiq_beat import SchedulePolicy
+
+    job = app.single(task="outcome.boom").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(pause_after_failures=2)
+    )
+    send_through_engine(app, job)
+    job.refresh_from_db()
+    assert (job.state, job.consecutive_failures) == ("failing", 1)
+    send_through_engine(app, job)
+    job.refresh_from_db()
+    assert (job.state, job.is_enabled, job.next_run_at, job.consecutive_failures) == ("paused", False, None, 2)
+    assert job.pause_note == "Paused after 2 failed runs in a row; the last: ValueError: the task broke"
+    assert job.paused_at is not None
+    app.resume(job.id)  # counted again from here: paused once more after two more failures
+    job.refresh_from_db()
+    assert (job.pause_note, job.paused_at, job.state) == (None, None, "failing")
+    send_through_engine(app, job)
+    assert SchedulerJob.objects.get(pk=job.pk).is_enabled
+    send_through_engine(app, job)
+    job.refresh_from_db()
+    assert (job.state, job.consecutive_failures) == ("paused", 4)
+
+
+def test_a_success_between_failures_restarts_the_count(app: SchedulerApp, switch: Switch) -> None:
+    from django_taskiq_beat import SchedulePolicy
+
+    job = app.single(task="outcome.boom").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(pause_after_failures=2)
+    )
+    send_through_engine(app, job)
+    switch.failing = False
+    send_through_engine(app, job)
+    switch.failing = True
+    send_through_engine(app, job)
+    job.refresh_from_db()
+    assert (job.state, job.consecutive_failures) == ("failing", 1)
+
+
+def test_pause_after_failures_needs_the_outcome_middleware_on_the_broker() -> None:
+    from django_taskiq_beat import SchedulePolicy, SchedulerValidationError
+
+    bare = InMemoryBroker()
+    bare.register_task(lambda: None, task_name="bare.task")
+    app = SchedulerApp(broker=bare, config=SchedulerConfig(default_timezone="UTC"))
+    with pytest.raises(SchedulerValidationError, match="add RunOutcomeMiddleware to the broker") as refused:
+        app.single(task="bare.task").schedule(
+            PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(pause_after_failures=3)
+        )
+    assert refused.value.field == "policy" and not SchedulerJob.objects.exists()
+    app.single(task="bare.task").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(misfire_grace_seconds=5)
+    )  # the timing policies need no outcomes

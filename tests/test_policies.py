@@ -42,6 +42,9 @@ RETRY = claims.RetryPolicy(5, 300)
     ({"jitter_seconds": -0.5}, "jitter_seconds"),
     ({"jitter_seconds": 10**9}, "jitter_seconds"),
     ({"jitter_seconds": True}, "jitter_seconds"),
+    ({"pause_after_failures": 0}, "pause_after_failures"),
+    ({"pause_after_failures": 2.5}, "pause_after_failures"),
+    ({"pause_after_failures": 2**31}, "pause_after_failures"),
 ])
 def test_bad_policy_values_are_refused_naming_the_field(values: dict[str, Any], field: str) -> None:
     with pytest.raises(SchedulerValidationError) as refused:
@@ -53,8 +56,12 @@ def test_a_policy_from_a_mapping_refuses_unknown_fields_and_describes_itself() -
     with pytest.raises(SchedulerValidationError, match="Unknown policy field") as refused:
         SchedulePolicy.from_mapping({"overlap_policy": "skip"})
     assert refused.value.field == "policy['overlap_policy']"
-    policy = SchedulePolicy.from_mapping({"misfire_grace_seconds": 300, "catch_up": "all", "jitter_seconds": 30})
-    assert policy.describe() == "missed after 300 s; every missed slot is sent; jitter 30 s"
+    policy = SchedulePolicy.from_mapping(
+        {"misfire_grace_seconds": 300, "catch_up": "all", "jitter_seconds": 30, "pause_after_failures": 3}
+    )
+    assert policy.describe() == (
+        "missed after 300 s; every missed slot is sent; jitter 30 s; paused after 3 failed runs in a row"
+    )
     assert SchedulePolicy().describe() == ""
 
 
@@ -210,10 +217,10 @@ def test_the_admin_form_sets_the_policy_shows_it_in_words_and_names_a_bad_value(
     from tests.test_admin import ADD, errors_of, form_data
 
     response = admin_client.post(ADD, form_data(job_id="p", misfire_grace_seconds="90", catch_up="all",
-                                                jitter_seconds="2.5"))
+                                                jitter_seconds="2.5", pause_after_failures="4"))
     assert response.status_code == 302, errors_of(response)
     assert SchedulePolicy.of(SchedulerJob.objects.get(pk="p")) == SchedulePolicy(
-        misfire_grace_seconds=90, catch_up="all", jitter_seconds=2.5
+        misfire_grace_seconds=90, catch_up="all", jitter_seconds=2.5, pause_after_failures=4
     )
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_change", args=[quote("p")])).content.decode()
     assert 'name="misfire_grace_seconds" value="90.0"' in page and "missed after 90 s; every missed slot is sent" in page

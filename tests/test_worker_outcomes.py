@@ -72,3 +72,50 @@ async def _send_and_wait_for_outcomes(app: SchedulerApp, expected: int) -> dict[
 def _finished_outcomes() -> dict[str, Any]:
     runs = SchedulerRun.objects.filter(outcome__in=["succeeded", "failed"])
     return {run.job_id: (run.outcome, run.error) for run in runs}
+
+
+def test_a_real_worker_failing_twice_pauses_a_job_with_pause_after_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, SchedulePolicy
+
+    with redis_server(tmp_path) as redis:
+        monkeypatch.setenv("REDIS_URL", redis.url)
+        module = importlib.reload(importlib.import_module("tests.worker_project.redis_broker"))
+        log_path = tmp_path / "worker.log"
+        with open(log_path, "wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "taskiq", "worker", "tests.worker_project.redis_broker:broker",
+                 "--workers", "1"],
+                env=child_env(REDIS_URL=redis.url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                start_new_session=True,
+            )
+        try:
+            app = SchedulerApp(broker=module.broker, config=SchedulerConfig(default_timezone="UTC"))
+            job = app.single(task="worker.boom").schedule(
+                PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(pause_after_failures=2)
+            )
+            async_to_sync(_fail_twice)(app, job.id)
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
+            print(log_path.read_text(errors="replace"))
+    job = SchedulerJob.objects.get(pk=job.id)
+    assert (job.state, job.consecutive_failures, job.next_run_at) == ("paused", 2, None)
+    assert job.pause_note == "Paused after 2 failed runs in a row; the last: ValueError: broken in the worker"
+
+
+async def _fail_twice(app: SchedulerApp, job_id: str) -> None:
+    """Send the job twice through the engine, each time waiting for the worker's failed outcome."""
+    try:
+        for expected in (1, 2):
+            await app.arun_now(job_id)
+            assert await app.engine.run_once() == 1
+            for _ in range(600):
+                if await SchedulerRun.objects.filter(job_id=job_id, outcome="failed").acount() == expected:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError(f"timed out waiting for failed outcome {expected}")
+    finally:
+        await app.broker.shutdown()
