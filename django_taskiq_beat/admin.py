@@ -207,7 +207,9 @@ class SchedulerJobAdmin(SafeListAdmin):
             ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
             ("start_at", "end_at"),
         )}),
-        ("Policy", {"fields": ("misfire_grace_seconds", "catch_up", "jitter_seconds", "pause_after_failures")}),
+        ("Policy", {"fields": (
+            "misfire_grace_seconds", "catch_up", "jitter_seconds", "max_runs", "pause_after_failures",
+        )}),
     )
     status_fieldsets = (
         ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "policy", "last_run_at",
@@ -294,7 +296,7 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     @admin.display(description="policy")
     def policy(self, job: SchedulerJob) -> str:
-        return SchedulePolicy.of(job).describe() or "send every slot, however late"
+        return SchedulePolicy.of(job).describe(job.remaining_runs) or "send every slot, however late"
 
     @admin.display(description="declared in")
     def declared_in(self, job: SchedulerJob) -> str:

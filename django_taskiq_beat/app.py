@@ -197,6 +197,7 @@ def _resume(job: SchedulerJob, now: datetime) -> None:
 
 def _run_now(job: SchedulerJob, now: datetime) -> None:
     job.is_enabled, job.next_run_at, job.finished_at = True, now, None
+    job.run_now_at = now  # this slot does not count against max_runs
     job.unpause()
     job.release_claim()
 

@@ -111,7 +111,8 @@ def _schedule_state(job: SchedulerJob) -> Any:
 _UPSERT_FIELDS = (
     "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
     "metadata_payload", "task_labels", "declaration", "is_enabled", "next_run_at", "finished_at", "claimed_by",
-    "claimed_at", "claim_expires_at", "paused_at", "pause_note", *(field.name for field in fields(SchedulePolicy)),
+    "claimed_at", "claim_expires_at", "paused_at", "pause_note", "remaining_runs",
+    *(field.name for field in fields(SchedulePolicy)),
 )
 
 
@@ -126,6 +127,22 @@ def _job_id_free(job_id: str | None) -> Iterator[None]:
         raise SchedulerValidationError(
             "job_id", job_id, "A job with this id already exists; use upsert() to change it."
         ) from None
+
+
+def _apply_policy(job: SchedulerJob, policy: SchedulePolicy, now: Any) -> None:
+    """Put ``policy`` on the job, from its next slot; a changed ``max_runs`` keeps the sends already made.
+
+    A limit set on a job that had none counts from now. A limit the sends already reached
+    finishes the job.
+    """
+    if policy.max_runs != job.max_runs:
+        sent = 0 if job.max_runs is None or job.remaining_runs is None else job.max_runs - job.remaining_runs
+        job.remaining_runs = None if policy.max_runs is None else max(policy.max_runs - sent, 0)
+    for column, value in policy.columns().items():
+        setattr(job, column, value)
+    if job.remaining_runs == 0 and not job.is_finished:
+        job.is_enabled, job.next_run_at, job.finished_at = False, None, now
+        job.release_claim()
 
 
 class ScheduleBuilder:
@@ -259,7 +276,7 @@ class ScheduleBuilder:
             kind=trigger_kind(trigger), strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
             task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, task_labels=call.labels,
             source=source, declaration=declaration, created_at=now, updated_at=now,
-            **(policy or SchedulePolicy()).columns(),
+            **(policy or SchedulePolicy()).columns(), remaining_runs=(policy or SchedulePolicy()).max_runs,
         )
         if identity.job_id is not None:
             job.id = identity.job_id
@@ -372,8 +389,7 @@ class ScheduleBuilder:
         job.task_name, job.task_args, job.task_kwargs = call.task_name, call.args, call.kwargs
         job.metadata_payload, job.name, job.description = call.metadata, identity.name, identity.description
         job.task_labels, job.declaration = call.labels, declaration
-        for column, value in (policy or SchedulePolicy()).columns().items():  # applied from the next slot
-            setattr(job, column, value)
+        _apply_policy(job, policy or SchedulePolicy(), now)
         if is_enabled is False:
             job.disarm(now)
         elif job.is_finished:

@@ -204,6 +204,8 @@ class _DueJob:
     misfire_grace_seconds: float | None
     catch_up: str
     jitter_seconds: float
+    remaining_runs: int | None
+    run_now_at: datetime | None
 
 
 _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
@@ -239,7 +241,7 @@ def claim_due(
                 failed_sends = min(failed_before + 1, MAX_COUNT)
                 job_updates.append((
                     job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends,
-                    0,
+                    0, _or(job.remaining_runs, int, None),
                 ))
                 slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
                 runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, None, now_value))
@@ -249,6 +251,7 @@ def claim_due(
             skipped = 0
             grace = _or(job.misfire_grace_seconds, float | int, None)
             jitter = _or(job.jitter_seconds, float | int, 0)
+            remaining = _or(job.remaining_runs, int, None)
             for slot in slots:
                 run_id = new_id()
                 late = now - slot
@@ -258,15 +261,21 @@ def claim_due(
                     skips.append(Skip(run_id, job.id, job.task_name, job.name, slot, reason))
                     skipped += 1
                     continue
+                if slot != job.run_now_at and remaining is not None:  # a run now does not count against max_runs
+                    if remaining == 0:
+                        continue
+                    remaining -= 1
                 runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, scheduler_id, lease_value, None, None, None))
                 delay = jitter_delay(job.id, slot, jitter)
                 dispatches.append(Dispatch(
                     run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
                     job.name, next_run_at, job.task_labels, slot + delay if delay else None,
                 ))
+            if remaining == 0:  # max_runs reached: finished
+                next_run_at = None
             job_updates.append((
                 job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
-                None, job.dispatch_failures, skipped,
+                None, job.dispatch_failures, skipped, remaining,
             ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
@@ -278,10 +287,11 @@ def claim_due(
             "scheduler_job",
             (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
              ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
-             ("dispatch_failures", "integer"), ("skipped", "integer")),
+             ("dispatch_failures", "integer"), ("skipped", "integer"), ("remaining_runs", "integer")),
             "next_run_at = v.next_run_at, is_enabled = v.is_enabled, finished_at = v.finished_at,"
             " updated_at = v.updated_at, last_error = COALESCE(v.last_error, scheduler_job.last_error),"
-            f" dispatch_failures = v.dispatch_failures, skipped_count = {_added('skipped_count', 'v.skipped')}",
+            f" dispatch_failures = v.dispatch_failures, skipped_count = {_added('skipped_count', 'v.skipped')},"
+            " remaining_runs = v.remaining_runs, run_now_at = NULL",
             job_updates,
         )
     # A slot whose run already existed was dispatched by someone else: never send it twice.
@@ -294,7 +304,7 @@ def claim_due(
 def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None]:
     """The slots this claim handles, oldest first, and the job's next slot after them (None: it is done).
 
-    A one-off has its one slot. A periodic job has every slot from its stored one up to now
+    A one-off has its one slot, and a "run now" its own. A periodic job has every slot from its stored one up to now
     (or that slot, if it is claimed ahead): the latest of them with ``catch_up="latest"``, the
     latest ``MAX_CATCH_UP_SLOTS`` with ``"all"``. Walking a long outage's slots stops after
     ``_MAX_SLOTS_WALKED``; the job then goes on from now.
@@ -304,6 +314,8 @@ def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None
         return [job.next_run_at], None
     assert isinstance(trigger, PeriodicSchedule)
     horizon = max(now, job.next_run_at)
+    if job.run_now_at is not None and job.run_now_at == job.next_run_at:  # a run now is sent as such, then the grid
+        return [job.next_run_at], trigger.next_after(horizon, job.created_at)
     handled: deque[datetime] = deque([job.next_run_at], maxlen=MAX_CATCH_UP_SLOTS if job.catch_up == CATCH_UP_ALL else 1)
     following = trigger.next_after(job.next_run_at, job.created_at)
     for _ in range(_MAX_SLOTS_WALKED):

@@ -64,7 +64,7 @@ def _job_data(job: SchedulerJob) -> dict[str, Any]:
         "source": job.source, "declared_in": declaration_text(job) or None, "schedule": describe_schedule(job),
         "state": job.state.value, "kind": job.kind, "strategy": job.strategy, "trigger": job.trigger_payload,
         "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels, "metadata": job.metadata_payload,
-        "policy": SchedulePolicy.of(job).columns(), "is_enabled": job.is_enabled,
+        "policy": SchedulePolicy.of(job).columns(), "remaining_runs": job.remaining_runs, "is_enabled": job.is_enabled,
         "next_run_at": job.next_run_at, "last_run_at": job.last_run_at, "finished_at": job.finished_at,
         "paused_at": job.paused_at, "pause_note": job.pause_note, "dispatch_count": job.dispatch_count,
         "dispatch_failures": job.dispatch_failures, "skipped_count": job.skipped_count, "last_error": job.last_error, "last_outcome": job.last_outcome,

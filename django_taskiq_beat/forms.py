@@ -48,6 +48,7 @@ _ERROR_FIELDS = {
     "catch_up": "catch_up",
     "jitter_seconds": "jitter_seconds",
     "pause_after_failures": "pause_after_failures",
+    "max_runs": "max_runs",
     "policy": "pause_after_failures",  # the one policy error the form can meet: no RunOutcomeMiddleware
     "job_id": "job_id",
     "name": "name",
@@ -133,6 +134,10 @@ class SchedulerJobForm(forms.ModelForm):
         required=False, initial=0, label="Jitter (s)",
         help_text="Each slot is sent at a delay in [0, jitter), the same in every engine; the slot itself is kept.",
     )
+    max_runs = forms.IntegerField(
+        required=False, label="Max runs",
+        help_text="The job finishes after this many scheduled sends; run now does not count (empty: no limit).",
+    )
     pause_after_failures = forms.IntegerField(
         required=False, label="Pause after failures",
         help_text="Pause the job after this many runs in a row that the worker reported failed (empty: never).",
@@ -203,7 +208,8 @@ class SchedulerJobForm(forms.ModelForm):
             )
             self.policy = SchedulePolicy(
                 misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
-                jitter_seconds=data.get("jitter_seconds") or 0, pause_after_failures=data.get("pause_after_failures"),
+                jitter_seconds=data.get("jitter_seconds") or 0, max_runs=data.get("max_runs"),
+                pause_after_failures=data.get("pause_after_failures"),
             )
             self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
         except SchedulerValidationError as error:

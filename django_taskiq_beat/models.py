@@ -179,6 +179,15 @@ class SchedulerJob(models.Model):
     jitter_seconds = models.FloatField(
         default=0, db_default=0, help_text="Each slot is sent at a delay in [0, jitter), the same in every engine."
     )
+    max_runs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The job finishes after this many scheduled sends (run now does not count)."
+    )
+    remaining_runs = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Scheduled sends left before max_runs is reached (empty: no limit)."
+    )
+    run_now_at = models.DateTimeField(
+        null=True, blank=True, help_text="The slot of a pending 'run now': it does not count against max_runs."
+    )
     pause_after_failures = models.PositiveIntegerField(
         null=True, blank=True, help_text="Pause the job after this many runs in a row that the worker reported failed."
     )
@@ -247,8 +256,8 @@ class SchedulerJob(models.Model):
         return trigger_from_row(self.kind, self.strategy, self.trigger_payload)
 
     def arm(self, now: datetime) -> None:
-        """Enable the job on its next slot after ``now``, or finish it when none is left."""
-        self.next_run_at = next_slot(self.trigger, now, self.created_at)
+        """Enable the job on its next slot after ``now``, or finish it when none is left (nor any run of max_runs)."""
+        self.next_run_at = None if self.remaining_runs == 0 else next_slot(self.trigger, now, self.created_at)
         self.is_enabled = self.next_run_at is not None
         self.finished_at = None if self.is_enabled else (self.finished_at or now)
         self.unpause()

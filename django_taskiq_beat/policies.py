@@ -30,6 +30,8 @@ class SchedulePolicy:
       most ``MAX_CATCH_UP_SLOTS``.
     - ``jitter_seconds``: each slot is sent at a delay in [0, jitter) that every engine computes
       the same for the job and the slot; the run keeps its slot (``scheduled_for``).
+    - ``max_runs``: the job finishes after that many scheduled sends (a "run now" does not
+      count); the job's ``remaining_runs`` says how many are left.
     - ``pause_after_failures``: after that many runs in a row that the worker reported failed,
       the job is paused with a note naming the last error (again after as many more, once
       resumed). It reads the worker's outcomes: the broker needs ``RunOutcomeMiddleware``.
@@ -38,6 +40,7 @@ class SchedulePolicy:
     misfire_grace_seconds: float | None = None
     catch_up: str = CATCH_UP_LATEST
     jitter_seconds: float = 0.0
+    max_runs: int | None = None
     pause_after_failures: int | None = None
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class SchedulePolicy:
         if self.catch_up not in (CATCH_UP_LATEST, CATCH_UP_ALL):
             raise SchedulerValidationError("catch_up", self.catch_up, "Must be 'latest' or 'all'.")
         require_number("jitter_seconds", self.jitter_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
+        if self.max_runs is not None:
+            require_number("max_runs", self.max_runs, minimum=1, inclusive=True, integer=True, maximum=MAX_COUNT)
         if self.pause_after_failures is not None:
             require_number("pause_after_failures", self.pause_after_failures, minimum=1, inclusive=True, integer=True,
                            maximum=MAX_COUNT)
@@ -83,8 +88,8 @@ class SchedulePolicy:
         """The job's columns that hold it."""
         return asdict(self)
 
-    def describe(self) -> str:
-        """``missed after 300 s; every missed slot is sent; jitter 30 s`` (empty for the default policy)."""
+    def describe(self, remaining_runs: int | None = None) -> str:
+        """``missed after 300 s; every missed slot is sent; jitter 30 s; 7 of 10 runs left`` (empty: the default)."""
         parts = []
         if self.misfire_grace_seconds is not None:
             parts.append(f"missed after {seconds(self.misfire_grace_seconds)}")
@@ -92,6 +97,9 @@ class SchedulePolicy:
             parts.append("every missed slot is sent")
         if self.jitter_seconds:
             parts.append(f"jitter {seconds(self.jitter_seconds)}")
+        if self.max_runs is not None:
+            left = self.max_runs if remaining_runs is None else remaining_runs
+            parts.append(f"{left} of {self.max_runs} run{'s' if self.max_runs > 1 else ''} left")
         if self.pause_after_failures is not None:
             parts.append(f"paused after {self.pause_after_failures} failed run{'s' if self.pause_after_failures > 1 else ''}"
                          " in a row")

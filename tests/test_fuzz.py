@@ -140,6 +140,7 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
         "catch_up": mostly(st.sampled_from(["latest", "all"]), anything),
         "jitter_seconds": mostly(st.floats(0, 60), numbers),
         "pause_after_failures": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
+        "max_runs": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
     })))
 
     def policy() -> SchedulePolicy | None:
@@ -225,7 +226,7 @@ form_text = st.one_of(st.text(alphabet=st.characters(blacklist_categories=["Cs"]
 FIELDS = ["name", "description", "job_id", "task", "task_name", "args", "kwargs", "schedule_type", "interval_every",
           "interval_unit", "cron_expression", "second", "minute", "hour", "day_of_month", "month_of_year",
           "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels", "misfire_grace_seconds",
-          "catch_up", "jitter_seconds", "pause_after_failures"]
+          "catch_up", "jitter_seconds", "pause_after_failures", "max_runs"]
 
 
 @FUZZ

@@ -252,3 +252,49 @@ def test_the_engine_counts_skipped_slots_and_exports_them_as_a_metric(app: Sched
     async_to_sync(app.engine.run_once)()
     assert app.get_health_snapshot().skipped_slot_count == 1
     assert build_registry(app).get_sample_value("taskiq_beat_skipped_slots_total") == 1
+
+
+# -- max_runs ------------------------------------------------------------------------------------------------
+
+
+def test_max_runs_finishes_the_job_after_that_many_scheduled_sends_and_run_now_does_not_count(
+    app: SchedulerApp,
+) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(max_runs=2))
+    assert job.remaining_runs == 2
+    anchor = job.created_at.replace(microsecond=0)
+    assert len(claim(anchor + timedelta(seconds=10.5)).dispatches) == 1
+    assert SchedulerJob.objects.get(pk=job.pk).remaining_runs == 1
+    app.run_now(job.pk)
+    assert len(claim(anchor + timedelta(seconds=11)).dispatches) == 1  # the run now
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.remaining_runs, stored.state) == (1, "active")
+    assert "1 of 2 runs left" in SchedulePolicy.of(stored).describe(stored.remaining_runs)
+    assert len(claim(anchor + timedelta(seconds=20.5)).dispatches) == 1
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.remaining_runs, stored.state, stored.next_run_at) == (0, "finished", None)
+    app.resume(job.pk)
+    assert SchedulerJob.objects.get(pk=job.pk).state == "finished"  # resume leaves it finished
+    app.run_now(job.pk)  # once more, by hand: sent, and finished again
+    assert len(claim(anchor + timedelta(seconds=21)).dispatches) == 1
+    assert SchedulerJob.objects.get(pk=job.pk).state == "finished"
+
+
+def test_catch_up_all_sends_no_more_than_the_runs_left(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(catch_up="all", max_runs=3))
+    anchor = job.created_at.replace(microsecond=0)
+    assert [d.scheduled_for for d in claim(now).dispatches] == [anchor + timedelta(seconds=s) for s in (10, 20, 30)]
+    assert SchedulerJob.objects.get(pk=job.pk).state == "finished"
+
+
+def test_changing_max_runs_keeps_the_sends_already_made(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, job_id="limited", policy=SchedulePolicy(max_runs=5))
+    anchor = job.created_at.replace(microsecond=0)
+    claim(anchor + timedelta(seconds=10.5))
+    claim(anchor + timedelta(seconds=20.5))  # two sent, three left
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "limited", policy=SchedulePolicy(max_runs=4))
+    assert (job.remaining_runs, job.state) == (2, "active")
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "limited", policy=SchedulePolicy(max_runs=2))
+    assert (job.remaining_runs, job.state) == (0, "finished")
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "limited", policy=SchedulePolicy())
+    assert job.remaining_runs is None

@@ -6,6 +6,7 @@ their slot), as if no engine had run since: the engine then starts and finds ten
 """
 
 import signal
+import time
 from datetime import timedelta
 
 import pytest
@@ -93,3 +94,12 @@ def test_sigterm_does_not_wait_out_a_jitter_the_waiting_send_goes_at_once(engine
     waiting = SchedulerRun.objects.filter(job=job)
     assert waiting.exists() and not waiting.filter(status=RunStatus.PENDING).exists()  # sent at the stop, recorded
     assert len(sinks.messages("long-jitter")) == waiting.filter(status=RunStatus.DISPATCHED).count()
+
+
+def test_max_runs_stops_a_job_after_that_many_sends(engines: EngineFactory, sinks: Sinks) -> None:
+    job = app().single(task="test.record").schedule(EVERY_SECOND, job_id="three-times", policy=SchedulePolicy(max_runs=3))
+    engines("engine-max-runs")
+    wait_until(lambda: SchedulerJob.objects.get(pk=job.pk).state == "finished", timeout=15, what="the job to finish")
+    time.sleep(1.5)  # a fourth slot would have come by now
+    assert len(sinks.messages("three-times")) == 3
+    assert SchedulerJob.objects.get(pk=job.pk).remaining_runs == 0
