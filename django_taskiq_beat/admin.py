@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.admin.views.main import ChangeList
@@ -18,6 +19,7 @@ from django.db.models import Count, F, Prefetch, QuerySet
 from django.db.models.functions import Now
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import capfirst
@@ -27,7 +29,7 @@ from django.utils.safestring import mark_safe
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
-from django_taskiq_beat.forms import SchedulerJobForm
+from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm
 from django_taskiq_beat.health import live_engines
 from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.models import (
@@ -160,7 +162,7 @@ class SchedulerJobAdmin(SafeListAdmin):
     ordering = (F("next_run_at").asc(nulls_last=True), "id")
     sortable_by = ("task_name", "next_run", "dispatch_count")
     list_per_page = 50
-    actions = ("pause_jobs", "resume_jobs", "run_jobs_now")
+    actions = ("pause_jobs", "resume_jobs", "run_jobs_now", "backfill_jobs")
     readonly_fields = (
         "id", "name", "description", "task_name", "schedule", "state_badge", "next_run", "next_fire_times_preview",
         "is_enabled", "source", "declared_in", "policy", "skipped_count", "task_args", "task_kwargs", "task_labels",
@@ -379,14 +381,14 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     # -- actions: through SchedulerApp --------------------------------------------------------------
 
-    def _apply(self, request: HttpRequest, queryset: QuerySet[SchedulerJob], operation: str) -> int:
-        """Apply ``operation`` to each job on its own; returns how many it changed and reports,
-        per job, what it could not do."""
+    def _apply(self, request: HttpRequest, queryset: QuerySet[SchedulerJob], operation: str, *args: Any) -> int:
+        """Apply ``operation`` (with ``args`` after the job id) to each job on its own; returns how many
+        it changed and reports, per job, what it could not do."""
         app = get_scheduler_app()
         count, problems = 0, []
         for job_id in queryset.values_list("pk", flat=True):
             try:
-                getattr(app, operation)(job_id)
+                getattr(app, operation)(job_id, *args)
             except JobNotFoundError:
                 continue  # deleted meanwhile
             except SchedulerValidationError as exc:
@@ -415,6 +417,21 @@ class SchedulerJobAdmin(SafeListAdmin):
     @admin.action(description="Run selected jobs now", permissions=["change"])
     def run_jobs_now(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
         self._report(request, "Marked to run now:", self._apply(request, queryset, "run_now"))
+
+    @admin.action(description="Backfill selected jobs…", permissions=["change"])
+    def backfill_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> HttpResponse | None:
+        """Ask for a range, then send each past slot in it (``SchedulerApp.backfill``)."""
+        default_timezone = get_scheduler_app().config.default_timezone
+        form = BackfillForm(request.POST if "apply" in request.POST else None, default_timezone=default_timezone)
+        if form.is_valid():
+            self._report(request, "Backfilled", self._apply(
+                request, queryset, "backfill", form.cleaned_data["start"], form.cleaned_data["end"]
+            ))
+            return None
+        return TemplateResponse(request, "admin/django_taskiq_beat/backfill.html", {
+            **self.admin_site.each_context(request), "title": "Backfill scheduler jobs", "opts": self.model._meta,
+            "form": form, "jobs": queryset, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        })
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
         """The jobs with the number of their runs, not every run: a job may have a million.

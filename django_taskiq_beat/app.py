@@ -14,18 +14,19 @@ from django.dispatch import receiver
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat import logs
+from django_taskiq_beat import claims, logs
 from django_taskiq_beat.builders import ChainScheduleBuilder, SingleScheduleBuilder
 from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orchestrator
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
-from django_taskiq_beat.exceptions import JobNotFoundError
+from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun, read_or, refuse_unreadable_job
 from django_taskiq_beat.payloads import require_text
-from django_taskiq_beat.triggers import require_aware
+from django_taskiq_beat.triggers import require_aware, slots_between
 
 logger = logging.getLogger("django_taskiq_beat.app")
 _MAX_NOTE_LENGTH = 1000
+_MAX_BACKFILL_SLOTS = 1000
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -145,6 +146,30 @@ class SchedulerApp:
             self.job_changed()
         logger.info("Deleted job %s and its runs.", named, extra=extra)
 
+    def backfill(self, job_id: str, start: datetime, end: datetime) -> int:
+        """Send every slot of the job's trigger in [start, end) that is already past, each its own run.
+
+        Idempotent per slot: a slot that has a run already (sent, failed, skipped or backfilled
+        before) is left alone. Returns how many runs it wrote; an engine sends them within
+        ``SYNC_INTERVAL_SECONDS``. Backfilled sends do not count against ``max_runs``. More than
+        1,000 slots raise ``SchedulerValidationError``.
+        """
+        start, end = require_aware(start, "start"), require_aware(end, "end")
+        if end <= start:
+            raise SchedulerValidationError("end", end, "Must be after start.")
+        job = self.get_job(job_id)
+        now = timezone.now()
+        slots = slots_between(job.trigger, job.created_at, start, min(end, now), _MAX_BACKFILL_SLOTS)
+        written = claims.backfill(job.id, slots, now)
+        self.job_changed()
+        logger.info(
+            "Backfilled job %s from %s to %s: %s written, %d slot%s had one already.", logs.job_row(job),
+            logs.when(start), logs.when(min(end, now)), logs.count(written, "run"), len(slots) - written,
+            "" if len(slots) - written == 1 else "s",
+            extra={**logs.job_row_extra(job), "backfilled_run_count": written, "slot_count": len(slots)},
+        )
+        return written
+
     def purge_runs(self, *, finished_before: datetime) -> int:
         """Delete runs that finished before ``finished_before``; returns how many."""
         cutoff = require_aware(finished_before, "finished_before")
@@ -161,6 +186,7 @@ class SchedulerApp:
     arun_now = _async_twin(run_now)
     adelete = _async_twin(delete)
     apurge_runs = _async_twin(purge_runs)
+    abackfill = _async_twin(backfill)
 
     def _locked(self, job_id: str, *fields: str) -> SchedulerJob:
         job = SchedulerJob.objects.locked(_job_id(job_id), *fields)

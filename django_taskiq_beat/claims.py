@@ -39,6 +39,8 @@ from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
 _MAX_SLOTS_WALKED = 10_000
+BACKFILL_CLAIMANT = "backfill"
+"""``claimed_by`` of a run a backfill wrote: its lease has expired already, so the next engine sends it."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Claim:
     failures: list[Outcome]  # rows that failed before sending (recorded, retry scheduled), never sent
     conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
     skips: list[Skip] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
+    backfills: int = 0  # of ``dispatches`` (claim_expired): runs a backfill wrote, not runs of a dead engine
 
 
 @dataclass(frozen=True)
@@ -347,6 +350,7 @@ class _ExpiredRun:
     job_name: str | None
     next_run_at: datetime | None  # the job's next regular slot: a failed send's retry never goes past it
     task_labels: dict[str, Any]
+    claimed_by: str | None
 
 
 _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
@@ -404,7 +408,21 @@ def claim_expired(
             )
         if unsendable:
             record(unsendable, now, True, retry)
-    return Claim(dispatches, len(runs), unsendable)
+    backfills = {run.id for run in runs if run.claimed_by == BACKFILL_CLAIMANT}
+    return Claim(dispatches, len(runs), unsendable, backfills=sum(1 for d in dispatches if d.run_id in backfills))
+
+
+def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:
+    """Write a pending run for each slot that has no run yet (whatever became of it): the next engine
+    sends them, as it sends a dead engine's runs. Returns how many runs it wrote."""
+    _time = _time_adapter()
+    written = bulk.insert_ignoring_conflicts(
+        "scheduler_run",
+        ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at", "updated_at"),
+        [(new_id(), job_id, _time(slot), RunStatus.PENDING, BACKFILL_CLAIMANT, _time(now), _time(now), _time(now))
+         for slot in slots],
+    )
+    return len(written)
 
 
 def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set[str]:

@@ -318,12 +318,17 @@ class BeatEngine:
             self._lease, self._retry, self._heartbeat.dead_after(),
         )
         self._report_failures(orphans)
-        if orphans.dispatches:
-            self._counters.recovered_run_count += len(orphans.dispatches)
+        recovered = len(orphans.dispatches) - orphans.backfills
+        if recovered:
+            self._counters.recovered_run_count += recovered
             logger.warning(
                 "Re-sending runs left pending by a stopped or dead engine: %s (each may have been sent already).",
-                logs.count(len(orphans.dispatches), "run"), extra={"run_count": len(orphans.dispatches)},
+                logs.count(recovered, "run"), extra={"run_count": recovered},
             )
+        if orphans.backfills:
+            logger.info("Sending backfilled runs: %s.", logs.count(orphans.backfills, "run"),
+                        extra={"run_count": orphans.backfills})
+        if orphans.dispatches:
             sent += await self._send_and_record(orphans.dispatches)
         sent += await self._dispatch_due()
         await self._clean_up()

@@ -265,3 +265,27 @@ class SchedulerJobForm(forms.ModelForm):
         if self.editing:
             return self.task_call.upsert(self.trigger, self._job_id(data), **identity)
         return self.task_call.schedule(self.trigger, self._job_id(data), **identity, source=JobSource.ADMIN)
+
+
+class BackfillForm(forms.Form):
+    """The admin's backfill action: a range, in a timezone, for ``SchedulerApp.backfill``."""
+
+    start = forms.DateTimeField(widget=_DATETIME, help_text="The first slot sent is the first at or after this.")
+    end = forms.DateTimeField(widget=_DATETIME, help_text="Slots before this (and already past) are sent.")
+    timezone = forms.ChoiceField(help_text="The times above are in this zone.")
+
+    def __init__(self, *args: Any, default_timezone: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["timezone"].choices = _timezones()
+        self.fields["timezone"].initial = default_timezone
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        if self.errors:
+            return data
+        zone = zoneinfo.ZoneInfo(data["timezone"])
+        for name in ("start", "end"):
+            data[name] = timezone.make_aware(data[name].replace(tzinfo=None), zone)
+        if data["end"] <= data["start"]:
+            self.add_error("end", "Must be after start.")
+        return data

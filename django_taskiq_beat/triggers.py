@@ -437,3 +437,21 @@ def next_slot(trigger: Trigger, now: datetime, anchor: datetime) -> datetime | N
     if isinstance(trigger, PeriodicSchedule):
         return trigger.next_after(now, anchor)
     return None
+
+
+def slots_between(trigger: Trigger, anchor: datetime, start: datetime, end: datetime, limit: int) -> list[datetime]:
+    """The trigger's slots in [start, end), oldest first; more than ``limit`` raise ``SchedulerValidationError``."""
+    if isinstance(trigger, OneOffSchedule):
+        return [trigger.run_at] if start <= trigger.run_at < end else []
+    if not isinstance(trigger, PeriodicSchedule):
+        raise SchedulerValidationError("trigger", trigger, "A job sent at once has no slots.")
+    slots: list[datetime] = []
+    slot = trigger.next_after(start - timedelta(microseconds=1), anchor)
+    while slot is not None and slot < end:
+        if len(slots) == limit:
+            raise SchedulerValidationError(
+                "end", end, f"More than {limit:,} slots between start and end: backfill a shorter range at a time."
+            )
+        slots.append(slot)
+        slot = trigger.next_after(slot, anchor)
+    return slots

@@ -1,0 +1,102 @@
+"""``backfill(job_id, start, end)``: each past slot in the range sent once, as its own run, by an engine.
+
+Idempotent per slot; more than 1,000 slots refused; in the admin as an action that asks for the range.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db.models import F
+from django.utils import timezone
+
+from django_taskiq_beat import (
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulePolicy,
+    SchedulerApp,
+    SchedulerValidationError,
+)
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EVERY_MINUTE = PeriodicSchedule(interval=IntervalTrigger(minutes=1))
+
+
+def an_hour_old(app: SchedulerApp, **policy: Any) -> SchedulerJob:
+    """A job created an hour ago, whose grid therefore has sixty past slots."""
+    job = app.single(task="system.echo").schedule(EVERY_MINUTE, policy=SchedulePolicy(**policy) if policy else None)
+    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - timedelta(hours=1))
+    return SchedulerJob.objects.get(pk=job.pk)
+
+
+def test_backfill_writes_a_run_per_past_slot_and_an_engine_sends_each_once(app: SchedulerApp, call: Any) -> None:
+    job = an_hour_old(app, max_runs=3)
+    anchor = job.created_at.replace(microsecond=0)
+    start, end = anchor + timedelta(minutes=10), anchor + timedelta(minutes=15)
+    assert call(app, "backfill", job.pk, start, end) == 5
+    slots = [anchor + timedelta(minutes=minute) for minute in range(10, 15)]
+    pending = SchedulerRun.objects.filter(job=job).order_by("scheduled_for")
+    assert [run.scheduled_for for run in pending] == slots and {run.status for run in pending} == {RunStatus.PENDING}
+    async_to_sync(app.engine.run_once)()
+    assert {run.status for run in SchedulerRun.objects.filter(job=job)} == {RunStatus.DISPATCHED}
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.dispatch_count, stored.remaining_runs, stored.state) == (5, 3, "active")  # backfills don't count
+    assert call(app, "backfill", job.pk, start - timedelta(minutes=2), end) == 2  # only the slots without a run
+    assert SchedulerRun.objects.filter(job=job).count() == 7
+
+
+def test_backfill_sends_only_past_slots_and_a_one_off_its_own(app: SchedulerApp) -> None:
+    job = an_hour_old(app)
+    now = timezone.now()
+    written = app.backfill(job.pk, now - timedelta(minutes=5), now + timedelta(hours=5))
+    assert written in (4, 5) and all(run.scheduled_for <= now for run in SchedulerRun.objects.filter(job=job))
+    moment = now - timedelta(minutes=30)
+    once = app.single(task="system.echo").schedule(OneOffSchedule(run_at=now + timedelta(hours=1)))
+    assert app.backfill(once.pk, moment, now) == 0  # its slot is not in the range
+    SchedulerJob.objects.filter(pk=once.pk).update(trigger_payload={"run_at": moment.isoformat()})
+    assert app.backfill(once.pk, moment - timedelta(minutes=1), now) == 1
+
+
+@pytest.mark.parametrize(("start", "end", "field", "says"), [
+    (timedelta(minutes=-5), timedelta(minutes=-10), "end", "after start"),
+    (timedelta(days=-2), timedelta(0), "end", "More than 1,000 slots"),
+])
+def test_a_bad_range_is_refused_and_writes_nothing(
+    app: SchedulerApp, start: timedelta, end: timedelta, field: str, says: str
+) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_MINUTE)
+    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - timedelta(days=3))
+    now = timezone.now()
+    with pytest.raises(SchedulerValidationError, match=says) as refused:
+        app.backfill(job.pk, now + start, now + end)
+    assert refused.value.field == field and not SchedulerRun.objects.exists()
+    with pytest.raises(SchedulerValidationError, match="timezone-aware"):
+        app.backfill(job.pk, (now - timedelta(hours=1)).replace(tzinfo=None), now)
+
+
+def test_the_admin_action_asks_for_the_range_then_backfills(admin_client: Any) -> None:
+    from django_taskiq_beat import get_scheduler_app
+    from tests.test_admin import JOBS
+
+    job = get_scheduler_app().single(task="demo.heartbeat").schedule(EVERY_MINUTE)  # on the admin's broker
+    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - timedelta(hours=1))
+    page = admin_client.post(JOBS, {"action": "backfill_jobs", "_selected_action": [job.pk]})
+    assert page.status_code == 200 and 'name="start"' in page.content.decode()
+    assert not SchedulerRun.objects.exists()
+    start = timezone.localtime(timezone.now() - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S")
+    end = timezone.localtime(timezone.now() - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
+    response = admin_client.post(JOBS, {
+        "action": "backfill_jobs", "_selected_action": [job.pk], "apply": "Backfill", "start": start, "end": end,
+        "timezone": timezone.get_current_timezone_name(),
+    }, follow=True)
+    assert "Backfilled 1 job." in response.content.decode()
+    assert SchedulerRun.objects.filter(job=job, status=RunStatus.PENDING).count() == 5
+    bad = admin_client.post(JOBS, {
+        "action": "backfill_jobs", "_selected_action": [job.pk], "apply": "Backfill", "start": end, "end": start,
+        "timezone": "UTC",
+    })
+    assert "Must be after start." in bad.content.decode()
