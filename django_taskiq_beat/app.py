@@ -216,6 +216,8 @@ def _job_id(job_id: Any) -> str:
 
 
 def _resume(job: SchedulerJob, now: datetime) -> None:
+    if job.pause_after_failures is not None:  # its failures are counted anew, or the next one would pause it again
+        job.consecutive_failures = 0
     job.unpause()
     if not job.is_finished:
         job.arm(now)

@@ -32,7 +32,15 @@ from django_taskiq_beat.payloads import (
     require_text,
     task_name_of,
 )
-from django_taskiq_beat.models import DECLARED_SOURCES, JobSource, JobStrategy, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import (
+    DECLARED_SOURCES,
+    JobKind,
+    JobSource,
+    JobStrategy,
+    RunStatus,
+    SchedulerJob,
+    SchedulerRun,
+)
 from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
@@ -133,8 +141,9 @@ def _apply_policy(job: SchedulerJob, policy: SchedulePolicy, now: Any) -> None:
     """Put ``policy`` on the job, from its next slot; a changed ``max_runs`` keeps the sends already made.
 
     A limit set on a job that had none counts from now. A limit the sends already reached
-    finishes the job.
+    finishes the job; a periodic job finished by its limit goes on when the limit is raised.
     """
+    ran_out = job.is_finished and job.remaining_runs == 0
     if policy.max_runs != job.max_runs:
         sent = 0 if job.max_runs is None or job.remaining_runs is None else job.max_runs - job.remaining_runs
         job.remaining_runs = None if policy.max_runs is None else max(policy.max_runs - sent, 0)
@@ -143,6 +152,9 @@ def _apply_policy(job: SchedulerJob, policy: SchedulePolicy, now: Any) -> None:
     if job.remaining_runs == 0 and not job.is_finished:
         job.is_enabled, job.next_run_at, job.finished_at = False, None, now
         job.release_claim()
+    elif ran_out and job.remaining_runs != 0 and job.kind == JobKind.PERIODIC:  # a raised limit: it goes on
+        job.finished_at = None
+        job.arm(now)
 
 
 class ScheduleBuilder:

@@ -12,7 +12,7 @@ where it exists, SQLite's single writer otherwise, and the unique key on (job, s
 the last line of defence.
 """
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
@@ -59,6 +59,7 @@ class Dispatch:
     next_slot: datetime | None = None  # the job's next regular slot after this one: no retry goes past it
     labels: dict[str, Any] = field(default_factory=dict)  # the job's taskiq labels
     send_at: datetime | None = None  # later than the slot by the job's jitter; None: at the slot
+    counted: bool = False  # took one of the job's remaining_runs: a failed send gives it back for its retry
 
 
 @dataclass(frozen=True)
@@ -258,13 +259,15 @@ def claim_due(
             for slot in slots:
                 run_id = new_id()
                 late = now - slot
-                if grace is not None and late > timedelta(seconds=grace):
+                manual = slot == job.run_now_at  # a run now is always sent, and does not count against max_runs
+                if grace is not None and late > timedelta(seconds=grace) and not manual:
                     reason = f"missed by {logs.seconds(late.total_seconds())} (misfire grace {logs.seconds(grace)})"
                     runs.append((run_id, job.id, _time(slot), RunStatus.SKIPPED, None, None, None, reason, now_value))
                     skips.append(Skip(run_id, job.id, job.task_name, job.name, slot, reason))
                     skipped += 1
                     continue
-                if slot != job.run_now_at and remaining is not None:  # a run now does not count against max_runs
+                counted = not manual and remaining is not None
+                if counted:
                     if remaining == 0:
                         continue
                     remaining -= 1
@@ -272,7 +275,7 @@ def claim_due(
                 delay = jitter_delay(job.id, slot, jitter)
                 dispatches.append(Dispatch(
                     run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
-                    job.name, next_run_at, job.task_labels, slot + delay if delay else None,
+                    job.name, next_run_at, job.task_labels, slot + delay if delay else None, counted,
                 ))
             if remaining == 0:  # max_runs reached: finished
                 next_run_at = None
@@ -297,7 +300,9 @@ def claim_due(
             " remaining_runs = v.remaining_runs, run_now_at = NULL",
             job_updates,
         )
-    # A slot whose run already existed was dispatched by someone else: never send it twice.
+        # A slot whose run already existed (another engine, a backfill) is not sent here, nor counted.
+        for job_id, count in Counter(d.job_id for d in dispatches if d.counted and d.run_id not in written).items():
+            SchedulerJob.objects.filter(pk=job_id).update(remaining_runs=F("remaining_runs") + count)
     sent = [d for d in dispatches if d.run_id in written]
     return Claim(
         sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written]
@@ -375,7 +380,7 @@ def claim_expired(
     with transaction.atomic():
         expired = (
             SchedulerRun.objects.filter(free, status=RunStatus.PENDING)
-            .order_by("lease_expires_at")
+            .order_by("lease_expires_at", "scheduled_for")  # a backfill's runs, oldest first
             .annotate(
                 task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
                 dispatch_failures=F("job__dispatch_failures"), job_name=F("job__name"), next_run_at=F("job__next_run_at"),
@@ -473,7 +478,7 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
         bulk.update_from_values(
             "scheduler_job",
             (("id", "varchar"), ("claimed_at", "timestamptz"), ("failed", "integer"), ("last_error", "text"),
-             ("retry_at", "timestamptz"), ("now", "timestamptz")),
+             ("retry_at", "timestamptz"), ("now", "timestamptz"), ("refund", "integer")),
             _RETRY,
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
@@ -544,7 +549,9 @@ _RETRY = (
     " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END,"
     f" is_enabled = CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END,"
     f" finished_at = CASE WHEN {_UNCHANGED} THEN NULL ELSE scheduler_job.finished_at END,"
-    f" updated_at = CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END"
+    f" updated_at = CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END,"
+    f" remaining_runs = CASE WHEN {_UNCHANGED} THEN scheduler_job.remaining_runs + v.refund"
+    " ELSE scheduler_job.remaining_runs END"
 )
 
 
@@ -556,7 +563,9 @@ def _retry(
     failed = len(job_outcomes)
     # From the latest failure, as the engine's log line computes it; the cap at the next slot is the SQL's.
     retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
-    return latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now)
+    refund = sum(outcome.dispatch.counted for outcome in job_outcomes)  # their retry is the same scheduled send
+    return (latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now),
+            refund)
 
 
 # Cleanups delete a chunk per call, so that between chunks the engine's database thread is free for its

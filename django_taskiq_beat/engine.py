@@ -140,6 +140,7 @@ class BeatEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop_signal: asyncio.Future[None] | None = None  # done once stop() begins
+        self._delayed: set[asyncio.Task[None]] = set()  # sends waiting out their jitter, apart from the ticks
         self._stopping = False
         self._next_due_at: datetime | None = None
         # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
@@ -198,8 +199,12 @@ class BeatEngine:
         self.wake()
         try:
             await self._runner
+            while self._delayed:  # cut short by the stop signal: sent now, then stored
+                await asyncio.gather(*self._delayed)
+            if self._unrecorded:
+                await self._record_at_stop()
         finally:
-            self._runner = None
+            self._runner = self._stop_signal = None
             if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
                 self._keeper.cancel()
             await self._heartbeat.stop()  # beats until here: others leave what it holds alone
@@ -360,8 +365,9 @@ class BeatEngine:
                         logs.count(len(claim.dispatches), "due slot"), len(claim.failures), claim.conflicts,
                         extra={"job_count": len(claim.dispatches), "conflict_count": claim.conflicts},
                     )
-                if claim.dispatches:
-                    in_flight.add(asyncio.create_task(self._send_and_record(claim.dispatches)))
+                ready = self._send_jittered_later(claim.dispatches)
+                if ready:
+                    in_flight.add(asyncio.create_task(self._send_and_record(ready)))
                 if claim.row_count < self.config.dispatch_batch_size:
                     break
                 if len(in_flight) >= _MAX_BATCHES_IN_FLIGHT:
@@ -381,6 +387,33 @@ class BeatEngine:
             self._counters.failed_dispatch_count += 1
             logger.error("Job %s cannot be sent: %s; %s.", _job(outcome.dispatch), logs.one_line(outcome.error or ""),
                          self._retry_text(outcome), extra=_job_extra(outcome.dispatch))
+
+    def _send_jittered_later(self, dispatches: list[claims.Dispatch]) -> list[claims.Dispatch]:
+        """Start the sends that wait out a jitter on their own, so they hold up no tick; returns the others.
+
+        Their runs are held (leases renewed) like any claimed run; a stop sends them at once.
+        Outside ``start()`` (``run_once``) everything is sent within the call.
+        """
+        if self._stop_signal is None:
+            return dispatches
+        ready: list[claims.Dispatch] = []
+        later: list[claims.Dispatch] = []
+        for dispatch in dispatches:  # a delay within the claim-ahead time is waited out as a claimed-ahead slot is
+            waits = dispatch.send_at is not None and dispatch.send_at > dispatch.scheduled_for + self._ahead
+            (later if waits else ready).append(dispatch)
+        if later:
+            task = asyncio.create_task(self._send_later(later))
+            self._delayed.add(task)
+            task.add_done_callback(self._delayed.discard)
+        return ready
+
+    async def _send_later(self, dispatches: list[claims.Dispatch]) -> None:
+        try:
+            await self._send_and_record(dispatches)
+        except Exception as exc:  # their outcomes wait in _unrecorded: the next tick stores them, or says why not
+            logger.warning("Storing the outcomes of %s sent after their jitter failed: %s; trying again at the next"
+                           " tick.", logs.count(len(dispatches), "run"), logs.error_text(exc),
+                           exc_info=logs.traceback_at_debug(logger, exc))
 
     async def _wait_out_jitter(self, send_at: datetime) -> None:
         """Wait until the jittered send time; a stop cuts it short, so SIGTERM never waits out a jitter."""

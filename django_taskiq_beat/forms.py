@@ -211,7 +211,9 @@ class SchedulerJobForm(forms.ModelForm):
                 jitter_seconds=data.get("jitter_seconds") or 0, max_runs=data.get("max_runs"),
                 pause_after_failures=data.get("pause_after_failures"),
             )
-            self.task_call.validate(self.trigger, self._job_id(data), data.get("name"), data.get("description"))
+            self.task_call.validate(
+                self.trigger, self._job_id(data), data.get("name"), data.get("description"), policy=self.policy
+            )
         except SchedulerValidationError as error:
             self.add_error(_ERROR_FIELDS.get(error.field.split("[")[0]), f"{error.problem} ({error.field}={short_repr(error.value)})")
             return data

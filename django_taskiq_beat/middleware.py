@@ -156,12 +156,12 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
 
 
 def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
-    """The job's ``pause_after_failures``: at that many failed runs in a row (and each as many more), pause it."""
+    """The job's ``pause_after_failures``: once that many runs in a row failed, pause it (``resume`` counts anew)."""
     from django_taskiq_beat.models import SchedulerJob
 
     jobs = SchedulerJob.objects.filter(pk=job_id, is_enabled=True, pause_after_failures__isnull=False)
     row = jobs.values_list("consecutive_failures", "pause_after_failures", "name", "task_name").first()
-    if row is None or row[0] % row[1]:
+    if row is None or row[0] < row[1]:
         return
     failures, _, name, task_name = row
     note = f"Paused after {failures} failed runs in a row; the last: {logs.one_line(error or 'no error text')[:500]}"

@@ -33,8 +33,7 @@ class SchedulePolicy:
     - ``max_runs``: the job finishes after that many scheduled sends (a "run now" does not
       count); the job's ``remaining_runs`` says how many are left.
     - ``pause_after_failures``: after that many runs in a row that the worker reported failed,
-      the job is paused with a note naming the last error (again after as many more, once
-      resumed). It reads the worker's outcomes: the broker needs ``RunOutcomeMiddleware``.
+      the job is paused with a note naming the last error (``resume`` counts them anew). It reads the worker's outcomes: the broker needs ``RunOutcomeMiddleware``.
     """
 
     misfire_grace_seconds: float | None = None

@@ -286,14 +286,14 @@ def test_pause_after_failures_pauses_the_job_with_a_note_naming_the_last_error(a
     assert (job.state, job.is_enabled, job.next_run_at, job.consecutive_failures) == ("paused", False, None, 2)
     assert job.pause_note == "Paused after 2 failed runs in a row; the last: ValueError: the task broke"
     assert job.paused_at is not None
-    app.resume(job.id)  # counted again from here: paused once more after two more failures
+    app.resume(job.id)  # counted anew from here: paused once more after two more failures
     job.refresh_from_db()
-    assert (job.pause_note, job.paused_at, job.state) == (None, None, "failing")
+    assert (job.pause_note, job.paused_at, job.state, job.consecutive_failures) == (None, None, "active", 0)
     send_through_engine(app, job)
     assert SchedulerJob.objects.get(pk=job.pk).is_enabled
     send_through_engine(app, job)
     job.refresh_from_db()
-    assert (job.state, job.consecutive_failures) == ("paused", 4)
+    assert (job.state, job.consecutive_failures) == ("paused", 2)
 
 
 def test_a_success_between_failures_restarts_the_count(app: SchedulerApp, switch: Switch) -> None:

@@ -298,3 +298,94 @@ def test_changing_max_runs_keeps_the_sends_already_made(app: SchedulerApp) -> No
     assert (job.remaining_runs, job.state) == (0, "finished")
     job = app.single(task="system.echo").upsert(EVERY_10_S, "limited", policy=SchedulePolicy())
     assert job.remaining_runs is None
+
+
+# -- found by review: each failed before its fix ---------------------------------------------------------------
+
+
+def test_a_run_now_is_sent_whatever_the_misfire_grace(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(misfire_grace_seconds=0))
+    app.run_now(job.pk)
+    result = claim(datetime.now(UTC) + timedelta(milliseconds=50))
+    assert len(result.dispatches) == 1 and result.skips == []
+
+
+def test_a_failed_send_gives_its_run_back_so_the_retry_is_sent(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(max_runs=1))
+    now = job.created_at.replace(microsecond=0) + timedelta(seconds=10.5)
+    (dispatch,) = claim(now).dispatches
+    claims.record([claims.Outcome(dispatch, now, now, "ConnectionError: broker down")], now, True, RETRY)
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.remaining_runs, stored.is_enabled) == (1, True)
+    (retry,) = claim(stored.next_run_at + timedelta(milliseconds=1)).dispatches
+    claims.record([claims.Outcome(retry, now, now, None)], now, True, RETRY)
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.remaining_runs, stored.dispatch_count, stored.state) == (0, 1, "finished")
+
+
+def test_raising_max_runs_on_a_job_it_finished_lets_it_go_on(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, job_id="lim", policy=SchedulePolicy(max_runs=1))
+    claim(job.created_at.replace(microsecond=0) + timedelta(seconds=10.5))
+    assert SchedulerJob.objects.get(pk="lim").state == "finished"
+    job = app.single(task="system.echo").upsert(EVERY_10_S, "lim", policy=SchedulePolicy(max_runs=3))
+    assert (job.remaining_runs, job.state) == (2, "active") and job.next_run_at is not None
+
+
+def test_the_admin_form_names_a_missing_outcome_middleware(admin_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_admin import ADD, errors_of, form_data
+
+    monkeypatch.setattr("django_taskiq_beat.builders.reports_outcomes", lambda broker: False)
+    response = admin_client.post(ADD, form_data(job_id="p", pause_after_failures="3"))
+    assert response.status_code == 200 and "RunOutcomeMiddleware" in " ".join(errors_of(response)["pause_after_failures"])
+
+
+def test_a_limit_set_while_the_job_already_fails_pauses_it_at_the_next_failure(app: SchedulerApp) -> None:
+    from taskiq import InMemoryBroker
+
+    from django_taskiq_beat import SchedulerConfig
+    from django_taskiq_beat.middleware import RunOutcomeMiddleware, _pause_if_failing
+
+    broker = InMemoryBroker().with_middlewares(RunOutcomeMiddleware())
+    broker.register_task(lambda: None, task_name="r.task")
+    outcomes_app = SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC"))
+    outcomes_app.single(task="r.task").schedule(EVERY_10_S, job_id="f")
+    SchedulerJob.objects.filter(pk="f").update(consecutive_failures=4, last_outcome="failed")
+    outcomes_app.single(task="r.task").upsert(EVERY_10_S, "f", policy=SchedulePolicy(pause_after_failures=3))
+    SchedulerJob.objects.filter(pk="f").update(consecutive_failures=5)  # what the worker writes first
+    _pause_if_failing("f", datetime.now(UTC), "ValueError: again")
+    assert SchedulerJob.objects.get(pk="f").state == "paused"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_waiting_out_its_jitter_holds_up_no_other_job(app: SchedulerApp) -> None:
+    from asgiref.sync import async_to_sync
+
+    while True:  # a job whose first slot waits at least a minute (all but about 2 % do)
+        job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(jitter_seconds=3600))
+        slot = job.next_run_at
+        if jitter_delay(job.pk, slot, 3600) >= timedelta(minutes=1):
+            break
+        app.delete(job.pk)
+
+    async def scenario() -> tuple[int, float]:
+        import asyncio
+        import time
+
+        await app.start()
+        try:
+            await asyncio.sleep((slot - datetime.now(UTC)).total_seconds() + 0.5)  # the jittered slot is claimed
+            other = await app.single(task="system.other").aschedule(OneOffSchedule(run_at=datetime.now(UTC)))
+            for _ in range(50):
+                if await SchedulerRun.objects.filter(job_id=other.pk, status=RunStatus.DISPATCHED).aexists():
+                    break
+                await asyncio.sleep(0.1)
+            sent_other = await SchedulerRun.objects.filter(job_id=other.pk, status=RunStatus.DISPATCHED).acount()
+        finally:
+            started = time.monotonic()
+            await app.stop()  # cuts the jitter short: the waiting send goes now
+        return sent_other, time.monotonic() - started
+
+    sent_other, stop_seconds = async_to_sync(scenario)()
+    assert sent_other == 1, "another job waited behind a jitter"
+    assert stop_seconds < 5
+    assert SchedulerRun.objects.filter(job=job, scheduled_for=slot, status=RunStatus.DISPATCHED).exists()
