@@ -95,10 +95,11 @@ def declared_id_prefix(job_id: str) -> str | None:
 
 def _refuse_declared_id(job_id: str | None, source: str) -> None:
     """Ids named after a declared source belong to the sync: code and admin cannot take or change them."""
-    if job_id is not None and source not in DECLARED_SOURCES and declared_id_prefix(job_id):
+    prefix = None if job_id is None or source in DECLARED_SOURCES else declared_id_prefix(job_id)
+    if prefix:
         raise SchedulerValidationError(
             "job_id", job_id,
-            f"Ids starting with '{declared_id_prefix(job_id)}:' are kept for jobs declared in code; choose another id,"
+            f"Ids starting with '{prefix}:' are kept for jobs declared in code; choose another id,"
             " or change the declaration.",
         )
 

@@ -9,6 +9,7 @@ from typing import Any
 from django.utils import timezone
 
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
+from django_taskiq_beat.declarations import settings_origin
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
@@ -55,7 +56,7 @@ def declaration_text(job: SchedulerJob) -> str:
     if origin:
         return str(origin)
     where = {
-        JobSource.SETTINGS: f"TASKIQ_BEAT['SCHEDULE'][{job.id.partition(':')[2]!r}]",
+        JobSource.SETTINGS: settings_origin(job.id.partition(":")[2]),
         JobSource.TASKIQ: f"a schedule label of task {job.task_name!r}",
         JobSource.TASKIQ_DJANGO: f"taskiq-django's schedule {job.id.partition(':')[2]!r}",
     }.get(job.source, "")

@@ -199,10 +199,6 @@ class BeatEngine:
         self.wake()
         try:
             await self._runner
-            while self._delayed:  # cut short by the stop signal: sent now, then stored
-                await asyncio.gather(*self._delayed)
-            if self._unrecorded:
-                await self._record_at_stop()
         finally:
             self._runner = self._stop_signal = None
             if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
@@ -269,6 +265,8 @@ class BeatEngine:
                 ticks.failed(exc, timeout)
                 await self._reset_connection()
             await self._sleep(timeout)
+        while self._delayed:  # sends waiting out a jitter, cut short by the stop signal: sent now, stored below
+            await asyncio.gather(*self._delayed)
         await self._record_at_stop()
         await self._reset_connection()
 

@@ -12,7 +12,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
-from django_taskiq_beat.checks import declared_schedules_left_to_the_sync
+from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.models import SchedulerJob
@@ -29,13 +29,8 @@ DEFAULT_METRICS_HOST = "0.0.0.0"
 logger = logging.getLogger("django_taskiq_beat.engine")
 
 
-class Command(BaseCommand):
+class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
     help = "Run the taskiq beat engine: send due scheduler jobs to the broker until SIGINT/SIGTERM."
-
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        """System checks without the declared schedules: a bad entry costs its job, not this command."""
-        with declared_schedules_left_to_the_sync():
-            super().check(*args, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--broker", help="The broker as 'package.module:broker' (default: TASKIQ_BEAT['BROKER']).")

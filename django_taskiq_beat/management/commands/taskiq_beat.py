@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_taskiq_beat import cli
 from django_taskiq_beat.app import get_scheduler_app
-from django_taskiq_beat.checks import declared_schedules_left_to_the_sync
+from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
 from django_taskiq_beat.models import JobState
 
 
@@ -29,13 +29,8 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-class Command(BaseCommand):
+class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
     help = "Look after the scheduler: status, health, list, show, pause, resume, run-now, delete, purge-runs, sync."
-
-    def check(self, *args: Any, **kwargs: Any) -> None:
-        """System checks without the declared schedules: a bad entry costs its job, not this command."""
-        with declared_schedules_left_to_the_sync():
-            super().check(*args, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
