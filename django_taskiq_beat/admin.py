@@ -28,6 +28,7 @@ from django.utils.safestring import mark_safe
 
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
+from django_taskiq_beat.claims import WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm
 from django_taskiq_beat.health import live_engines
@@ -58,6 +59,7 @@ _RUN_COLOURS = {
     RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e",
     RunStatus.SKIPPED: "#f9a825",
 }
+_WAITING_COLOUR = "#78909c"  # a pending run held for the previous one (overlap="buffer_one")
 _OUTCOME_COLOURS = {
     RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
     RunOutcome.SUCCEEDED: "#2e7d32", RunOutcome.FAILED: "#c62828",
@@ -154,7 +156,7 @@ class KindFilter(admin.SimpleListFilter):
 @admin.register(SchedulerJob)
 class SchedulerJobAdmin(SafeListAdmin):
     list_display = (
-        "display_name", "task_name", "schedule", "state_badge", "next_run", "last_run", "recent_runs_strip",
+        "display_name", "task_name", "schedule_and_policy", "state_badge", "next_run", "last_run", "recent_runs_strip",
         "dispatch_count",
     )
     list_filter = (StateFilter, KindFilter, "source", "strategy", "task_name")
@@ -195,7 +197,7 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerJob]:
         recent = SchedulerRun.objects.order_by("-scheduled_for").only(
-            "id", "job_id", "status", "outcome", "scheduled_for", "dispatched_at", "error"
+            "id", "job_id", "status", "outcome", "scheduled_for", "dispatched_at", "error", "reason", "claimed_by"
         )[:RECENT_RUNS]
         return super().get_queryset(request).prefetch_related(Prefetch("runs", queryset=recent, to_attr="recent_runs"))
 
@@ -210,7 +212,7 @@ class SchedulerJobAdmin(SafeListAdmin):
             ("start_at", "end_at"),
         )}),
         ("Policy", {"fields": (
-            "misfire_grace_seconds", "catch_up", "jitter_seconds", "max_runs", "pause_after_failures",
+            "overlap", "misfire_grace_seconds", "catch_up", "jitter_seconds", "max_runs", "pause_after_failures",
         )}),
     )
     status_fieldsets = (
@@ -298,7 +300,7 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     @admin.display(description="policy")
     def policy(self, job: SchedulerJob) -> str:
-        return SchedulePolicy.of(job).describe(job.remaining_runs) or "send every slot, however late"
+        return _policy_words(job) or "send every slot, however late"
 
     @admin.display(description="declared in")
     def declared_in(self, job: SchedulerJob) -> str:
@@ -307,6 +309,14 @@ class SchedulerJobAdmin(SafeListAdmin):
     @admin.display(description="schedule")
     def schedule(self, job: SchedulerJob) -> str:
         return describe_schedule(job)
+
+    @admin.display(description="schedule")
+    def schedule_and_policy(self, job: SchedulerJob) -> str:
+        """The schedule, and under it the policy in words when the job has one."""
+        policy = _policy_words(job)
+        if not policy:
+            return describe_schedule(job)
+        return format_html("{}<br><small>{}</small>", describe_schedule(job), policy)
 
     @admin.display(description="state")
     def state_badge(self, job: SchedulerJob) -> str:
@@ -334,9 +344,10 @@ class SchedulerJobAdmin(SafeListAdmin):
     @admin.display(description=f"last {RECENT_RUNS} runs")
     def recent_runs_strip(self, job: SchedulerJob) -> str:
         cells = format_html_join(
-            "", '<span title="{} {}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
+            "", '<span title="{} {}{}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
                 '</span>',
-            ((_run_colour_and_label(run)[1], local_time(run.scheduled_for), _run_colour_and_label(run)[0])
+            ((_run_colour_and_label(run)[1], local_time(run.scheduled_for), f": {run.reason}" if run.reason else "",
+              _run_colour_and_label(run)[0])
              for run in reversed(_recent(job))),
         )
         return format_html('<span style="white-space: nowrap">{}</span>', cells)
@@ -368,8 +379,7 @@ class SchedulerJobAdmin(SafeListAdmin):
             return "No runs yet."
         rows = format_html_join(
             "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for),
-              _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display(),
+            ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for), *_status_colour_and_label(run),
               local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or run.reason or "")
              for run in runs),
         )
@@ -465,7 +475,22 @@ def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
     """The worker's outcome when it reported one, else the dispatch status."""
     if run.status == RunStatus.DISPATCHED and run.outcome:
         return _OUTCOME_COLOURS.get(run.outcome, _UNKNOWN_COLOUR), run.get_outcome_display()
+    return _status_colour_and_label(run)
+
+
+def _status_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
+    """The dispatch status; ``waiting`` for a pending run held until the previous one finishes."""
+    if run.status == RunStatus.PENDING and run.claimed_by == WAITING_CLAIMANT:
+        return _WAITING_COLOUR, "waiting"
     return _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
+
+
+def _policy_words(job: SchedulerJob) -> str:
+    """The job's policy in words (empty: the default); a stored value the policy refuses is named, not a 500."""
+    try:
+        return SchedulePolicy.of(job).describe(job.remaining_runs)
+    except SchedulerValidationError as error:
+        return f"unreadable policy: {error.field}={error.value!r:.80}"
 
 
 def _recent(job: SchedulerJob) -> list[SchedulerRun]:
@@ -513,9 +538,7 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: SchedulerRun) -> str:
-        return format_html(
-            '<strong style="color: {}">{}</strong>', _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
-        )
+        return format_html('<strong style="color: {}">{}</strong>', *_status_colour_and_label(run))
 
     @admin.display(description="lag")
     def lag(self, run: SchedulerRun) -> str:

@@ -170,6 +170,20 @@ class ScheduleBuilder:
 
     # -- validation --------------------------------------------------------------
 
+    def _require_outcomes(self, policy: SchedulePolicy) -> None:
+        """A policy that reads the worker's outcomes needs them reported, and kept in the run history."""
+        readers = " and ".join(policy.outcome_readers)
+        if not reports_outcomes(self.app.broker):
+            raise SchedulerValidationError(
+                "policy", policy, f"{readers} read the worker's outcomes: add RunOutcomeMiddleware to the broker"
+                " (broker.with_middlewares(RunOutcomeMiddleware())).",
+            )
+        if not self.app.config.record_runs:
+            raise SchedulerValidationError(
+                "policy", policy, f"{readers} read the worker's outcomes from the run history, which RECORD_RUNS=False"
+                " does not keep.",
+            )
+
     def _validated(
         self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any, source: JobSource,
         policy: Any = None,
@@ -184,11 +198,8 @@ class ScheduleBuilder:
         _refuse_declared_id(identity.job_id, source)
         if policy is not None and not isinstance(policy, SchedulePolicy):
             raise SchedulerValidationError("policy", policy, "Expected a SchedulePolicy (or None for the default).")
-        if policy is not None and policy.reads_outcomes and not reports_outcomes(self.app.broker):
-            raise SchedulerValidationError(
-                "policy", policy, "pause_after_failures reads the worker's outcomes: add RunOutcomeMiddleware to the"
-                " broker (broker.with_middlewares(RunOutcomeMiddleware())).",
-            )
+        if policy is not None and policy.outcome_readers:
+            self._require_outcomes(policy)
         if is_enabled is not UNSET and not isinstance(is_enabled, bool):
             raise SchedulerValidationError("is_enabled", is_enabled, "Must be True or False.")
         call = self.task_call()

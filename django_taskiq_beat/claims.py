@@ -19,14 +19,16 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import F, Q, QuerySet, TextField
+from django.db.models import Exists, F, OuterRef, Q, QuerySet, TextField
 from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.logs import describe_error
+from django_taskiq_beat.conf import SchedulerConfig
 from django_taskiq_beat.models import (
     MAX_COUNT,
     JobKind,
+    RunOutcome,
     RunStatus,
     SchedulerEngine,
     SchedulerJob,
@@ -34,13 +36,22 @@ from django_taskiq_beat.models import (
     read_or,
     new_id,
 )
-from django_taskiq_beat.policies import CATCH_UP_ALL, MAX_CATCH_UP_SLOTS, jitter_delay
+from django_taskiq_beat.policies import (
+    CATCH_UP_ALL,
+    MAX_CATCH_UP_SLOTS,
+    OVERLAP_ALLOW,
+    OVERLAP_BUFFER_ONE,
+    jitter_delay,
+)
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
 _MAX_SLOTS_WALKED = 10_000
 BACKFILL_CLAIMANT = "backfill"
 """``claimed_by`` of a run a backfill wrote: its lease has expired already, so the next engine sends it."""
+WAITING_CLAIMANT = "waiting"
+"""``claimed_by`` of a slot its job's ``overlap="buffer_one"`` holds (no lease): sent once the previous run finishes."""
+_STALE_RUN = timedelta(seconds=SchedulerConfig.stale_run_seconds)
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,8 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
-class Skip:
-    """A slot the job's policy did not send: recorded as a ``skipped`` run."""
+class Unsent:
+    """A slot the job's policy did not send at its claim: a ``skipped`` run, or a run held for the previous one."""
 
     run_id: str
     job_id: str
@@ -90,8 +101,10 @@ class Claim:
     row_count: int  # rows taken, including those that failed before sending
     failures: list[Outcome]  # rows that failed before sending (recorded, retry scheduled), never sent
     conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
-    skips: list[Skip] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
+    skips: list[Unsent] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
+    held: list[Unsent] = field(default_factory=list)  # slots waiting for their job's previous run (``buffer_one``)
     backfills: int = 0  # of ``dispatches`` (claim_expired): runs a backfill wrote, not runs of a dead engine
+    released: int = 0  # of ``dispatches`` (claim_expired): held slots whose previous run has finished
 
 
 @dataclass(frozen=True)
@@ -185,7 +198,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 _DUE_TYPES = {
     "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
-    "dispatch_failures": int, "task_labels": dict, "catch_up": str,
+    "dispatch_failures": int, "task_labels": dict, "catch_up": str, "overlap": str,
 }
 
 
@@ -205,6 +218,7 @@ class _DueJob:
     dispatch_failures: int
     name: str | None
     task_labels: dict[str, Any]
+    overlap: str
     misfire_grace_seconds: float | None
     catch_up: str
     jitter_seconds: float
@@ -215,15 +229,63 @@ class _DueJob:
 _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
 
 
+_FINAL_OUTCOMES = (RunOutcome.SUCCEEDED, RunOutcome.FAILED)
+_STATES = {RunOutcome.UNKNOWN: "sent, not started", RunOutcome.RUNNING: "running", RunOutcome.RETRYING: "being retried"}
+
+
+def unfinished_runs(now: datetime, stale: timedelta) -> Q:
+    """Runs that hold an ``overlap`` job's next slot: not sent yet (``pending``, a held slot included),
+    or sent with no final outcome from the worker less than ``stale`` ago."""
+    going = Q(status=RunStatus.DISPATCHED, finished_at__gt=now - stale) & ~Q(outcome__in=_FINAL_OUTCOMES)
+    return Q(status=RunStatus.PENDING) | going
+
+
+@dataclass
+class _Overlap:
+    """An ``overlap`` job's unfinished runs as its claim goes through its slots: the latest going, the slot held."""
+
+    going: tuple[datetime, str] | None = None  # its slot, and its state in words
+    held: datetime | None = None
+
+    def add(self, slot: datetime, status: str, outcome: str, claimed_by: str | None) -> None:
+        if claimed_by == WAITING_CLAIMANT:
+            self.held = slot
+        elif self.going is None or slot > self.going[0]:
+            self.going = (slot, "not sent yet" if status == RunStatus.PENDING else _STATES.get(outcome, outcome))
+
+    @property
+    def busy(self) -> bool:
+        return self.going is not None or self.held is not None
+
+    def previous(self) -> str:
+        """``the previous run (14:03:05 UTC, running)``."""
+        slot, state = self.going if self.going is not None else (self.held, "held, not sent yet")
+        assert slot is not None
+        return f"the previous run ({logs.when(slot)}, {state})"
+
+
+def _overlaps(jobs: list["_DueJob"], now: datetime, stale: timedelta) -> dict[str, _Overlap]:
+    """The unfinished runs of the jobs whose ``overlap`` is not "allow", in one query (none if no such job)."""
+    overlap = {job.id: _Overlap() for job in jobs if job.overlap != OVERLAP_ALLOW}
+    if overlap:
+        runs = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id__in=list(overlap))
+        fields = ("job_id", "scheduled_for", "status", "outcome", "claimed_by")
+        for job_id, slot, status, outcome, claimed_by in _read(runs, fields, len(overlap) * MAX_CATCH_UP_SLOTS + 1000):
+            if isinstance(slot, datetime):  # a slot written unreadable behind the API's back holds nothing
+                overlap[job_id].add(slot, status, outcome, claimed_by)
+    return overlap
+
+
 def claim_due(
     scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
-    ahead: timedelta = timedelta(0),
+    ahead: timedelta = timedelta(0), stale: timedelta = _STALE_RUN,
 ) -> Claim:
     """Claim up to ``limit`` jobs with a slot due by ``now + ahead``: advance each job and write its runs.
 
     The job's policy decides which of its due slots are handled (the latest missed one, or each
-    one up to ``MAX_CATCH_UP_SLOTS``) and whether each is sent (a pending run) or was found too
-    late (a ``skipped`` run). A row that cannot be sent (a corrupt trigger, a stored value
+    one up to ``MAX_CATCH_UP_SLOTS``) and whether each is sent (a pending run), was found too
+    late or while the previous run went on (a ``skipped`` run), or waits for that run (a pending
+    run without a lease, held by ``WAITING_CLAIMANT``). A row that cannot be sent (a corrupt trigger, a stored value
     unreadable or of the wrong type) gets a failed run and a retry with backoff instead; the rest
     of the batch goes on.
     """
@@ -233,7 +295,9 @@ def claim_due(
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
-        runs, job_updates, dispatches, failures, skips = [], [], [], [], []
+        overlaps = _overlaps(jobs, now, stale)
+        runs, job_updates, dispatches, failures, skips, held = [], [], [], [], [], []
+        counted_runs: dict[str, str] = {}  # run -> job, for runs that took one of their job's remaining_runs
         for job in jobs:
             try:
                 _require_types(locked, job.id, vars(job), _DUE_TYPES)
@@ -256,27 +320,36 @@ def claim_due(
             grace = _or(job.misfire_grace_seconds, float | int, None)
             jitter = _or(job.jitter_seconds, float | int, 0)
             remaining = _or(job.remaining_runs, int, None)
+            overlap = overlaps.get(job.id)
             for slot in slots:
                 run_id = new_id()
-                late = now - slot
                 manual = slot == job.run_now_at  # a run now is always sent, and does not count against max_runs
-                if grace is not None and late > timedelta(seconds=grace) and not manual:
-                    reason = f"missed by {logs.seconds(late.total_seconds())} (misfire grace {logs.seconds(grace)})"
+                reason = None if manual else _skip_reason(now - slot, grace, job.overlap, overlap)
+                if reason is not None:
                     runs.append((run_id, job.id, _time(slot), RunStatus.SKIPPED, None, None, None, reason, now_value))
-                    skips.append(Skip(run_id, job.id, job.task_name, job.name, slot, reason))
+                    skips.append(Unsent(run_id, job.id, job.task_name, job.name, slot, reason))
                     skipped += 1
                     continue
-                counted = not manual and remaining is not None
-                if counted:
+                if not manual and remaining is not None:
                     if remaining == 0:
                         continue
                     remaining -= 1
+                    counted_runs[run_id] = job.id
+                if overlap is not None and overlap.busy and not manual:  # buffer_one: the first slot waits
+                    reason = f"held until {overlap.previous()} finishes"
+                    runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, WAITING_CLAIMANT, None, None, reason,
+                                 None))
+                    held.append(Unsent(run_id, job.id, job.task_name, job.name, slot, reason))
+                    overlap.held = slot
+                    continue
                 runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, scheduler_id, lease_value, None, None, None))
                 delay = jitter_delay(job.id, slot, jitter)
                 dispatches.append(Dispatch(
                     run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
-                    job.name, next_run_at, job.task_labels, slot + delay if delay else None, counted,
+                    job.name, next_run_at, job.task_labels, slot + delay if delay else None, run_id in counted_runs,
                 ))
+                if overlap is not None:
+                    overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
             if remaining == 0:  # max_runs reached: finished
                 next_run_at = None
             job_updates.append((
@@ -301,12 +374,26 @@ def claim_due(
             job_updates,
         )
         # A slot whose run already existed (another engine, a backfill) is not sent here, nor counted.
-        for job_id, count in Counter(d.job_id for d in dispatches if d.counted and d.run_id not in written).items():
+        for job_id, count in Counter(job_id for run_id, job_id in counted_runs.items() if run_id not in written).items():
             SchedulerJob.objects.filter(pk=job_id).update(remaining_runs=F("remaining_runs") + count)
     sent = [d for d in dispatches if d.run_id in written]
     return Claim(
-        sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written]
+        sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written],
+        [slot for slot in held if slot.run_id in written],
     )
+
+
+def _skip_reason(late: timedelta, grace: float | None, policy: str, overlap: _Overlap | None) -> str | None:
+    """Why a scheduled slot is not sent (found too late, or due while the previous run goes on); None: it goes."""
+    if grace is not None and late > timedelta(seconds=grace):
+        return f"missed by {logs.seconds(late.total_seconds())} (misfire grace {logs.seconds(grace)})"
+    if overlap is None or not overlap.busy:
+        return None
+    if policy != OVERLAP_BUFFER_ONE:
+        return f"overlap: {overlap.previous()} had not finished"
+    if overlap.held is not None:
+        return f"overlap: the slot of {logs.when(overlap.held)} already waits for the previous run"
+    return None
 
 
 def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None]:
@@ -355,6 +442,7 @@ class _ExpiredRun:
     job_name: str | None
     next_run_at: datetime | None  # the job's next regular slot: a failed send's retry never goes past it
     task_labels: dict[str, Any]
+    jitter_seconds: float
     claimed_by: str | None
 
 
@@ -363,17 +451,19 @@ _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
 
 def claim_expired(
     scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
-    engines_dead_after: timedelta | None = None,
+    engines_dead_after: timedelta | None = None, stale: timedelta = _STALE_RUN,
 ) -> Claim:
-    """Take over pending runs whose engine died so they are sent again.
+    """Take over pending runs whose engine died so they are sent again, and held slots now free to go.
 
     A run is free once its lease has expired, or, given ``engines_dead_after``, once the engine
     that claimed it has stopped or has not beaten for that long (the database's clock). A run
     claimed by a process with no engine row (an immediate dispatch from a web process) waits
-    for its lease. A run that cannot be sent (its job's stored arguments unreadable or of the
+    for its lease. A slot held by ``overlap="buffer_one"`` is free once its job has no other
+    unfinished run, unless the job is paused. A run keeps its jitter: one claimed early goes at
+    its time. A run that cannot be sent (its job's stored arguments unreadable or of the
     wrong type) is recorded failed, with a retry as for a failed send, instead of failing the tick.
     """
-    free = Q(lease_expires_at__lt=now)
+    free = Q(lease_expires_at__lt=now) | _released(now, stale)
     if engines_dead_after is not None:
         gone = SchedulerEngine.objects.gone(Now(), engines_dead_after).exclude(pk=scheduler_id)
         free |= Q(claimed_by__in=gone.values("pk"))
@@ -384,7 +474,7 @@ def claim_expired(
             .annotate(
                 task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
                 dispatch_failures=F("job__dispatch_failures"), job_name=F("job__name"), next_run_at=F("job__next_run_at"),
-                task_labels=F("job__task_labels"),
+                task_labels=F("job__task_labels"), jitter_seconds=F("job__jitter_seconds"),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -403,9 +493,10 @@ def claim_expired(
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
+            send_at = run.scheduled_for + jitter_delay(run.job_id, run.scheduled_for, _or(run.jitter_seconds, float | int, 0))
             dispatches.append(Dispatch(
                 run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
-                run.dispatch_failures, run.job_name, next_slot, run.task_labels,
+                run.dispatch_failures, run.job_name, next_slot, run.task_labels, send_at if send_at > now else None,
             ))
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
@@ -413,8 +504,21 @@ def claim_expired(
             )
         if unsendable:
             record(unsendable, now, True, retry)
-    backfills = {run.id for run in runs if run.claimed_by == BACKFILL_CLAIMANT}
-    return Claim(dispatches, len(runs), unsendable, backfills=sum(1 for d in dispatches if d.run_id in backfills))
+    claimants = {run.id: run.claimed_by for run in runs}
+    return Claim(
+        dispatches, len(runs), unsendable,
+        backfills=sum(1 for d in dispatches if claimants[d.run_id] == BACKFILL_CLAIMANT),
+        released=sum(1 for d in dispatches if claimants[d.run_id] == WAITING_CLAIMANT),
+    )
+
+
+def _released(now: datetime, stale: timedelta) -> Q:
+    """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones."""
+    others = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id=OuterRef("job_id")).exclude(
+        claimed_by=WAITING_CLAIMANT
+    )
+    not_paused = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
+    return Q(claimed_by=WAITING_CLAIMANT) & not_paused & ~Exists(others)
 
 
 def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:

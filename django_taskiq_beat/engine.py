@@ -63,7 +63,7 @@ class SchedulerHealthSnapshot:
     failed_dispatch_count: int
     recovered_run_count: int
     claim_conflict_count: int
-    skipped_slot_count: int  # slots its claims found too late for their job's misfire grace (skipped runs)
+    skipped_slot_count: int  # slots its claims did not send by their job's policy (skipped runs)
     cleaned_run_count: int
     cleaned_job_count: int
     failed_tick_count: int
@@ -135,6 +135,7 @@ class BeatEngine:
         self._lease = timedelta(seconds=config.claim_ttl_seconds)
         self._renew_seconds = config.claim_ttl_seconds / 10
         self._ahead = timedelta(seconds=config.claim_ahead_seconds)
+        self._stale = timedelta(seconds=config.stale_run_seconds)
         self._counters = _Counters()
         self._runner: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -318,10 +319,10 @@ class BeatEngine:
         sent = 0
         orphans = await _orm(
             claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-            self._lease, self._retry, self._heartbeat.dead_after(),
+            self._lease, self._retry, self._heartbeat.dead_after(), self._stale,
         )
         self._report_failures(orphans)
-        recovered = len(orphans.dispatches) - orphans.backfills
+        recovered = len(orphans.dispatches) - orphans.backfills - orphans.released
         if recovered:
             self._counters.recovered_run_count += recovered
             logger.warning(
@@ -331,8 +332,12 @@ class BeatEngine:
         if orphans.backfills:
             logger.info("Sending backfilled runs: %s.", logs.count(orphans.backfills, "run"),
                         extra={"run_count": orphans.backfills})
-        if orphans.dispatches:
-            sent += await self._send_and_record(orphans.dispatches)
+        if orphans.released:
+            logger.info("Sending held slots whose previous run has finished: %s.", logs.count(orphans.released, "run"),
+                        extra={"run_count": orphans.released})
+        ready = self._send_jittered_later(orphans.dispatches)
+        if ready:
+            sent += await self._send_and_record(ready)
         sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
@@ -352,10 +357,10 @@ class BeatEngine:
             while not self._stopping and not self._unrecorded:
                 claim = await _orm(
                     claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-                    self._lease, self._retry, self._ahead,
+                    self._lease, self._retry, self._ahead, self._stale,
                 )
                 self._report_failures(claim)
-                self._report_skips(claim)
+                self._report_unsent(claim)
                 self._counters.claim_conflict_count += claim.conflicts
                 if claim.row_count:
                     logger.debug(
@@ -423,13 +428,15 @@ class BeatEngine:
         else:
             await asyncio.wait([self._stop_signal], timeout=delay)
 
-    def _report_skips(self, claim: claims.Claim) -> None:
-        """Slots the job's policy did not send: recorded as skipped runs, said once each."""
-        for skip in claim.skips:
-            self._counters.skipped_slot_count += 1
-            logger.info("Skipped job %s: %s.", logs.job(skip.job_id, skip.job_name, skip.task_name, skip.scheduled_for),
-                        skip.reason, extra={**logs.job_extra(skip.job_id, skip.job_name, skip.task_name,
-                                                             skip.scheduled_for), "run_id": skip.run_id})
+    def _report_unsent(self, claim: claims.Claim) -> None:
+        """Slots the job's policy did not send (skipped runs) or holds for its previous run, said once each."""
+        self._counters.skipped_slot_count += len(claim.skips)
+        for verb, slots in (("Skipped", claim.skips), ("Holding", claim.held)):
+            for slot in slots:
+                extra = logs.job_extra(slot.job_id, slot.job_name, slot.task_name, slot.scheduled_for)
+                logger.info("%s job %s: %s.", verb, logs.job(slot.job_id, slot.job_name, slot.task_name,
+                                                              slot.scheduled_for), slot.reason,
+                            extra={**extra, "run_id": slot.run_id})
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
         self._hold(dispatches)

@@ -21,7 +21,14 @@ from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.cron import FIELD_NAMES as CRON_FIELDS
 from django_taskiq_beat.exceptions import SchedulerValidationError, short_repr
 from django_taskiq_beat.models import JobSource, SchedulerJob
-from django_taskiq_beat.policies import CATCH_UP_ALL, CATCH_UP_LATEST, SchedulePolicy
+from django_taskiq_beat.policies import (
+    CATCH_UP_ALL,
+    CATCH_UP_LATEST,
+    OVERLAP_ALLOW,
+    OVERLAP_BUFFER_ONE,
+    OVERLAP_SKIP,
+    SchedulePolicy,
+)
 from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
 
 SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), ("one_off", "once, at a time")]
@@ -44,12 +51,12 @@ _ERROR_FIELDS = {
     "args": "args",
     "kwargs": "kwargs",
     "labels": "labels",
+    "overlap": "overlap",
     "misfire_grace_seconds": "misfire_grace_seconds",
     "catch_up": "catch_up",
     "jitter_seconds": "jitter_seconds",
     "pause_after_failures": "pause_after_failures",
     "max_runs": "max_runs",
-    "policy": "pause_after_failures",  # the one policy error the form can meet: no RunOutcomeMiddleware
     "job_id": "job_id",
     "name": "name",
     "description": "description",
@@ -122,6 +129,12 @@ class SchedulerJobForm(forms.ModelForm):
         required=False, help_text="Optional end of the window; a slot at the end still runs.", widget=_DATETIME
     )
     is_enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
+    overlap = forms.ChoiceField(
+        choices=[(OVERLAP_ALLOW, "send it anyway"), (OVERLAP_SKIP, "skip the slot"),
+                 (OVERLAP_BUFFER_ONE, "send it once the previous run finishes (one slot waits)")],
+        initial=OVERLAP_ALLOW, required=False, label="If still running",
+        help_text="A slot due while the previous run has not finished (it reads the worker's outcomes).",
+    )
     misfire_grace_seconds = forms.FloatField(
         required=False, label="Misfire grace (s)",
         help_text="A slot found later than this is skipped, not sent (empty: sent however late).",
@@ -207,7 +220,7 @@ class SchedulerJobForm(forms.ModelForm):
                 labels=data.get("labels") if data.get("labels") is not None else {},
             )
             self.policy = SchedulePolicy(
-                misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
+                overlap=data.get("overlap") or OVERLAP_ALLOW, misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
                 jitter_seconds=data.get("jitter_seconds") or 0, max_runs=data.get("max_runs"),
                 pause_after_failures=data.get("pause_after_failures"),
             )
@@ -215,7 +228,10 @@ class SchedulerJobForm(forms.ModelForm):
                 self.trigger, self._job_id(data), data.get("name"), data.get("description"), policy=self.policy
             )
         except SchedulerValidationError as error:
-            self.add_error(_ERROR_FIELDS.get(error.field.split("[")[0]), f"{error.problem} ({error.field}={short_repr(error.value)})")
+            field = _ERROR_FIELDS.get(error.field.split("[")[0])
+            if error.field == "policy":  # the policy needs outcomes the broker does not report: next to its field
+                field = self.policy.outcome_readers[0]
+            self.add_error(field, f"{error.problem} ({error.field}={short_repr(error.value)})")
             return data
         if not self.editing and SchedulerJob.objects.filter(pk=self._job_id(data)).exists():
             self.add_error("job_id", "A job with this id already exists; open it to change it.")

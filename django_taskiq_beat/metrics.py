@@ -67,7 +67,8 @@ class EngineCollector(Collector):
             value=snapshot.failed_dispatch_count,
         )
         yield CounterMetricFamily(
-            "taskiq_beat_skipped_slots", "Slots this engine found later than their job's misfire grace (not sent).",
+            "taskiq_beat_skipped_slots",
+            "Slots this engine did not send by their job's policy (missed the grace, or overlapped the previous run).",
             value=snapshot.skipped_slot_count,
         )
         due, states = job_counts()

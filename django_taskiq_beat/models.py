@@ -169,6 +169,12 @@ class SchedulerJob(models.Model):
         null=True, blank=True, editable=False,
         help_text="The declaration in code as last synced; empty once it is no longer declared.",
     )
+    overlap = models.CharField(
+        max_length=16,
+        choices=[("allow", "send anyway"), ("skip", "skip the slot"), ("buffer_one", "one slot waits")],
+        default="allow", db_default="allow",
+        help_text="A slot due while the previous run is unfinished: sent anyway, skipped, or held until it finishes.",
+    )
     misfire_grace_seconds = models.FloatField(
         null=True, blank=True, help_text="A slot found later than this is skipped, not sent (empty: never)."
     )
@@ -192,7 +198,7 @@ class SchedulerJob(models.Model):
         null=True, blank=True, help_text="Pause the job after this many runs in a row that the worker reported failed."
     )
     skipped_count = models.PositiveIntegerField(
-        default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace)."
+        default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace, or overlapped its previous run)."
     )
     is_enabled = models.BooleanField(default=True, db_index=True)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)

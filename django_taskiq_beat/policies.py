@@ -1,7 +1,8 @@
-"""``SchedulePolicy``: what a job does with slots found late, and how it spreads its sends.
+"""``SchedulePolicy``: what a job does with a slot due while its previous run goes on, with slots
+found late, with failures, and how it spreads its sends.
 
-The engine applies it in its claims (``claims.claim_due``) from the job's columns, so a
-policy costs no query of its own. Later work adds the policies that read run outcomes.
+The engine applies it in its claims (``claims.claim_due``) from the job's columns: a policy costs
+no query of its own, except ``overlap``, which reads its jobs' unfinished runs once per batch.
 """
 
 import hashlib
@@ -14,6 +15,7 @@ from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.logs import seconds
 from django_taskiq_beat.payloads import MAX_COUNT, MAX_SECONDS, require_number
 
+OVERLAP_ALLOW, OVERLAP_SKIP, OVERLAP_BUFFER_ONE = "allow", "skip", "buffer_one"
 CATCH_UP_LATEST, CATCH_UP_ALL = "latest", "all"
 MAX_CATCH_UP_SLOTS = 100
 """With ``catch_up="all"``, at most this many missed slots of a job are handled at once: the latest ones."""
@@ -21,8 +23,12 @@ MAX_CATCH_UP_SLOTS = 100
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulePolicy:
-    """How a job treats late slots; every value is checked when the object is built.
+    """How a job treats its slots; every value is checked when the object is built.
 
+    - ``overlap``: a slot due while the job's previous run is unfinished (not sent yet, or sent
+      with no final outcome and younger than ``STALE_RUN_SECONDS``) is sent anyway (``"allow"``),
+      recorded as a ``skipped`` run (``"skip"``), or held until that run finishes
+      (``"buffer_one"``: one slot waits at most, later ones are skipped).
     - ``misfire_grace_seconds``: a slot found later than this is not sent but recorded as a
       ``skipped`` run ("missed by N s"); ``None`` sends it however late.
     - ``catch_up``: after an outage, ``"latest"`` sends one run for the latest missed slot;
@@ -33,9 +39,13 @@ class SchedulePolicy:
     - ``max_runs``: the job finishes after that many scheduled sends (a "run now" does not
       count); the job's ``remaining_runs`` says how many are left.
     - ``pause_after_failures``: after that many runs in a row that the worker reported failed,
-      the job is paused with a note naming the last error (``resume`` counts them anew). It reads the worker's outcomes: the broker needs ``RunOutcomeMiddleware``.
+      the job is paused with a note naming the last error (``resume`` counts them anew).
+
+    ``overlap`` (other than allow) and ``pause_after_failures`` read the worker's outcomes: the
+    broker needs ``RunOutcomeMiddleware``, and the run history must be kept (``RECORD_RUNS``).
     """
 
+    overlap: str = OVERLAP_ALLOW
     misfire_grace_seconds: float | None = None
     catch_up: str = CATCH_UP_LATEST
     jitter_seconds: float = 0.0
@@ -43,6 +53,8 @@ class SchedulePolicy:
     pause_after_failures: int | None = None
 
     def __post_init__(self) -> None:
+        if self.overlap not in (OVERLAP_ALLOW, OVERLAP_SKIP, OVERLAP_BUFFER_ONE):
+            raise SchedulerValidationError("overlap", self.overlap, "Must be 'allow', 'skip' or 'buffer_one'.")
         if self.misfire_grace_seconds is not None:
             require_number("misfire_grace_seconds", self.misfire_grace_seconds, minimum=0, inclusive=True,
                            maximum=MAX_SECONDS)
@@ -79,17 +91,22 @@ class SchedulePolicy:
         return cls(**{field.name: getattr(job, field.name) for field in fields(cls)})
 
     @property
-    def reads_outcomes(self) -> bool:
-        """Whether it needs the worker's outcomes (``RunOutcomeMiddleware`` on the broker)."""
-        return self.pause_after_failures is not None
+    def outcome_readers(self) -> list[str]:
+        """Its fields set to values that need the worker's outcomes (``RunOutcomeMiddleware`` on the broker)."""
+        readers = ["overlap"] if self.overlap != OVERLAP_ALLOW else []
+        return readers + (["pause_after_failures"] if self.pause_after_failures is not None else [])
 
     def columns(self) -> dict[str, Any]:
         """The job's columns that hold it."""
         return asdict(self)
 
     def describe(self, remaining_runs: int | None = None) -> str:
-        """``missed after 300 s; every missed slot is sent; jitter 30 s; 7 of 10 runs left`` (empty: the default)."""
+        """``skip if still running; missed after 300 s; jitter 30 s; 7 of 10 runs left`` (empty: the default)."""
         parts = []
+        if self.overlap == OVERLAP_SKIP:
+            parts.append("skip if still running")
+        elif self.overlap == OVERLAP_BUFFER_ONE:
+            parts.append("wait if still running (one slot waits)")
         if self.misfire_grace_seconds is not None:
             parts.append(f"missed after {seconds(self.misfire_grace_seconds)}")
         if self.catch_up == CATCH_UP_ALL:

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.test import Client
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from taskiq import InMemoryBroker
 
 from django_taskiq_beat import (
     ChainStep,
@@ -28,6 +29,7 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerValidationError,
 )
+from django_taskiq_beat.middleware import RunOutcomeMiddleware
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 from tests.test_admin import ADD, form_data
 
@@ -128,6 +130,12 @@ def triggers(draw: st.DrawFn) -> Callable[[], Any]:
     return lambda: junk
 
 
+@pytest.fixture
+def broker(broker: InMemoryBroker) -> InMemoryBroker:
+    """The suite's broker, reporting outcomes: the policies that read them are accepted too."""
+    return broker.with_middlewares(RunOutcomeMiddleware())
+
+
 @st.composite
 def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     """One public operation with fuzzed arguments."""
@@ -136,6 +144,7 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     args, kwargs, metadata = (draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict))
     labels = draw(st.one_of(st.none(), mostly(friendly_labels, payloads)))
     policy_values = draw(st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+        "overlap": mostly(st.sampled_from(["allow", "skip", "buffer_one"]), anything),
         "misfire_grace_seconds": mostly(st.one_of(st.none(), st.floats(0, 3600)), anything),
         "catch_up": mostly(st.sampled_from(["latest", "all"]), anything),
         "jitter_seconds": mostly(st.floats(0, 60), numbers),
@@ -211,6 +220,7 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
                     result.task_args, result.task_kwargs, result.metadata_payload, result.task_labels
                 )
                 stored.trigger  # noqa: B018  (the stored trigger can be rebuilt)
+                SchedulePolicy.of(stored)  # and so can its policy
         transaction.set_rollback(True)
 
 
@@ -220,13 +230,13 @@ FORM_TEXT = ["1e300", "1e-9", "nan", "inf", "-0", "0.0005", "99999999", "9999-12
              "9999-06-01T00:00:00", "2030-02-30T00:00:00", "[" * 3000 + "]" * 3000, '["\\ud800"]', '["\\u0000"]',
              '{"self": 1}', '{"a": {"1": 2}}', "[1, 2]", "{}", "[]", "*/5 * * * *", "0 0 30 2 *", "mon", "61",
              ",".join(["1"] * 400), "taken", "x" * 300, '{"queue": [1]}', '{"scheduler_job_id": 1}',
-             '{"priority": 3}', "settings:x", "taskiq:y", "a\x00b", "Mars/Base", "Europe", "one_off", "crontab"]
+             '{"priority": 3}', "settings:x", "taskiq:y", "a\x00b", "Mars/Base", "Europe", "one_off", "crontab", "skip", "buffer_one"]
 form_text = st.one_of(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30),
                       st.sampled_from(FORM_TEXT))
 FIELDS = ["name", "description", "job_id", "task", "task_name", "args", "kwargs", "schedule_type", "interval_every",
           "interval_unit", "cron_expression", "second", "minute", "hour", "day_of_month", "month_of_year",
           "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels", "misfire_grace_seconds",
-          "catch_up", "jitter_seconds", "pause_after_failures", "max_runs"]
+          "overlap", "catch_up", "jitter_seconds", "pause_after_failures", "max_runs"]
 
 
 @FUZZ
