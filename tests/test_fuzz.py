@@ -31,6 +31,7 @@ from django_taskiq_beat import (
 )
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.payloads import json_identity
 from tests.test_admin import ADD, form_data
 
 pytestmark = pytest.mark.django_db
@@ -215,10 +216,10 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
         else:
             event(f"{name}: done")
             if isinstance(result, SchedulerJob):
-                stored = SchedulerJob.objects.get(pk=result.pk)  # every column reads back
-                assert (stored.task_args, stored.task_kwargs, stored.metadata_payload, stored.task_labels) == (
-                    result.task_args, result.task_kwargs, result.metadata_payload, result.task_labels
-                )
+                stored = SchedulerJob.objects.get(pk=result.pk)  # every column reads back as the same JSON
+                assert json_identity(
+                    (stored.task_args, stored.task_kwargs, stored.metadata_payload, stored.task_labels)
+                ) == json_identity((result.task_args, result.task_kwargs, result.metadata_payload, result.task_labels))
                 stored.trigger  # noqa: B018  (the stored trigger can be rebuilt)
                 SchedulePolicy.of(stored)  # and so can its policy
         transaction.set_rollback(True)
