@@ -2,8 +2,10 @@
 
 ``bulk_update`` builds a CASE expression per field and row, and a plain
 ``executemany`` costs a round trip per row on PostgreSQL; a claim batch of 256 slots
-would spend most of its time there. These helpers send one statement per chunk.
-UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
+would spend most of its time there. These helpers send one statement per chunk: on
+PostgreSQL its rows come as one array per column (``unnest``), so the statement is as
+short as its column list and the driver does not parse thousands of placeholders; on
+SQLite as ``VALUES``. UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -71,39 +73,48 @@ def _cursor() -> Any:
     return connection.cursor()
 
 
-def _placeholder(sql_type: str) -> str:
-    # PostgreSQL types a VALUES column from its values; a column of NULLs would be text.
-    return f"CAST(%s AS {sql_type})" if connection.vendor == "postgresql" else "%s"
+def _rows_sql(columns: Sequence[tuple[str, str]], chunk: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """A query giving ``chunk`` as rows of ``columns`` ((name, SQL type) pairs), and its parameters."""
+    if connection.vendor == "postgresql":  # typed arrays: a column of NULLs is still of its type
+        arrays = ", ".join(f"CAST(%s AS {sql_type}[])" for _, sql_type in columns)
+        return f"SELECT * FROM unnest({arrays})", [list(column) for column in zip(*chunk, strict=True)]
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    return "VALUES " + ", ".join([row_sql] * len(chunk)), [value for row in chunk for value in row]
 
 
 def _execute_in_chunks(
-    rows: Sequence[tuple[Any, ...]], statement: Callable[[str], str], row_sql: str, returning: bool = False
+    rows: Sequence[tuple[Any, ...]], statement: Callable[[str], str], columns: Sequence[tuple[str, str]],
+    returning: bool = False,
 ) -> list[tuple[Any, ...]]:
-    """Run ``statement(values_sql)`` once per chunk of rows; returns what RETURNING gave."""
+    """Run ``statement(rows_sql)`` once per chunk of rows; returns what RETURNING gave."""
     returned: list[tuple[Any, ...]] = []
     if not rows:
         return returned
     with _cursor() as cursor:
         for chunk in chunks(rows):
-            values_sql = ", ".join([row_sql] * len(chunk))
-            params = [value for row in chunk for value in row]
+            rows_sql, params = _rows_sql(columns, chunk)
             if _server_binding():
                 # No server-side prepared statements: safe behind PgBouncer.
-                cursor.execute(statement(values_sql), params, prepare=False)
+                cursor.execute(statement(rows_sql), params, prepare=False)
             else:
-                cursor.execute(statement(values_sql), params)
+                cursor.execute(statement(rows_sql), params)
             if returning:
                 returned.extend(cursor.fetchall())
     return returned
 
 
-def insert_ignoring_conflicts(table: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> set[Any]:
-    """INSERT the rows, skipping any that would break a unique key; returns the first column of those written."""
+def insert_ignoring_conflicts(
+    table: str, columns: Sequence[tuple[str, str]], rows: Sequence[tuple[Any, ...]]
+) -> set[Any]:
+    """INSERT the rows, skipping any that would break a unique key; returns the first column of those written.
+
+    ``columns`` are (name, SQL type) pairs in row order.
+    """
+    names = ", ".join(name for name, _ in columns)
     written = _execute_in_chunks(
         rows,
-        lambda values: f"INSERT INTO {table} ({', '.join(columns)}) VALUES {values}"
-                       f" ON CONFLICT DO NOTHING RETURNING {columns[0]}",
-        "(" + ", ".join(["%s"] * len(columns)) + ")",
+        lambda rows_sql: f"INSERT INTO {table} ({names}) {rows_sql} ON CONFLICT DO NOTHING RETURNING {columns[0][0]}",
+        columns,
         returning=True,
     )
     return {row[0] for row in written}
@@ -121,7 +132,7 @@ def update_from_values(
     key = columns[0][0]
     _execute_in_chunks(
         sorted(rows, key=lambda row: row[0]),  # one lock order for every writer: no deadlocks
-        lambda values: f"WITH v ({names}) AS (VALUES {values})"
-                       f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
-        "(" + ", ".join(_placeholder(sql_type) for _, sql_type in columns) + ")",
+        lambda rows_sql: f"WITH v ({names}) AS ({rows_sql})"
+                         f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
+        columns,
     )

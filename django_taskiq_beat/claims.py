@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, QuerySet, TextField
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, Value, When
 from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk, logs
@@ -224,6 +224,7 @@ class _DueJob:
     jitter_seconds: float
     remaining_runs: int | None
     run_now_at: datetime | None
+    busy: bool  # its overlap is not "allow" and it has an unfinished run (``_busy``)
 
 
 _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
@@ -264,13 +265,23 @@ class _Overlap:
         return f"the previous run ({logs.when(slot)}, {state})"
 
 
+def _busy(now: datetime, stale: timedelta) -> Case:
+    """Whether a due job's ``overlap`` must look at its runs: it is not "allow" and it has an unfinished one.
+
+    Read with the due jobs, an index probe per such job; a job that allows overlap costs nothing.
+    """
+    unfinished = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id=OuterRef("pk"))
+    return Case(When(overlap=OVERLAP_ALLOW, then=Value(False)), default=Exists(unfinished))
+
+
 def _overlaps(jobs: list["_DueJob"], now: datetime, stale: timedelta) -> dict[str, _Overlap]:
-    """The unfinished runs of the jobs whose ``overlap`` is not "allow", in one query (none if no such job)."""
+    """Each ``overlap`` job's unfinished runs; read in one query for the busy ones (none if none is)."""
     overlap = {job.id: _Overlap() for job in jobs if job.overlap != OVERLAP_ALLOW}
-    if overlap:
-        runs = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id__in=list(overlap))
+    busy = [job.id for job in jobs if job.busy is True]
+    if busy:
+        runs = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id__in=busy)
         fields = ("job_id", "scheduled_for", "status", "outcome", "claimed_by")
-        for job_id, slot, status, outcome, claimed_by in _read(runs, fields, len(overlap) * MAX_CATCH_UP_SLOTS + 1000):
+        for job_id, slot, status, outcome, claimed_by in _read(runs, fields, len(busy) * MAX_CATCH_UP_SLOTS + 1000):
             if isinstance(slot, datetime):  # a slot written unreadable behind the API's back holds nothing
                 overlap[job_id].add(slot, status, outcome, claimed_by)
     return overlap
@@ -290,7 +301,7 @@ def claim_due(
     of the batch goes on.
     """
     with transaction.atomic():
-        due = SchedulerJob.objects.due(now + ahead).order_by("next_run_at")
+        due = SchedulerJob.objects.due(now + ahead).order_by("next_run_at").annotate(busy=_busy(now, stale))
         locked = _lock_for_claiming(due)
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
@@ -358,8 +369,8 @@ def claim_due(
             ))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
-            ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "reason",
-             "finished_at", "created_at", "updated_at"),
+            _run_columns("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "reason",
+                         "finished_at", "created_at", "updated_at"),
             [(*run, now_value, now_value) for run in runs],
         )
         bulk.update_from_values(
@@ -394,6 +405,18 @@ def _skip_reason(late: timedelta, grace: float | None, policy: str, overlap: _Ov
     if overlap.held is not None:
         return f"overlap: the slot of {logs.when(overlap.held)} already waits for the previous run"
     return None
+
+
+_RUN_TYPES = {
+    "id": "varchar", "job_id": "varchar", "scheduled_for": "timestamptz", "status": "varchar", "claimed_by": "varchar",
+    "lease_expires_at": "timestamptz", "error": "text", "reason": "text", "finished_at": "timestamptz",
+    "created_at": "timestamptz", "updated_at": "timestamptz",
+}
+
+
+def _run_columns(*names: str) -> list[tuple[str, str]]:
+    """``scheduler_run`` columns as (name, SQL type) pairs, for ``bulk.insert_ignoring_conflicts``."""
+    return [(name, _RUN_TYPES[name]) for name in names]
 
 
 def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None]:
@@ -527,7 +550,8 @@ def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:
     _time = _time_adapter()
     written = bulk.insert_ignoring_conflicts(
         "scheduler_run",
-        ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at", "updated_at"),
+        _run_columns("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at",
+                     "updated_at"),
         [(new_id(), job_id, _time(slot), RunStatus.PENDING, BACKFILL_CLAIMANT, _time(now), _time(now), _time(now))
          for slot in slots],
     )

@@ -4,6 +4,7 @@
     python scripts/loadtest.py steady --db postgres --jobs 1000 --seconds 20
     python scripts/loadtest.py scale  --db sqlite --jobs 100000
     python scripts/loadtest.py multi  --db postgres --jobs 5000 --engines 3
+    python scripts/loadtest.py burst  --db sqlite --sizes 1000 --policies   (every job with LOAD_POLICY)
 
 Each run uses a fresh database (a temp SQLite file, or a throwaway PostgreSQL server
 started like the test suite's), prints a table and writes JSON to scripts/results/.
@@ -73,8 +74,20 @@ def make_app(**config: Any) -> Any:
     return SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC", **config))
 
 
-def insert_jobs(count: int, kind: str, next_run_at: datetime, interval_seconds: int | None = None) -> None:
-    """Write job rows in bulk, as an application's startup sync or an import would."""
+def load_policy() -> Any:
+    """Every policy the claim applies, on every job: overlap (its read of unfinished runs), a misfire grace,
+    catch-up of every slot, a run limit and auto-pause. Not jitter: it delays sends by design, and the
+    lag measured here would be the jitter's."""
+    from django_taskiq_beat import SchedulePolicy
+
+    return SchedulePolicy(overlap="skip", misfire_grace_seconds=300, catch_up="all", max_runs=1_000_000,
+                          pause_after_failures=3)
+
+
+def insert_jobs(
+    count: int, kind: str, next_run_at: datetime, interval_seconds: int | None = None, policy: Any = None
+) -> None:
+    """Write job rows in bulk, as an application's startup sync or an import would; ``policy`` on each."""
     from django.utils import timezone
 
     from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule
@@ -85,11 +98,12 @@ def insert_jobs(count: int, kind: str, next_run_at: datetime, interval_seconds: 
         PeriodicSchedule(interval=IntervalTrigger(seconds=interval_seconds))
         if kind == "periodic" else OneOffSchedule(run_at=next_run_at)
     )
+    columns = {} if policy is None else {**policy.columns(), "remaining_runs": policy.max_runs}
     rows = [
         SchedulerJob(
             task_name="load.noop", kind=kind, strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
             next_run_at=next_run_at, created_at=next_run_at - timedelta(seconds=interval_seconds or 0)
-            if kind == "periodic" else now, updated_at=now,
+            if kind == "periodic" else now, updated_at=now, **columns,
         )
         for _ in range(count)
     ]
@@ -155,7 +169,7 @@ def burst(arguments: argparse.Namespace) -> None:
         app = make_app(dispatch_batch_size=arguments.batch_size, dispatch_concurrency=arguments.concurrency)
         due = timezone.now() + timedelta(milliseconds=arguments.lead_ms + size // 10)
         started = time.perf_counter()
-        insert_jobs(size, "one_off", due)
+        insert_jobs(size, "one_off", due, policy=load_policy() if arguments.policies else None)
         setup = time.perf_counter() - started
         time.sleep(max((due - timezone.now()).total_seconds(), 0))
         started = time.perf_counter()
@@ -167,7 +181,7 @@ def burst(arguments: argparse.Namespace) -> None:
             "dispatches_per_s": round(sent / elapsed), "lag_p50_ms": lag["p50"], "lag_p95_ms": lag["p95"],
             "lag_max_ms": lag["max"], "sent": sent,
         })
-    report("burst", arguments.db, rows)
+    report(_named("burst", arguments), arguments.db, rows)
 
 
 def steady(arguments: argparse.Namespace) -> None:
@@ -215,7 +229,8 @@ def scale(arguments: argparse.Namespace) -> None:
     from django_taskiq_beat.models import SchedulerJob
 
     clear()
-    insert_jobs(arguments.jobs, "periodic", timezone.now() + timedelta(days=1), interval_seconds=86400)
+    insert_jobs(arguments.jobs, "periodic", timezone.now() + timedelta(days=1), interval_seconds=86400,
+                policy=load_policy() if arguments.policies else None)
     app = make_app()
     queries = [0]
 
@@ -251,7 +266,11 @@ def scale(arguments: argparse.Namespace) -> None:
         await app.stop()
         return result
 
-    report("scale", arguments.db, [async_to_sync(drive)()])
+    report(_named("scale", arguments), arguments.db, [async_to_sync(drive)()])
+
+
+def _named(scenario: str, arguments: argparse.Namespace) -> str:
+    return f"{scenario}-policies" if arguments.policies else scenario
 
 
 def _schedule_from_another_process() -> datetime:
@@ -333,6 +352,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--lead-ms", type=int, default=250)
+    parser.add_argument("--policies", action="store_true", help="burst, scale: every job has load_policy()")
     arguments = parser.parse_args()
     with database(arguments.db) as env:
         setup_django(env)
