@@ -308,6 +308,7 @@ def claim_due(
         now_value, lease_value = _time(now), _time(now + lease)
         overlaps = _overlaps(jobs, now, stale)
         runs, job_updates, dispatches, failures, skips, held = [], [], [], [], [], []
+        advanced: list[tuple[str, datetime | None, int, int | None]] = []  # job, next slot, failed sends, runs left
         counted_runs: dict[str, str] = {}  # run -> job, for runs that took one of their job's remaining_runs
         for job in jobs:
             try:
@@ -327,7 +328,6 @@ def claim_due(
                 unsent = Dispatch(run_id, job.id, job.task_name or "", [], {}, now, slot, failed_before, job.name)
                 failures.append(Outcome(unsent, None, now, error))
                 continue
-            skipped = 0
             grace = _or(job.misfire_grace_seconds, float | int, None)
             jitter = _or(job.jitter_seconds, float | int, 0)
             remaining = _or(job.remaining_runs, int, None)
@@ -339,7 +339,6 @@ def claim_due(
                 if reason is not None:
                     runs.append((run_id, job.id, _time(slot), RunStatus.SKIPPED, None, None, None, reason, now_value))
                     skips.append(Unsent(run_id, job.id, job.task_name, job.name, slot, reason))
-                    skipped += 1
                     continue
                 if not manual and remaining is not None:
                     if remaining == 0:
@@ -361,18 +360,25 @@ def claim_due(
                 ))
                 if overlap is not None:
                     overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
-            if remaining == 0:  # max_runs reached: finished
-                next_run_at = None
-            job_updates.append((
-                job.id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
-                None, job.dispatch_failures, skipped, remaining,
-            ))
+            advanced.append((job.id, next_run_at, job.dispatch_failures, remaining))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
             _run_columns("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "reason",
                          "finished_at", "created_at", "updated_at"),
             [(*run, now_value, now_value) for run in runs],
         )
+        # A slot whose run already existed (another engine, a backfill) is neither sent here nor counted.
+        not_counted = Counter(job_id for run_id, job_id in counted_runs.items() if run_id not in written)
+        skipped = Counter(skip.job_id for skip in skips if skip.run_id in written)
+        for job_id, next_run_at, dispatch_failures, remaining in advanced:
+            if remaining is not None:
+                remaining += not_counted[job_id]
+                if remaining == 0:  # max_runs reached: finished
+                    next_run_at = None
+            job_updates.append((
+                job_id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
+                None, dispatch_failures, skipped[job_id], remaining,
+            ))
         bulk.update_from_values(
             "scheduler_job",
             (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
@@ -384,9 +390,6 @@ def claim_due(
             " remaining_runs = v.remaining_runs, run_now_at = NULL",
             job_updates,
         )
-        # A slot whose run already existed (another engine, a backfill) is not sent here, nor counted.
-        for job_id, count in Counter(job_id for run_id, job_id in counted_runs.items() if run_id not in written).items():
-            SchedulerJob.objects.filter(pk=job_id).update(remaining_runs=F("remaining_runs") + count)
     sent = [d for d in dispatches if d.run_id in written]
     return Claim(
         sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written],

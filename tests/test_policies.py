@@ -287,6 +287,24 @@ def test_catch_up_all_sends_no_more_than_the_runs_left(app: SchedulerApp) -> Non
     assert SchedulerJob.objects.get(pk=job.pk).state == "finished"
 
 
+def test_a_slot_another_writer_had_takes_no_run_and_does_not_finish_the_job(app: SchedulerApp) -> None:
+    job = app.single(task="system.echo").schedule(EVERY_10_S, job_id="last", policy=SchedulePolicy(max_runs=1))
+    slot = job.next_run_at
+    assert app.backfill("last", slot, slot + timedelta(seconds=1)) == 0  # not past yet: nothing written
+    claims.backfill("last", [slot], slot)  # as a backfill or another engine that recorded the slot first
+    result = claim(slot + timedelta(seconds=0.5))
+    assert (result.dispatches, result.conflicts) == ([], 1)
+    stored = SchedulerJob.objects.get(pk="last")
+    assert (stored.remaining_runs, stored.state, stored.next_run_at) == (1, "active", slot + timedelta(seconds=10))
+
+
+def test_a_skipped_slot_another_writer_had_is_not_counted(app: SchedulerApp) -> None:
+    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=1))
+    claims.backfill(job.pk, [job.created_at.replace(microsecond=0) + timedelta(seconds=40)], now)
+    assert claim(now).skips == []
+    assert SchedulerJob.objects.get(pk=job.pk).skipped_count == 0
+
+
 def test_changing_max_runs_keeps_the_sends_already_made(app: SchedulerApp) -> None:
     job = app.single(task="system.echo").schedule(EVERY_10_S, job_id="limited", policy=SchedulePolicy(max_runs=5))
     anchor = job.created_at.replace(microsecond=0)
