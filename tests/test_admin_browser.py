@@ -172,3 +172,42 @@ def test_a_declared_job_is_read_only_says_where_it_is_declared_and_can_be_paused
     page.click("button[name=index]")  # type: ignore[attr-defined]
     assert "Paused 1 job" in messages_of(page)
     assert SchedulerJob.objects.get(pk="settings:nightly-report").state == "paused"
+
+
+def test_a_policy_set_in_the_form_reads_in_words_and_a_held_slot_shows_as_waiting(
+    live_server: object, page: object, screenshots: Path
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from django_taskiq_beat.claims import WAITING_CLAIMANT
+
+    base = str(live_server)
+    log_in(page, base, "/admin/django_taskiq_beat/schedulerjob/add/")
+    page.fill("#id_name", "Hourly export")  # type: ignore[attr-defined]
+    page.select_option("#id_task", "demo.sleep")  # type: ignore[attr-defined]
+    page.fill("#id_args", "[5400]")  # type: ignore[attr-defined]
+    page.fill("#id_interval_every", "1")  # type: ignore[attr-defined]
+    page.select_option("#id_interval_unit", "hours")  # type: ignore[attr-defined]
+    page.select_option("#id_overlap", "buffer_one")  # type: ignore[attr-defined]
+    page.fill("#id_misfire_grace_seconds", "300")  # type: ignore[attr-defined]
+    page.fill("#id_jitter_seconds", "30")  # type: ignore[attr-defined]
+    page.fill("#id_max_runs", "10")  # type: ignore[attr-defined]
+    page.click("input[name=_save]")  # type: ignore[attr-defined]
+    assert "was added successfully" in messages_of(page)
+    words = "wait if still running (one slot waits); missed after 300 s; jitter 30 s; 10 of 10 runs left"
+    assert words in page.inner_text("#result_list")  # type: ignore[attr-defined]
+
+    job = SchedulerJob.objects.get(name="Hourly export")
+    going = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    SchedulerRun.objects.create(job=job, scheduled_for=going, status=RunStatus.DISPATCHED, dispatched_at=going,
+                                finished_at=going, outcome="running", started_at=going)
+    reason = "held until the previous run (an hour ago, running) finishes"
+    SchedulerRun.objects.create(job=job, scheduled_for=going + timedelta(hours=1), status=RunStatus.PENDING,
+                                claimed_by=WAITING_CLAIMANT, reason=reason)
+    page.click("text=Hourly export")  # type: ignore[attr-defined]
+    assert words in page.inner_text("div.field-policy")  # type: ignore[attr-defined]
+    runs = page.inner_text("div.field-recent_runs_table")  # type: ignore[attr-defined]
+    assert "waiting" in runs and reason in runs
+    page.screenshot(path=str(screenshots / "job-policy.png"), full_page=True)  # type: ignore[attr-defined]
