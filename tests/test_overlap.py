@@ -305,3 +305,13 @@ def test_a_held_run_shows_as_waiting_with_its_reason_in_the_history_and_the_stri
     assert ">waiting</strong>" in history
     listing = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_changelist")).content.decode()
     assert f'title="waiting {local_time(slot(job, 20))}: {held.reason}"' in listing
+
+
+def test_a_chain_takes_an_overlap_policy_the_orchestrator_run_being_the_chains_run(app: SchedulerApp) -> None:
+    from django_taskiq_beat import ChainStep
+
+    chain = app.chain(steps=[ChainStep(task="system.echo")]).schedule(EVERY_10_S, job_id="c", policy=SKIP)
+    assert SchedulePolicy.of(SchedulerJob.objects.get(pk="c")) == SKIP
+    [run_id] = send(claim(slot(chain, 10.1)), slot(chain, 10.1))
+    _mark_running(run_id, slot(chain, 10.2))  # the orchestrator runs until the chain's last step has finished
+    assert len(claim(slot(chain, 20.1)).skips) == 1
