@@ -28,7 +28,6 @@ from django.utils.safestring import mark_safe
 
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
-from django_taskiq_beat.claims import WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
 from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm
 from django_taskiq_beat.health import live_engines
@@ -480,7 +479,7 @@ def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
 
 def _status_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
     """The dispatch status; ``waiting`` for a pending run held until the previous one finishes."""
-    if run.status == RunStatus.PENDING and run.claimed_by == WAITING_CLAIMANT:
+    if run.is_held:
         return _WAITING_COLOUR, "waiting"
     return _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
 

@@ -37,11 +37,12 @@ from django_taskiq_beat.models import (
     JobKind,
     JobSource,
     JobStrategy,
+    PAUSED_WHILE_HELD,
     RunStatus,
     SchedulerJob,
     SchedulerRun,
 )
-from django_taskiq_beat.policies import SchedulePolicy
+from django_taskiq_beat.policies import OVERLAP_BUFFER_ONE, SchedulePolicy
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
 from django_taskiq_beat.triggers import (
     ImmediateDispatch,
@@ -145,6 +146,8 @@ def _apply_policy(job: SchedulerJob, policy: SchedulePolicy, now: Any) -> None:
     finishes the job; a periodic job finished by its limit goes on when the limit is raised.
     """
     ran_out = job.is_finished and job.remaining_runs == 0
+    if job.overlap == OVERLAP_BUFFER_ONE and policy.overlap != OVERLAP_BUFFER_ONE:
+        job.drop_held_slots(now, f"the job's overlap became {policy.overlap!r} while the slot was held")
     if policy.max_runs != job.max_runs:
         sent = 0 if job.max_runs is None or job.remaining_runs is None else job.max_runs - job.remaining_runs
         job.remaining_runs = None if policy.max_runs is None else max(policy.max_runs - sent, 0)
@@ -416,6 +419,7 @@ class ScheduleBuilder:
         _apply_policy(job, policy or SchedulePolicy(), now)
         if is_enabled is False:
             job.disarm(now)
+            job.drop_held_slots(now, PAUSED_WHILE_HELD)
         elif job.is_finished:
             if trigger_changed:
                 job.arm(now)

@@ -24,7 +24,7 @@ from django.db.models.functions import Cast, Now
 
 from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.logs import describe_error
-from django_taskiq_beat.conf import SchedulerConfig
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
 from django_taskiq_beat.models import (
     MAX_COUNT,
     JobKind,
@@ -47,10 +47,6 @@ from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
 _MAX_SLOTS_WALKED = 10_000
-BACKFILL_CLAIMANT = "backfill"
-"""``claimed_by`` of a run a backfill wrote: its lease has expired already, so the next engine sends it."""
-WAITING_CLAIMANT = "waiting"
-"""``claimed_by`` of a slot its job's ``overlap="buffer_one"`` holds (no lease): sent once the previous run finishes."""
 _STALE_RUN = timedelta(seconds=SchedulerConfig.stale_run_seconds)
 
 
@@ -135,8 +131,8 @@ class UnusableRowError(ValueError):
     """A row holds values the engine cannot use: unreadable, or of the wrong type (written behind the API's back)."""
 
 
-def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int) -> list[tuple[Any, ...]]:
-    """The first ``limit`` rows' ``fields``, in one query.
+def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int | None) -> list[tuple[Any, ...]]:
+    """The first ``limit`` rows' ``fields`` (None: all), in one query.
 
     Only if a stored value cannot be converted are the rows read one by one, a value that
     cannot be read becoming None, so that one bad row costs only itself (``_require_types``
@@ -234,11 +230,13 @@ _FINAL_OUTCOMES = (RunOutcome.SUCCEEDED, RunOutcome.FAILED)
 _STATES = {RunOutcome.UNKNOWN: "sent, not started", RunOutcome.RUNNING: "running", RunOutcome.RETRYING: "being retried"}
 
 
-def unfinished_runs(now: datetime, stale: timedelta) -> Q:
-    """Runs that hold an ``overlap`` job's next slot: not sent yet (``pending``, a held slot included),
-    or sent with no final outcome from the worker less than ``stale`` ago."""
+def _unfinished(now: datetime, stale: timedelta) -> tuple[Q, Q]:
+    """Runs that hold an ``overlap`` job's next slot, as two conditions that each read a range of the
+    (job, finished_at) index: not sent yet (``pending``, a held slot included: no ``finished_at``), and
+    sent with no final outcome from the worker less than ``stale`` ago."""
+    not_sent = Q(status=RunStatus.PENDING, finished_at__isnull=True)
     going = Q(status=RunStatus.DISPATCHED, finished_at__gt=now - stale) & ~Q(outcome__in=_FINAL_OUTCOMES)
-    return Q(status=RunStatus.PENDING) | going
+    return not_sent, going
 
 
 @dataclass
@@ -268,20 +266,27 @@ class _Overlap:
 def _busy(now: datetime, stale: timedelta) -> Case:
     """Whether a due job's ``overlap`` must look at its runs: it is not "allow" and it has an unfinished one.
 
-    Read with the due jobs, an index probe per such job; a job that allows overlap costs nothing.
+    Read with the due jobs: two index range probes per such job; a job that allows overlap costs nothing.
     """
-    unfinished = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id=OuterRef("pk"))
-    return Case(When(overlap=OVERLAP_ALLOW, then=Value(False)), default=Exists(unfinished))
+    not_sent, going = (SchedulerRun.objects.filter(condition, job_id=OuterRef("pk")) for condition in
+                       _unfinished(now, stale))
+    return Case(When(overlap=OVERLAP_ALLOW, then=Value(False)), When(Exists(not_sent), then=Value(True)),
+                default=Exists(going))
 
 
 def _overlaps(jobs: list["_DueJob"], now: datetime, stale: timedelta) -> dict[str, _Overlap]:
-    """Each ``overlap`` job's unfinished runs; read in one query for the busy ones (none if none is)."""
+    """Each ``overlap`` job's unfinished runs, read for the busy ones only (two queries, none if none is busy).
+
+    All of them: an ``overlap`` job has few (one going, one held, a backfill's at most), and a cut-off
+    read could leave out the very run that makes a job busy.
+    """
     overlap = {job.id: _Overlap() for job in jobs if job.overlap != OVERLAP_ALLOW}
     busy = [job.id for job in jobs if job.busy is True]
-    if busy:
-        runs = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id__in=busy)
-        fields = ("job_id", "scheduled_for", "status", "outcome", "claimed_by")
-        for job_id, slot, status, outcome, claimed_by in _read(runs, fields, len(busy) * MAX_CATCH_UP_SLOTS + 1000):
+    for condition in _unfinished(now, stale) if busy else ():
+        runs = SchedulerRun.objects.filter(condition, job_id__in=busy)
+        for job_id, slot, status, outcome, claimed_by in _read(
+            runs, ("job_id", "scheduled_for", "status", "outcome", "claimed_by"), None
+        ):
             if isinstance(slot, datetime):  # a slot written unreadable behind the API's back holds nothing
                 overlap[job_id].add(slot, status, outcome, claimed_by)
     return overlap
@@ -301,7 +306,9 @@ def claim_due(
     of the batch goes on.
     """
     with transaction.atomic():
-        due = SchedulerJob.objects.due(now + ahead).order_by("next_run_at").annotate(busy=_busy(now, stale))
+        # An overlap job is not claimed ahead: whether its previous run has finished is judged when its slot is due.
+        due = (SchedulerJob.objects.due(now + ahead).filter(Q(overlap=OVERLAP_ALLOW) | Q(next_run_at__lte=now))
+               .order_by("next_run_at").annotate(busy=_busy(now, stale)))
         locked = _lock_for_claiming(due)
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
@@ -540,11 +547,12 @@ def claim_expired(
 
 def _released(now: datetime, stale: timedelta) -> Q:
     """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones."""
-    others = SchedulerRun.objects.filter(unfinished_runs(now, stale), job_id=OuterRef("job_id")).exclude(
-        claimed_by=WAITING_CLAIMANT
-    )
+    held = Q(claimed_by=WAITING_CLAIMANT, lease_expires_at__isnull=True)
     not_paused = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
-    return Q(claimed_by=WAITING_CLAIMANT) & not_paused & ~Exists(others)
+    for condition in _unfinished(now, stale):
+        others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
+        held &= ~Exists(others)
+    return held & not_paused
 
 
 def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:

@@ -76,7 +76,7 @@ def _run_data(run: SchedulerRun) -> dict[str, Any]:
     return {
         "id": run.id, "scheduled_for": run.scheduled_for, "status": run.status, "dispatched_at": run.dispatched_at,
         "outcome": run.outcome, "started_at": run.started_at, "completed_at": run.completed_at, "error": run.error,
-        "reason": run.reason,
+        "reason": run.reason, "held": run.is_held,
     }
 
 
@@ -180,7 +180,7 @@ def show(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
         return OK
     out.table(
         ("SCHEDULED FOR", "STATUS", "OUTCOME", "DISPATCHED", "ERROR OR REASON"),
-        ((local_time(run.scheduled_for), run.status, run.outcome or "–", _ago(run.dispatched_at, now),
+        ((local_time(run.scheduled_for), "waiting" if run.is_held else run.status, run.outcome or "–", _ago(run.dispatched_at, now),
           (run.error or run.reason or "")[:80]) for run in runs),
     )
     return OK

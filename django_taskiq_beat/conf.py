@@ -13,6 +13,12 @@ from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_SECONDS, require_number, require_text
 from django_taskiq_beat.triggers import resolve_timezone
 
+BACKFILL_CLAIMANT = "backfill"
+"""``claimed_by`` of a run a backfill wrote: its lease has expired already, so the next engine sends it."""
+WAITING_CLAIMANT = "waiting"
+"""``claimed_by`` of a slot its job's ``overlap="buffer_one"`` holds (no lease): sent once the previous run finishes."""
+_NOT_ENGINES = (BACKFILL_CLAIMANT, WAITING_CLAIMANT)
+
 SETTINGS_NAME = "TASKIQ_BEAT"
 BROKER_KEY = "BROKER"
 SCHEDULE_KEY = "SCHEDULE"  # jobs declared in settings: read by ``declarations``, not part of the config
@@ -51,6 +57,10 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         require_text("scheduler_id", self.scheduler_id, max_length=128, allow_blank=False)
+        if self.scheduler_id in _NOT_ENGINES:
+            raise SchedulerValidationError(
+                "scheduler_id", self.scheduler_id, "Reserved: runs claimed by no engine are marked so; choose another."
+            )
         for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
                      "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds",
                      "heartbeat_seconds", "engine_dead_after_seconds"):

@@ -157,7 +157,7 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
 
 def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
     """The job's ``pause_after_failures``: once that many runs in a row failed, pause it (``resume`` counts anew)."""
-    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.models import MAX_COUNT, PAUSED_WHILE_HELD, SchedulerJob, drop_held_slots
 
     jobs = SchedulerJob.objects.filter(pk=job_id, is_enabled=True, pause_after_failures__isnull=False)
     row = jobs.values_list("consecutive_failures", "pause_after_failures", "name", "task_name").first()
@@ -167,6 +167,9 @@ def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
     note = f"Paused after {failures} failed runs in a row; the last: {logs.one_line(error or 'no error text')[:500]}"
     jobs.update(is_enabled=False, next_run_at=None, paused_at=now, pause_note=note, claimed_by=None, claimed_at=None,
                 claim_expires_at=None, updated_at=now)
+    dropped = drop_held_slots(job_id, now, PAUSED_WHILE_HELD)
+    if dropped:
+        SchedulerJob.objects.filter(pk=job_id).update(skipped_count=Least(F("skipped_count") + dropped, MAX_COUNT))
     logger.warning("Paused job %s after %d failed runs in a row (its pause_after_failures): %s",
                    logs.job(job_id, name, task_name, None), failures, logs.one_line(error or ""),
                    extra={**logs.job_extra(job_id, name, task_name, None), "consecutive_failures": failures})

@@ -11,6 +11,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
+from django_taskiq_beat.conf import WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
@@ -279,11 +280,30 @@ class SchedulerJob(models.Model):
         self.next_run_at = None
         self.release_claim()
 
+    def drop_held_slots(self, now: datetime, why: str) -> None:
+        """Record the slots it holds (``overlap="buffer_one"``) as skipped; call with its row locked, then save it.
+
+        For a job paused, or no longer holding slots: a held slot must not go out later on its own,
+        say a day after a pause, when the job is resumed.
+        """
+        dropped = drop_held_slots(self.pk, now, why)
+        self.skipped_count = min(self.skipped_count + dropped, MAX_COUNT)
+
     def unpause(self) -> None:
         self.paused_at = self.pause_note = None
 
     def release_claim(self) -> None:
         self.claimed_by = self.claimed_at = self.claim_expires_at = None
+
+
+PAUSED_WHILE_HELD = "the job was paused while the slot was held"
+
+
+def drop_held_slots(job_id: str, now: datetime, why: str) -> int:
+    """The job's held slots become skipped runs, ``why`` their reason; returns how many (see ``SchedulerJob``'s)."""
+    return SchedulerRun.objects.filter(job_id=job_id, status=RunStatus.PENDING, claimed_by=WAITING_CLAIMANT).update(
+        status=RunStatus.SKIPPED, reason=f"overlap: {why}", claimed_by=None, finished_at=now, updated_at=now
+    )
 
 
 class SchedulerRun(models.Model):
@@ -323,10 +343,17 @@ class SchedulerRun(models.Model):
         indexes = [
             models.Index(fields=["job", "finished_at"], name="ix_scheduler_run_job_finished"),
             models.Index(fields=["status", "finished_at"], name="ix_scheduler_run_status_fin"),
+            # An overlap job's unfinished runs: (job, pending, no finished_at) and (job, dispatched, finished since).
+            models.Index(fields=["job", "status", "finished_at"], name="ix_scheduler_run_job_state"),
         ]
 
     def __str__(self) -> str:
         return f"{self.job_id} @ {self.scheduled_for.isoformat()}"
+
+    @property
+    def is_held(self) -> bool:
+        """A slot its job's ``overlap="buffer_one"`` holds until the previous run finishes ("waiting")."""
+        return self.status == RunStatus.PENDING and self.claimed_by == WAITING_CLAIMANT
 
     @property
     def duration(self) -> timedelta | None:

@@ -2,7 +2,8 @@
 found late, with failures, and how it spreads its sends.
 
 The engine applies it in its claims (``claims.claim_due``) from the job's columns: a policy costs
-no query of its own, except ``overlap``, which reads its jobs' unfinished runs once per batch.
+no query of its own, except ``overlap``, which probes each such job's unfinished runs in the
+claim's query and reads those of the jobs it finds busy.
 """
 
 import hashlib

@@ -4,6 +4,7 @@ The claims run at a "now" the test chooses; the previous run's state is what the
 ``RunOutcomeMiddleware`` writes, through its own functions.
 """
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -183,7 +184,7 @@ def test_allow_sends_whatever_runs_and_the_runs_are_read_only_for_a_busy_overlap
     result, reads = run_reads(slot(job, 30.1))
     assert len(result.dispatches) == 3 and reads == 0  # nothing unfinished: the due jobs' query said so
     result, reads = run_reads(slot(job, 40.1))
-    assert len(result.dispatches) == 1 and reads == 1  # one read of the busy jobs' unfinished runs
+    assert len(result.dispatches) == 1 and reads == 2  # the busy jobs' runs not sent yet, and those going
     assert {held.job_id for held in result.held} == {"t"} and {skip.job_id for skip in result.skips} == {"s"}
 
 
@@ -231,14 +232,47 @@ def test_the_released_slot_holds_the_next_one_in_turn(app: SchedulerApp) -> None
     assert held.reason == f"held until the previous run ({when(slot(job, 20))}, sent, not started) finishes"
 
 
-def test_a_held_slot_of_a_paused_job_waits_for_its_resume(app: SchedulerApp) -> None:
+def held_runs(job: SchedulerJob) -> list[tuple[str, str | None]]:
+    return list(SchedulerRun.objects.filter(job=job).exclude(status=RunStatus.DISPATCHED).values_list("status", "reason"))
+
+
+def test_pausing_a_job_skips_its_held_slot_so_a_resume_sends_nothing_old(app: SchedulerApp) -> None:
     job, run_id = running_first_run(app, BUFFER_ONE)
     claim(slot(job, 20.1))
-    app.pause(job.pk)
+    app.pause(job.pk, note="maintenance")
+    assert held_runs(job) == [(RunStatus.SKIPPED, "overlap: the job was paused while the slot was held")]
+    assert SchedulerJob.objects.get(pk=job.pk).skipped_count == 1
     _mark_finished(run_id, "succeeded", slot(job, 21), None)
-    assert release(slot(job, 22)).dispatches == []
     app.resume(job.pk)
-    assert release(slot(job, 23)).released == 1
+    assert release(slot(job, 23)).dispatches == []
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"policy": SKIP}, "overlap: the job's overlap became 'skip' while the slot was held"),
+    ({"policy": SchedulePolicy()}, "overlap: the job's overlap became 'allow' while the slot was held"),
+    ({"policy": BUFFER_ONE, "is_enabled": False}, "overlap: the job was paused while the slot was held"),
+])
+def test_an_upsert_that_stops_holding_skips_the_held_slot(app: SchedulerApp, change: dict[str, Any], reason: str) -> None:
+    job, _ = running_first_run(app, BUFFER_ONE)
+    claim(slot(job, 20.1))
+    app.single(task="system.echo").upsert(EVERY_10_S, job.pk, **change)
+    assert held_runs(job) == [(RunStatus.SKIPPED, reason)]
+
+
+def test_an_upsert_that_keeps_buffer_one_keeps_the_held_slot(app: SchedulerApp) -> None:
+    job, _ = running_first_run(app, BUFFER_ONE)
+    [held] = claim(slot(job, 20.1)).held
+    app.single(task="system.echo").upsert(EVERY_10_S, job.pk, policy=SchedulePolicy(overlap="buffer_one", max_runs=9))
+    assert held_runs(job) == [(RunStatus.PENDING, held.reason)]
+
+
+def test_an_automatic_pause_skips_the_held_slot(app: SchedulerApp) -> None:
+    job, run_id = running_first_run(app, SchedulePolicy(overlap="buffer_one", pause_after_failures=1))
+    claim(slot(job, 20.1))
+    _mark_finished(run_id, "failed", slot(job, 21), "ValueError: boom")
+    job = SchedulerJob.objects.get(pk=job.pk)
+    assert (job.state, job.skipped_count) == ("paused", 1)
+    assert held_runs(job) == [(RunStatus.SKIPPED, "overlap: the job was paused while the slot was held")]
 
 
 def test_a_held_slot_counts_against_max_runs_and_is_sent_once_the_job_has_finished(app: SchedulerApp) -> None:
@@ -315,3 +349,47 @@ def test_a_chain_takes_an_overlap_policy_the_orchestrator_run_being_the_chains_r
     [run_id] = send(claim(slot(chain, 10.1)), slot(chain, 10.1))
     _mark_running(run_id, slot(chain, 10.2))  # the orchestrator runs until the chain's last step has finished
     assert len(claim(slot(chain, 20.1)).skips) == 1
+
+
+# -- found by review --------------------------------------------------------------------------------------------
+
+
+def test_an_overlap_job_is_not_claimed_ahead_its_overlap_is_judged_when_the_slot_is_due(app: SchedulerApp) -> None:
+    job, run_id = running_first_run(app, SKIP)
+    early = claims.claim_due("engine-a", slot(job, 19.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=0.5))
+    assert early.row_count == 0  # the run might finish in the last half second
+    _mark_finished(run_id, "succeeded", slot(job, 19.8), None)
+    assert [dispatch.scheduled_for for dispatch in claim(slot(job, 20)).dispatches] == [slot(job, 20)]
+    allowed = app.single(task="system.echo").schedule(EVERY_10_S, job_id="a")
+    ahead = claims.claim_due("engine-a", slot(allowed, 9.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=1))
+    assert [dispatch.job_id for dispatch in ahead.dispatches] == ["a"]  # a job that allows overlap still is
+
+
+def test_many_unfinished_runs_of_one_job_do_not_hide_another_busy_job(app: SchedulerApp) -> None:
+    crowded = app.single(task="system.echo").schedule(EVERY_10_S, job_id="crowded", policy=SKIP)
+    claims.backfill("crowded", [slot(crowded, -10 * k) for k in range(1, 1301)], slot(crowded, 0))
+    job, _ = running_first_run(app, SKIP, job_id="b")
+    result = claim(slot(job, 20.1))
+    assert {skip.job_id for skip in result.skips} == {"crowded", "b"} and result.dispatches == []
+
+
+@pytest.mark.parametrize("reserved", ["waiting", "backfill"])
+def test_a_scheduler_id_that_marks_runs_of_no_engine_is_refused(reserved: str) -> None:
+    with pytest.raises(SchedulerValidationError, match="Reserved") as refused:
+        SchedulerConfig(scheduler_id=reserved)
+    assert refused.value.field == "scheduler_id"
+
+
+def test_the_cli_shows_a_held_run_as_waiting(app: SchedulerApp) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    job, _ = running_first_run(app, BUFFER_ONE)
+    claim(slot(job, 20.1))
+    out = StringIO()
+    call_command("taskiq_beat", "show", job.pk, stdout=out)
+    assert "waiting" in out.getvalue() and "held until the previous run" in out.getvalue()
+    out = StringIO()
+    call_command("taskiq_beat", "show", job.pk, "--json", stdout=out)
+    assert [run["held"] for run in json.loads(out.getvalue())["recent_runs"]] == [True, False]
