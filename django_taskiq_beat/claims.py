@@ -67,6 +67,7 @@ class Dispatch:
     labels: dict[str, Any] = field(default_factory=dict)  # the job's taskiq labels
     send_at: datetime | None = None  # later than the slot by the job's jitter; None: at the slot
     counted: bool = False  # took one of the job's remaining_runs: a failed send gives it back for its retry
+    late_on_purpose: bool = False  # a backfilled or held slot: its lag is not the engine's (no lag metric)
 
 
 @dataclass(frozen=True)
@@ -530,6 +531,7 @@ def claim_expired(
             dispatches.append(Dispatch(
                 run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
                 run.dispatch_failures, run.job_name, next_slot, run.task_labels, send_at if send_at > now else None,
+                late_on_purpose=run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT),
             ))
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(

@@ -464,7 +464,7 @@ class BeatEngine:
             return
         try:
             for outcome in outcomes:
-                if outcome.error is None and outcome.dispatched_at is not None:
+                if outcome.error is None and outcome.dispatched_at is not None and not outcome.dispatch.late_on_purpose:
                     observe((outcome.dispatched_at - outcome.dispatch.scheduled_for).total_seconds())
         except Exception:
             logger.exception("The send lag observer failed.")
