@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from django.utils import timezone
 
+from django_taskiq_beat import overview
 from django_taskiq_beat.app import SchedulerApp
 from django_taskiq_beat.describe import declaration_text, describe_schedule, local_time, next_fire_times, relative_time
 from django_taskiq_beat.exceptions import SchedulerValidationError
@@ -93,16 +94,15 @@ def _engine_data(engine: SchedulerEngine, dead_after: timedelta) -> dict[str, An
 # -- reading ------------------------------------------------------------------------------------------------
 
 def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
-    """Engines and their heartbeats, jobs by state, what is due."""
+    """Engines and their heartbeats, jobs by state, what is due and overdue (``overview.snapshot``)."""
     now = timezone.now()
     dead_after = timedelta(seconds=app.config.engine_dead_after_seconds)
-    engines = [_engine_data(engine, dead_after) for engine in SchedulerEngine.objects.on_database_clock()]
-    jobs = SchedulerJob.objects
-    states = jobs.count_by_state()
-    due = jobs.due(now)
-    next_due = jobs.filter(is_enabled=True, next_run_at__gt=now).order_by("next_run_at").values_list(
-        "next_run_at", flat=True).first()
-    summary = {"total": jobs.count(), "by_state": states, "due_now": due.count(), "next_due_at": next_due}
+    seen = overview.snapshot(now)
+    engines = [_engine_data(engine, dead_after) for engine in seen.engines]
+    summary = {
+        "total": seen.job_count, "by_state": seen.jobs_by_state, "due_now": seen.due_now, "next_due_at": seen.next_due_at,
+        "overdue": seen.overdue.count, "oldest_overdue": seen.overdue.oldest_job_id,
+    }
     if out.as_json:
         out.json({"engines": engines, "jobs": summary})
         return OK
@@ -116,8 +116,12 @@ def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
               engine["failed_dispatch_count"], engine["recovered_run_count"]) for engine in engines),
         )
     out.line()
-    out.line(f"Jobs: {summary['total']} ({', '.join(f'{count} {state}' for state, count in states.items())});"
-             f" {summary['due_now']} due now; next due {_ago(next_due, now) if next_due else '–'}")
+    late = seen.overdue
+    oldest = f" (the oldest, {late.oldest_job_id}, due {_ago(late.oldest_slot, now)})" if late.count else ""
+    out.line(f"Jobs: {seen.job_count} ({', '.join(f'{count} {state}' for state, count in seen.jobs_by_state.items())});"
+             f" {seen.due_now} due now; {late.count} overdue by more than"
+             f" {overview.OVERDUE_AFTER.total_seconds():g} s{oldest};"
+             f" next due {_ago(seen.next_due_at, now) if seen.next_due_at else '–'}")
     return OK
 
 

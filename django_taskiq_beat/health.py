@@ -14,7 +14,8 @@ from django.db.models.functions import Now
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from django_taskiq_beat.models import SchedulerEngine, SchedulerJob
+from django_taskiq_beat.models import SchedulerEngine
+from django_taskiq_beat.overview import overdue
 
 APP_LABEL = "django_taskiq_beat"
 
@@ -66,14 +67,13 @@ def _engines(dead_after: timedelta) -> Check:
 
 
 def _schedule(now: datetime, max_lag: timedelta) -> Check:
-    overdue = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lt=now - max_lag)
-    oldest = overdue.order_by("next_run_at").values_list("id", "next_run_at").first()
-    if oldest is None:
+    late = overdue(now, max_lag)
+    if not late.count:
         return Check("schedule", True, f"no enabled job overdue by more than {max_lag.total_seconds():g} s")
-    job_id, slot = oldest
-    return Check("schedule", False, f"{overdue.count()} enabled job(s) overdue by more than"
-                                    f" {max_lag.total_seconds():g} s; the oldest, {job_id!r}, was due"
-                                    f" {slot.isoformat(timespec='seconds')}")
+    assert late.oldest_slot is not None
+    return Check("schedule", False, f"{late.count} enabled job(s) overdue by more than"
+                                    f" {max_lag.total_seconds():g} s; the oldest, {late.oldest_job_id!r}, was due"
+                                    f" {late.oldest_slot.isoformat(timespec='seconds')}")
 
 
 def run_checks(dead_after: timedelta, max_lag: timedelta, now: datetime | None = None) -> list[Check]:

@@ -74,6 +74,16 @@ def test_status_shows_engines_and_jobs(jobs: dict[str, SchedulerJob]) -> None:
     assert {engine["id"]: engine["state"] for engine in data["engines"]} == {
         "engine-live": "alive", "engine-dead": "dead", "engine-stopped": "stopped"}
     assert data["jobs"]["by_state"]["paused"] == 1 and data["jobs"]["total"] == 3
+    assert (data["jobs"]["overdue"], data["jobs"]["oldest_overdue"]) == (0, None)
+
+
+@pytest.mark.django_db
+def test_status_names_the_oldest_overdue_job(jobs: dict[str, SchedulerJob]) -> None:
+    SchedulerJob.objects.filter(pk="greet").update(next_run_at=timezone.now() - timedelta(minutes=10))
+    out = run("status")[1]
+    assert "1 overdue by more than 60 s (the oldest, greet, due 10 min ago)" in out
+    data = json.loads(run("status", "--json")[1])
+    assert (data["jobs"]["overdue"], data["jobs"]["oldest_overdue"]) == (1, "greet")
 
 
 @pytest.mark.django_db

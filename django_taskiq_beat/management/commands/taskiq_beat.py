@@ -13,6 +13,7 @@ from django_taskiq_beat import cli
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
 from django_taskiq_beat.models import JobState
+from django_taskiq_beat.overview import OVERDUE_AFTER
 
 
 def _days(value: str) -> float:
@@ -41,10 +42,11 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
                 sub.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
             return sub
 
-        add("status", "Engines and their heartbeats, jobs by state, what is due.")
+        add("status", "Engines and their heartbeats, jobs by state, what is due and overdue.")
         health = add("health", "Exit 0 when healthy, 1 (saying why) otherwise: for Kubernetes and Docker probes.")
-        health.add_argument("--max-lag", type=_seconds, default=60.0, metavar="SECONDS",
-                            help="Unhealthy when an enabled job is overdue by more than this (default 60).")
+        overdue_after = OVERDUE_AFTER.total_seconds()
+        health.add_argument("--max-lag", type=_seconds, default=overdue_after, metavar="SECONDS",
+                            help=f"Unhealthy when an enabled job is overdue by more than this (default {overdue_after:g}).")
         listing = add("list", "The jobs, soonest first.")
         listing.add_argument("--state", choices=JobState.values, help="Only jobs in this state.")
         listing.add_argument("--task", metavar="NAME", help="Only jobs of this task.")
