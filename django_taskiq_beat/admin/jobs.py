@@ -1,46 +1,40 @@
-"""Admin screens: jobs with their state and recent runs, and the run history.
+"""The jobs screen: the list with state, schedule and recent runs; the form; actions through ``SchedulerApp``.
 
-Every change goes through ``SchedulerApp`` (pause, resume, run now, delete), never
+Every change goes through ``SchedulerApp`` (pause, resume, run now, backfill, delete), never
 through raw row edits, so the rules of the API and the engine's wake-ups apply.
 Everything shown is escaped (``format_html``).
 """
 
-from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.utils import quote, unquote
-from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import EmptyResultSet
+from django.contrib.admin.utils import unquote
 from django.db.models import Count, F, Prefetch, QuerySet
-from django.db.models.functions import Now
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.text import capfirst
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
+from django.utils.text import capfirst
 
+from django_taskiq_beat.admin.common import (
+    OUTCOME_COLOURS,
+    STATE_COLOURS,
+    UNKNOWN_COLOUR,
+    SafeListAdmin,
+    change_url,
+    dead_after,
+    duration_text,
+    lag_text,
+    run_colour_and_label,
+    sparkline,
+)
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
-from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
-from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm
-from django_taskiq_beat.health import live_engines
-from django_taskiq_beat.policies import SchedulePolicy
-from django_taskiq_beat.models import (
-    EngineState,
-    JobState,
-    RunOutcome,
-    RunStatus,
-    SchedulerEngine,
-    SchedulerJob,
-    SchedulerRun,
-)
 from django_taskiq_beat.describe import (
     declaration_text,
     describe_schedule,
@@ -50,74 +44,15 @@ from django_taskiq_beat.describe import (
     relative_time,
     trigger_problem,
 )
+from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
+from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm
+from django_taskiq_beat.health import live_engines
+from django_taskiq_beat.models import JobState, SchedulerJob, SchedulerRun
+from django_taskiq_beat.policies import SchedulePolicy
 
 RECENT_RUNS = 20
+SPARKLINE_RUNS = 60
 _LISTED_PROBLEMS = 10
-_UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
-_RUN_COLOURS = {
-    RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e",
-    RunStatus.SKIPPED: "#f9a825",
-}
-_WAITING_COLOUR = "#78909c"  # a pending run held for the previous one (overlap="buffer_one")
-_OUTCOME_COLOURS = {
-    RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
-    RunOutcome.SUCCEEDED: "#2e7d32", RunOutcome.FAILED: "#c62828",
-}
-_STATE_COLOURS = {
-    JobState.ACTIVE: "#2e7d32", JobState.FAILING: "#c62828", JobState.PAUSED: "#ef6c00", JobState.FINISHED: "#616161",
-}
-
-
-def _change_url(model: type[Any], pk: str) -> str:
-    """The admin page of a row, its id quoted as the admin quotes ids ('/', '_', '%' ...)."""
-    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
-
-
-# -- filters ------------------------------------------------------------------------------------------
-
-class SafeChangeList(ChangeList):
-    """Refuses a query string the database cannot take the way Django refuses an unknown
-    filter (a redirect to ``?e=1``), never with a 500: a NUL byte (PostgreSQL refuses it)
-    or a date filter with no end (``?scheduled_for__year=9999``)."""
-
-    def get_filters(self, request: HttpRequest) -> Any:
-        if any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists()):
-            raise IncorrectLookupParameters("The query string holds a NUL character.")
-        try:
-            return super().get_filters(request)
-        except (ValueError, OverflowError) as exc:
-            raise IncorrectLookupParameters(exc) from exc
-
-    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet[Any]:
-        """Also refuse a filter value the backend cannot convert, such as a date before year 1 in UTC."""
-        queryset = super().get_queryset(request, exclude_parameters)
-        try:
-            queryset.query.sql_with_params()  # the values are adapted for the database here
-        except EmptyResultSet:
-            pass  # a filter no row can match: an empty page, not an error
-        except (ValueError, OverflowError) as exc:
-            raise IncorrectLookupParameters(exc) from exc
-        return queryset
-
-
-class SafeListAdmin(admin.ModelAdmin):
-    """A model admin whose list refuses query strings the database cannot take (``SafeChangeList``)."""
-
-    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
-        return SafeChangeList
-
-
-class WrittenByTheSchedulerAdmin(SafeListAdmin):
-    """Rows the scheduler writes itself (runs, engines): to read, never to add, change or delete by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # run history goes by retention or purge_runs; engines prune their own old rows
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -150,8 +85,6 @@ class KindFilter(admin.SimpleListFilter):
         return queryset
 
 
-# -- jobs ---------------------------------------------------------------------------------------------
-
 @admin.register(SchedulerJob)
 class SchedulerJobAdmin(SafeListAdmin):
     list_display = (
@@ -165,31 +98,31 @@ class SchedulerJobAdmin(SafeListAdmin):
     list_per_page = 50
     actions = ("pause_jobs", "resume_jobs", "run_jobs_now", "backfill_jobs")
     readonly_fields = (
-        "id", "name", "description", "task_name", "schedule", "state_badge", "next_run", "next_fire_times_preview",
+        "id", "name", "description", "task_name", "schedule", "state_badge", "last_outcome_text", "pause_text",
+        "next_run", "next_fire_times_preview",
         "is_enabled", "source", "declared_in", "policy", "skipped_count", "task_args", "task_kwargs", "task_labels",
         "metadata_payload",
         "chain_steps", "last_run_at", "last_error",
         "last_dispatched_task_id", "dispatch_count", "dispatch_failures", "finished_at", "created_at", "updated_at",
-        "recent_runs_table",
+        "runs_sparkline", "recent_runs_table",
     )
     fieldsets = (
-        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "is_enabled",
-                           "source", "declared_in")}),
+        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "last_outcome_text",
+                           "pause_text", "is_enabled", "source", "declared_in")}),
         ("Timing", {"fields": ("next_run", "next_fire_times_preview", "policy", "last_run_at", "finished_at")}),
         ("What is sent", {"fields": ("task_args", "task_kwargs", "task_labels", "chain_steps", "metadata_payload")}),
         ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "skipped_count", "last_error",
                                  "last_dispatched_task_id", "created_at", "updated_at")}),
-        ("Recent runs", {"fields": ("recent_runs_table",)}),
+        ("Recent runs", {"fields": ("runs_sparkline", "recent_runs_table")}),
     )
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         if request.method == "GET":
-            config = get_scheduler_app().config
-            dead_after = timedelta(seconds=config.engine_dead_after_seconds)
-            if not live_engines(dead_after):
+            silent_for = dead_after()
+            if not live_engines(silent_for):
                 self.message_user(
                     request, f"No scheduler engine is alive (none has sent a heartbeat in the last"
-                    f" {dead_after.total_seconds():g} s): nothing is being sent. Start manage.py run_taskiq_beat.",
+                    f" {silent_for.total_seconds():g} s): nothing is being sent. Start manage.py run_taskiq_beat.",
                     messages.WARNING,
                 )
         return super().changelist_view(request, extra_context)
@@ -215,10 +148,10 @@ class SchedulerJobAdmin(SafeListAdmin):
         )}),
     )
     status_fieldsets = (
-        ("Status", {"fields": ("state_badge", "next_run", "next_fire_times_preview", "policy", "last_run_at",
-                               "finished_at", "dispatch_count", "dispatch_failures", "skipped_count", "last_error",
-                               "last_dispatched_task_id")}),
-        ("Recent runs", {"fields": ("recent_runs_table",)}),
+        ("Status", {"fields": ("state_badge", "last_outcome_text", "pause_text", "next_run", "next_fire_times_preview",
+                               "policy", "last_run_at", "finished_at", "dispatch_count", "dispatch_failures",
+                               "skipped_count", "last_error", "last_dispatched_task_id")}),
+        ("Recent runs", {"fields": ("runs_sparkline", "recent_runs_table")}),
     )
 
     def _editable(self, job: SchedulerJob | None) -> bool:
@@ -320,7 +253,7 @@ class SchedulerJobAdmin(SafeListAdmin):
     @admin.display(description="state")
     def state_badge(self, job: SchedulerJob) -> str:
         state = job.state
-        return format_html('<strong style="color: {}">{}</strong>', _STATE_COLOURS[state], state.label)
+        return format_html('<strong style="color: {}">{}</strong>', STATE_COLOURS[state], state.label)
 
     @admin.display(description="next run", ordering=F("next_run_at").asc(nulls_last=True))
     def next_run(self, job: SchedulerJob) -> str:
@@ -337,7 +270,7 @@ class SchedulerJobAdmin(SafeListAdmin):
         if not runs:
             return "–"
         run = runs[0]
-        colour, label = _run_colour_and_label(run)
+        colour, label = run_colour_and_label(run)
         return format_html('{}<br><small style="color: {}">{}</small>', local_time(run.scheduled_for), colour, label)
 
     @admin.display(description=f"last {RECENT_RUNS} runs")
@@ -345,18 +278,42 @@ class SchedulerJobAdmin(SafeListAdmin):
         cells = format_html_join(
             "", '<span title="{} {}{}" style="display:inline-block;width:6px;height:14px;margin-right:1px;background:{}">'
                 '</span>',
-            ((_run_colour_and_label(run)[1], local_time(run.scheduled_for), f": {run.reason}" if run.reason else "",
-              _run_colour_and_label(run)[0])
+            ((run_colour_and_label(run)[1], local_time(run.scheduled_for), f": {run.reason}" if run.reason else "",
+              run_colour_and_label(run)[0])
              for run in reversed(_recent(job))),
         )
         return format_html('<span style="white-space: nowrap">{}</span>', cells)
 
     @admin.display(description="next five fire times")
     def next_fire_times_preview(self, job: SchedulerJob) -> str:
+        if not job.is_enabled:  # a paused job fires at no time; a finished one never again
+            return "– (finished)" if job.is_finished else "– (paused: no slot until it is resumed)"
         times = next_fire_times(job)
         if not times:
             return "–"
         return format_html_join(mark_safe("<br>"), "{}", ((local_time(moment),) for moment in times))
+
+    @admin.display(description="last outcome")
+    def last_outcome_text(self, job: SchedulerJob) -> str:
+        """What the worker last reported, and the failures in a row when there are any."""
+        if not job.last_outcome:
+            return "– (no outcome reported yet)"
+        colour = OUTCOME_COLOURS.get(job.last_outcome, UNKNOWN_COLOUR)
+        failures = job.consecutive_failures
+        in_a_row = f" ({failures} failed run{'s' if failures > 1 else ''} in a row)" if failures else ""
+        return format_html('<strong style="color: {}">{}</strong>{}', colour, job.get_last_outcome_display(), in_a_row)
+
+    @admin.display(description="paused")
+    def pause_text(self, job: SchedulerJob) -> str:
+        if job.paused_at is None:
+            return "–"
+        note = f": {job.pause_note}" if job.pause_note else ""
+        return f"since {local_time(job.paused_at)} ({relative_time(job.paused_at)}){note}"
+
+    @admin.display(description=f"latest {SPARKLINE_RUNS} runs")
+    def runs_sparkline(self, job: SchedulerJob) -> str:
+        runs = _latest_runs(job)
+        return sparkline(runs) if runs else "–"
 
     @admin.display(description="chain steps")
     def chain_steps(self, job: SchedulerJob) -> str:
@@ -373,19 +330,23 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     @admin.display(description=f"latest {RECENT_RUNS} runs")
     def recent_runs_table(self, job: SchedulerJob) -> str:
-        runs = list(job.runs.order_by("-scheduled_for")[:RECENT_RUNS])
+        """Each run as it ended: the worker's outcome when it reported one (a failed task shows failed, with
+        the worker's error), else the dispatch status; how long the task took."""
+        runs = _latest_runs(job)[:RECENT_RUNS]
         if not runs:
             return "No runs yet."
         rows = format_html_join(
-            "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((_change_url(SchedulerRun, run.pk), local_time(run.scheduled_for), *_status_colour_and_label(run),
-              local_time(run.dispatched_at) if run.dispatched_at else "–", _lag_text(run), run.error or run.reason or "")
+            "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td>'
+                "<td>{}</td></tr>",
+            ((change_url(SchedulerRun, run.pk), local_time(run.scheduled_for), *run_colour_and_label(run),
+              local_time(run.dispatched_at) if run.dispatched_at else "–", lag_text(run), duration_text(run),
+              run.error or run.reason or "")
              for run in runs),
         )
         history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
         return format_html(
-            "<table><tr><th>scheduled for</th><th>status</th><th>dispatched at</th><th>lag</th><th>error or reason</th></tr>"
-            '{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
+            "<table><tr><th>scheduled for</th><th>outcome</th><th>dispatched at</th><th>lag</th><th>duration</th>"
+            '<th>error or reason</th></tr>{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
         )
 
     # -- actions: through SchedulerApp --------------------------------------------------------------
@@ -455,7 +416,7 @@ class SchedulerJobAdmin(SafeListAdmin):
         listed = []
         for job in jobs:
             listed.append(format_html(
-                '{}: <a href="{}">{}</a>', capfirst(SchedulerJob._meta.verbose_name), _change_url(SchedulerJob, job.pk),
+                '{}: <a href="{}">{}</a>', capfirst(SchedulerJob._meta.verbose_name), change_url(SchedulerJob, job.pk),
                 str(job),
             ))
             if runs.get(job.pk):
@@ -470,20 +431,6 @@ class SchedulerJobAdmin(SafeListAdmin):
         self._apply(request, queryset, "delete")
 
 
-def _run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
-    """The worker's outcome when it reported one, else the dispatch status."""
-    if run.status == RunStatus.DISPATCHED and run.outcome:
-        return _OUTCOME_COLOURS.get(run.outcome, _UNKNOWN_COLOUR), run.get_outcome_display()
-    return _status_colour_and_label(run)
-
-
-def _status_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
-    """The dispatch status; ``waiting`` for a pending run held until the previous one finishes."""
-    if run.is_held:
-        return _WAITING_COLOUR, "waiting"
-    return _RUN_COLOURS.get(run.status, _UNKNOWN_COLOUR), run.get_status_display()
-
-
 def _policy_words(job: SchedulerJob) -> str:
     """The job's policy in words (empty: the default); a stored value the policy refuses is named, not a 500."""
     try:
@@ -492,163 +439,12 @@ def _policy_words(job: SchedulerJob) -> str:
         return f"unreadable policy: {error.field}={error.value!r:.80}"
 
 
+def _latest_runs(job: SchedulerJob) -> list[SchedulerRun]:
+    """The job's latest runs for its page (the sparkline's, the table's first), read once per page."""
+    if not hasattr(job, "_latest_runs"):
+        job._latest_runs = list(job.runs.order_by("-scheduled_for")[:SPARKLINE_RUNS])  # type: ignore[attr-defined]
+    return job._latest_runs  # type: ignore[attr-defined]
+
+
 def _recent(job: SchedulerJob) -> list[SchedulerRun]:
     return getattr(job, "recent_runs", [])
-
-
-def _lag_text(run: SchedulerRun) -> str:
-    if run.dispatched_at is None:
-        return "–"
-    return f"{(run.dispatched_at - run.scheduled_for).total_seconds() * 1000:.0f} ms"
-
-
-# -- runs ---------------------------------------------------------------------------------------------
-
-@admin.register(SchedulerRun)
-class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
-    list_display = (
-        "scheduled_time", "job_link", "status_badge", "outcome_badge", "dispatched_time", "lag", "duration_text",
-        "broker_task_id", "short_error",
-    )
-    list_filter = ("status", "outcome", ("scheduled_for", admin.DateFieldListFilter))
-    list_select_related = ("job",)
-    search_fields = ("id", "job__id", "job__name", "broker_task_id")
-    date_hierarchy = "scheduled_for"
-    ordering = ("-scheduled_for",)
-    readonly_fields = (
-        "id", "job_link", "status_badge", "scheduled_for", "dispatched_at", "finished_at", "lag", "broker_task_id",
-        "outcome_badge", "started_at", "completed_at", "duration_text", "error", "reason", "claimed_by",
-        "lease_expires_at",
-        "chain_progress", "created_at", "updated_at",
-    )
-    fields = readonly_fields
-
-    @admin.display(description="scheduled for", ordering="scheduled_for")
-    def scheduled_time(self, run: SchedulerRun) -> str:
-        return local_time(run.scheduled_for)  # to the second: jobs run every few seconds
-
-    @admin.display(description="dispatched at", ordering="dispatched_at")
-    def dispatched_time(self, run: SchedulerRun) -> str:
-        return local_time(run.dispatched_at) if run.dispatched_at else "–"
-
-    @admin.display(description="job", ordering="job__name")
-    def job_link(self, run: SchedulerRun) -> str:
-        return format_html('<a href="{}">{}</a>', _change_url(SchedulerJob, run.job_id), run.job.name or run.job_id)
-
-    @admin.display(description="status", ordering="status")
-    def status_badge(self, run: SchedulerRun) -> str:
-        return format_html('<strong style="color: {}">{}</strong>', *_status_colour_and_label(run))
-
-    @admin.display(description="lag")
-    def lag(self, run: SchedulerRun) -> str:
-        return _lag_text(run)
-
-    @admin.display(description="outcome", ordering="outcome")
-    def outcome_badge(self, run: SchedulerRun) -> str:
-        return format_html('<strong style="color: {}">{}</strong>', _OUTCOME_COLOURS.get(run.outcome, _UNKNOWN_COLOUR),
-                           run.get_outcome_display())
-
-    @admin.display(description="duration")
-    def duration_text(self, run: SchedulerRun) -> str:
-        duration = run.duration
-        if duration is not None:
-            return f"{duration.total_seconds() * 1000:.0f} ms"
-        if run.started_at is None or run.outcome != RunOutcome.RUNNING:
-            return "–"
-        if timezone.now() - run.started_at > timedelta(seconds=get_scheduler_app().config.stale_run_seconds):
-            return format_html('<strong style="color: #c62828">stale</strong>: running since {}', local_time(run.started_at))
-        return f"running since {local_time(run.started_at)}"
-
-    @admin.display(description="error or reason")
-    def short_error(self, run: SchedulerRun) -> str:
-        return (run.error or run.reason or "")[:120]
-
-    @admin.display(description="chain progress")
-    def chain_progress(self, run: SchedulerRun) -> str:
-        progress = run.progress
-        if not isinstance(progress, dict) or not progress:
-            return "–"
-        rows = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((index, step.get("task_name"), step.get("status"), step.get("attempts"), step.get("error") or "")
-             for index, step in enumerate(dicts_in(progress, "steps"))),
-        )
-        outcome = progress.get("error") or progress.get("result") or ""
-        return format_html(
-            "<p>{} (chain attempt {})</p><table><tr><th>#</th><th>task</th><th>status</th><th>attempts</th>"
-            "<th>error</th></tr>{}</table><p>{}</p>",
-            progress.get("status"), progress.get("chain_attempt"), rows, outcome,
-        )
-
-
-# -- engines ------------------------------------------------------------------------------------------
-
-_ENGINE_COLOURS = {EngineState.ALIVE: "#2e7d32", EngineState.DEAD: "#c62828", EngineState.STOPPED: "#616161"}
-
-
-def _dead_after() -> timedelta:
-    return timedelta(seconds=get_scheduler_app().config.engine_dead_after_seconds)
-
-
-class EngineStateFilter(admin.SimpleListFilter):
-    title = "state"
-    parameter_name = "state"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(EngineState.choices)
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerEngine]) -> QuerySet[SchedulerEngine]:
-        match self.value():
-            case EngineState.ALIVE:
-                return queryset.alive(Now(), _dead_after())  # type: ignore[attr-defined]
-            case EngineState.STOPPED:
-                return queryset.filter(stopped_at__isnull=False)
-            case EngineState.DEAD:
-                return queryset.dead(Now(), _dead_after())  # type: ignore[attr-defined]
-        return queryset
-
-
-@admin.register(SchedulerEngine)
-class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
-    """The engines as their heartbeats tell: read-only, written by the engines themselves."""
-
-    list_display = ("id", "state_badge", "process", "version", "heartbeat", "started", "stopped", "counters")
-    list_filter = (EngineStateFilter, "hostname")
-    search_fields = ("id", "hostname")
-    ordering = ("-heartbeat_at",)
-    readonly_fields = (
-        "id", "state_badge", "hostname", "pid", "version", "heartbeat", "started", "stopped", "dispatched_count",
-        "failed_dispatch_count", "recovered_run_count", "claim_conflict_count",
-    )
-    fields = readonly_fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[SchedulerEngine]:
-        return super().get_queryset(request).on_database_clock()  # type: ignore[attr-defined]
-
-    @admin.display(description="state")
-    def state_badge(self, engine: SchedulerEngine) -> str:
-        state = engine.state(_dead_after())
-        return format_html('<strong style="color: {}">{}</strong>', _ENGINE_COLOURS[state], state.label)
-
-    @admin.display(description="host:pid", ordering="hostname")
-    def process(self, engine: SchedulerEngine) -> str:
-        return f"{engine.hostname}:{engine.pid}"
-
-    @admin.display(description="counts")
-    def counters(self, engine: SchedulerEngine) -> str:
-        return format_html(
-            "{} sent<br><small>{} failed · {} recovered · {} conflicts</small>", engine.dispatched_count,
-            engine.failed_dispatch_count, engine.recovered_run_count, engine.claim_conflict_count,
-        )
-
-    @admin.display(description="started", ordering="started_at")
-    def started(self, engine: SchedulerEngine) -> str:
-        return local_time(engine.started_at)
-
-    @admin.display(description="stopped", ordering="stopped_at")
-    def stopped(self, engine: SchedulerEngine) -> str:
-        return local_time(engine.stopped_at) if engine.stopped_at else "–"
-
-    @admin.display(description="last heartbeat", ordering="heartbeat_at")
-    def heartbeat(self, engine: SchedulerEngine) -> str:
-        return format_html("{}<br><small>{}</small>", local_time(engine.heartbeat_at), relative_time(engine.heartbeat_at))
