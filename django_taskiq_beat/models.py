@@ -296,6 +296,14 @@ class SchedulerJob(models.Model):
         self.claimed_by = self.claimed_at = self.claim_expires_at = None
 
 
+class SchedulerDashboard(SchedulerJob):
+    """The admin's dashboard: a page of its own, listed with the app's screens. No table of its own."""
+
+    class Meta:
+        proxy = True
+        verbose_name = verbose_name_plural = "dashboard"
+
+
 PAUSED_WHILE_HELD = "the job was paused while the slot was held"
 
 

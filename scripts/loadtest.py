@@ -5,6 +5,7 @@
     python scripts/loadtest.py scale  --db sqlite --jobs 100000
     python scripts/loadtest.py multi  --db postgres --jobs 5000 --engines 3
     python scripts/loadtest.py burst  --db sqlite --sizes 1000 --policies   (every job with LOAD_POLICY)
+    python scripts/loadtest.py dashboard --db postgres --jobs 100000 --runs 1000000
 
 Each run uses a fresh database (a temp SQLite file, or a throwaway PostgreSQL server
 started like the test suite's), prints a table and writes JSON to scripts/results/.
@@ -325,6 +326,68 @@ def multi(arguments: argparse.Namespace) -> None:
     report("multi", arguments.db, rows)
 
 
+def dashboard(arguments: argparse.Namespace) -> None:
+    """The admin's dashboard over many jobs and a long run history: how long it takes, how many queries."""
+    import random
+
+    from django.contrib import admin
+    from django.contrib.auth.models import User
+    from django.db import connection
+    from django.test import RequestFactory
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from django_taskiq_beat.admin.dashboard import SchedulerDashboardAdmin
+    from django_taskiq_beat.models import SchedulerDashboard, SchedulerJob, SchedulerRun
+
+    clear()
+    now = timezone.now()
+    started = time.perf_counter()
+    insert_jobs(arguments.jobs, "periodic", now + timedelta(minutes=30), interval_seconds=3600)
+    job_ids = list(SchedulerJob.objects.values_list("pk", flat=True))
+    SchedulerJob.objects.filter(pk__in=job_ids[:50]).update(next_run_at=now - timedelta(minutes=5))  # overdue
+    rng = random.Random(7)
+    outcomes = ["succeeded"] * 90 + ["failed"] * 5 + [""] * 5
+    for start in range(0, arguments.runs, 20_000):  # over the last week, oldest first
+        batch = []
+        for index in range(start, min(start + 20_000, arguments.runs)):
+            slot = now - timedelta(days=arguments.days) + timedelta(days=arguments.days) * index / arguments.runs
+            skipped = index % 50 == 0
+            batch.append(SchedulerRun(
+                job_id=job_ids[index % len(job_ids)], scheduled_for=slot, status="skipped" if skipped else "dispatched",
+                dispatched_at=None if skipped else slot + timedelta(milliseconds=rng.expovariate(1 / 40)),
+                finished_at=slot, outcome="" if skipped else rng.choice(outcomes),
+                error="ValueError: load" if index % 20 == 0 else None,
+            ))
+        SchedulerRun.objects.bulk_create(batch, batch_size=5000)
+    setup = time.perf_counter() - started
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    user = User.objects.create_superuser("load", "load@example.com", "load")
+    page = SchedulerDashboardAdmin(SchedulerDashboard, admin.site)
+
+    def render() -> None:
+        request = RequestFactory().get("/admin/django_taskiq_beat/schedulerdashboard/")
+        request.user = user
+        page.changelist_view(request).render()
+
+    timings = []
+    for _ in range(arguments.repeat):
+        began = time.perf_counter()
+        render()
+        timings.append((time.perf_counter() - began) * 1000)
+    with CaptureQueriesContext(connection) as captured:  # apart: capturing formats every query
+        render()
+    queries = len(captured.captured_queries)
+    since = now - timedelta(hours=24)
+    report("dashboard", arguments.db, [{
+        "jobs": arguments.jobs, "runs": arguments.runs,
+        "runs_last_24h": SchedulerRun.objects.filter(scheduled_for__gte=since).count(), "setup_s": round(setup, 1),
+        "render_ms_median": round(statistics.median(timings)), "render_ms_max": round(max(timings)),
+        "queries": queries,
+    }])
+
+
 def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "PYTHONPATH": str(REPO), "LOAD_SINK": str(sink),
@@ -343,7 +406,7 @@ def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["burst", "steady", "scale", "multi"])
+    parser.add_argument("scenario", choices=["burst", "steady", "scale", "multi", "dashboard"])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -353,10 +416,14 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--lead-ms", type=int, default=250)
     parser.add_argument("--policies", action="store_true", help="burst, scale: every job has load_policy()")
+    parser.add_argument("--runs", type=int, default=1_000_000, help="dashboard: runs in the history")
+    parser.add_argument("--days", type=float, default=7.0, help="dashboard: the history spans this many days")
+    parser.add_argument("--repeat", type=int, default=7, help="dashboard: renders timed")
     arguments = parser.parse_args()
     with database(arguments.db) as env:
         setup_django(env)
-        {"burst": burst, "steady": steady, "scale": scale, "multi": multi}[arguments.scenario](arguments)
+        scenarios = {"burst": burst, "steady": steady, "scale": scale, "multi": multi, "dashboard": dashboard}
+        scenarios[arguments.scenario](arguments)
 
 
 if __name__ == "__main__":

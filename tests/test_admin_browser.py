@@ -211,3 +211,54 @@ def test_a_policy_set_in_the_form_reads_in_words_and_a_held_slot_shows_as_waitin
     runs = page.inner_text("div.field-recent_runs_table")  # type: ignore[attr-defined]
     assert "waiting" in runs and reason in runs
     page.screenshot(path=str(screenshots / "job-policy.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (1920, 1080)])
+def test_the_dashboard_draws_its_charts_from_the_runs(
+    live_server: object, page: object, screenshots: Path, width: int, height: int
+) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.test_admin_dashboard import schedule, sent
+    from tests.test_cli import engine_row
+
+    engine_row("engine-a1", heartbeat_age=2, dispatched_count=4210)
+    report = schedule("reports.hourly", every=900, name="Hourly report")
+    export = schedule("exports.nightly", every=1200, name="Nightly export")
+    for hours_ago in range(23):
+        for minute in range(0, 60, 15):
+            sent(report, timedelta(hours=hours_ago, minutes=minute + 1), lag=0.004 if minute else 0.3)
+        if hours_ago % 4 == 0:
+            sent(export, timedelta(hours=hours_ago, minutes=2), outcome="failed", error="ValueError: bad row 17")
+        if hours_ago % 6 == 1:
+            sent(export, timedelta(hours=hours_ago, minutes=3), status=RunStatus.SKIPPED, outcome="")
+    page.set_viewport_size({"width": width, "height": height})  # type: ignore[attr-defined]
+    log_in(page, str(live_server), "/admin/django_taskiq_beat/schedulerdashboard/")
+
+    segments = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "rect.tb-bar-segment", "els => els.map(e => [e.dataset.category, +e.dataset.count, e.getBBox().height])"
+    )
+    counted = {category: sum(count for kind, count, _ in segments if kind == category) for category, _, _ in segments}
+    assert counted == {
+        "succeeded": SchedulerRun.objects.filter(outcome="succeeded").count(),
+        "failed": SchedulerRun.objects.filter(outcome="failed").count(),
+        "skipped": SchedulerRun.objects.filter(status="skipped").count(),
+    }
+    assert all(drawn > 0 for _, _, drawn in segments)
+    points = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "circle.tb-lag-point", "els => els.map(e => [e.dataset.percentile, e.dataset.seconds])"
+    )
+    assert ["p95", "0.5"] in points and ["p50", "0.01"] in points, points  # one send in four 0.3 s late
+    rows = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "g.tb-timeline-row", "els => els.map(e => [e.dataset.job, e.querySelectorAll('rect').length])"
+    )
+    assert sorted(rows) == [["exports.nightly", 3], ["reports.hourly", 4]], rows
+    assert "ValueError: bad row 17" in page.inner_text("#tb-failing")  # type: ignore[attr-defined]
+    assert "1 alive" in page.inner_text("#tb-engines")  # type: ignore[attr-defined]
+    assert page.evaluate(  # type: ignore[attr-defined]
+        "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    ), "the dashboard scrolls sideways"
+    page.screenshot(path=str(screenshots / f"dashboard-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+    assert timezone.now()  # the rows above were written relative to now

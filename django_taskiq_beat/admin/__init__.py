@@ -1,3 +1,3 @@
-"""Admin screens: jobs, runs and engines, one module each (``common`` holds what they share)."""
+"""Admin screens: the dashboard, jobs, runs and engines, one module each (``common`` holds what they share)."""
 
-from django_taskiq_beat.admin import engines, jobs, runs  # noqa: F401  (each registers its screen)
+from django_taskiq_beat.admin import dashboard, engines, jobs, runs  # noqa: F401  (each registers its screen)
