@@ -3,6 +3,7 @@
 The admin and the ``taskiq_beat`` command show jobs the same way.
 """
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,23 @@ def dicts_in(value: Any, key: str) -> list[dict[str, Any]]:
     """``value[key]`` as a list of dicts (a chain's steps, its progress): [] for a row written otherwise."""
     items = value.get(key) if isinstance(value, dict) else None
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def job_label(job: SchedulerJob) -> str:
+    """Its name; an unnamed job with a generated id is its task and the id's first 8 characters."""
+    if job.name:
+        return job.name
+    try:
+        uuid.UUID(job.id)
+    except ValueError:
+        return job.id  # an id someone chose says something
+    return f"{job.task_name} · {job.id[:8]}"
+
+
+def short_time(moment: datetime, now: datetime | None = None) -> str:
+    """For lists: ``14:58:45`` today, ``2026-12-03 14:58`` on other days, in the project's zone."""
+    local, today = timezone.localtime(moment), timezone.localtime(now or timezone.now()).date()
+    return local.strftime("%H:%M:%S") if local.date() == today else local.strftime("%Y-%m-%d %H:%M")
 
 
 def relative_time(moment: datetime, now: datetime | None = None) -> str:

@@ -231,6 +231,8 @@ class SchedulerJobForm(forms.ModelForm):
             field = _ERROR_FIELDS.get(error.field.split("[")[0])
             if error.field == "policy":  # the policy needs outcomes the broker does not report: next to its field
                 field = self.policy.outcome_readers[0]
+            elif field in CRON_FIELDS and (data.get("cron_expression") or "").strip():
+                field = "cron_expression"  # the fields below it were ignored: the mistake is in the expression
             self.add_error(field, f"{error.problem} ({error.field}={short_repr(error.value)})")
             return data
         if not self.editing and SchedulerJob.objects.filter(pk=self._job_id(data)).exists():

@@ -356,7 +356,8 @@ class SchedulerRun(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.job_id} @ {self.scheduled_for.isoformat()}"
+        """``Run of reports.daily for 2026-12-02 06:00:00 CET``: the admin's title for the run's page."""
+        return f"Run of {self.job_id} for {timezone.localtime(self.scheduled_for).strftime('%Y-%m-%d %H:%M:%S %Z')}"
 
     @property
     def is_held(self) -> bool:

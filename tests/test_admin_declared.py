@@ -41,7 +41,8 @@ def test_the_list_shows_where_a_job_is_declared_and_filters_by_source(
     admin_client: Client, declared_job: SchedulerJob, api_job: SchedulerJob
 ) -> None:
     page = admin_client.get(JOBS).content.decode()
-    assert "Nightly beat<br><small>settings</small>" in page and "From code<br>" not in page
+    assert "Nightly beat<br><small>demo.heartbeat · settings</small>" in page  # its task, and where it is declared
+    assert "From code<br><small>demo.heartbeat</small>" in page  # a job from the API: its task only
     only_declared = admin_client.get(JOBS, {"source__exact": "settings"}).content.decode()
     assert "Nightly beat" in only_declared and "From code" not in only_declared
 

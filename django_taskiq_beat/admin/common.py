@@ -1,7 +1,7 @@
 """What the admin's screens share: colours, links, lists that refuse bad query strings, run labels."""
 
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib import admin
@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from django_taskiq_beat.app import get_scheduler_app
-from django_taskiq_beat.describe import local_time
+from django_taskiq_beat.describe import local_time, short_time
 from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerRun
 
 UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
@@ -104,6 +104,13 @@ def lag_text(run: SchedulerRun) -> str:
     if run.dispatched_at is None:
         return "–"
     return f"{(run.dispatched_at - run.scheduled_for).total_seconds() * 1000:.0f} ms"
+
+
+def list_time(moment: datetime | None) -> str:
+    """A time in a list: short (``short_time``), the full time with its zone on hover; ``–`` for none."""
+    if moment is None:
+        return "–"
+    return format_html('<span title="{}">{}</span>', local_time(moment), short_time(moment))
 
 
 def duration_text(run: SchedulerRun) -> str:

@@ -8,8 +8,8 @@ from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from django_taskiq_beat.admin.common import WrittenByTheSchedulerAdmin, dead_after
-from django_taskiq_beat.describe import local_time, relative_time
+from django_taskiq_beat.admin.common import WrittenByTheSchedulerAdmin, dead_after, list_time
+from django_taskiq_beat.describe import relative_time
 from django_taskiq_beat.models import EngineState, SchedulerEngine
 
 
@@ -69,12 +69,12 @@ class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
 
     @admin.display(description="started", ordering="started_at")
     def started(self, engine: SchedulerEngine) -> str:
-        return local_time(engine.started_at)
+        return list_time(engine.started_at)
 
     @admin.display(description="stopped", ordering="stopped_at")
     def stopped(self, engine: SchedulerEngine) -> str:
-        return local_time(engine.stopped_at) if engine.stopped_at else "–"
+        return list_time(engine.stopped_at)
 
     @admin.display(description="last heartbeat", ordering="heartbeat_at")
     def heartbeat(self, engine: SchedulerEngine) -> str:
-        return format_html("{}<br><small>{}</small>", local_time(engine.heartbeat_at), relative_time(engine.heartbeat_at))
+        return format_html("{}<br><small>{}</small>", list_time(engine.heartbeat_at), relative_time(engine.heartbeat_at))

@@ -10,19 +10,24 @@ from django_taskiq_beat.admin.common import (
     change_url,
     duration_text,
     lag_text,
+    list_time,
+    run_colour_and_label,
     status_colour_and_label,
 )
-from django_taskiq_beat.describe import dicts_in, local_time
+from django_taskiq_beat.describe import dicts_in, job_label
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+
+
+_SHORT_ERROR = 60
 
 
 @admin.register(SchedulerRun)
 class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
-    list_display = (
-        "scheduled_time", "job_link", "status_badge", "outcome_badge", "dispatched_time", "lag", "duration_text",
-        "broker_task_id", "short_error",
-    )
-    list_filter = ("status", "outcome", ("scheduled_for", admin.DateFieldListFilter))
+    # What became of the run is one column (the worker's outcome, else the dispatch status), the lag says when it
+    # was sent, the error is cut short: the run's page has the rest (dispatch time, broker task id, the whole
+    # error), and the list fits a 1280 px window.
+    list_display = ("scheduled_time", "job_link", "ended", "lag", "duration_text", "short_error")
+    list_filter = ("status", "outcome", "job__source", ("scheduled_for", admin.DateFieldListFilter))
     list_select_related = ("job",)
     search_fields = ("id", "job__id", "job__name", "broker_task_id")
     date_hierarchy = "scheduled_for"
@@ -37,15 +42,15 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
 
     @admin.display(description="scheduled for", ordering="scheduled_for")
     def scheduled_time(self, run: SchedulerRun) -> str:
-        return local_time(run.scheduled_for)  # to the second: jobs run every few seconds
+        return list_time(run.scheduled_for)  # to the second today: jobs run every few seconds
 
     @admin.display(description="dispatched at", ordering="dispatched_at")
     def dispatched_time(self, run: SchedulerRun) -> str:
-        return local_time(run.dispatched_at) if run.dispatched_at else "–"
+        return list_time(run.dispatched_at)
 
     @admin.display(description="job", ordering="job__name")
     def job_link(self, run: SchedulerRun) -> str:
-        return format_html('<a href="{}">{}</a>', change_url(SchedulerJob, run.job_id), run.job.name or run.job_id)
+        return format_html('<a href="{}">{}</a>', change_url(SchedulerJob, run.job_id), job_label(run.job))
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, run: SchedulerRun) -> str:
@@ -64,9 +69,16 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
     def duration_text(self, run: SchedulerRun) -> str:
         return duration_text(run)
 
+    @admin.display(description="outcome", ordering="outcome")
+    def ended(self, run: SchedulerRun) -> str:
+        return format_html('<strong style="color: {}">{}</strong>', *run_colour_and_label(run))
+
     @admin.display(description="error or reason")
     def short_error(self, run: SchedulerRun) -> str:
-        return (run.error or run.reason or "")[:120]
+        text = run.error or run.reason or ""
+        if len(text) <= _SHORT_ERROR:
+            return text
+        return format_html('<span title="{}">{}…</span>', text[:2000], text[:_SHORT_ERROR])
 
     @admin.display(description="chain progress")
     def chain_progress(self, run: SchedulerRun) -> str:
