@@ -20,7 +20,7 @@ from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orche
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
-from django_taskiq_beat.models import PAUSED_WHILE_HELD, SchedulerJob, SchedulerRun, read_or, refuse_unreadable_job
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun, read_or, refuse_unreadable_job
 from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware, slots_between
 
@@ -127,7 +127,7 @@ class SchedulerApp:
         if note is not None:
             require_text("note", note, max_length=_MAX_NOTE_LENGTH)
         said = f" (note: {logs.one_line(note)!r})" if note else ""
-        return self._change(job_id, "Paused job %s%s.", lambda job, now: _pause(job, now, note), said)
+        return self._change(job_id, "Paused job %s%s.", lambda job, now: job.disarm(now, note), said)
 
     def resume(self, job_id: str) -> SchedulerJob:
         """Re-enable the job on its next slot from now; a finished job stays finished."""
@@ -213,11 +213,6 @@ class SchedulerApp:
 def _job_id(job_id: Any) -> str:
     """A job id that can be looked up on every database (a NUL would be a database error)."""
     return require_text("job_id", job_id)
-
-
-def _pause(job: SchedulerJob, now: datetime, note: str | None) -> None:
-    job.disarm(now, note)
-    job.drop_held_slots(now, PAUSED_WHILE_HELD)
 
 
 def _resume(job: SchedulerJob, now: datetime) -> None:

@@ -37,7 +37,6 @@ from django_taskiq_beat.models import (
     JobKind,
     JobSource,
     JobStrategy,
-    PAUSED_WHILE_HELD,
     RunStatus,
     SchedulerJob,
     SchedulerRun,
@@ -419,7 +418,6 @@ class ScheduleBuilder:
         _apply_policy(job, policy or SchedulePolicy(), now)
         if is_enabled is False:
             job.disarm(now)
-            job.drop_held_slots(now, PAUSED_WHILE_HELD)
         elif job.is_finished:
             if trigger_changed:
                 job.arm(now)

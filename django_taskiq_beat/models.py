@@ -271,7 +271,10 @@ class SchedulerJob(models.Model):
         self.release_claim()
 
     def disarm(self, now: datetime, note: str | None = None) -> None:
-        """Pause the job without finishing it: no slot until it is resumed."""
+        """Pause the job without finishing it: no slot until it is resumed, a held one included.
+
+        A stored job's held slots are recorded as skipped here (call with its row locked, then save it).
+        """
         if self.is_enabled or self.paused_at is None:  # pausing again keeps when it began
             self.paused_at = now
         if note is not None or self.is_enabled:
@@ -279,6 +282,8 @@ class SchedulerJob(models.Model):
         self.is_enabled = False
         self.next_run_at = None
         self.release_claim()
+        if not self._state.adding:
+            self.drop_held_slots(now, PAUSED_WHILE_HELD)
 
     def drop_held_slots(self, now: datetime, why: str) -> None:
         """Record the slots it holds (``overlap="buffer_one"``) as skipped; call with its row locked, then save it.
