@@ -5,9 +5,11 @@ cost does not grow with the number of jobs or runs, except for the runs of the l
 the hourly aggregates read through the ``scheduled_for`` index.
 """
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import accumulate
 
 from django.db.models import (
     Case,
@@ -106,10 +108,12 @@ def _lag() -> ExpressionWrapper:
 
 
 def _lag_bucket() -> Case:
-    """The index in ``LAG_BOUNDS`` of the first bound a sent run's ``lag`` is under (``len``: over them all)."""
+    """The index in ``LAG_BOUNDS`` of the first bound a sent run's ``lag`` is under (``len``: over them all).
+
+    An unsent run has no lag (NULL compares to nothing): it has no bucket.
+    """
     return Case(
-        *(When(Q(dispatched_at__isnull=False) & Q(lag__lt=timedelta(seconds=bound)), then=Value(index))
-          for index, bound in enumerate(LAG_BOUNDS)),
+        *(When(lag__lt=timedelta(seconds=bound), then=Value(index)) for index, bound in enumerate(LAG_BOUNDS)),
         When(dispatched_at__isnull=False, then=Value(len(LAG_BOUNDS))),
         default=None, output_field=IntegerField(),
     )
@@ -143,15 +147,12 @@ def last_hours(now: datetime, hours: int = 24) -> list[Hour]:
 
 
 def _percentile(histogram: list[int], fraction: float) -> float | None:
+    """The bound of the first bucket by which ``fraction`` of the counts are seen; None for no counts."""
     total = sum(histogram)
     if not total:
         return None
-    seen = 0
-    for index, count in enumerate(histogram):
-        seen += count
-        if seen >= fraction * total:
-            return LAG_BOUNDS[index] if index < len(LAG_BOUNDS) else float("inf")
-    return float("inf")  # pragma: no cover  (the loop always reaches the total)
+    bounds = (*LAG_BOUNDS, math.inf)
+    return next(bound for bound, seen in zip(bounds, accumulate(histogram), strict=True) if seen >= fraction * total)
 
 
 @dataclass(frozen=True)
