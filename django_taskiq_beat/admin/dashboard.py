@@ -83,7 +83,7 @@ def _lag_y(seconds: float, top: float, height: float) -> float:
     return top + (math.log10(_LAG_HIGH) - math.log10(max(seconds, _LAG_LOW))) / span * height
 
 
-def lag_text(seconds: float) -> str:
+def _lag_words(seconds: float) -> str:
     if math.isinf(seconds):
         return f"over {_LAG_HIGH:g} s"
     return f"under {seconds * 1000:g} ms" if seconds < 1 else f"under {seconds:g} s"
@@ -100,12 +100,12 @@ def lag_chart(hours: list[overview.Hour], height: int = 150, left: int = 60, top
             if value is None:
                 continue
             points.append(Mark(left + index * slot + slot / 2, _lag_y(value, top, height), 0, 0, colour,
-                               f"{_hour_label(hour.start)}: {name} {lag_text(value)}",
+                               f"{_hour_label(hour.start)}: {name} {_lag_words(value)}",
                                {"hour": _hour_label(hour.start), "percentile": name,
                                 "seconds": "inf" if math.isinf(value) else f"{value:g}"}))
         lines.append({"name": name, "colour": colour, "points": points,
                       "path": " ".join(f"{point.x:.1f},{point.y:.1f}" for point in points)})
-    ticks = [(_lag_y(bound, top, height), lag_text(bound).removeprefix("under "))
+    ticks = [(_lag_y(bound, top, height), _lag_words(bound).removeprefix("under "))
              for bound in (0.01, 0.1, 1.0, 10.0, 60.0)]
     return {"height": height + top + 20, "left": left, "lines": lines, "ticks": ticks,
             "labels": _hour_axis(hours, left, slot), "bottom": top + height}
