@@ -48,6 +48,7 @@ from django_taskiq_beat.triggers import (
     OneOffSchedule,
     PeriodicSchedule,
     Trigger,
+    timing_of,
     trigger_kind,
 )
 
@@ -407,7 +408,10 @@ class ScheduleBuilder:
         now = timezone.now()
         before = _schedule_state(job)
         new_trigger = (trigger_kind(trigger), trigger.strategy, trigger.to_payload())
-        trigger_changed = new_trigger != (job.kind, job.strategy, job.trigger_payload)
+        kind, strategy, payload = new_trigger
+        trigger_changed = (kind, strategy, timing_of(strategy, payload)) != (
+            job.kind, job.strategy, timing_of(job.strategy, job.trigger_payload)
+        )
         call_changed = json_identity([call.task_name, call.args, call.kwargs]) != json_identity(
             [job.task_name, job.task_args, job.task_kwargs]
         )

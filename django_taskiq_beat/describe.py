@@ -4,8 +4,9 @@ The admin and the ``taskiq_beat`` command show jobs the same way.
 """
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.utils import timezone
 
@@ -16,10 +17,10 @@ from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.triggers import ImmediateDispatch, IntervalTrigger, OneOffSchedule, PeriodicSchedule
 
 
-def local_time(moment: datetime) -> str:
-    """The time in the project's zone, to the second, with the zone's abbreviation."""
+def local_time(moment: datetime, zone: tzinfo | None = None) -> str:
+    """The time in ``zone`` (else the project's), to the second, with the zone's abbreviation."""
     try:
-        return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z")
+        return timezone.localtime(moment, zone).strftime("%Y-%m-%d %H:%M:%S %Z")
     except OverflowError:  # a time at the calendar's edge, stored before it was refused
         return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -99,7 +100,8 @@ def describe_schedule(job: SchedulerJob) -> str:
     if isinstance(trigger, ImmediateDispatch):
         text = "immediately"
     elif isinstance(trigger, OneOffSchedule):
-        text = f"once at {local_time(trigger.run_at)}"
+        zone = ZoneInfo(trigger.timezone) if trigger.timezone else None
+        text = f"once at {local_time(trigger.run_at, zone)}" + (f" ({trigger.timezone})" if zone else "")
     else:
         assert isinstance(trigger, PeriodicSchedule)
         if trigger.interval is not None:

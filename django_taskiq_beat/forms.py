@@ -188,6 +188,7 @@ class SchedulerJobForm(forms.ModelForm):
         except SchedulerValidationError:
             trigger = None  # unreadable: the admin says so, and saving a new schedule replaces it
         if isinstance(trigger, OneOffSchedule):
+            zone = trigger.timezone or zone
             initial.update(schedule_type="one_off", run_at=trigger.run_at)
         elif isinstance(trigger, PeriodicSchedule):
             initial.update(start_at=trigger.start_at, end_at=trigger.end_at)
@@ -257,7 +258,7 @@ class SchedulerJobForm(forms.ModelForm):
         if kind == "one_off":
             if data.get("run_at") is None:
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
-            return OneOffSchedule(run_at=self._aware(data["run_at"], zone))
+            return OneOffSchedule(run_at=self._aware(data["run_at"], zone), timezone=zone)
         window = {"start_at": self._aware(data.get("start_at"), zone), "end_at": self._aware(data.get("end_at"), zone)}
         if kind == "interval":
             if data.get("interval_every") is None:

@@ -303,24 +303,39 @@ class CrontabTrigger:
 
 @dataclass(frozen=True)
 class OneOffSchedule:
-    """Run once at ``run_at``; a time already past runs at once."""
+    """Run once at ``run_at``; a time already past runs at once.
+
+    ``timezone`` names the zone the time was chosen in. It never moves the instant (``run_at``
+    is kept in UTC); it is stored so that whoever reopens the job sees the time as it was entered.
+    """
 
     run_at: datetime
+    timezone: str | None = None
     strategy: ClassVar[str] = "one_off"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run_at", require_aware(self.run_at, "run_at"))
+        if self.timezone is not None:
+            object.__setattr__(self, "timezone", resolve_timezone(self.timezone).key)
 
     def next_run(self, now: datetime) -> datetime:
         return max(self.run_at, now)
 
     def to_payload(self) -> dict[str, Any]:
-        return {"run_at": self.run_at.isoformat()}
+        zone = {"timezone": self.timezone} if self.timezone else {}
+        return {"run_at": self.run_at.isoformat(), **zone}
 
     @classmethod
     def from_payload(cls, payload: Any) -> "OneOffSchedule":
         data = _require_mapping(payload, "trigger_payload")
-        return cls(run_at=_parse_instant(data.get("run_at"), "run_at"))
+        return cls(run_at=_parse_instant(data.get("run_at"), "run_at"), timezone=data.get("timezone"))
+
+
+def timing_of(strategy: str, payload: Any) -> Any:
+    """The part of a stored trigger that decides when it fires: a one-off's zone only shows its time."""
+    if strategy == OneOffSchedule.strategy and isinstance(payload, dict):
+        return {key: value for key, value in payload.items() if key != "timezone"}
+    return payload
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The admin screens through Django's test client: columns, filters, actions, permissions."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -301,7 +301,8 @@ def test_add_form_offers_the_brokers_tasks_and_timezones(admin_client: Client) -
          "crontab", lambda job: job.trigger_payload["crontab"]["minute"] == "*/15"
          and job.trigger_payload["crontab"]["timezone"] == "Asia/Tokyo"),
         ({"schedule_type": "one_off", "run_at": "2030-01-02T03:04:05"}, "one_off", "one_off",
-         lambda job: job.trigger_payload == {"run_at": "2030-01-02T02:04:05+00:00"}),  # Berlin is UTC+1 in winter
+         lambda job: job.trigger_payload == {"run_at": "2030-01-02T02:04:05+00:00",  # Berlin is UTC+1 in winter
+                                             "timezone": "Europe/Berlin"}),
         ({"start_at": "2030-06-01T08:00:00", "end_at": "2030-06-30T18:00:00"}, "periodic", "interval",
          lambda job: job.trigger_payload["start_at"] == "2030-06-01T06:00:00+00:00"
          and job.next_run_at.isoformat() == "2030-06-01T06:00:00+00:00"),
@@ -374,6 +375,30 @@ def test_edit_form_shows_the_job_and_saves_through_upsert(admin_client: Client, 
     assert (stored.name, stored.task_args, stored.trigger_payload["crontab"]["hour"]) == ("Morning, later", ["B"], "10")
     assert timezone.localtime(stored.next_run_at, timezone.get_fixed_timezone(9 * 60)).strftime("%H:%M") == "10:30"
     assert SchedulerJob.objects.count() == 1
+
+
+def test_a_one_off_reopens_in_the_zone_it_was_entered_in(admin_client: Client, app: SchedulerApp) -> None:
+    response = admin_client.post(ADD, form_data(schedule_type="one_off", run_at="2030-01-02T03:04:05",
+                                                 timezone="Asia/Tokyo"))
+    assert response.status_code == 302, errors_of(response)
+    job = SchedulerJob.objects.get()
+    assert job.next_run_at.isoformat() == "2030-01-01T18:04:05+00:00"  # Tokyo is UTC+9, not the default Berlin
+    page = admin_client.get(job_change_url(job)).content.decode()
+    assert '<option value="Asia/Tokyo" selected>' in page
+    assert 'name="run_at" value="2030-01-02T03:04:05"' in page
+    assert "once at 2030-01-02 03:04:05 JST (Asia/Tokyo)" in admin_client.get(JOBS).content.decode()
+    unchanged = admin_client.post(job_change_url(job), form_data(
+        schedule_type="one_off", run_at="2030-01-02T03:04:05", timezone="Asia/Tokyo",
+    ))
+    assert unchanged.status_code == 302, errors_of(unchanged)
+    assert SchedulerJob.objects.get().next_run_at == job.next_run_at
+
+
+def test_a_one_off_scheduled_without_a_zone_opens_in_the_default_zone(admin_client: Client, app: SchedulerApp) -> None:
+    job = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=datetime(2030, 1, 2, 2, 4, 5, tzinfo=UTC)))
+    page = admin_client.get(job_change_url(job)).content.decode()
+    assert '<option value="Europe/Berlin" selected>' in page  # DEFAULT_TIMEZONE
+    assert 'name="run_at" value="2030-01-02T03:04:05"' in page
 
 
 def test_edit_form_unchecking_enabled_pauses_and_keeps_the_rest(admin_client: Client, app: SchedulerApp) -> None:

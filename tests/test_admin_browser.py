@@ -299,3 +299,66 @@ def test_the_job_and_run_lists_fit_the_window(
     page.goto(f"{live_server}/admin/django_taskiq_beat/schedulerrun/")  # type: ignore[attr-defined]
     assert page.evaluate(fits), "the run list scrolls sideways"  # type: ignore[attr-defined]
     assert timezone.now()
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (1920, 1080)])
+def test_the_form_puts_a_cron_error_on_the_expression_and_keeps_a_one_offs_zone(
+    live_server: object, page: object, width: int, height: int
+) -> None:
+    base = str(live_server)
+    page.set_viewport_size({"width": width, "height": height})  # type: ignore[attr-defined]
+    log_in(page, base, "/admin/django_taskiq_beat/schedulerjob/add/")
+    page.fill("#id_name", "Launch mail")  # type: ignore[attr-defined]
+    page.select_option("#id_task", "demo.heartbeat")  # type: ignore[attr-defined]
+    page.select_option("#id_schedule_type", "crontab")  # type: ignore[attr-defined]
+    page.fill("#id_cron_expression", "*/5 * * 13 *")  # type: ignore[attr-defined]
+    page.click("input[name=_save]")  # type: ignore[attr-defined]
+    page.wait_for_selector("ul.errorlist")  # type: ignore[attr-defined]
+    assert "month_of_year" in page.inner_text(".field-cron_expression ul.errorlist")  # type: ignore[attr-defined]
+    assert page.locator(".field-minute ul.errorlist").count() == 0  # type: ignore[attr-defined]
+    assert page.locator(".field-month_of_year ul.errorlist").count() == 0  # type: ignore[attr-defined]
+    assert not SchedulerJob.objects.exists()
+
+    page.select_option("#id_schedule_type", "one_off")  # type: ignore[attr-defined]
+    page.fill("#id_run_at", "2030-01-02T03:04:05")  # type: ignore[attr-defined]
+    page.select_option("#id_timezone", "Asia/Tokyo")  # type: ignore[attr-defined]
+    page.click("input[name=_save]")  # type: ignore[attr-defined]
+    assert "was added successfully" in messages_of(page)
+    assert "once at 2030-01-02 03:04:05 JST (Asia/Tokyo)" in page.inner_text("#result_list")  # type: ignore[attr-defined]
+    with page.expect_navigation():  # type: ignore[attr-defined]  # read the form once it has loaded, not mid-parse
+        page.click("#result_list >> text=Launch mail")  # type: ignore[attr-defined]
+    assert page.input_value("#id_timezone") == "Asia/Tokyo"  # type: ignore[attr-defined]
+    assert page.input_value("#id_run_at") == "2030-01-02T03:04:05"  # type: ignore[attr-defined]
+    assert SchedulerJob.objects.get().next_run_at.isoformat() == "2030-01-01T18:04:05+00:00"
+
+
+@pytest.mark.parametrize(("width", "height"), [(1280, 800), (1920, 1080)])
+def test_the_job_page_shows_each_runs_outcome_duration_and_error(
+    live_server: object, page: object, width: int, height: int
+) -> None:
+    from datetime import timedelta
+
+    from tests.test_admin_dashboard import schedule, sent
+
+    job = schedule("reports.daily", every=600, name="Daily report")
+    sent(job, timedelta(minutes=30), outcome="succeeded")
+    sent(job, timedelta(minutes=20), outcome="failed", error="ValueError: bad row 17")
+    sent(job, timedelta(minutes=10), outcome="")  # sent, nothing reported yet
+    succeeded = SchedulerRun.objects.get(outcome="succeeded")
+    SchedulerRun.objects.filter(pk=succeeded.pk).update(started_at=succeeded.finished_at,
+                                                        completed_at=succeeded.finished_at + timedelta(seconds=1.25))
+    page.set_viewport_size({"width": width, "height": height})  # type: ignore[attr-defined]
+    log_in(page, str(live_server), f"/admin/django_taskiq_beat/schedulerjob/{job.pk}/change/")
+    table = "div.field-recent_runs_table table"
+    page.wait_for_selector(table)  # type: ignore[attr-defined]
+    headers = page.eval_on_selector_all(f"{table} th", "els => els.map(e => e.innerText)")  # type: ignore[attr-defined]
+    rows = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        f"{table} tr:has(td)", "rows => rows.map(r => [...r.cells].map(c => c.innerText.trim()))"
+    )
+    column = {name: headers.index(name) for name in ("outcome", "duration", "error or reason")}
+    assert [row[column["outcome"]] for row in rows] == ["dispatched", "failed", "succeeded"], rows  # newest first
+    assert rows[1][column["error or reason"]] == "ValueError: bad row 17"
+    assert rows[2][column["duration"]] == "1250 ms", rows
+    assert page.evaluate(  # type: ignore[attr-defined]
+        f"document.querySelector('{table}').getBoundingClientRect().right <= document.documentElement.clientWidth"
+    ), "the runs table runs off the window"

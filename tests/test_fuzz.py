@@ -120,7 +120,8 @@ def triggers(draw: st.DrawFn) -> Callable[[], Any]:
         return lambda: PeriodicSchedule(crontab=CrontabTrigger.from_expression(expression, zone))
     if kind == "one_off":
         moment = draw(mostly(friendly_instants, st.one_of(instants, anything)))
-        return lambda: OneOffSchedule(run_at=moment)
+        zone = draw(st.one_of(st.none(), mostly(st.just("Asia/Tokyo"), zones)))
+        return lambda: OneOffSchedule(run_at=moment, timezone=zone)
     if kind == "window":
         start = draw(st.one_of(st.none(), mostly(friendly_instants, instants)))
         end = draw(st.one_of(st.none(), mostly(friendly_instants, instants)))

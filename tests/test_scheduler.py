@@ -268,6 +268,20 @@ def test_upsert_does_not_refire_a_finished_one_off_with_unchanged_trigger(app: S
     assert moved.is_enabled and not moved.is_finished and moved.next_run_at > timezone.now()
 
 
+def test_a_finished_one_off_given_only_the_zone_its_time_was_chosen_in_does_not_fire_again(
+    app: SchedulerApp, call: Call
+) -> None:
+    moment = timezone.now() - timedelta(minutes=1)
+    call(app.single(task="system.echo"), "upsert", OneOffSchedule(run_at=moment), job_id="once")
+    _finish("once")
+    zoned = call(app.single(task="system.echo"), "upsert", OneOffSchedule(run_at=moment, timezone="Asia/Tokyo"),
+                 job_id="once")
+    assert (zoned.is_finished, zoned.next_run_at, zoned.trigger_payload["timezone"]) == (True, None, "Asia/Tokyo")
+    moved = call(app.single(task="system.echo"), "upsert",
+                 OneOffSchedule(run_at=moment + timedelta(hours=2), timezone="Asia/Tokyo"), job_id="once")
+    assert moved.is_enabled and not moved.is_finished and moved.next_run_at > timezone.now()
+
+
 def test_resume_does_not_refire_a_finished_one_off_but_run_now_does(app: SchedulerApp, call: Call) -> None:
     job = call(app.single(task="system.echo"), "schedule", OneOffSchedule(run_at=timezone.now()))
     _finish(job.id)

@@ -197,6 +197,7 @@ def test_payload_formats_match_the_reference() -> None:
     [
         ("one_off", "immediate", ImmediateDispatch()),
         ("one_off", "one_off", OneOffSchedule(run_at=utc(2026, 3, 18))),
+        ("one_off", "one_off", OneOffSchedule(run_at=utc(2026, 3, 18), timezone="Asia/Tokyo")),
         ("periodic", "interval", PeriodicSchedule(interval=IntervalTrigger(days=2), end_at=utc(2027, 1, 1))),
         ("periodic", "crontab", PeriodicSchedule(crontab=CrontabTrigger.from_expression("0 9 * * 1", "Asia/Tokyo"))),
     ],
@@ -218,6 +219,23 @@ def test_corrupt_payload_raises_a_named_error(payload: object, field: str) -> No
     with pytest.raises(SchedulerValidationError) as caught:
         trigger_from_row("periodic", "interval", payload)
     assert caught.value.field == field
+
+
+def test_a_one_off_keeps_the_zone_it_was_chosen_in_without_moving_the_instant() -> None:
+    berlin = OneOffSchedule(run_at=datetime(2026, 3, 18, 12, tzinfo=BERLIN), timezone="Europe/Berlin")
+    assert berlin.run_at == utc(2026, 3, 18, 11) and berlin.run_at.tzinfo is UTC
+    assert berlin.to_payload() == {"run_at": "2026-03-18T11:00:00+00:00", "timezone": "Europe/Berlin"}
+    assert OneOffSchedule(run_at=berlin.run_at, timezone="utc").timezone == "UTC"
+
+
+@pytest.mark.parametrize("zone", ["Mars/Base", "", 3])
+def test_a_one_off_with_an_unknown_zone_names_the_field_stored_or_given(zone: object) -> None:
+    with pytest.raises(SchedulerValidationError) as caught:
+        OneOffSchedule(run_at=utc(2026, 3, 18), timezone=zone)  # type: ignore[arg-type]
+    assert (caught.value.field, caught.value.value) == ("timezone", zone)
+    with pytest.raises(SchedulerValidationError) as caught:
+        trigger_from_row("one_off", "one_off", {"run_at": "2026-03-18T11:00:00+00:00", "timezone": zone})
+    assert (caught.value.field, caught.value.value) == ("timezone", zone)
 
 
 # -- validation -------------------------------------------------------------------------------
