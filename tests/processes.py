@@ -15,7 +15,7 @@ from typing import Any
 
 from django.db import connection
 
-from tests.pgserver import free_port
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,8 +31,9 @@ def child_env(database_user: str | None = None, **extra: str) -> dict[str, str]:
         env["SQLITE_PATH"] = str(settings["NAME"])
     else:
         user = database_user or settings["USER"]
+        scheme = "postgres" if connection.vendor == "postgresql" else "mysql"
         env["DATABASE_URL"] = (
-            f"postgres://{user}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
+            f"{scheme}://{user}:{settings['PASSWORD']}@{settings['HOST']}:{settings['PORT']}/{settings['NAME']}"
         )
     return env
 

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, SchedulerConfig, __version__
 from django_taskiq_beat.metrics import MetricsServer
 from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
-from tests.pgserver import free_port
+from tests.servers import free_port
 from tests.process_broker import broker as process_broker
 from tests.processes import EngineProcess, manage, wait_until
 
