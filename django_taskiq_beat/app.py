@@ -20,7 +20,7 @@ from django_taskiq_beat.chains import ChainStep, TaskChain, register_chain_orche
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.engine import BeatEngine, SchedulerHealthSnapshot
 from django_taskiq_beat.exceptions import JobNotFoundError, SchedulerValidationError
-from django_taskiq_beat.models import SchedulerJob, SchedulerRun, read_or, refuse_unreadable_job
+from django_taskiq_beat.models import SchedulerJob, SchedulerRun, read_job
 from django_taskiq_beat.payloads import require_text
 from django_taskiq_beat.triggers import require_aware, slots_between
 
@@ -113,7 +113,7 @@ class SchedulerApp:
 
     def get_job(self, job_id: str) -> SchedulerJob:
         """The job ``job_id``; raises ``JobNotFoundError``."""
-        job = read_or(SchedulerJob.objects.filter(pk=_job_id(job_id)).first, refuse_unreadable_job(job_id))
+        job = read_job(SchedulerJob.objects.filter(pk=_job_id(job_id)).first, job_id)
         if job is None:
             raise JobNotFoundError(job_id)
         return job

@@ -1,17 +1,23 @@
-"""Set-based writes the ORM lacks: many rows in one statement, on SQLite and PostgreSQL.
+"""Set-based writes the ORM lacks, and the locks around them: the one place that knows each database.
 
 ``bulk_update`` builds a CASE expression per field and row, and a plain
 ``executemany`` costs a round trip per row on PostgreSQL; a claim batch of 256 slots
-would spend most of its time there. These helpers send one statement per chunk: on
-PostgreSQL its rows come as one array per column (``unnest``), so the statement is as
-short as its column list and the driver does not parse thousands of placeholders; on
-SQLite as ``VALUES``. UPDATE ... FROM and RETURNING need SQLite 3.35 (2021) or PostgreSQL.
+would spend most of its time there. These helpers send one statement per chunk:
+
+- PostgreSQL: the rows come as one array per column (``unnest``), so the statement is as
+  short as its column list and the driver does not parse thousands of placeholders;
+  ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` and ``UPDATE ... FROM``.
+- SQLite (3.35+): the same statements, with the rows as ``VALUES``.
+- MariaDB and MySQL: ``INSERT ... ON DUPLICATE KEY UPDATE`` with a no-op (MySQL has no
+  ``RETURNING``, so the keys written are read back), and ``UPDATE ... JOIN`` a derived
+  table of the rows.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.db import connection
+from django.db import connection, transaction
 
 try:
     from psycopg import Cursor as ServerBindingCursor
@@ -36,19 +42,37 @@ def begin_write() -> None:
 
 
 _SYNC_LOCK_KEY = 0x7A5B_5C01  # any constant: the lock's name among the project's advisory locks
+_SYNC_LOCK_WAIT_SECONDS = 3600
 
 
-def lock_for_sync() -> None:
-    """Inside a transaction, wait until no other process syncs declared jobs, then hold it until commit.
+@contextmanager
+def serialized_sync() -> Iterator[None]:
+    """A transaction during which no other process syncs declared jobs.
 
     PostgreSQL has a transaction-level advisory lock; on SQLite the write lock serialises
-    writers already.
+    writers already. MariaDB and MySQL have only session-level named locks, so the lock
+    is taken before the transaction and released after it has committed or rolled back.
     """
-    if connection.vendor == "postgresql":
+    if connection.vendor != "mysql":
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SYNC_LOCK_KEY])
+            else:
+                begin_write()
+            yield
+        return
+    name = f"{connection.settings_dict['NAME']}.taskiq_beat.sync"[-64:]  # named locks are server-wide
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT GET_LOCK(%s, %s)", [name, _SYNC_LOCK_WAIT_SECONDS])
+        if cursor.fetchone()[0] != 1:
+            raise TimeoutError(f"Another process held the sync lock {name!r} for {_SYNC_LOCK_WAIT_SECONDS} s.")
+    try:
+        with transaction.atomic():
+            yield
+    finally:
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_SYNC_LOCK_KEY])
-    else:
-        begin_write()
+            cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
 
 
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -78,8 +102,13 @@ def _rows_sql(columns: Sequence[tuple[str, str]], chunk: Sequence[tuple[Any, ...
     if connection.vendor == "postgresql":  # typed arrays: a column of NULLs is still of its type
         arrays = ", ".join(f"CAST(%s AS {sql_type}[])" for _, sql_type in columns)
         return f"SELECT * FROM unnest({arrays})", [list(column) for column in zip(*chunk, strict=True)]
+    params = [value for row in chunk for value in row]
+    if connection.vendor == "mysql":  # MariaDB has no column names for a derived VALUES table
+        first = "SELECT " + ", ".join(f"%s AS {name}" for name, _ in columns)
+        rest = " UNION ALL SELECT " + ", ".join(["%s"] * len(columns))
+        return first + rest * (len(chunk) - 1), params
     row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    return "VALUES " + ", ".join([row_sql] * len(chunk)), [value for row in chunk for value in row]
+    return "VALUES " + ", ".join([row_sql] * len(chunk)), params
 
 
 def _execute_in_chunks(
@@ -108,31 +137,49 @@ def insert_ignoring_conflicts(
 ) -> set[Any]:
     """INSERT the rows, skipping any that would break a unique key; returns the first column of those written.
 
-    ``columns`` are (name, SQL type) pairs in row order.
-    """
-    names = ", ".join(name for name, _ in columns)
-    written = _execute_in_chunks(
-        rows,
-        lambda rows_sql: f"INSERT INTO {table} ({names}) {rows_sql} ON CONFLICT DO NOTHING RETURNING {columns[0][0]}",
-        columns,
-        returning=True,
-    )
-    return {row[0] for row in written}
-
-
-def update_from_values(
-    table: str, columns: Sequence[tuple[str, str]], assignments: str, rows: Sequence[tuple[Any, ...]]
-) -> None:
-    """UPDATE ``table`` from rows of values; ``assignments`` reads them as ``v.<column>``.
-
-    ``columns`` are (name, SQL type) pairs in row order; the first one is matched
-    against ``table.id``.
+    ``columns`` are (name, SQL type) pairs in row order; the first is the table's key, and
+    each row's key must be new (an id made for it), so that the keys now stored are the rows written.
     """
     names = ", ".join(name for name, _ in columns)
     key = columns[0][0]
+    if connection.vendor != "mysql":
+        written = _execute_in_chunks(
+            rows, lambda rows_sql: f"INSERT INTO {table} ({names}) {rows_sql} ON CONFLICT DO NOTHING RETURNING {key}",
+            columns, returning=True,
+        )
+        return {row[0] for row in written}
+    # A no-op update on a duplicate key skips the row without hiding other errors, as INSERT IGNORE would.
     _execute_in_chunks(
-        sorted(rows, key=lambda row: row[0]),  # one lock order for every writer: no deadlocks
-        lambda rows_sql: f"WITH v ({names}) AS ({rows_sql})"
-                         f" UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.{key}",
+        rows, lambda rows_sql: f"INSERT INTO {table} ({names}) SELECT * FROM ({rows_sql}) AS v"
+                               f" ON DUPLICATE KEY UPDATE {table}.{key} = {table}.{key}",
         columns,
     )
+    stored: set[Any] = set()
+    with connection.cursor() as cursor:
+        for chunk in chunks([row[0] for row in rows]):
+            cursor.execute(f"SELECT {key} FROM {table} WHERE {key} IN ({', '.join(['%s'] * len(chunk))})", chunk)
+            stored.update(row[0] for row in cursor.fetchall())
+    return stored
+
+
+def update_from_values(
+    table: str, columns: Sequence[tuple[str, str]], assignments: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Any, ...]],
+) -> None:
+    """UPDATE ``table`` from rows of values; each (column, expression) assignment reads them as ``v.<column>``.
+
+    ``columns`` are (name, SQL type) pairs in row order; the first one is matched
+    against ``table.id``. MariaDB and MySQL assign left to right, each expression seeing the
+    columns assigned before it: an expression may read ``v``, its own column, and columns
+    assigned after it, never one assigned before it.
+    """
+    names = ", ".join(name for name, _ in columns)
+    key = columns[0][0]
+    if connection.vendor == "mysql":  # the target columns are qualified: ``v`` has columns of the same names
+        sets = ", ".join(f"{table}.{column} = {expression}" for column, expression in assignments)
+        template = f"UPDATE {table} JOIN ({{rows}}) AS v ON {table}.id = v.{key} SET {sets}"
+    else:
+        sets = ", ".join(f"{column} = {expression}" for column, expression in assignments)
+        template = f"WITH v ({names}) AS ({{rows}}) UPDATE {table} SET {sets} FROM v WHERE {table}.id = v.{key}"
+    # One lock order for every writer: no deadlocks.
+    _execute_in_chunks(sorted(rows, key=lambda row: row[0]), lambda rows_sql: template.format(rows=rows_sql), columns)

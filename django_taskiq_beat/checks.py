@@ -9,6 +9,8 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.exceptions import SchedulerValidationError
@@ -47,6 +49,77 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     except ImproperlyConfigured as exc:
         messages.append(Error(str(exc), hint=_HINT, id="django_taskiq_beat.E003"))
     return messages
+
+
+SUPPORTED_DATABASES = "PostgreSQL 14+, SQLite 3.35+, MariaDB 10.6+ and MySQL 8.0.11+"
+_SUPPORTED_VENDORS = ("postgresql", "sqlite", "mysql")
+
+
+def _scheduler_database() -> str:
+    from django_taskiq_beat.models import SchedulerJob
+
+    return router.db_for_write(SchedulerJob)
+
+
+def _connection_to_check(databases: Any) -> BaseDatabaseWrapper | None:
+    """The scheduler's database, if this run of the checks may connect to it."""
+    alias = _scheduler_database()
+    return connections[alias] if databases and alias in databases else None
+
+
+@register(Tags.compatibility)
+def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The engine's SQL is written for each supported database; on another it would fail at its first claim."""
+    alias = _scheduler_database()
+    vendor = connections[alias].vendor
+    if vendor in _SUPPORTED_VENDORS:
+        return []
+    return [Error(
+        f"django_taskiq_beat does not support the {vendor!r} database backend of DATABASES[{alias!r}]"
+        f" ({settings.DATABASES[alias]['ENGINE']}).",
+        hint=f"Keep the scheduler's tables on one of: {SUPPORTED_DATABASES}.", id="django_taskiq_beat.E007",
+    )]
+
+
+@register(Tags.database)
+def check_database_version(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Versions that Django accepts but that lack what the claim needs: ``SKIP LOCKED`` (MariaDB 10.6),
+    ``RETURNING`` (SQLite 3.35). Run by ``migrate`` and ``check --database``, which may connect."""
+    connection = _connection_to_check(databases)
+    if connection is None:
+        return []
+    if connection.vendor == "sqlite":
+        version, needed, name = connection.Database.sqlite_version_info, (3, 35), "SQLite"
+    elif connection.vendor == "mysql" and connection.mysql_is_mariadb:  # Django itself needs MySQL 8.0.11
+        version, needed, name = connection.mysql_version, (10, 6), "MariaDB"
+    else:
+        return []
+    if tuple(version) >= needed:
+        return []
+    return [Error(
+        f"django_taskiq_beat needs {name} {'.'.join(map(str, needed))} or later; DATABASES[{connection.alias!r}] is"
+        f" {'.'.join(map(str, version))}.",
+        hint=f"Supported: {SUPPORTED_DATABASES}.", id="django_taskiq_beat.E008",
+    )]
+
+
+@register(Tags.database)
+def check_time_zone_tables(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """MariaDB and MySQL convert times to ``TIME_ZONE`` with their own zone tables, empty until loaded:
+    without them the run history's date drill-down and the dashboard's hours fail."""
+    connection = _connection_to_check(databases)
+    if connection is None or connection.vendor != "mysql" or connection.timezone_name == settings.TIME_ZONE:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CONVERT_TZ('2000-01-01 00:00:00', 'UTC', %s)", [settings.TIME_ZONE])
+        if cursor.fetchone()[0] is not None:
+            return []
+    return [Warning(
+        f"The {connection.display_name} server of DATABASES[{connection.alias!r}] has no time zone tables, so it cannot"
+        f" convert times to TIME_ZONE={settings.TIME_ZONE!r}: the run history's dates and the dashboard fail.",
+        hint="Load them once: mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql"
+             " (MySQL: mysql_tzinfo_to_sql).", id="django_taskiq_beat.W002",
+    )]
 
 
 _left_to_the_sync: ContextVar[bool] = ContextVar("declared_schedules_left_to_the_sync", default=False)

@@ -188,7 +188,8 @@ def next_due_at() -> datetime | None:
 def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
     """Make concurrent claimers take disjoint rows; call inside the claim transaction."""
     if connection.features.has_select_for_update_skip_locked:
-        return queryset.select_for_update(skip_locked=True, of=("self",))
+        of = ("self",) if connection.features.has_select_for_update_of else ()  # MariaDB locks every table read
+        return queryset.select_for_update(skip_locked=True, of=of)
     bulk.begin_write()  # SQLite: a second engine reads only after this claim has committed
     return queryset
 
@@ -392,10 +393,10 @@ def claim_due(
             (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
              ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
              ("dispatch_failures", "integer"), ("skipped", "integer"), ("remaining_runs", "integer")),
-            "next_run_at = v.next_run_at, is_enabled = v.is_enabled, finished_at = v.finished_at,"
-            " updated_at = v.updated_at, last_error = COALESCE(v.last_error, scheduler_job.last_error),"
-            f" dispatch_failures = v.dispatch_failures, skipped_count = {_added('skipped_count', 'v.skipped')},"
-            " remaining_runs = v.remaining_runs, run_now_at = NULL",
+            (("next_run_at", "v.next_run_at"), ("is_enabled", "v.is_enabled"), ("finished_at", "v.finished_at"),
+             ("updated_at", "v.updated_at"), ("last_error", "COALESCE(v.last_error, scheduler_job.last_error)"),
+             ("dispatch_failures", "v.dispatch_failures"), ("skipped_count", _added("skipped_count", "v.skipped")),
+             ("remaining_runs", "v.remaining_runs"), ("run_now_at", "NULL")),
             job_updates,
         )
     sent = [d for d in dispatches if d.run_id in written]
@@ -609,8 +610,9 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             "scheduler_job",
             (("id", "varchar"), ("sent", "integer"), ("last_run_at", "timestamptz"),
              ("last_dispatched_task_id", "varchar")),
-            f"dispatch_count = {_added('dispatch_count', 'v.sent')}, last_run_at = v.last_run_at,"
-            " last_dispatched_task_id = v.last_dispatched_task_id, last_error = NULL, dispatch_failures = 0",
+            (("dispatch_count", _added("dispatch_count", "v.sent")), ("last_run_at", "v.last_run_at"),
+             ("last_dispatched_task_id", "v.last_dispatched_task_id"), ("last_error", "NULL"),
+             ("dispatch_failures", "0")),
             [
                 (job_id, len(job_outcomes), _time(job_outcomes[-1].dispatched_at), job_outcomes[-1].dispatch.run_id)
                 for job_id, job_outcomes in sent.items()
@@ -660,9 +662,9 @@ def _settle_runs(outcomes: list[Outcome], record_runs: bool) -> None:
         (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
          ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
         # A worker may already have reported the task's own error: a sent run keeps it.
-        "status = v.status, dispatched_at = v.dispatched_at, finished_at = v.finished_at,"
-        " broker_task_id = v.broker_task_id, error = COALESCE(v.error, scheduler_run.error),"
-        " claimed_by = NULL, lease_expires_at = NULL, updated_at = v.finished_at",
+        (("status", "v.status"), ("dispatched_at", "v.dispatched_at"), ("finished_at", "v.finished_at"),
+         ("broker_task_id", "v.broker_task_id"), ("error", "COALESCE(v.error, scheduler_run.error)"),
+         ("claimed_by", "NULL"), ("lease_expires_at", "NULL"), ("updated_at", "v.finished_at")),
         [_finished_run(outcome, _time) for outcome in outcomes],
     )
 
@@ -682,17 +684,17 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
 # A failed send counts and shows its error on the job. Its retry (with backoff, never later than the
 # job's next regular slot) applies only where the job is unchanged since the claim, its ``updated_at``
 # still the claim's version: a job paused, upserted or run now meanwhile keeps what its operator set.
-# Every right-hand side reads the row as it was before this UPDATE.
+# ``updated_at`` is assigned last: MariaDB and MySQL let later assignments see earlier ones.
 _UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
 _RETRY = (
-    f"dispatch_failures = {_added('dispatch_failures', 'v.failed')}, last_error = v.last_error,"
-    f" next_run_at = CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
-    " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END,"
-    f" is_enabled = CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END,"
-    f" finished_at = CASE WHEN {_UNCHANGED} THEN NULL ELSE scheduler_job.finished_at END,"
-    f" updated_at = CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END,"
-    f" remaining_runs = CASE WHEN {_UNCHANGED} THEN scheduler_job.remaining_runs + v.refund"
-    " ELSE scheduler_job.remaining_runs END"
+    ("dispatch_failures", _added("dispatch_failures", "v.failed")), ("last_error", "v.last_error"),
+    ("next_run_at", f"CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
+                    " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END"),
+    ("is_enabled", f"CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END"),
+    ("finished_at", f"CASE WHEN {_UNCHANGED} THEN NULL ELSE scheduler_job.finished_at END"),
+    ("remaining_runs", f"CASE WHEN {_UNCHANGED} THEN scheduler_job.remaining_runs + v.refund"
+                       " ELSE scheduler_job.remaining_runs END"),
+    ("updated_at", f"CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END"),
 )
 
 

@@ -56,6 +56,21 @@ def refuse_unreadable_job(job_id: str) -> Callable[[Exception], NoReturn]:
     return refuse
 
 
+def read_job(read: Callable[[], "SchedulerJob | None"], job_id: str) -> "SchedulerJob | None":
+    """``read()`` of one job, refused with ``SchedulerValidationError`` if its row cannot be read.
+
+    Besides values the driver refuses, a required column read as None is refused: MariaDB's
+    zero date ``0000-00-00`` reads so, and the job would fail later, further from its cause.
+    """
+    job = read_or(read, refuse_unreadable_job(job_id))
+    if job is not None:
+        empty = [field.attname for field in job._meta.concrete_fields
+                 if not field.null and field.attname in job.__dict__ and getattr(job, field.attname) is None]
+        if empty:
+            refuse_unreadable_job(job_id)(ValueError(f"{', '.join(empty)} read as nothing (a zero date?)"))
+    return job
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -129,7 +144,7 @@ class SchedulerJobQuerySet(models.QuerySet["SchedulerJob"]):
         """
         begin_write()
         rows = self.select_for_update().filter(pk=job_id)
-        return read_or((rows.only(*fields) if fields else rows).first, refuse_unreadable_job(job_id))
+        return read_job((rows.only(*fields) if fields else rows).first, job_id)
 
 
 class RunOutcome(models.TextChoices):

@@ -18,8 +18,9 @@ MAX_SECONDS = 365 * 86400
 MAX_COUNT = 2**31 - 1
 """The largest value of a count column on every backend (PostgreSQL's integer): counters stop there."""
 
-MAX_JSON_DEPTH = 100
-"""Arrays and objects nested deeper than this are refused (json and databases recurse)."""
+MAX_JSON_DEPTH = 28
+"""Arrays and objects nested deeper than this are refused: MariaDB refuses JSON 32 levels deep, and
+a chain stores each step's arguments 3 levels down in its own kwargs."""
 
 _KIQ_RESERVED = frozenset({"self"})  # ``kiq(self, *args, **kwargs)`` cannot take these as kwargs
 RESERVED_LABELS = frozenset({"scheduler_job_id", "scheduler_run_id", "scheduler_slot", "schedule"})

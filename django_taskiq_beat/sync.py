@@ -139,9 +139,7 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
     kept = {declaration.job_id for declaration in declarations} | {
         error.job_id for error in report.errors if error.job_id and not text_problem(error.job_id)
     }  # an id that cannot be stored names no job
-    with transaction.atomic():
-        if not dry_run:
-            bulk.lock_for_sync()
+    with transaction.atomic() if dry_run else bulk.serialized_sync():
         stored = {
             row["id"]: row for row in SchedulerJob.objects.filter(pk__in=kept).values(
                 "id", "source", "declaration", "finished_at", "kind", "last_run_at"

@@ -1,7 +1,7 @@
 """Settings of the demo and test project.
 
 SQLite by default; set ``DATABASE_URL=postgres://user:password@host:port/name`` to
-use PostgreSQL instead.
+use PostgreSQL instead, or ``mysql://...`` for MariaDB or MySQL.
 """
 
 import importlib.util
@@ -72,10 +72,7 @@ def _database(url: str | None) -> dict[str, object]:
             "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"taskiq-beat-test-{os.getpid()}.sqlite3")},
         }
     parts = urlsplit(url)
-    if parts.scheme not in ("postgres", "postgresql"):
-        raise ValueError(f"DATABASE_URL={url!r}: only postgres:// URLs are supported here.")
-    return {
-        "ENGINE": "django.db.backends.postgresql",
+    server = {
         "NAME": parts.path.lstrip("/"),
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),
@@ -83,8 +80,13 @@ def _database(url: str | None) -> dict[str, object]:
         "PORT": str(parts.port or ""),
         "CONN_MAX_AGE": 60,
         "CONN_HEALTH_CHECKS": os.environ.get("DB_HEALTH_CHECKS", "on") == "on",
-        "OPTIONS": {"application_name": os.environ.get("DB_APPLICATION_NAME", "testproject")},
     }
+    if parts.scheme in ("postgres", "postgresql"):
+        return {**server, "ENGINE": "django.db.backends.postgresql",
+                "OPTIONS": {"application_name": os.environ.get("DB_APPLICATION_NAME", "testproject")}}
+    if parts.scheme in ("mysql", "mariadb"):
+        return {**server, "ENGINE": "django.db.backends.mysql", "OPTIONS": {"charset": "utf8mb4"}}
+    raise ValueError(f"DATABASE_URL={url!r}: only postgres:// and mysql:// URLs are supported here.")
 
 
 DATABASES = {"default": _database(os.environ.get("DATABASE_URL"))}

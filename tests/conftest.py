@@ -14,7 +14,10 @@ from django_taskiq_beat import SchedulerApp, SchedulerConfig
 # Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
 # (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
 # datetime cannot hold.
-UNREADABLE_TIMES = {"sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"]}
+UNREADABLE_TIMES = {
+    "sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"],
+    "mysql": ["0000-00-00 00:00:00.000000"],  # MariaDB's zero date, which mysqlclient reads as None
+}
 
 
 def store_raw(table: str, row_id: str, column: str, value: Any) -> None:

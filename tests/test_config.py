@@ -141,3 +141,63 @@ def test_a_hand_built_config_takes_the_project_time_zone(settings: Any) -> None:
     settings.TIME_ZONE = "America/Sao_Paulo"
     assert SchedulerConfig(dispatch_batch_size=100).default_timezone == "America/Sao_Paulo"
     assert SchedulerConfig(default_timezone="UTC").default_timezone == "UTC"
+
+
+# -- the database the scheduler's tables live on ----------------------------------------------------
+
+def database_checks() -> dict[str, str]:
+    messages = run_checks(databases=["default"], include_deployment_checks=False)
+    return {message.id: message.msg for message in messages if message.id and message.id.startswith("django_taskiq_beat")}
+
+
+@pytest.mark.django_db
+def test_the_database_the_tests_run_on_passes_every_check() -> None:
+    assert database_checks() == {}
+
+
+def test_an_unsupported_database_backend_is_an_error_naming_the_supported_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    monkeypatch.setattr(connection, "vendor", "oracle")
+    message = next(message for message in run_checks() if message.id == "django_taskiq_beat.E007")
+    assert "'oracle'" in message.msg and "DATABASES['default']" in message.msg
+    for supported in ("PostgreSQL", "SQLite", "MariaDB 10.6+", "MySQL"):
+        assert supported in message.hint
+
+
+@pytest.mark.django_db
+def test_a_database_version_without_what_the_claim_needs_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.db import connection
+
+    if connection.vendor == "sqlite":
+        monkeypatch.setattr(connection.Database, "sqlite_version_info", (3, 34, 1))
+        expected = "needs SQLite 3.35 or later; DATABASES['default'] is 3.34.1"
+    elif connection.vendor == "mysql":
+        monkeypatch.setattr(connection, "mysql_is_mariadb", True)
+        monkeypatch.setattr(connection, "mysql_version", (10, 5, 27))
+        expected = "needs MariaDB 10.6 or later; DATABASES['default'] is 10.5.27"
+    else:
+        pytest.skip("PostgreSQL: Django's own minimum (14) has everything the claim needs")
+    assert expected in database_checks()["django_taskiq_beat.E008"]
+
+
+@pytest.mark.django_db
+def test_missing_time_zone_tables_are_a_warning_on_mariadb(settings: Any) -> None:
+    from django.db import connection
+
+    if connection.vendor != "mysql":
+        pytest.skip("MariaDB/MySQL only: the other databases convert time zones without tables")
+    zone = "Antarctica/Troll"  # a zone no other test converts to: the server caches zones it has used
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT Time_zone_id FROM mysql.time_zone_name WHERE Name = %s", [zone])
+        (zone_id,) = cursor.fetchone()
+        cursor.execute("DELETE FROM mysql.time_zone_name WHERE Name = %s", [zone])
+    try:
+        settings.TIME_ZONE = zone
+        message = database_checks()["django_taskiq_beat.W002"]
+        assert "no time zone tables" in message and zone in message
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO mysql.time_zone_name (Name, Time_zone_id) VALUES (%s, %s)", [zone, zone_id])
+    settings.TIME_ZONE = "Europe/Berlin"
+    assert "django_taskiq_beat.W002" not in database_checks()

@@ -278,7 +278,7 @@ def test_a_declared_job_whose_row_cannot_be_read_costs_that_job_alone(app: Sched
     other = {"task": "system.other", "interval": 60}
     with declared({"nightly": NIGHTLY, "other": other}):
         sync_declared(app)
-    store_raw("scheduler_job", "settings:nightly", "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    store_raw("scheduler_job", "settings:nightly", "created_at", UNREADABLE_TIMES[connection.vendor][0])
     with declared({"nightly": {**NIGHTLY, "args": [2]}, "other": {**other, "args": [3]}}):
         report = sync_declared(app)
     [error] = report.errors

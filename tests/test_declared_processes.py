@@ -24,9 +24,9 @@ from django.utils import timezone
 from django_taskiq_beat.models import JobSource, RunStatus, SchedulerJob, SchedulerRun
 from tests import labelled_broker
 from tests.processes import EngineProcess, child_env, manage, wait_until
-from tests.test_processes import FAST, requires_postgres
+from tests.test_processes import FAST, requires_row_locks
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 PROCESS_BROKER = "tests.process_broker:broker"
 LABELLED_BROKER = "tests.labelled_broker:broker"
@@ -232,7 +232,7 @@ def test_a_declaration_changed_removed_and_re_added_between_engine_runs(engines:
 # -- 4. engines starting together -----------------------------------------------------------------------------
 
 
-@requires_postgres
+@requires_row_locks
 def test_engines_starting_together_create_each_declared_job_once_and_send_each_slot_once(
     engines: EngineFactory, sinks: Sinks, tmp_path: Path
 ) -> None:

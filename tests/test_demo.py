@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import REPO, child_env, wait_until
 
 
+@pytest.mark.processes
 def test_demo_runs_jobs_and_fills_the_run_history(tmp_path: Path) -> None:
     env = child_env()
     env.pop("DATABASE_URL", None)

@@ -44,6 +44,7 @@ from tests.processes import REPO, EngineProcess, RedisServer, child_env, redis_s
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
+    pytest.mark.processes,
     pytest.mark.skipif(shutil.which("redis-server") is None,
                        reason="Debian's redis-server is not installed (CI installs it: apt-get install redis-server)"),
 ]

@@ -20,7 +20,7 @@ from tests.conftest import UNREADABLE_TIMES, Recorder, store_raw
 from tests.test_engine import due_one_off, make_config, run
 
 pytestmark = pytest.mark.django_db(transaction=True)
-COLUMN_LIMIT = 2**31 - 1 if connection.vendor == "postgresql" else 2**63 - 1
+COLUMN_LIMIT = 2**63 - 1 if connection.vendor == "sqlite" else 2**31 - 1  # SQLite's integers have 64 bits
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def assert_the_others_are_still_sent(app: SchedulerApp, recorder: Recorder) -> N
     assert app.get_health_snapshot().failed_tick_count == 0
 
 
+@pytest.mark.skipif(connection.vendor == "mysql", reason="MariaDB refuses to store JSON nested 32 deep or more")
 @pytest.mark.parametrize("column", ["task_args", "task_kwargs", "trigger_payload"])
 def test_json_nested_too_deep_to_read_fails_only_its_job(app: SchedulerApp, recorder: Recorder, column: str) -> None:
     bad = due_one_off(app)

@@ -227,6 +227,7 @@ LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?P<level>[A-Z]+) 
 
 
 @requires_redis
+@pytest.mark.processes
 def test_a_ten_second_broker_outage_logs_one_line_per_job_per_retry(tmp_path: Path) -> None:
     app = get_scheduler_app()
     with redis_server(tmp_path) as redis:

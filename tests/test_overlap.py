@@ -171,8 +171,9 @@ def run_reads(now: datetime) -> tuple[claims.Claim, int]:
     """A claim, and how many queries it made of ``scheduler_run`` alone (not within the due jobs' query)."""
     with CaptureQueriesContext(connection) as queries:
         result = claim(now)
-    return result, sum(query["sql"].lstrip().startswith("SELECT") and 'FROM "scheduler_job"' not in query["sql"]
-                       and 'FROM "scheduler_run"' in query["sql"] for query in queries.captured_queries)
+    job_table, run_table = (f"FROM {connection.ops.quote_name(table)}" for table in ("scheduler_job", "scheduler_run"))
+    return result, sum(query["sql"].lstrip().startswith("SELECT") and job_table not in query["sql"]
+                       and run_table in query["sql"] for query in queries.captured_queries)
 
 
 def test_allow_sends_whatever_runs_and_the_runs_are_read_only_for_a_busy_overlap_job(app: SchedulerApp) -> None:

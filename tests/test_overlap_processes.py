@@ -16,7 +16,7 @@ from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.processes import wait_until
 from tests.test_deployment import ON_TIME, SCHEDULER_OPTIONS, Deployment, deployment  # noqa: F401  (the fixture)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 EVERY_SECOND = PeriodicSchedule(interval=IntervalTrigger(seconds=1))
 TASK_SECONDS = 2.5  # longer than two intervals

@@ -20,7 +20,7 @@ from tests import process_broker
 from tests.processes import wait_until
 from tests.test_declared_processes import EngineFactory, Sinks, engines, sinks, slot_of  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 EVERY_SECOND = PeriodicSchedule(interval=IntervalTrigger(seconds=1))
 

@@ -27,11 +27,12 @@ from django_taskiq_beat.engine import _MAX_BATCHES_IN_FLIGHT
 from django_taskiq_beat.models import RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.process_broker import broker as process_broker
+from tests import faults
 from tests.processes import EngineProcess, child_env, manage, wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
-requires_postgres = pytest.mark.skipif(
-    connection.vendor != "postgresql", reason="PostgreSQL only; runs in the PostgreSQL pass of `make test`"
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+requires_row_locks = pytest.mark.skipif(
+    connection.vendor == "sqlite", reason="row locks; runs in the PostgreSQL and MariaDB passes of `make test`"
 )
 requires_sqlite = pytest.mark.skipif(
     connection.vendor != "sqlite", reason="SQLite only; runs in the SQLite pass of `make test`"
@@ -51,11 +52,15 @@ def sink(tmp_path: Path) -> Path:
 @pytest.fixture
 def engines(tmp_path: Path, sink: Path) -> Iterator[EngineFactory]:
     started: list[EngineProcess] = []
+    logins: list[str] = []
 
     def start(
         name: str, options: dict[str, Any] | None = None, send_delay: float = 0, arguments: tuple[str, ...] = (),
         database_user: str | None = None, **env: str,
     ) -> EngineProcess:
+        if database_user is None:  # MariaDB: a login of the engine's name, by which a test finds its sessions
+            database_user = faults.engine_login(name)
+            logins.extend([database_user] if database_user else [])
         engine = EngineProcess(
             name, tmp_path, {**FAST, **(options or {})}, arguments=arguments, database_user=database_user,
             TEST_SINK=str(sink), TEST_SEND_DELAY=str(send_delay), **env,
@@ -67,6 +72,8 @@ def engines(tmp_path: Path, sink: Path) -> Iterator[EngineFactory]:
     for engine in started:
         engine.stop()
         print(f"----- log of {engine.name} -----\n{engine.log()}")
+    for login in logins:
+        faults.drop_login(login)
 
 
 @pytest.fixture
@@ -139,7 +146,7 @@ def test_job_changed_in_another_process_is_picked_up_within_sync_interval(
 
 # -- several engines: each slot exactly once ----------------------------------------------------------------
 
-@pytest.mark.parametrize("vendor_note", ["postgresql: SKIP LOCKED", "sqlite: single writer"])
+@pytest.mark.parametrize("vendor_note", ["postgresql: SKIP LOCKED", "sqlite: single writer", "mysql: SKIP LOCKED"])
 def test_three_engine_processes_dispatch_every_slot_exactly_once(
     engines: EngineFactory, app: SchedulerApp, sink: Path, vendor_note: str
 ) -> None:
@@ -157,7 +164,7 @@ def test_three_engine_processes_dispatch_every_slot_exactly_once(
     assert len(working) >= 2, f"the engines did not share the work: only {working} dispatched"
 
 
-@requires_postgres
+@requires_row_locks
 def test_three_engines_as_concurrent_tasks_share_the_work(app: SchedulerApp, sink: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from asgiref.sync import async_to_sync
 
@@ -200,7 +207,7 @@ def test_engine_killed_mid_burst_loses_no_slot(engines: EngineFactory, app: Sche
     assert len(repeated) <= in_flight_bound, "only batches in flight at the kill may be sent twice"
 
 
-@requires_postgres
+@requires_row_locks
 @pytest.mark.parametrize("health_checks", ["on", "off"])
 def test_dropped_database_connections_are_reopened(
     engines: EngineFactory, app: SchedulerApp, sink: Path, monkeypatch: pytest.MonkeyPatch, health_checks: str
@@ -208,17 +215,10 @@ def test_dropped_database_connections_are_reopened(
     monkeypatch.setenv("DB_HEALTH_CHECKS", health_checks)
     engine = engines("engine-cut", {"SYNC_INTERVAL_SECONDS": 0.2})
 
-    def engine_backends(action: str = "1") -> int:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT count({action}) FROM pg_stat_activity WHERE application_name = %s", [engine.name]
-            )
-            return cursor.fetchone()[0]
-
     # The command's own connection, the one the engine loop ticks on and the heartbeat's: all of them, or
     # the tick's may open only after the others were cut and see nothing broken.
-    wait_until(lambda: engine_backends() >= 3, timeout=10, what="the engine's connections")
-    assert engine_backends("pg_terminate_backend(pid)") >= 3
+    wait_until(lambda: faults.sessions(engine.name) >= 3, timeout=10, what="the engine's connections")
+    assert faults.cut_sessions(engine.name) >= 3
     (job_id,) = schedule_due(app, 1)
     wait_until(lambda: SchedulerJob.objects.get(pk=job_id).dispatch_count == 1, timeout=30, what="the dispatch")
     if health_checks == "off":  # without Django's health check the broken connection surfaces once
@@ -313,15 +313,6 @@ def assert_outage_logged_briefly(engine: EngineProcess) -> None:
     assert short_lines, "the tries after the first one"
 
 
-def terminate_backends(application_name: str) -> int:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-            [application_name],
-        )
-        return cursor.fetchone()[0]
-
-
 def sql(statement: str) -> None:
     with connection.cursor() as cursor:
         cursor.execute(statement)
@@ -329,13 +320,19 @@ def sql(statement: str) -> None:
 
 @pytest.fixture
 def cut_off_role() -> Iterator[str]:
-    """A login role of its own for the engine a test cuts off (set up before the engines, so it outlives them)."""
+    """A login of its own for the engine a test cuts off (set up before the engines, so it outlives them)."""
     role = "engine-cut-off"
-    sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    if connection.vendor == "postgresql":
+        sql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    else:
+        faults.engine_login(role)
     yield role
-    sql(f'ALTER ROLE "{role}" NOLOGIN')
-    terminate_backends(role)
-    sql(f'DROP ROLE "{role}"')
+    faults.refuse_logins(role, True)
+    if connection.vendor == "postgresql":
+        faults.cut_sessions(role)
+        sql(f'DROP ROLE "{role}"')
+    else:
+        faults.drop_login(role)
 
 
 @contextmanager
@@ -350,11 +347,11 @@ def cut_off(engine: EngineProcess, role: str) -> Iterator[None]:
     def cut() -> None:
         try:
             while not done.wait(0.02):
-                terminate_backends(engine.name)
+                faults.cut_sessions(engine.name)
         finally:
             connection.close()  # this thread's own connection
 
-    sql(f'ALTER ROLE "{role}" NOLOGIN')
+    faults.refuse_logins(role, True)
     cutter = threading.Thread(target=cut)
     cutter.start()
     try:
@@ -362,7 +359,7 @@ def cut_off(engine: EngineProcess, role: str) -> Iterator[None]:
     finally:
         done.set()
         cutter.join()
-        sql(f'ALTER ROLE "{role}" LOGIN')
+        faults.refuse_logins(role, False)
 
 
 @requires_sqlite
@@ -382,40 +379,32 @@ def test_sqlite_write_lock_after_a_send_costs_no_repeated_send(
     assert_outage_logged_briefly(engine)
 
 
-@requires_postgres
-def test_postgres_refusing_writes_after_a_send_costs_no_repeated_send(
+@requires_row_locks
+def test_a_database_refusing_writes_after_a_send_costs_no_repeated_send(
     engines: EngineFactory, app: SchedulerApp, sink: Path
 ) -> None:
     engine = engines("engine-read-only", SLOW_BATCH, send_delay=0.1)
     job_ids = sending_a_batch(engine, app, sink)
-    database = connection.ops.quote_name(connection.settings_dict["NAME"])
-    with connection.cursor() as cursor:
-        cursor.execute(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
-    try:
-        terminate_backends(engine.name)  # its new sessions are read-only
+    with faults.writes_refused(engine.name):
         time.sleep(OUTAGE_SECONDS)
-        assert "read-only transaction" in engine.log()
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"ALTER DATABASE {database} RESET default_transaction_read_only")
-        terminate_backends(engine.name)
+        assert faults.WRITES_REFUSED[connection.vendor] in engine.log()
     assert_sent_once(job_ids, sink)
 
 
-@requires_postgres
-def test_postgres_connections_cut_again_and_again_cost_no_repeated_send(
+@requires_row_locks
+def test_connections_cut_again_and_again_cost_no_repeated_send(
     cut_off_role: str, engines: EngineFactory, app: SchedulerApp, sink: Path
 ) -> None:
     engine = engines("engine-cut-off", SLOW_BATCH, send_delay=0.1, database_user=cut_off_role)
     job_ids = sending_a_batch(engine, app, sink)
     with cut_off(engine, cut_off_role):
         time.sleep(OUTAGE_SECONDS)
-        assert "terminating connection due to administrator command" in engine.log()
+        assert any(message in engine.log() for message in faults.SESSION_CUT[connection.vendor]), engine.log()
     assert_sent_once(job_ids, sink)
     assert_outage_logged_briefly(engine)
 
 
-@requires_postgres
+@requires_row_locks
 def test_another_engine_leaves_alone_what_an_engine_cut_off_for_less_than_a_lease_has_sent(
     cut_off_role: str, engines: EngineFactory, app: SchedulerApp, sink: Path
 ) -> None:

@@ -27,6 +27,7 @@ from django_taskiq_beat import (
     SchedulerValidationError,
 )
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.payloads import MAX_JSON_DEPTH
 from django_taskiq_beat.triggers import LATEST
 
 pytestmark = pytest.mark.django_db
@@ -138,8 +139,16 @@ def test_bad_json_is_refused(app: SchedulerApp, stored: SchedulerJob, arguments:
 
 
 def test_json_at_the_depth_limit_is_kept(app: SchedulerApp) -> None:
-    job = app.single(task="system.echo", args=nested(100)).schedule(HOURLY)
-    assert SchedulerJob.objects.get(pk=job.pk).task_args == nested(100)
+    job = app.single(task="system.echo", args=nested(MAX_JSON_DEPTH)).schedule(HOURLY)
+    assert SchedulerJob.objects.get(pk=job.pk).task_args == nested(MAX_JSON_DEPTH)
+    refused(lambda: app.single(task="system.echo", args=nested(MAX_JSON_DEPTH + 1)).schedule(HOURLY), "args")
+
+
+def test_a_chain_step_at_the_depth_limit_is_stored_on_every_database(app: SchedulerApp) -> None:
+    step = ChainStep(task="system.echo", args=nested(MAX_JSON_DEPTH), kwargs={"deep": nested(MAX_JSON_DEPTH - 1)})
+    job = app.chain(steps=[step]).schedule(HOURLY)
+    (stored,) = SchedulerJob.objects.get(pk=job.pk).task_kwargs["steps"]
+    assert (stored["args"], stored["kwargs"]["deep"]) == (nested(MAX_JSON_DEPTH), nested(MAX_JSON_DEPTH - 1))
 
 
 def test_chain_steps_get_the_same_checks(app: SchedulerApp, stored: SchedulerJob) -> None:
