@@ -8,6 +8,7 @@ is sent through the broker as soon as the row is committed (inside an outer
 
 import logging
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -89,9 +90,14 @@ def _identity(job_id: Any, name: Any, description: Any) -> _Identity:
 
 
 def declared_id_prefix(job_id: str) -> str | None:
-    """``settings:`` for ``settings:nightly``: the prefix that reserves an id for the sync, or None."""
-    source = job_id.partition(":")[0]
-    return source if source in DECLARED_SOURCES and job_id != source else None
+    """``settings`` for ``settings:nightly``: the prefix that reserves an id for the sync, or None.
+
+    Compared without case or accents: MariaDB and MySQL compare ids so (their default
+    collation), and ``SETTINGS:nightly`` would be the declared job's row there.
+    """
+    head, colon, _ = job_id.partition(":")
+    folded = "".join(c for c in unicodedata.normalize("NFKD", head) if not unicodedata.combining(c)).casefold()
+    return folded if colon and folded in DECLARED_SOURCES else None
 
 
 def _refuse_declared_id(job_id: str | None, source: str) -> None:
@@ -100,7 +106,7 @@ def _refuse_declared_id(job_id: str | None, source: str) -> None:
     if prefix:
         raise SchedulerValidationError(
             "job_id", job_id,
-            f"Ids starting with '{prefix}:' are kept for jobs declared in code; choose another id,"
+            f"Ids starting with '{prefix}:' (in any case) are kept for jobs declared in code; choose another id,"
             " or change the declaration.",
         )
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 
 try:
     from psycopg import Cursor as ServerBindingCursor
@@ -51,7 +51,8 @@ def serialized_sync() -> Iterator[None]:
 
     PostgreSQL has a transaction-level advisory lock; on SQLite the write lock serialises
     writers already. MariaDB and MySQL have only session-level named locks, so the lock
-    is taken before the transaction and released after it has committed or rolled back.
+    is taken before the transaction and released after it has committed or rolled back
+    (inside a caller's own transaction, before that one commits).
     """
     if connection.vendor != "mysql":
         with transaction.atomic():
@@ -71,8 +72,11 @@ def serialized_sync() -> Iterator[None]:
         with transaction.atomic():
             yield
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT RELEASE_LOCK(%s)", [name])
+        except DatabaseError:  # the session is gone, and its lock with it: the sync's own error is what matters
+            pass
 
 
 def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
@@ -169,15 +173,17 @@ def update_from_values(
     """UPDATE ``table`` from rows of values; each (column, expression) assignment reads them as ``v.<column>``.
 
     ``columns`` are (name, SQL type) pairs in row order; the first one is matched
-    against ``table.id``. MariaDB and MySQL assign left to right, each expression seeing the
+    against ``table.id``. MariaDB and MySQL may assign left to right, each expression seeing the
     columns assigned before it: an expression may read ``v``, its own column, and columns
     assigned after it, never one assigned before it.
     """
     names = ", ".join(name for name, _ in columns)
     key = columns[0][0]
-    if connection.vendor == "mysql":  # the target columns are qualified: ``v`` has columns of the same names
+    if connection.vendor == "mysql":
+        # The target columns are qualified: ``v`` has columns of the same names. STRAIGHT_JOIN reads
+        # ``v`` first, so rows are locked in its (sorted) order whatever plan the optimizer would pick.
         sets = ", ".join(f"{table}.{column} = {expression}" for column, expression in assignments)
-        template = f"UPDATE {table} JOIN ({{rows}}) AS v ON {table}.id = v.{key} SET {sets}"
+        template = f"UPDATE ({{rows}}) AS v STRAIGHT_JOIN {table} ON {table}.id = v.{key} SET {sets}"
     else:
         sets = ", ".join(f"{column} = {expression}" for column, expression in assignments)
         template = f"WITH v ({names}) AS ({{rows}}) UPDATE {table} SET {sets} FROM v WHERE {table}.id = v.{key}"

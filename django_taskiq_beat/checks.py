@@ -51,7 +51,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return messages
 
 
-SUPPORTED_DATABASES = "PostgreSQL 14+, SQLite 3.35+, MariaDB 10.6+ and MySQL 8.0.11+"
+SUPPORTED_DATABASES = "PostgreSQL 14+, SQLite 3.35+, MariaDB 10.6+ and MySQL 8.0.13+"
 _SUPPORTED_VENDORS = ("postgresql", "sqlite", "mysql")
 
 
@@ -83,15 +83,18 @@ def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[Check
 
 @register(Tags.database)
 def check_database_version(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Versions that Django accepts but that lack what the claim needs: ``SKIP LOCKED`` (MariaDB 10.6),
-    ``RETURNING`` (SQLite 3.35). Run by ``migrate`` and ``check --database``, which may connect."""
+    """Versions that Django accepts but that lack what the engine needs: ``SKIP LOCKED`` (MariaDB 10.6),
+    ``RETURNING`` (SQLite 3.35), JSON column defaults (MySQL 8.0.13). Run by ``migrate``,
+    ``check --database`` and ``run_taskiq_beat``, which may connect."""
     connection = _connection_to_check(databases)
     if connection is None:
         return []
     if connection.vendor == "sqlite":
         version, needed, name = connection.Database.sqlite_version_info, (3, 35), "SQLite"
-    elif connection.vendor == "mysql" and connection.mysql_is_mariadb:  # Django itself needs MySQL 8.0.11
-        version, needed, name = connection.mysql_version, (10, 6), "MariaDB"
+    elif connection.vendor == "mysql":  # MySQL 8.0.13 for the JSON column defaults of the migrations
+        mariadb = connection.mysql_is_mariadb
+        version, needed, name = connection.mysql_version, (10, 6) if mariadb else (8, 0, 13), (
+            "MariaDB" if mariadb else "MySQL")
     else:
         return []
     if tuple(version) >= needed:

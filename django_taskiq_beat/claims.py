@@ -20,13 +20,14 @@ from typing import Any, TypeVar
 
 from django.db import DataError, IntegrityError, connection, transaction
 from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, Value, When
-from django.db.models.functions import Cast, Now
+from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
 from django_taskiq_beat.models import (
     MAX_COUNT,
+    DatabaseNow,
     JobKind,
     RunOutcome,
     RunStatus,
@@ -500,7 +501,7 @@ def claim_expired(
     """
     free = Q(lease_expires_at__lt=now) | _released(now, stale)
     if engines_dead_after is not None:
-        gone = SchedulerEngine.objects.gone(Now(), engines_dead_after).exclude(pk=scheduler_id)
+        gone = SchedulerEngine.objects.gone(DatabaseNow(), engines_dead_after).exclude(pk=scheduler_id)
         free |= Q(claimed_by__in=gone.values("pk"))
     with transaction.atomic():
         expired = (

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
-from django.db.models.functions import Now
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
 
-from django_taskiq_beat.models import SchedulerEngine
+from django_taskiq_beat.models import DatabaseNow, SchedulerEngine
 from django_taskiq_beat.overview import overdue
 
 APP_LABEL = "django_taskiq_beat"
@@ -37,7 +36,7 @@ def unapplied_migrations(app_label: str | None = None) -> list[str]:
 
 def live_engines(dead_after: timedelta) -> list[SchedulerEngine]:
     """Engines with a heartbeat within ``dead_after``, judged by the database's clock as engines write it."""
-    return list(SchedulerEngine.objects.alive(Now(), dead_after))
+    return list(SchedulerEngine.objects.alive(DatabaseNow(), dead_after))
 
 
 def _database() -> Check:

@@ -2,7 +2,7 @@
 
 import uuid
 from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from datetime import datetime, timedelta
 
@@ -400,8 +400,20 @@ class EngineState(models.TextChoices):
     STOPPED = "stopped", "stopped"  # exited cleanly
 
 
+class DatabaseNow(Now):
+    """The database's clock, in UTC as the columns are.
+
+    Django's ``Now()`` is ``CURRENT_TIMESTAMP`` on MariaDB and MySQL: the session's local time,
+    while Django stores and reads naive UTC there. On a server not set to UTC every heartbeat
+    would be off by its offset, and jump at its daylight-saving changes.
+    """
+
+    def as_mysql(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return self.as_sql(compiler, connection, template="UTC_TIMESTAMP(6)", **extra_context)
+
+
 class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
-    """``now`` may be ``Now()``: engines write their heartbeats with the database's clock."""
+    """``now`` may be ``DatabaseNow()``: engines write their heartbeats with the database's clock."""
 
     def alive(self, now: datetime | models.Func, dead_after: timedelta) -> "SchedulerEngineQuerySet":
         return self.filter(stopped_at__isnull=True, heartbeat_at__gte=now - dead_after)
@@ -415,7 +427,7 @@ class SchedulerEngineQuerySet(models.QuerySet["SchedulerEngine"]):
 
     def on_database_clock(self) -> "SchedulerEngineQuerySet":
         """Each engine with ``database_now``, so ``state`` judges it by the clock its heartbeats use."""
-        return self.annotate(database_now=Now())
+        return self.annotate(database_now=DatabaseNow())
 
 
 class SchedulerEngine(models.Model):

@@ -8,7 +8,7 @@ instead of at the end of its lease.
 
 The heartbeat runs on a thread and database connection of its own: slow sends, a long
 cleanup or a tick waiting on a lock never delay it. Its times are the database's clock
-(``Now()``), so engines on hosts whose clocks disagree do not misjudge each other.
+(``DatabaseNow()``), so engines on hosts whose clocks disagree do not misjudge each other.
 
 An engine judges others only while its own heartbeats reach the database on time (at most
 two intervals apart), and only once they have done so for ``engine_dead_after_seconds``
@@ -29,11 +29,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections, connection
-from django.db.models.functions import Now
 
 from django_taskiq_beat import logs
 from django_taskiq_beat.conf import SchedulerConfig
-from django_taskiq_beat.models import SchedulerEngine
+from django_taskiq_beat.models import DatabaseNow, SchedulerEngine
 
 logger = logging.getLogger("django_taskiq_beat.engine")
 
@@ -44,7 +43,7 @@ RETENTION_DAYS = 7  # rows of engines stopped or dead longer ago than this are d
 
 def beat(engine_id: str, counts: Mapping[str, int], starting: bool) -> None:
     """One UPDATE of the heartbeat and counters; at start, or if the row is gone, the whole row."""
-    row: dict[str, Any] = {"heartbeat_at": Now(), **counts}
+    row: dict[str, Any] = {"heartbeat_at": DatabaseNow(), **counts}
     if starting:
         row.update(_identity())
     if not SchedulerEngine.objects.filter(pk=engine_id).update(**row):
@@ -55,13 +54,13 @@ def _identity() -> dict[str, Any]:
     from django_taskiq_beat import __version__
 
     return {
-        "hostname": socket.gethostname(), "pid": os.getpid(), "version": __version__, "started_at": Now(),
+        "hostname": socket.gethostname(), "pid": os.getpid(), "version": __version__, "started_at": DatabaseNow(),
         "stopped_at": None,
     }
 
 
 def mark_stopped(engine_id: str, counts: Mapping[str, int]) -> None:
-    SchedulerEngine.objects.filter(pk=engine_id).update(stopped_at=Now(), heartbeat_at=Now(), **counts)
+    SchedulerEngine.objects.filter(pk=engine_id).update(stopped_at=DatabaseNow(), heartbeat_at=DatabaseNow(), **counts)
 
 
 def delete_engines_silent_since(cutoff: datetime) -> int:

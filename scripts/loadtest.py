@@ -44,10 +44,15 @@ def database(kind: str) -> Iterator[dict[str, str]]:
     if kind == "sqlite":
         with tempfile.TemporaryDirectory(prefix="taskiq-beat-load-") as directory:
             yield {"SQLITE_PATH": str(Path(directory) / "load.sqlite3")}
-    else:
+    elif kind == "postgres":
         from tests.pgserver import postgres_server
 
         with postgres_server() as url:
+            yield {"DATABASE_URL": url}
+    else:
+        from tests.mariadbserver import mariadb_server
+
+        with mariadb_server() as url:
             yield {"DATABASE_URL": url}
 
 
@@ -407,7 +412,7 @@ def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenario", choices=["burst", "steady", "scale", "multi", "dashboard"])
-    parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000])
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=20)

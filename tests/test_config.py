@@ -165,20 +165,34 @@ def test_an_unsupported_database_backend_is_an_error_naming_the_supported_ones(m
         assert supported in message.hint
 
 
-@pytest.mark.django_db
-def test_a_database_version_without_what_the_claim_needs_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def too_old(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Make the test database look older than the engine allows; returns what E008 then says."""
     from django.db import connection
 
     if connection.vendor == "sqlite":
         monkeypatch.setattr(connection.Database, "sqlite_version_info", (3, 34, 1))
-        expected = "needs SQLite 3.35 or later; DATABASES['default'] is 3.34.1"
-    elif connection.vendor == "mysql":
+        return "needs SQLite 3.35 or later; DATABASES['default'] is 3.34.1"
+    if connection.vendor == "mysql":
         monkeypatch.setattr(connection, "mysql_is_mariadb", True)
         monkeypatch.setattr(connection, "mysql_version", (10, 5, 27))
-        expected = "needs MariaDB 10.6 or later; DATABASES['default'] is 10.5.27"
-    else:
-        pytest.skip("PostgreSQL: Django's own minimum (14) has everything the claim needs")
-    assert expected in database_checks()["django_taskiq_beat.E008"]
+        return "needs MariaDB 10.6 or later; DATABASES['default'] is 10.5.27"
+    pytest.skip("PostgreSQL: Django's own minimum (14) has everything the engine needs")
+
+
+@pytest.mark.django_db
+def test_a_database_version_without_what_the_engine_needs_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert too_old(monkeypatch) in database_checks()["django_taskiq_beat.E008"]
+
+
+@pytest.mark.django_db
+def test_the_engine_command_refuses_such_a_database_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    expected = too_old(monkeypatch)
+    with pytest.raises(SystemCheckError) as refused:
+        call_command("run_taskiq_beat", skip_checks=False)
+    assert "django_taskiq_beat.E008" in str(refused.value) and expected in str(refused.value)
 
 
 @pytest.mark.django_db

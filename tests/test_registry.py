@@ -90,6 +90,9 @@ def test_the_engine_writes_its_row_beats_with_its_counters_and_marks_it_stopped(
     run(scenario)
     stopped = SchedulerEngine.objects.get(pk="live-engine")
     assert stopped.stopped_at is not None and stopped.dispatched_count == 1 and recorder.names() == ["system.echo"]
+    # The database's clock, read back as UTC: the MariaDB test server runs at +05:30 to catch a local-time clock.
+    assert abs(stopped.heartbeat_at - timezone.now()) < timedelta(seconds=30)
+    assert abs(stopped.started_at - timezone.now()) < timedelta(seconds=30)
 
 
 def test_a_restarted_engine_writes_its_row_again(broker: InMemoryBroker) -> None:

@@ -4,13 +4,12 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import QuerySet
-from django.db.models.functions import Now
 from django.http import HttpRequest
 from django.utils.html import format_html
 
 from django_taskiq_beat.admin.common import WrittenByTheSchedulerAdmin, dead_after, list_time
 from django_taskiq_beat.describe import relative_time
-from django_taskiq_beat.models import EngineState, SchedulerEngine
+from django_taskiq_beat.models import DatabaseNow, EngineState, SchedulerEngine
 
 
 _ENGINE_COLOURS = {EngineState.ALIVE: "#2e7d32", EngineState.DEAD: "#c62828", EngineState.STOPPED: "#616161"}
@@ -26,11 +25,11 @@ class EngineStateFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerEngine]) -> QuerySet[SchedulerEngine]:
         match self.value():
             case EngineState.ALIVE:
-                return queryset.alive(Now(), dead_after())  # type: ignore[attr-defined]
+                return queryset.alive(DatabaseNow(), dead_after())  # type: ignore[attr-defined]
             case EngineState.STOPPED:
                 return queryset.filter(stopped_at__isnull=False)
             case EngineState.DEAD:
-                return queryset.dead(Now(), dead_after())  # type: ignore[attr-defined]
+                return queryset.dead(DatabaseNow(), dead_after())  # type: ignore[attr-defined]
         return queryset
 
 

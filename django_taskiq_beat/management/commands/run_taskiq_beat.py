@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
@@ -46,6 +46,10 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
             "--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
             help=f"The address --metrics-port listens on (default {DEFAULT_METRICS_HOST}: all interfaces).",
         )
+
+    def check(self, *args: Any, **kwargs: Any) -> None:
+        """With the database checks (its version, its time zone tables): the engine is about to use it."""
+        super().check(*args, **{**kwargs, "databases": [router.db_for_write(SchedulerJob)]})
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["log_level"])
