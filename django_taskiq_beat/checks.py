@@ -55,7 +55,8 @@ SUPPORTED_DATABASES = "PostgreSQL 14+, SQLite 3.35+, MariaDB 10.6+ and MySQL 8.0
 _SUPPORTED_VENDORS = ("postgresql", "sqlite", "mysql")
 
 
-def _scheduler_database() -> str:
+def scheduler_database() -> str:
+    """The alias the scheduler's tables are written on: the database its checks judge."""
     from django_taskiq_beat.models import SchedulerJob
 
     return router.db_for_write(SchedulerJob)
@@ -63,14 +64,14 @@ def _scheduler_database() -> str:
 
 def _connection_to_check(databases: Any) -> BaseDatabaseWrapper | None:
     """The scheduler's database, if this run of the checks may connect to it."""
-    alias = _scheduler_database()
+    alias = scheduler_database()
     return connections[alias] if databases and alias in databases else None
 
 
 @register(Tags.compatibility)
 def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The engine's SQL is written for each supported database; on another it would fail at its first claim."""
-    alias = _scheduler_database()
+    alias = scheduler_database()
     vendor = connections[alias].vendor
     if vendor in _SUPPORTED_VENDORS:
         return []

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DEFAULT_DB_ALIAS, connections, router
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
-from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
+from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync, scheduler_database
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.models import SchedulerJob
@@ -49,7 +49,7 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
 
     def check(self, *args: Any, **kwargs: Any) -> None:
         """With the database checks (its version, its time zone tables): the engine is about to use it."""
-        super().check(*args, **{**kwargs, "databases": [router.db_for_write(SchedulerJob)]})
+        super().check(*args, **{**kwargs, "databases": [scheduler_database()]})
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["log_level"])
