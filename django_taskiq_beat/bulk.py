@@ -104,7 +104,8 @@ def _cursor() -> Any:
 def _rows_sql(columns: Sequence[tuple[str, str]], chunk: Sequence[tuple[Any, ...]]) -> tuple[str, list[Any]]:
     """A query giving ``chunk`` as rows of ``columns`` ((name, SQL type) pairs), and its parameters."""
     if connection.vendor == "postgresql":  # typed arrays: a column of NULLs is still of its type
-        arrays = ", ".join(f"CAST(%s AS {sql_type}[])" for _, sql_type in columns)
+        placeholder = "%b" if _server_binding() else "%s"
+        arrays = ", ".join(f"CAST({placeholder} AS {sql_type}[])" for _, sql_type in columns)
         return f"SELECT * FROM unnest({arrays})", [list(column) for column in zip(*chunk, strict=True)]
     params = [value for row in chunk for value in row]
     if connection.vendor == "mysql":  # MariaDB has no column names for a derived VALUES table
