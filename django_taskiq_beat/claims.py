@@ -7,7 +7,8 @@ A claim advances the job to its next slot and writes the claimed slot's run row
 (``pending``, with a lease) in the same transaction, before anything is sent. So a
 process that dies after the claim loses nothing: once its engine is found dead
 (``registry``) or the lease expires, any engine re-sends the pending run with the same
-id. Which engine claims which row is decided by the database: ``FOR UPDATE SKIP LOCKED``
+id. The claim also counts the send on its job, so a send that goes through costs one
+write of its run and none of its job; only a failed send writes the job again. Which engine claims which row is decided by the database: ``FOR UPDATE SKIP LOCKED``
 where it exists, SQLite's single writer otherwise, and the unique key on (job, slot) as
 the last line of defence.
 """
@@ -69,6 +70,11 @@ class Dispatch:
     send_at: datetime | None = None  # later than the slot by the job's jitter; None: at the slot
     counted: bool = False  # took one of the job's remaining_runs: a failed send gives it back for its retry
     late_on_purpose: bool = False  # a backfilled or held slot: its lag is not the engine's (no lag metric)
+    # Already counted on its job as sent (by the claim that first took it): only a failed send writes the job.
+    counted_as_sent: bool = False
+    # The job's last_run_at and last_dispatched_task_id before this claim wrote this send there; a failed
+    # send puts them back. None: this claim did not write them (a run taken over from a dead engine).
+    previous: tuple[datetime | None, str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,8 @@ class _DueJob:
     jitter_seconds: float
     remaining_runs: int | None
     run_now_at: datetime | None
+    last_run_at: datetime | None
+    last_dispatched_task_id: str | None
     busy: bool  # its overlap is not "allow" and it has an unfinished run (``_busy``)
 
 
@@ -331,7 +339,7 @@ def claim_due(
                 failed_sends = min(failed_before + 1, MAX_COUNT)
                 job_updates.append((
                     job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends,
-                    0, _or(job.remaining_runs, int, None),
+                    0, _or(job.remaining_runs, int, None), 0, None, None,
                 ))
                 slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
                 runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, None, now_value))
@@ -341,6 +349,7 @@ def claim_due(
             grace = _or(job.misfire_grace_seconds, float | int, None)
             jitter = _or(job.jitter_seconds, float | int, 0)
             remaining = _or(job.remaining_runs, int, None)
+            previous = (_or(job.last_run_at, datetime, None), _or(job.last_dispatched_task_id, str, None))
             overlap = overlaps.get(job.id)
             for slot in slots:
                 run_id = new_id()
@@ -367,6 +376,7 @@ def claim_due(
                 dispatches.append(Dispatch(
                     run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
                     job.name, next_run_at, job.task_labels, slot + delay if delay else None, run_id in counted_runs,
+                    counted_as_sent=True, previous=previous,
                 ))
                 if overlap is not None:
                     overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
@@ -380,24 +390,38 @@ def claim_due(
         # A slot whose run already existed (another engine, a backfill) is neither sent here nor counted.
         not_counted = Counter(job_id for run_id, job_id in counted_runs.items() if run_id not in written)
         skipped = Counter(skip.job_id for skip in skips if skip.run_id in written)
+        sends: dict[str, list[Dispatch]] = {}
+        for dispatch in dispatches:
+            if dispatch.run_id in written:
+                sends.setdefault(dispatch.job_id, []).append(dispatch)
         for job_id, next_run_at, dispatch_failures, remaining in advanced:
             if remaining is not None:
                 remaining += not_counted[job_id]
                 if remaining == 0:  # max_runs reached: finished
                     next_run_at = None
+            sent = sends.get(job_id, [])
+            latest = sent[-1] if sent else None
             job_updates.append((
                 job_id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
-                None, dispatch_failures, skipped[job_id], remaining,
+                None, 0 if sent else dispatch_failures, skipped[job_id], remaining, len(sent),
+                _time(max(now, latest.scheduled_for)) if latest else None, latest.run_id if latest else None,
             ))
+        # The sends are counted here, as if they will go through: ``record`` writes the job again only for a
+        # failed one, taking its count back and putting back what it had shown as the job's last send.
         bulk.update_from_values(
             "scheduler_job",
             (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
              ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
-             ("dispatch_failures", "integer"), ("skipped", "integer"), ("remaining_runs", "integer")),
+             ("dispatch_failures", "integer"), ("skipped", "integer"), ("remaining_runs", "integer"),
+             ("sent", "integer"), ("last_run_at", "timestamptz"), ("last_dispatched_task_id", "varchar")),
             (("next_run_at", "v.next_run_at"), ("is_enabled", "v.is_enabled"), ("finished_at", "v.finished_at"),
-             ("updated_at", "v.updated_at"), ("last_error", "COALESCE(v.last_error, scheduler_job.last_error)"),
+             ("updated_at", "v.updated_at"),
+             ("last_error", "CASE WHEN v.sent > 0 THEN NULL ELSE COALESCE(v.last_error, scheduler_job.last_error) END"),
              ("dispatch_failures", "v.dispatch_failures"), ("skipped_count", _added("skipped_count", "v.skipped")),
-             ("remaining_runs", "v.remaining_runs"), ("run_now_at", "NULL")),
+             ("remaining_runs", "v.remaining_runs"), ("run_now_at", "NULL"),
+             ("dispatch_count", _added("dispatch_count", "v.sent")),
+             ("last_run_at", "COALESCE(v.last_run_at, scheduler_job.last_run_at)"),
+             ("last_dispatched_task_id", "COALESCE(v.last_dispatched_task_id, scheduler_job.last_dispatched_task_id)")),
             job_updates,
         )
     sent = [d for d in dispatches if d.run_id in written]
@@ -518,6 +542,7 @@ def claim_expired(
         dispatches, unsendable = [], []
         for run in runs:
             next_slot = _or(run.next_run_at, datetime, None)
+            first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)  # no claim counted it as sent
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
@@ -526,6 +551,7 @@ def claim_expired(
                 claim = Dispatch(
                     run.id, run.job_id, run.task_name or "", [], {}, _or(run.created_at, datetime, now),
                     _or(run.scheduled_for, datetime, now), _or(run.dispatch_failures, int, 0), run.job_name, next_slot,
+                    counted_as_sent=not first_send,
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
@@ -533,7 +559,7 @@ def claim_expired(
             dispatches.append(Dispatch(
                 run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
                 run.dispatch_failures, run.job_name, next_slot, run.task_labels, send_at if send_at > now else None,
-                late_on_purpose=run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT),
+                late_on_purpose=first_send, counted_as_sent=not first_send,
             ))
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
@@ -594,7 +620,10 @@ def _added(column: str, amount: str) -> str:
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
-    """Store the outcomes on the jobs and their runs; failed slots get a retry.
+    """Store the outcomes on their runs, and on their jobs where the claim did not: failed slots get a retry.
+
+    A send that went through writes its job only if no claim counted it (a backfilled or held
+    slot); a failed one always does, taking back what its claim wrote there.
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -605,7 +634,10 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     sent: dict[str, list[Outcome]] = {}
     failed: dict[str, list[Outcome]] = {}
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
-        (sent if outcome.error is None else failed).setdefault(outcome.dispatch.job_id, []).append(outcome)
+        if outcome.error is not None:
+            failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
+        elif not outcome.dispatch.counted_as_sent:
+            sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
         bulk.update_from_values(
             "scheduler_job",
@@ -622,7 +654,9 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
         bulk.update_from_values(
             "scheduler_job",
             (("id", "varchar"), ("claimed_at", "timestamptz"), ("failed", "integer"), ("last_error", "text"),
-             ("retry_at", "timestamptz"), ("now", "timestamptz"), ("refund", "integer")),
+             ("retry_at", "timestamptz"), ("now", "timestamptz"), ("refund", "integer"), ("uncount", "integer"),
+             ("failures", "integer"), ("run_id", "varchar"), ("previous_run_at", "timestamptz"),
+             ("previous_task_id", "varchar")),
             _RETRY,
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
@@ -682,13 +716,26 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
     )
 
 
-# A failed send counts and shows its error on the job. Its retry (with backoff, never later than the
-# job's next regular slot) applies only where the job is unchanged since the claim, its ``updated_at``
-# still the claim's version: a job paused, upserted or run now meanwhile keeps what its operator set.
-# ``updated_at`` is assigned last: MariaDB and MySQL let later assignments see earlier ones.
+# A failed send counts and shows its error on the job, and takes back what its claim wrote there: the
+# send's count, and the job's last send where it still names this one. Its retry (with backoff, never
+# later than the job's next regular slot) applies only where the job is unchanged since the claim, its
+# ``updated_at`` still the claim's version: a job paused, upserted or run now meanwhile keeps what its
+# operator set. MariaDB and MySQL let later assignments see earlier ones, so ``last_dispatched_task_id``
+# comes after ``last_run_at`` and ``updated_at`` last.
 _UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
+_STILL_SHOWN = "scheduler_job.last_dispatched_task_id = v.run_id"
+# The claim reset the failures in a row to 0, expecting the send to go through: count on from the larger.
+_FAILURES_BEFORE = ("CASE WHEN scheduler_job.dispatch_failures > v.failures THEN scheduler_job.dispatch_failures"
+                    " ELSE v.failures END")
 _RETRY = (
-    ("dispatch_failures", _added("dispatch_failures", "v.failed")), ("last_error", "v.last_error"),
+    ("dispatch_count", "CASE WHEN scheduler_job.dispatch_count > v.uncount"
+                       " THEN scheduler_job.dispatch_count - v.uncount ELSE 0 END"),
+    ("dispatch_failures", f"CASE WHEN {_FAILURES_BEFORE} > {MAX_COUNT} - v.failed THEN {MAX_COUNT}"
+                          f" ELSE {_FAILURES_BEFORE} + v.failed END"),
+    ("last_error", "v.last_error"),
+    ("last_run_at", f"CASE WHEN {_STILL_SHOWN} THEN v.previous_run_at ELSE scheduler_job.last_run_at END"),
+    ("last_dispatched_task_id", f"CASE WHEN {_STILL_SHOWN} THEN v.previous_task_id"
+                                " ELSE scheduler_job.last_dispatched_task_id END"),
     ("next_run_at", f"CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
                     " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END"),
     ("is_enabled", f"CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END"),
@@ -702,14 +749,19 @@ _RETRY = (
 def _retry(
     job_outcomes: list[Outcome], now: datetime, retry: RetryPolicy, _time: Callable[[datetime | None], Any]
 ) -> tuple[Any, ...]:
-    """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version."""
-    latest = max((outcome.dispatch for outcome in job_outcomes), key=lambda dispatch: dispatch.claimed_at)
+    """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version,
+    and only its latest send can still be shown as the job's last."""
+    latest = max((outcome.dispatch for outcome in job_outcomes),
+                 key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for))
     failed = len(job_outcomes)
     # From the latest failure, as the engine's log line computes it; the cap at the next slot is the SQL's.
     retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
     refund = sum(outcome.dispatch.counted for outcome in job_outcomes)  # their retry is the same scheduled send
+    uncount = sum(outcome.dispatch.counted_as_sent for outcome in job_outcomes)
+    previous_run_at, previous_task_id = latest.previous or (None, None)
     return (latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now),
-            refund)
+            refund, uncount, min(latest.failures, MAX_COUNT), latest.run_id if latest.previous else None,
+            _time(previous_run_at), previous_task_id)
 
 
 # Cleanups delete a chunk per call, so that between chunks the engine's database thread is free for its

@@ -1,0 +1,181 @@
+"""Where a send is counted: by its claim, so that a send that goes through writes only its run.
+
+The claim advances the job and counts the send on it in one statement; ``record`` writes the
+job again only for a failed send, taking back what the claim wrote (the count, the job's last
+send) and counting the failure on from where it was.
+"""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from taskiq import InMemoryBroker
+
+from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, bulk, claims
+from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from tests.test_engine import break_broker, make_config, run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RETRY = claims.RetryPolicy(5, 300)
+LEASE = timedelta(minutes=1)
+
+
+@pytest.fixture
+def app(broker: InMemoryBroker) -> SchedulerApp:
+    return SchedulerApp(broker=broker, config=make_config())
+
+
+def hourly(app: SchedulerApp, job_id: str = "hourly") -> SchedulerJob:
+    """An hourly job created four hours ago: its grid has past slots to backfill."""
+    app.single(task="system.echo").upsert(PeriodicSchedule(interval=IntervalTrigger(hours=1)), job_id=job_id)
+    SchedulerJob.objects.filter(pk=job_id).update(created_at=timezone.now() - timedelta(hours=4))
+    return SchedulerJob.objects.get(pk=job_id)
+
+
+def make_due(job_id: str) -> None:
+    SchedulerJob.objects.filter(pk=job_id).update(next_run_at=timezone.now() - timedelta(milliseconds=1))
+
+
+def shown(job_id: str) -> tuple[Any, ...]:
+    """What the job says of its sends."""
+    return SchedulerJob.objects.filter(pk=job_id).values_list(
+        "dispatch_count", "last_dispatched_task_id", "last_run_at", "dispatch_failures", "last_error"
+    ).get()
+
+
+def written_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables ``record`` updates, in order."""
+    tables: list[str] = []
+    real = bulk.update_from_values
+
+    def spy(table: str, columns: Any, assignments: Any, rows: Any) -> None:
+        if rows:
+            tables.append(table)
+        real(table, columns, assignments, rows)
+
+    monkeypatch.setattr(bulk, "update_from_values", spy)
+    return tables
+
+
+def sent(dispatches: list[claims.Dispatch], at: datetime) -> list[claims.Outcome]:
+    return [claims.Outcome(dispatch, at, at, None) for dispatch in dispatches]
+
+
+def failed(dispatches: list[claims.Dispatch], at: datetime) -> list[claims.Outcome]:
+    return [claims.Outcome(dispatch, None, at, "ConnectionError: boom") for dispatch in dispatches]
+
+
+def test_the_claim_counts_each_send_on_its_job(app: SchedulerApp) -> None:
+    for job_id in ("a", "b"):
+        app.single(task="system.echo").upsert(OneOffSchedule(run_at=timezone.now()), job_id=job_id)
+    before = timezone.now()
+    claim = claims.claim_due("engine-a", before, 10, LEASE, RETRY)
+    assert len(claim.dispatches) == 2
+    for dispatch in claim.dispatches:
+        count, task_id, last_run_at, failures, error = shown(dispatch.job_id)
+        assert (count, task_id, failures, error) == (1, dispatch.run_id, 0, None)
+        assert last_run_at == max(before, dispatch.scheduled_for)
+        assert dispatch.counted_as_sent and dispatch.previous == (None, None)
+
+
+def test_sends_that_went_through_write_their_runs_and_not_their_jobs(
+    app: SchedulerApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for job_id in ("a", "b", "c"):
+        app.single(task="system.echo").upsert(OneOffSchedule(run_at=timezone.now()), job_id=job_id)
+    claim = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY)
+    tables = written_tables(monkeypatch)
+    now = timezone.now()
+    claims.record(sent(claim.dispatches, now), now, True, RETRY)
+    assert tables == ["scheduler_run"]
+    assert {run.status for run in SchedulerRun.objects.all()} == {RunStatus.DISPATCHED}
+    assert [shown(job_id)[:2] for job_id in ("a", "b", "c")] == [
+        (1, dispatch.run_id) for dispatch in sorted(claim.dispatches, key=lambda dispatch: dispatch.job_id)
+    ]
+
+
+def test_a_failed_send_takes_back_its_count_and_shows_the_previous_send_again(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hourly(app)
+    make_due("hourly")
+    assert run(app.engine.run_once) == 1
+    first = shown("hourly")
+    assert first[0] == 1 and first[1] is not None
+    break_broker(broker, monkeypatch)
+    make_due("hourly")
+    run(app.engine.run_once)
+    count, task_id, last_run_at, failures, error = shown("hourly")
+    assert (count, task_id, last_run_at) == first[:3]  # as before the failed claim
+    assert failures == 1 and "boom" in error
+
+
+def test_failures_in_a_row_count_on_across_the_claims_that_reset_them(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hourly(app)
+    attempts = break_broker(broker, monkeypatch, failures=3)
+    for expected in (1, 2, 3):
+        make_due("hourly")
+        run(app.engine.run_once)
+        assert shown("hourly")[3] == expected
+    make_due("hourly")
+    assert run(app.engine.run_once) == 1
+    count, task_id, _, failures, error = shown("hourly")
+    assert (count, failures, error, attempts[0]) == (1, 0, None, 4)
+    assert SchedulerRun.objects.get(pk=task_id).status == RunStatus.DISPATCHED
+
+
+def test_a_failed_send_no_longer_shown_leaves_the_later_send_shown(app: SchedulerApp) -> None:
+    """Two claims of one job in flight: the earlier send fails after the later one was counted."""
+    hourly(app)
+    make_due("hourly")
+    (earlier,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    make_due("hourly")
+    (later,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    assert later.previous is not None and later.previous[1] == earlier.run_id
+    now = timezone.now()
+    claims.record(failed([earlier], now), now, True, RETRY)
+    count, task_id, _, failures, _ = shown("hourly")
+    assert (count, task_id, failures) == (1, later.run_id, 1)
+    claims.record(sent([later], now), now, True, RETRY)
+    assert shown("hourly")[:2] == (1, later.run_id)
+
+
+def test_a_count_never_goes_below_zero(app: SchedulerApp) -> None:
+    """A run claimed before counting moved into the claim (an older engine) fails after an upgrade."""
+    hourly(app)
+    make_due("hourly")
+    (dispatch,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    SchedulerJob.objects.filter(pk="hourly").update(dispatch_count=0)
+    now = timezone.now()
+    claims.record(failed([dispatch], now), now, True, RETRY)
+    assert shown("hourly")[0] == 0
+
+
+def test_backfilled_slots_are_counted_when_they_are_sent(app: SchedulerApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    job = hourly(app)
+    now = timezone.now()
+    assert app.backfill(job.id, now - timedelta(hours=3, minutes=30), now - timedelta(minutes=1)) == 3
+    orphans = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY)
+    assert len(orphans.dispatches) == 3 and not any(d.counted_as_sent for d in orphans.dispatches)
+    assert shown(job.id)[0] == 0
+    tables = written_tables(monkeypatch)
+    claims.record(sent(orphans.dispatches, now), now, True, RETRY)
+    assert tables == ["scheduler_job", "scheduler_run"]
+    latest = max(orphans.dispatches, key=lambda dispatch: dispatch.scheduled_for)
+    assert shown(job.id)[:2] == (3, latest.run_id)
+
+
+def test_a_failed_backfilled_slot_takes_back_nothing(app: SchedulerApp) -> None:
+    job = hourly(app)
+    make_due(job.id)
+    assert run(app.engine.run_once) == 1
+    before = shown(job.id)
+    now = timezone.now()
+    assert app.backfill(job.id, now - timedelta(hours=2, minutes=30), now - timedelta(hours=1, minutes=30)) == 1
+    (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    claims.record(failed([orphan], now), now, True, RETRY)
+    assert shown(job.id)[:3] == before[:3]
