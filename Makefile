@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 # The suite starts its own Redis and databases: a shell's exports ("Run it for real") stay out.
 SUITE_ENV := env -u REDIS_URL -u DATABASE_URL
 
-.PHONY: test test-sqlite test-postgres test-mariadb demo tox clean
+.PHONY: test test-sqlite test-postgres test-mariadb demo docs tox clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test,redis,metrics]"
+	$(BIN)/python -m pip install --quiet -e ".[test,redis,metrics,docs]"
 	touch $@
 
 test: test-sqlite test-postgres test-mariadb
@@ -33,6 +33,10 @@ demo: $(BIN)/.installed
 	$(BIN)/python testproject/manage.py migrate --verbosity 0
 	$(BIN)/python testproject/manage.py demo_jobs
 	$(BIN)/python testproject/manage.py run_taskiq_beat
+
+# The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or reference.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
 # The whole matrix by default; CI leaves out py311-django52, which `make test` has just run
 # (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2).

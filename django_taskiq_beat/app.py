@@ -41,7 +41,7 @@ def _async_twin(
     async def twin(self: "SchedulerApp", *args: _P.args, **kwargs: _P.kwargs) -> _R:
         return await sync_to_async(method)(self, *args, **kwargs)
 
-    twin.__doc__ = f"Async twin of :meth:`{method.__name__}`."
+    twin.__doc__ = f"Async twin of ``{method.__name__}``."
     return twin
 
 
@@ -49,7 +49,8 @@ class SchedulerApp:
     """Schedules tasks on ``broker`` and manages the stored jobs.
 
     ``config`` defaults to ``settings.TASKIQ_BEAT``. Every operation has a sync form
-    and an async twin with Django's ``a`` prefix.
+    and an async twin with Django's ``a`` prefix (``aget_job``, ``apause``, ``aresume``,
+    ``arun_now``, ``adelete``, ``apurge_runs``, ``abackfill``).
     """
 
     def __init__(self, *, broker: AsyncBroker, config: SchedulerConfig | None = None) -> None:
@@ -73,6 +74,7 @@ class SchedulerApp:
         logger.info("Scheduler app stopped.")
 
     def get_health_snapshot(self) -> SchedulerHealthSnapshot:
+        """Counters and timestamps of this process's engine (see ``SchedulerHealthSnapshot``)."""
         return self.engine.snapshot()
 
     def job_changed(self) -> None:
@@ -99,7 +101,7 @@ class SchedulerApp:
         metadata: Any = None,
         labels: Any = None,
     ) -> ChainScheduleBuilder:
-        """A builder for steps run one after another by the orchestrator task (see README)."""
+        """A builder for steps run one after another by the orchestrator task (see docs/chains.md)."""
         chain = TaskChain(
             steps=steps, on_failure=on_failure, max_chain_attempts=max_chain_attempts,
             default_step_max_attempts=default_step_max_attempts,

@@ -260,7 +260,7 @@ class ScheduleBuilder:
         policy: SchedulePolicy | None = None,
         source: JobSource = JobSource.API,
     ) -> SchedulerJob:
-        """Async twin of :meth:`schedule`."""
+        """Async twin of ``schedule``."""
         job, pending_run = await sync_to_async(self._create)(
             trigger, job_id, name, description, is_enabled, source, policy
         )
@@ -399,7 +399,7 @@ class ScheduleBuilder:
         *,
         policy: SchedulePolicy | None = None,
     ) -> SchedulerJob:
-        """Async twin of :meth:`upsert`."""
+        """Async twin of ``upsert``."""
         return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled, policy=policy)
 
     def _update(

@@ -15,8 +15,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.exceptions import SchedulerValidationError
 
-_HINT = f"See the settings reference in django-taskiq-beat's README ({SETTINGS_NAME})."
-_SCHEDULE_HINT = "See 'Declaring schedules in code' in django-taskiq-beat's README."
+_HINT = f"See the settings reference in django-taskiq-beat's documentation (docs/settings.md, {SETTINGS_NAME})."
+_SCHEDULE_HINT = "See 'Schedules declared in code' in django-taskiq-beat's documentation (docs/declared.md)."
 
 
 @register(Tags.compatibility)

@@ -31,7 +31,7 @@ def _client(port: int) -> list[str]:
 
 
 def _load_time_zones(port: int) -> None:
-    """What the README asks of a MariaDB/MySQL project whose TIME_ZONE is not UTC (Django's date lookups
+    """What docs/deployment.md asks of a MariaDB/MySQL project whose TIME_ZONE is not UTC (Django's date lookups
     convert in the database): the server's time zone tables, from the system's zoneinfo."""
     to_sql = find_binary("mariadb-tzinfo-to-sql", _SEARCH_DIRS) or find_binary("mysql_tzinfo_to_sql", _SEARCH_DIRS)
     if not to_sql:

@@ -3,7 +3,7 @@
 Playwright drives Debian's ``chromium`` (CI installs it with apt; Playwright's own
 browser download is not used). An engine process on the test database sends the job.
 Screenshots go to the test's temporary directory; with ``UPDATE_SCREENSHOTS=1`` they replace
-the ones in ``docs/screenshots/`` that the README shows (a plain test run changes no tracked file).
+the ones in ``docs/screenshots/`` that the docs' admin page shows (a plain test run changes no tracked file).
 """
 
 import os

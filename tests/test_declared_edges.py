@@ -81,7 +81,7 @@ def test_a_one_off_that_already_ran_does_not_run_again_when_re_declared(app: Sch
 def test_a_broken_task_module_with_a_settings_entry_does_not_stop_the_sync(app: SchedulerApp, make_app: Any) -> None:
     make_app({"tasks.py": "raise RuntimeError('boom')\n"})
     with declared({"mail": {"task": "app.email", "interval": 60}, "ok": {"task": "system.echo", "interval": 60}}):
-        report = sync_declared(app)  # README: run_taskiq_beat and taskiq_beat do not stop for E005
+        report = sync_declared(app)  # docs/settings.md: run_taskiq_beat and taskiq_beat do not stop for E005
     assert [item.job_id for item in report.changes] == ["settings:ok"]
     assert any("mail" in str(error) for error in report.errors)
 
@@ -154,7 +154,7 @@ def test_a_schedule_label_that_is_not_a_list_leaves_the_tasks_jobs_alone(app: Sc
     with declared({}):
         report = sync_declared(app)
     assert "schedule label is a list" in str(report.errors[0])
-    # README: "The sync logs it as an ERROR, skips it and leaves its existing job as it was, rather than
+    # docs/declared.md: "The sync logs it as an ERROR, skips it and leaves its existing job as it was, rather than
     # finish a job for a typo"
     assert [(item.job_id, item.change) for item in report.changes] == []
     assert not SchedulerJob.objects.get(pk="taskiq:beat").is_finished

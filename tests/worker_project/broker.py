@@ -1,4 +1,4 @@
-"""A broker module laid out as the README tells a worker's to be: broker first, then Django."""
+"""A broker module laid out as the docs tell a worker's to be (docs/chains.md): broker first, then Django."""
 
 from taskiq import InMemoryBroker
 

@@ -1,7 +1,7 @@
 """A real deployment's broker module: Redis stream broker, result backend, outcome middleware.
 
 ``taskiq worker tests.worker_project.redis_broker:broker`` runs it; ``REDIS_URL`` says where.
-Laid out as the README tells: broker first, then ``setup_django``, then the tasks.
+Laid out as the docs tell (docs/chains.md): broker first, then ``setup_django``, then the tasks.
 """
 
 import os
