@@ -38,6 +38,12 @@ demo: $(BIN)/.installed
 docs: $(BIN)/.installed
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict --site-dir site
 
+# The built distribution (scripts/dist_check.py): sdist and wheel built and checked with twine, the wheel
+# installed in a new virtualenv and run from a throwaway project (migrate, check, a job sent by run_taskiq_beat).
+dist-check: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[release]"
+	$(BIN)/python scripts/dist_check.py
+
 # The whole matrix by default; CI leaves out py311-django52, which `make test` has just run
 # (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2).
 TOX_ENVS ?= py311-django52,py312-django60,py313-django61

@@ -1,21 +1,53 @@
 """Models and migrations: no drift, the reference's indexes, our constraints."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from io import StringIO
 
 import pytest
+from django.apps import apps
 from django.core.management import call_command
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.utils import timezone
 
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 
 
+def check_migrations(out: StringIO | None = None) -> str:
+    """CI's guard: a model change without its migration fails here (``--check`` exits 1)."""
+    out = out or StringIO()
+    call_command("makemigrations", "django_taskiq_beat", "--check", "--dry-run", stdout=out)
+    return out.getvalue()
+
+
+@contextmanager
+def field_without_migration(model: type[models.Model], name: str) -> Iterator[None]:
+    """``model`` gains a field in this process only, as an edit to models.py would; removed on exit."""
+    field = models.CharField(max_length=10, default="", blank=True)
+    field.contribute_to_class(model, name)
+    try:
+        yield
+    finally:
+        model._meta.local_fields.remove(field)
+        delattr(model, field.attname)
+        apps.clear_cache()  # every model's _meta caches, the field lists among them
+
+
 @pytest.mark.django_db
 def test_models_and_migrations_do_not_drift() -> None:
+    assert "No changes detected" in check_migrations()
+
+
+@pytest.mark.django_db
+def test_the_drift_check_fails_on_a_model_change_without_its_migration() -> None:
     out = StringIO()
-    call_command("makemigrations", "django_taskiq_beat", "--check", "--dry-run", stdout=out)
-    assert "No changes detected" in out.getvalue()
+    with field_without_migration(SchedulerJob, "drift_probe"), pytest.raises(SystemExit) as exit_:
+        check_migrations(out)
+    assert exit_.value.code == 1
+    assert "Add field drift_probe to schedulerjob" in out.getvalue()
+    assert "drift_probe" not in {field.name for field in SchedulerJob._meta.get_fields()}
+    assert "No changes detected" in check_migrations()  # the model is as it was for the tests after this one
 
 
 @pytest.mark.django_db

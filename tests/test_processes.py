@@ -125,9 +125,10 @@ def test_log_level_option_sets_the_engine_loggers(engines: EngineFactory) -> Non
     wait_until(lambda: "Scheduler engine synced jobs from storage." in engine.log(), timeout=10, what="a DEBUG line")
 
 
-def test_banner_names_database_broker_and_jobs(engines: EngineFactory, app: SchedulerApp) -> None:
+def test_banner_names_version_database_broker_and_jobs(engines: EngineFactory, app: SchedulerApp) -> None:
     schedule_due(app, 2)
     log = engines("engine-banner", {"SYNC_INTERVAL_SECONDS": 30}).log()
+    assert f"django-taskiq-beat {__version__} engine\n  versions : Django " in log
     assert f"database : {connection.vendor}" in log
     assert "broker   : SlowInMemoryBroker (tests.process_broker:broker)" in log
     assert "jobs     : 2 total, 2 enabled" in log

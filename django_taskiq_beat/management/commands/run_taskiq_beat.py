@@ -11,10 +11,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
 
+from django_taskiq_beat import __version__
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
 from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync, scheduler_database
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
+from django_taskiq_beat.management import runtime_versions, version_text
 from django_taskiq_beat.models import SchedulerJob
 from django_taskiq_beat.sending import start_broker_until_up
 from django_taskiq_beat.sync import sync_declared
@@ -46,6 +48,10 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
             "--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
             help=f"The address --metrics-port listens on (default {DEFAULT_METRICS_HOST}: all interfaces).",
         )
+
+    def get_version(self) -> str:
+        """``--version``: this package's version (Django's default is its own), then what it runs on."""
+        return version_text()
 
     def check(self, *args: Any, **kwargs: Any) -> None:
         """With the database checks (its version, its time zone tables): the engine is about to use it."""
@@ -119,7 +125,8 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
         jobs = SchedulerJob.objects
         config = app.config
         lines = [
-            "django-taskiq-beat engine",
+            f"django-taskiq-beat {__version__} engine",
+            f"  versions : {runtime_versions()}",
             f"  database : {connection.vendor} ({connection.settings_dict['NAME']})",
             f"  broker   : {type(app.broker).__name__} ({broker_spec or 'given in code'})",
             f"  jobs     : {jobs.count()} total, {jobs.filter(is_enabled=True).count()} enabled, "

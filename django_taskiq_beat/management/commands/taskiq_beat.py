@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django_taskiq_beat import cli
 from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
+from django_taskiq_beat.management import version_text
 from django_taskiq_beat.models import JobState
 from django_taskiq_beat.overview import OVERDUE_AFTER
 
@@ -32,6 +33,10 @@ def _seconds(value: str) -> float:
 
 class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
     help = "Look after the scheduler: status, health, list, show, pause, resume, run-now, delete, purge-runs, sync."
+
+    def get_version(self) -> str:
+        """``--version``: this package's version (Django's default is its own), then what it runs on."""
+        return version_text()
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
