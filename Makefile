@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The suite starts its own Redis and databases: a shell's exports ("Run it for real") stay out.
 SUITE_ENV := env -u REDIS_URL -u DATABASE_URL
 
-.PHONY: test test-sqlite test-postgres test-mariadb demo docs tox clean
+.PHONY: test test-sqlite test-postgres test-mariadb demo docs dist-check tox clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,4 +53,4 @@ tox: $(BIN)/.installed
 	$(BIN)/tox run -e $(TOX_ENVS)
 
 clean:
-	rm -rf $(VENV) .tox testproject/demo.sqlite3
+	rm -rf $(VENV) .tox testproject/demo.sqlite3 site dist
