@@ -583,7 +583,6 @@ class BeatEngine:
         return list(await asyncio.gather(*(send(dispatch) for dispatch in dispatches)))
 
     async def _send(self, dispatch: claims.Dispatch) -> claims.Outcome:
-        extra: dict[str, Any] = {**_job_extra(dispatch), "broker_task_id": dispatch.run_id}
         dispatched_at = timezone.now()
         try:
             await send_task(
@@ -595,9 +594,11 @@ class BeatEngine:
             outcome = claims.Outcome(dispatch, dispatched_at, timezone.now(), logs.describe_error(exc))
             # One line per failed send, whatever the outage's length: the traceback only at DEBUG.
             logger.warning("Send of job %s failed: %s; %s.", _job(dispatch), logs.error_text(exc),
-                           self._retry_text(outcome), exc_info=logs.traceback_at_debug(logger, exc), extra=extra)
+                           self._retry_text(outcome), exc_info=logs.traceback_at_debug(logger, exc),
+                           extra=_send_extra(dispatch))
             return outcome
-        logger.info("Sent job %s, run %s.", _job(dispatch), dispatch.run_id, extra=extra)
+        if logger.isEnabledFor(logging.INFO):  # a burst sends thousands a second: no line built for nothing
+            logger.info("Sent job %s, run %s.", _job(dispatch), dispatch.run_id, extra=_send_extra(dispatch))
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     def _retry_text(self, outcome: claims.Outcome) -> str:
@@ -619,3 +620,7 @@ def _job(dispatch: claims.Dispatch) -> str:
 
 def _job_extra(dispatch: claims.Dispatch) -> dict[str, Any]:
     return logs.job_extra(dispatch.job_id, dispatch.job_name, dispatch.task_name, dispatch.scheduled_for)
+
+
+def _send_extra(dispatch: claims.Dispatch) -> dict[str, Any]:
+    return {**_job_extra(dispatch), "broker_task_id": dispatch.run_id}
