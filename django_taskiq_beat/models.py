@@ -216,11 +216,12 @@ class SchedulerJob(models.Model):
     skipped_count = models.PositiveIntegerField(
         default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace, or overlapped its previous run)."
     )
-    is_enabled = models.BooleanField(default=True, db_index=True)
+    is_enabled = models.BooleanField(default=True)  # indexed with next_run_at (ix_scheduler_job_due)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
-    claimed_by = models.CharField(max_length=128, null=True, blank=True, db_index=True)
+    # Kept from taskiq-beat's schema, unindexed: leases live on the runs (``SchedulerRun.lease_expires_at``).
+    claimed_by = models.CharField(max_length=128, null=True, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
-    claim_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
     last_run_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(null=True, blank=True)
     last_dispatched_task_id = models.CharField(max_length=255, null=True, blank=True)
@@ -237,20 +238,15 @@ class SchedulerJob(models.Model):
     paused_at = models.DateTimeField(null=True, blank=True, help_text="When an operator paused the job.")
     pause_note = models.TextField(null=True, blank=True, help_text="Why it was paused, as the operator said.")
     created_at = models.DateTimeField(default=timezone.now)
-    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(default=timezone.now)
 
     objects = SchedulerJobQuerySet.as_manager()
 
     class Meta:
         db_table = "scheduler_job"
         verbose_name = "scheduler job"
-        indexes = [
-            models.Index(
-                fields=["is_enabled", "next_run_at", "claim_expires_at"],
-                name="ix_scheduler_job_ready_lookup",
-            ),
-            models.Index(fields=["claimed_by", "claim_expires_at"], name="ix_scheduler_job_claim_owner"),
-        ]
+        # Every index is written again by each claim (it moves ``next_run_at``): only those a query reads.
+        indexes = [models.Index(fields=["is_enabled", "next_run_at"], name="ix_scheduler_job_due")]
 
     def __str__(self) -> str:
         return self.name or self.id
@@ -338,12 +334,13 @@ class SchedulerRun(models.Model):
     """One dispatch of a job's slot. Its id is the taskiq ``task_id`` of the message."""
 
     id = models.CharField(primary_key=True, max_length=36, default=new_id)
-    job = models.ForeignKey(SchedulerJob, on_delete=models.CASCADE, related_name="runs")
+    # Indexed by the (job, slot) key and the (job, ...) indexes below, which lead with it.
+    job = models.ForeignKey(SchedulerJob, on_delete=models.CASCADE, related_name="runs", db_index=False)
     status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING)
     scheduled_for = models.DateTimeField(db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
-    broker_task_id = models.CharField(max_length=255, null=True, blank=True, db_index=True)
+    broker_task_id = models.CharField(max_length=255, null=True, blank=True)
     error = models.TextField(null=True, blank=True)
     reason = models.TextField(null=True, blank=True, help_text="Why a skipped run was not sent.")
     claimed_by = models.CharField(max_length=128, null=True, blank=True)
