@@ -87,8 +87,13 @@ async def start_broker_until_up(broker: AsyncBroker, timeout: float) -> None:
         except Exception as exc:
             error = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else logs.error_text(exc)
             next_try = logs.when(timezone.now() + timedelta(seconds=delay))
-            logger.warning("Broker startup failed (try %d), next try at %s: %s", attempt, next_try, error,
-                           exc_info=logs.traceback_at_debug(logger, exc))
+            logger.warning(
+                "Broker startup failed (try %d), next try at %s: %s",
+                attempt,
+                next_try,
+                error,
+                exc_info=logs.traceback_at_debug(logger, exc),
+            )
             await asyncio.sleep(delay)
             delay = min(2 * delay, _BROKER_RETRY_MAX_SECONDS)
         else:
@@ -125,7 +130,9 @@ async def send_task(
             sent = await (
                 task.kicker()
                 .with_task_id(run_id)
-                .with_labels(**labels, **{JOB_LABEL: job_id, RUN_LABEL: run_id, SLOT_LABEL: slot.astimezone(UTC).isoformat()})
+                .with_labels(
+                    **labels, **{JOB_LABEL: job_id, RUN_LABEL: run_id, SLOT_LABEL: slot.astimezone(UTC).isoformat()}
+                )
                 .kiq(*args, **kwargs)
             )
     except TimeoutError:

@@ -34,12 +34,15 @@ def changes(app: SchedulerApp, **options: Any) -> dict[str, str]:
 # -- 1. A change Python's == cannot see (True == 1 == 1.0) is still a change --------------------------
 
 
-@pytest.mark.parametrize(("before", "after"), [
-    ({"args": [1]}, {"args": [True]}),
-    ({"kwargs": {"dry_run": 0}}, {"kwargs": {"dry_run": False}}),
-    ({"labels": {"priority": 1}}, {"labels": {"priority": True}}),
-    ({"args": [1]}, {"args": [1.0]}),
-])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"args": [1]}, {"args": [True]}),
+        ({"kwargs": {"dry_run": 0}}, {"kwargs": {"dry_run": False}}),
+        ({"labels": {"priority": 1}}, {"labels": {"priority": True}}),
+        ({"args": [1]}, {"args": [1.0]}),
+    ],
+)
 def test_a_declaration_changed_from_int_to_bool_or_float_is_applied(
     app: SchedulerApp, before: dict[str, Any], after: dict[str, Any]
 ) -> None:
@@ -210,7 +213,9 @@ def test_taskiq_django_time_rows_that_ran_do_not_fire_again_when_the_import_is_s
 
     from django_taskiq_beat import SchedulerConfig
 
-    TaskiqTaskSchedule.objects.create(schedule_id="launch", task_name="system.echo", time=datetime(2020, 1, 1, tzinfo=UTC))
+    TaskiqTaskSchedule.objects.create(
+        schedule_id="launch", task_name="system.echo", time=datetime(2020, 1, 1, tzinfo=UTC)
+    )
 
     def sync(enabled: bool) -> dict[str, str]:
         with declared({}, IMPORT_TASKIQ_DJANGO=enabled):

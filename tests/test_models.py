@@ -25,7 +25,11 @@ def test_tables_and_indexes_match_the_reference() -> None:
         job_constraints = connection.introspection.get_constraints(cursor, "scheduler_job")
         run_constraints = connection.introspection.get_constraints(cursor, "scheduler_run")
     assert {"scheduler_job", "scheduler_run"} <= set(tables)
-    assert job_constraints["ix_scheduler_job_ready_lookup"]["columns"] == ["is_enabled", "next_run_at", "claim_expires_at"]
+    assert job_constraints["ix_scheduler_job_ready_lookup"]["columns"] == [
+        "is_enabled",
+        "next_run_at",
+        "claim_expires_at",
+    ]
     assert job_constraints["ix_scheduler_job_claim_owner"]["columns"] == ["claimed_by", "claim_expires_at"]
     assert run_constraints["ix_scheduler_run_job_finished"]["columns"] == ["job_id", "finished_at"]
     assert run_constraints["uq_scheduler_run_job_slot"]["unique"]

@@ -23,8 +23,10 @@ from tests.processes import REPO, child_env, redis_server
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.processes,
-    pytest.mark.skipif(shutil.which("redis-server") is None,
-                       reason="Debian's redis-server is not installed (CI installs it: apt-get install redis-server)"),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None,
+        reason="Debian's redis-server is not installed (CI installs it: apt-get install redis-server)",
+    ),
 ]
 
 
