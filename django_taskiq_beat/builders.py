@@ -24,15 +24,6 @@ from django_taskiq_beat import logs
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.middleware import reports_outcomes
-from django_taskiq_beat.payloads import (
-    TaskCall,
-    json_identity,
-    require_callable_with,
-    require_json,
-    require_labels,
-    require_text,
-    task_name_of,
-)
 from django_taskiq_beat.models import (
     DECLARED_SOURCES,
     JobKind,
@@ -41,6 +32,15 @@ from django_taskiq_beat.models import (
     RunStatus,
     SchedulerJob,
     SchedulerRun,
+)
+from django_taskiq_beat.payloads import (
+    TaskCall,
+    json_identity,
+    require_callable_with,
+    require_json,
+    require_labels,
+    require_text,
+    task_name_of,
 )
 from django_taskiq_beat.policies import OVERLAP_BUFFER_ONE, SchedulePolicy
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task

@@ -134,8 +134,9 @@ def check_time_zone_tables(app_configs: Any = None, databases: Any = None, **kwa
             return []
     return [
         Warning(
-            f"The {connection.display_name} server of DATABASES[{connection.alias!r}] has no time zone tables, so it cannot"
-            f" convert times to TIME_ZONE={settings.TIME_ZONE!r}: the run history's dates and the dashboard fail.",
+            f"The {connection.display_name} server of DATABASES[{connection.alias!r}] has no time zone tables, so it"
+            f" cannot convert times to TIME_ZONE={settings.TIME_ZONE!r}:"
+            " the run history's dates and the dashboard fail.",
             hint="Load them once: mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql"
             " (MySQL: mysql_tzinfo_to_sql).",
             id="django_taskiq_beat.W002",

@@ -23,8 +23,8 @@ from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, 
 from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk, logs
-from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
+from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
     MAX_COUNT,
     DatabaseNow,
@@ -34,8 +34,8 @@ from django_taskiq_beat.models import (
     SchedulerEngine,
     SchedulerJob,
     SchedulerRun,
-    read_or,
     new_id,
+    read_or,
 )
 from django_taskiq_beat.policies import (
     CATCH_UP_ALL,

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
+from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -250,7 +251,7 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
             origin = f"the schedule label of task {task_name!r}, entry {index}"
             schedule_id = entry.get("schedule_id") if isinstance(entry, Mapping) else None
             job_id = f"{JobSource.TASKIQ}:{schedule_id}" if schedule_id else f"{JobSource.TASKIQ}:{task_name}:{index}"
-            _read_into(declared, job_id, lambda: _label_entry(task, job_id, origin, entry))
+            _read_into(declared, job_id, partial(_label_entry, task, job_id, origin, entry))
     return declared
 
 
@@ -366,7 +367,7 @@ def from_taskiq_django(broker: AsyncBroker) -> Declared:
         origin = f"taskiq-django's schedule {schedule_id!r}"
         entry = {key: value for key, value in row.items() if value not in (None, "")}
         job_id = f"{JobSource.TASKIQ_DJANGO}:{schedule_id}"
-        _read_into(declared, job_id, lambda: taskiq_entry(JobSource.TASKIQ_DJANGO, job_id, origin, task_name, entry))
+        _read_into(declared, job_id, partial(taskiq_entry, JobSource.TASKIQ_DJANGO, job_id, origin, task_name, entry))
     return declared
 
 

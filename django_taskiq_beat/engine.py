@@ -20,9 +20,9 @@ stopped or stopped beating is re-sent at once, without waiting for its lease.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -678,7 +678,8 @@ class BeatEngine:
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     def _retry_text(self, outcome: claims.Outcome) -> str:
-        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that is."""
+        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that
+        is."""
         dispatch = outcome.dispatch
         retry_at = self._retry.retry_at(outcome.finished_at, dispatch.failures + 1, dispatch.next_slot)
         its_slot = " (its next slot)" if retry_at == dispatch.next_slot else ""

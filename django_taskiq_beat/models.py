@@ -2,9 +2,8 @@
 
 import uuid
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
-
 from datetime import datetime, timedelta
+from typing import Any, NoReturn, TypeVar
 
 from django.db import DataError, OperationalError, models
 from django.db.models.functions import Now
@@ -15,7 +14,6 @@ from django_taskiq_beat.conf import WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
-
 
 _T = TypeVar("_T")
 

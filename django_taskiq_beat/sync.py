@@ -21,10 +21,10 @@ from django_taskiq_beat import bulk
 from django_taskiq_beat.builders import UNSET, SingleScheduleBuilder
 from django_taskiq_beat.conf import SETTINGS_NAME
 from django_taskiq_beat.declarations import (
-    Declaration,
-    Declared,
-    DeclarationError,
     TASKIQ_DJANGO_MISSING,
+    Declaration,
+    DeclarationError,
+    Declared,
     from_settings,
     from_task_labels,
     from_taskiq_django,
@@ -224,7 +224,8 @@ def _apply(
                 SchedulerValidationError(
                     "job_id",
                     declaration.job_id,
-                    f"A job with this id was created by {stored['source']}; delete it to let the declaration take its id.",
+                    f"A job with this id was created by {stored['source']};"
+                    " delete it to let the declaration take its id.",
                 ),
             )
         )

@@ -138,7 +138,8 @@ class IntervalTrigger:
             raise SchedulerValidationError(
                 unit,
                 value,
-                f"Interval must be between {_MIN_INTERVAL_SECONDS:g} seconds and {_MAX_INTERVAL_SECONDS // 86400} days.",
+                f"Interval must be between {_MIN_INTERVAL_SECONDS:g} seconds"
+                f" and {_MAX_INTERVAL_SECONDS // 86400} days.",
             )
 
     @property

@@ -227,7 +227,7 @@ def steady(arguments: argparse.Namespace) -> None:
 
     cpu, wall = async_to_sync(drive)()
     window_end = start + timedelta(seconds=arguments.seconds)
-    lags = [lag for lag in lags_ms(since=start)]
+    lags = list(lags_ms(since=start))
     from django_taskiq_beat.models import SchedulerRun
 
     dispatched = SchedulerRun.objects.filter(
@@ -320,7 +320,8 @@ def _schedule_from_another_process() -> datetime:
         "import django, sys; django.setup()\n"
         "from django.utils import timezone\n"
         "from django_taskiq_beat import OneOffSchedule, get_scheduler_app\n"
-        "job = get_scheduler_app().single(task='load.noop').schedule(OneOffSchedule(run_at=timezone.now()), job_id='scale.probe')\n"
+        "job = get_scheduler_app().single(task='load.noop')"
+        ".schedule(OneOffSchedule(run_at=timezone.now()), job_id='scale.probe')\n"
         "print(job.created_at.isoformat())\n"
     )
     output = subprocess.run(

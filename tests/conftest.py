@@ -10,7 +10,6 @@ from taskiq import InMemoryBroker
 
 from django_taskiq_beat import SchedulerApp, SchedulerConfig
 
-
 # Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
 # (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
 # datetime cannot hold.

@@ -2,14 +2,12 @@
 (pause, resume and run now still work) and their page says where to edit them; taskiq labels
 are a field of the form; the add form records ``admin`` as the source."""
 
-from typing import Any
-
 import pytest
 from django.contrib.admin.utils import quote
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, SchedulerApp, get_scheduler_app
+from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, get_scheduler_app
 from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.sync import sync_declared
 from tests.test_admin import ADD, JOBS, errors_of, form_data, post_action, staff_client

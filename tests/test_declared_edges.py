@@ -200,7 +200,7 @@ def test_a_chains_labels_go_with_its_step_messages_too() -> None:
     app = SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC"))
     app.chain(steps=[ChainStep(task="chain.a")], labels={"queue": "low"}, wait_poll_interval_seconds=0.01).schedule()
     run_from_sync(broker.wait_all)
-    by_task = {name: labels for name, labels in sent}
+    by_task = dict(sent)
     assert by_task["taskiq_beat.chain_orchestrator"]["queue"] == "low"
     assert by_task["chain.a"].get("queue") == "low", by_task["chain.a"]  # "sent with every message of the job"
 

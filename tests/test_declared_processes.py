@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 PROCESS_BROKER = "tests.process_broker:broker"
 LABELLED_BROKER = "tests.labelled_broker:broker"
 SYNCED = re.compile(
-    r"INFO django_taskiq_beat\.sync Synced declared jobs: (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished(?:, \d+ errors?)?\."
+    r"INFO django_taskiq_beat\.sync Synced declared jobs:"
+    r" (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished(?:, \d+ errors?)?\."
 )
 
 
@@ -218,7 +220,7 @@ def test_a_declaration_changed_removed_and_re_added_between_engine_runs(engines:
     wait_until(lambda: len(sent("2")) >= 3, timeout=20, what="the changed declaration's slots")
     stop(second)
     slots = assert_on_the_grid(sent("2"), job, 2)
-    assert all(later - earlier == timedelta(seconds=2) for earlier, later in zip(slots, slots[1:])), slots
+    assert all(later - earlier == timedelta(seconds=2) for earlier, later in pairwise(slots)), slots
     runs_before = set(SchedulerRun.objects.filter(job_id=job_id).values_list("id", flat=True))
     messages_before = len(sinks.messages(job_id))
 

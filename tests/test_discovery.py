@@ -2,7 +2,6 @@
 
 import re
 import sys
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -86,7 +85,7 @@ def test_a_plain_tasks_module_is_still_found(make_app: MakeApp, broker: InMemory
 
 def test_an_app_without_tasks_is_skipped(make_app: MakeApp, broker: InMemoryBroker) -> None:
     app = make_app({"models.py": ""})
-    with pytest.raises(UnknownTaskError, match="Task 'app.none' is not registered"):
+    with pytest.raises(UnknownTaskError, match=r"Task 'app.none' is not registered"):
         find_task(broker, "app.none")
     assert f"{app}.tasks" not in sys.modules
 

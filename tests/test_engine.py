@@ -596,13 +596,13 @@ def test_unreadable_next_run_at_fails_only_its_job(
     bad_values = UNREADABLE_TIMES[connection.vendor]
     good = [due_one_off(app, args=[n]).id for n in range(3)]
     bad = [due_one_off(app).id for _ in bad_values]
-    for job_id, value in zip(bad, bad_values):
+    for job_id, value in zip(bad, bad_values, strict=True):
         store_raw("scheduler_job", job_id, "next_run_at", value)
     before = timezone.now()
     assert run(app.engine.run_once) == 3
     assert sorted(recorder.calls) == [("system.echo", (n,), {}) for n in range(3)]
     assert all(job_columns(job_id, "dispatch_count") == (1,) for job_id in good)
-    for job_id, value in zip(bad, bad_values):
+    for job_id, value in zip(bad, bad_values, strict=True):
         (failed,) = SchedulerRun.objects.filter(job_id=job_id)
         assert failed.status == RunStatus.FAILED and before <= failed.scheduled_for <= timezone.now()
         assert "next_run_at" in failed.error and repr(value) in failed.error

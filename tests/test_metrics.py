@@ -35,9 +35,9 @@ from django_taskiq_beat import (
 )
 from django_taskiq_beat.metrics import MetricsServer
 from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
-from tests.servers import free_port
 from tests.process_broker import broker as process_broker
 from tests.processes import EngineProcess, manage, wait_until
+from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text exposition format

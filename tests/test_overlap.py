@@ -22,8 +22,8 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerConfig,
     SchedulerValidationError,
+    claims,
 )
-from django_taskiq_beat import claims
 from django_taskiq_beat.describe import local_time
 from django_taskiq_beat.middleware import RunOutcomeMiddleware, _mark_finished, _mark_running
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun

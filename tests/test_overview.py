@@ -9,8 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp
-from django_taskiq_beat import overview
+from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, overview
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 
 pytestmark = pytest.mark.django_db

@@ -18,8 +18,8 @@ from django_taskiq_beat import (
     SchedulePolicy,
     SchedulerApp,
     SchedulerValidationError,
+    claims,
 )
-from django_taskiq_beat import claims
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.policies import MAX_CATCH_UP_SLOTS, jitter_delay
 from django_taskiq_beat.sync import sync_declared
@@ -176,7 +176,7 @@ def test_a_one_off_found_later_than_its_grace_is_skipped_and_finished(app: Sched
 
 
 def test_a_slot_within_the_grace_is_sent(app: SchedulerApp) -> None:
-    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=6))
+    _, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=6))
     (dispatch,) = claim(now).dispatches
     assert now - dispatch.scheduled_for == timedelta(seconds=5.5)
 
@@ -251,7 +251,7 @@ def test_the_admin_form_sets_the_policy_shows_it_in_words_and_names_a_bad_value(
 def test_skipped_runs_show_their_reason_in_the_run_history(admin_client: Any, app: SchedulerApp) -> None:
     from django.urls import reverse
 
-    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
+    _, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
     claim(now)
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_changelist"), {"status__exact": "skipped"})
     text = page.content.decode()

@@ -43,8 +43,8 @@ def test_after_an_outage_all_sends_every_slot_latest_one_and_the_grace_skips_the
     engines: EngineFactory, sinks: Sinks
 ) -> None:
     every = away_for_ten_slots("all", SchedulePolicy(catch_up="all"))
-    latest = away_for_ten_slots("latest", SchedulePolicy())
-    graced = away_for_ten_slots("graced", SchedulePolicy(catch_up="all", misfire_grace_seconds=3.5))
+    away_for_ten_slots("latest", SchedulePolicy())
+    away_for_ten_slots("graced", SchedulePolicy(catch_up="all", misfire_grace_seconds=3.5))
     started = timezone.now()
     engines("engine-catch-up")
     wait_until(

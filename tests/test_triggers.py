@@ -1,6 +1,7 @@
 """Triggers: the reference's 11 scenarios, standard cron, windows, payloads and DST."""
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -379,7 +380,7 @@ def test_fixed_time_asked_during_the_repeated_hour_does_not_fire_again() -> None
 @pytest.mark.parametrize("day", [utc(2026, 3, 28, 22), utc(2026, 10, 24, 22)], ids=["spring-forward", "fall-back"])
 def test_every_fifteen_minutes_neither_bursts_nor_skips(schedule: PeriodicSchedule, day: datetime) -> None:
     times = fire_times(schedule, day, day + timedelta(hours=6), anchor=day)
-    gaps = {later - earlier for earlier, later in zip(times, times[1:], strict=False)}
+    gaps = {later - earlier for earlier, later in pairwise(times)}
     assert gaps == {timedelta(minutes=15)}
     assert len(times) == 6 * 4
 

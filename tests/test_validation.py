@@ -7,7 +7,8 @@ and lone surrogates are database errors unless refused first.
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone as fixed_zone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import timezone as fixed_zone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -222,7 +223,7 @@ def test_manage_py_check_reports_a_bad_timezone_as_e002(settings: Any, zone: str
     from django.core.management.base import SystemCheckError
 
     settings.TASKIQ_BEAT = {"BROKER": "testproject.tasks:broker", "DEFAULT_TIMEZONE": zone}
-    with pytest.raises(SystemCheckError, match="django_taskiq_beat.E002"):
+    with pytest.raises(SystemCheckError, match=r"django_taskiq_beat.E002"):
         call_command("check")
 
 

@@ -151,7 +151,8 @@ def sparkline(runs: list[SchedulerRun]) -> str:
             lag = f"lag {lag_text(run)}"
         bars.append(
             format_html(
-                '<rect x="{}" y="{}" width="4" height="{}" fill="{}" data-outcome="{}"><title>{}: {}, {}</title></rect>',
+                '<rect x="{}" y="{}" width="4" height="{}" fill="{}" data-outcome="{}">'
+                "<title>{}: {}, {}</title></rect>",
                 index * 5,
                 f"{24 - height:.1f}",
                 f"{height:.1f}",

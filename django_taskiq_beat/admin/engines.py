@@ -11,7 +11,6 @@ from django_taskiq_beat.admin.common import WrittenByTheSchedulerAdmin, dead_aft
 from django_taskiq_beat.describe import relative_time
 from django_taskiq_beat.models import DatabaseNow, EngineState, SchedulerEngine
 
-
 _ENGINE_COLOURS = {EngineState.ALIVE: "#2e7d32", EngineState.DEAD: "#c62828", EngineState.STOPPED: "#616161"}
 
 

@@ -38,9 +38,9 @@ from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.describe import (
     declaration_text,
-    job_label,
     describe_schedule,
     dicts_in,
+    job_label,
     local_time,
     next_fire_times,
     relative_time,
@@ -389,7 +389,8 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     @admin.display(description=f"last {RECENT_RUNS} runs", ordering="dispatch_count")
     def recent_runs_strip(self, job: SchedulerJob) -> str:
-        """The latest runs as coloured bars, oldest left (hover: outcome, time, reason); under them, the sends so far."""
+        """The latest runs as coloured bars, oldest left (hover: outcome, time, reason); under them, the sends so
+        far."""
         cells = format_html_join(
             "",
             '<span title="{} {}{}" style="display:inline-block;width:4px;height:14px;margin-right:1px;background:{}">'

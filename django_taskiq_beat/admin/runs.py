@@ -17,7 +17,6 @@ from django_taskiq_beat.admin.common import (
 from django_taskiq_beat.describe import dicts_in, job_label
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 
-
 _SHORT_ERROR = 60
 
 
