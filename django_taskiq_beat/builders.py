@@ -229,6 +229,7 @@ class ScheduleBuilder:
                 "trigger", trigger, "Expected ImmediateDispatch, OneOffSchedule or PeriodicSchedule."
             )
         if isinstance(trigger, PeriodicSchedule):
+            assert self.app.config.default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
             trigger = trigger.with_timezone(self.app.config.default_timezone)
         identity = _identity(job_id, name, description)
         _refuse_declared_id(identity.job_id, source)
@@ -431,16 +432,18 @@ class ScheduleBuilder:
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
         trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled, source, policy)
+        assert identity.job_id is not None  # refused above when None
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    job = SchedulerJob.objects.locked(identity.job_id)
-                    if job is None:
+                    existing = SchedulerJob.objects.locked(identity.job_id)
+                    if existing is None:
                         job = self._insert(
                             trigger, call, identity, is_enabled is not False, source, declaration, policy
                         )
                         change = "created"
                     else:
+                        job = existing
                         changed = self._update(job, trigger, call, identity, is_enabled, declaration, policy)
                         change = "updated" if changed else "unchanged"
                     self.app.job_changed()

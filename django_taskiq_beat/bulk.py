@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, connection, transaction
 
+ServerBindingCursor: type[Any] | None
 try:
     from psycopg import Cursor as ServerBindingCursor
 except ImportError:  # psycopg2, or no PostgreSQL driver at all
@@ -96,6 +97,7 @@ def _cursor() -> Any:
     which for thousands of parameters costs more than running the statement.
     """
     if _server_binding():
+        assert ServerBindingCursor is not None  # _server_binding() says so
         connection.ensure_connection()
         return ServerBindingCursor(connection.connection)
     return connection.cursor()

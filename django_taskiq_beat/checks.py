@@ -98,12 +98,14 @@ def check_database_version(app_configs: Any = None, databases: Any = None, **kwa
     connection = _connection_to_check(databases)
     if connection is None:
         return []
+    backend: Any = connection  # the backend's own attributes (Database, mysql_version ...) are not on the base class
+    needed: tuple[int, ...]
     if connection.vendor == "sqlite":
-        version, needed, name = connection.Database.sqlite_version_info, (3, 35), "SQLite"
+        version, needed, name = backend.Database.sqlite_version_info, (3, 35), "SQLite"
     elif connection.vendor == "mysql":  # MySQL 8.0.13 for the JSON column defaults of the migrations
-        mariadb = connection.mysql_is_mariadb
+        mariadb = backend.mysql_is_mariadb
         version, needed, name = (
-            connection.mysql_version,
+            backend.mysql_version,
             (10, 6) if mariadb else (8, 0, 13),
             ("MariaDB" if mariadb else "MySQL"),
         )

@@ -26,7 +26,6 @@ from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
 from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
-    MAX_COUNT,
     DatabaseNow,
     JobKind,
     RunOutcome,
@@ -37,6 +36,7 @@ from django_taskiq_beat.models import (
     new_id,
     read_or,
 )
+from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.policies import (
     CATCH_UP_ALL,
     MAX_CATCH_UP_SLOTS,
@@ -47,6 +47,7 @@ from django_taskiq_beat.policies import (
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 _MAX_SLOTS_WALKED = 10_000
 _STALE_RUN = timedelta(seconds=SchedulerConfig.stale_run_seconds)
 
@@ -170,7 +171,7 @@ def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], typ
     )
 
 
-def _or(value: Any, kind: type[_T], default: _T) -> _T:
+def _or(value: Any, kind: type[_T] | tuple[type[_T], ...], default: _D) -> _T | _D:
     """``value`` if it is a ``kind`` (a column read as expected), else ``default``."""
     return value if isinstance(value, kind) else default
 
@@ -240,7 +241,11 @@ _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
 
 
 _FINAL_OUTCOMES = (RunOutcome.SUCCEEDED, RunOutcome.FAILED)
-_STATES = {RunOutcome.UNKNOWN: "sent, not started", RunOutcome.RUNNING: "running", RunOutcome.RETRYING: "being retried"}
+_STATES: dict[str, str] = {
+    RunOutcome.UNKNOWN: "sent, not started",
+    RunOutcome.RUNNING: "running",
+    RunOutcome.RETRYING: "being retried",
+}
 
 
 def _unfinished(now: datetime, stale: timedelta) -> tuple[Q, Q]:
@@ -338,7 +343,9 @@ def claim_due(
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
         overlaps = _overlaps(jobs, now, stale)
-        runs, job_updates, dispatches, failures, skips, held = [], [], [], [], [], []
+        runs: list[tuple[Any, ...]] = []  # scheduler_run rows, and the scheduler_job rows, as bulk writes them
+        job_updates: list[tuple[Any, ...]] = []
+        dispatches, failures, skips, held = [], [], [], []
         advanced: list[tuple[str, datetime | None, int, int | None]] = []  # job, next slot, failed sends, runs left
         counted_runs: dict[str, str] = {}  # run -> job, for runs that took one of their job's remaining_runs
         for job in jobs:
@@ -368,8 +375,8 @@ def claim_due(
                 unsent = Dispatch(run_id, job.id, job.task_name or "", [], {}, now, slot, failed_before, job.name)
                 failures.append(Outcome(unsent, None, now, error))
                 continue
-            grace = _or(job.misfire_grace_seconds, float | int, None)
-            jitter = _or(job.jitter_seconds, float | int, 0)
+            grace = _or(job.misfire_grace_seconds, (float, int), None)
+            jitter = _or(job.jitter_seconds, (float, int), 0)
             remaining = _or(job.remaining_runs, int, None)
             overlap = overlaps.get(job.id)
             for slot in slots:
@@ -647,7 +654,7 @@ def claim_expired(
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
             send_at = run.scheduled_for + jitter_delay(
-                run.job_id, run.scheduled_for, _or(run.jitter_seconds, float | int, 0)
+                run.job_id, run.scheduled_for, _or(run.jitter_seconds, (float, int), 0)
             )
             dispatches.append(
                 Dispatch(
@@ -688,7 +695,7 @@ def _released(now: datetime, stale: timedelta) -> Q:
     not_paused = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
     for condition in _unfinished(now, stale):
         others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
-        held &= ~Exists(others)
+        held &= ~Exists(others)  # type: ignore[assignment]  # django-stubs: Q & takes only a Q (Q & Exists is a Q)
     return held & not_paused
 
 

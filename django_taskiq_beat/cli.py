@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -23,6 +23,9 @@ from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRu
 from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.sync import sync_declared
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 OK, FAILED = 0, 1
 _RECENT_RUNS = 10
 
@@ -30,7 +33,7 @@ _RECENT_RUNS = 10
 class Output:
     """Where a subcommand writes: data to ``out``, problems to ``err``."""
 
-    def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
+    def __init__(self, out: "SupportsWrite[str]", err: "SupportsWrite[str]", as_json: bool) -> None:
         self.out, self.err, self.as_json = out, err, as_json
 
     def json(self, data: Any) -> None:

@@ -74,11 +74,12 @@ def declaration_text(job: SchedulerJob) -> str:
     origin = job.declaration.get("origin") if isinstance(job.declaration, dict) else None
     if origin:
         return str(origin)
-    where = {
+    places: dict[str, str] = {
         JobSource.SETTINGS: settings_origin(job.id.partition(":")[2]),
         JobSource.TASKIQ: f"a schedule label of task {job.task_name!r}",
         JobSource.TASKIQ_DJANGO: f"taskiq-django's schedule {job.id.partition(':')[2]!r}",
-    }.get(job.source, "")
+    }
+    where = places.get(job.source, "")
     return f"no longer declared; it was in {where}" if where else ""
 
 

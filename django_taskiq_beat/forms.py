@@ -11,7 +11,7 @@ import uuid
 import zoneinfo
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast, overload
 
 from django import forms
 from django.utils import timezone
@@ -179,8 +179,11 @@ class SchedulerJobForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.app = app
         known = sorted(name for name in app.broker.get_all_tasks() if name != CHAIN_ORCHESTRATOR_TASK_NAME)
-        self.fields["task"].choices = [(_OTHER_TASK, "— other (type it below) —"), *((name, name) for name in known)]
-        self.fields["timezone"].choices = _timezones()
+        _choice_field(self, "task").choices = [
+            (_OTHER_TASK, "— other (type it below) —"),
+            *((name, name) for name in known),
+        ]
+        _choice_field(self, "timezone").choices = _timezones()
         self.fields["timezone"].initial = app.config.default_timezone
         self.editing = not self.instance._state.adding
         if self.editing:
@@ -190,7 +193,7 @@ class SchedulerJobForm(forms.ModelForm):
 
     def _fill_from(self, job: SchedulerJob) -> None:
         """Show the stored job in the form's terms."""
-        known = dict(self.fields["task"].choices)
+        known = dict(_choice_field(self, "task").choices)  # type: ignore[arg-type]  # django-stubs: a list here
         initial: dict[str, Any] = {
             "job_id": job.pk,
             "args": job.task_args,
@@ -202,6 +205,7 @@ class SchedulerJobForm(forms.ModelForm):
             "task_name": "" if job.task_name in known else job.task_name,
         }
         zone = self.app.config.default_timezone
+        assert zone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
         try:
             trigger = job.trigger
         except SchedulerValidationError:
@@ -230,7 +234,8 @@ class SchedulerJobForm(forms.ModelForm):
     # -- validation: the API's rules, mapped onto the fields -----------------------------------------
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         try:
@@ -272,6 +277,10 @@ class SchedulerJobForm(forms.ModelForm):
             self._new_id = data.get("job_id") or str(uuid.uuid4())
         return self._new_id
 
+    @overload
+    def _aware(self, value: datetime, zone: str) -> datetime: ...
+    @overload
+    def _aware(self, value: datetime | None, zone: str) -> datetime | None: ...
     def _aware(self, value: datetime | None, zone: str) -> datetime | None:
         if value is None:
             return None
@@ -284,7 +293,10 @@ class SchedulerJobForm(forms.ModelForm):
             if data.get("run_at") is None:
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
             return OneOffSchedule(run_at=self._aware(data["run_at"], zone), timezone=zone)
-        window = {"start_at": self._aware(data.get("start_at"), zone), "end_at": self._aware(data.get("end_at"), zone)}
+        window: dict[str, Any] = {
+            "start_at": self._aware(data.get("start_at"), zone),
+            "end_at": self._aware(data.get("end_at"), zone),
+        }
         if kind == "interval":
             if data.get("interval_every") is None:
                 raise SchedulerValidationError("interval", None, "Say how often: a number and a unit.")
@@ -306,7 +318,7 @@ class SchedulerJobForm(forms.ModelForm):
         """Create (``schedule``) or change (``upsert``) through ``SchedulerApp``; the enabled flag is
         the operator's explicit choice."""
         data = self.cleaned_data
-        identity = {
+        identity: dict[str, Any] = {
             "name": data.get("name") or None,
             "description": data.get("description") or None,
             "is_enabled": bool(data.get("is_enabled")),
@@ -315,6 +327,11 @@ class SchedulerJobForm(forms.ModelForm):
         if self.editing:
             return self.task_call.upsert(self.trigger, self._job_id(data), **identity)
         return self.task_call.schedule(self.trigger, self._job_id(data), **identity, source=JobSource.ADMIN)
+
+
+def _choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
+    """A field the form declares as a ``ChoiceField`` (``form.fields`` holds any ``Field``)."""
+    return cast(forms.ChoiceField, form.fields[name])
 
 
 class BackfillForm(forms.Form):
@@ -326,11 +343,12 @@ class BackfillForm(forms.Form):
 
     def __init__(self, *args: Any, default_timezone: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["timezone"].choices = _timezones()
+        _choice_field(self, "timezone").choices = _timezones()
         self.fields["timezone"].initial = default_timezone
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         zone = zoneinfo.ZoneInfo(data["timezone"])

@@ -68,7 +68,7 @@ def one_line(text: str, limit: int = _ERROR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_error(error: BaseException, limit: int = 4000) -> str:
+def describe_error(error: BaseException | None, limit: int = 4000) -> str:
     """``Type: message``, with the chain of causes (as a traceback shows it), cut to ``limit`` characters.
 
     The text is storable on every backend, so storing it fails only for passing reasons:

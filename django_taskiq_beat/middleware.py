@@ -142,7 +142,8 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
     once an engine has committed), and writes the job before the run, as the engine does,
     so the two never deadlock on PostgreSQL.
     """
-    from django_taskiq_beat.models import MAX_COUNT, SchedulerJob
+    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.payloads import MAX_COUNT
 
     with transaction.atomic():
         begin_write()
@@ -161,11 +162,12 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
 
 def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
     """The job's ``pause_after_failures``: once that many runs in a row failed, pause it (``resume`` counts anew)."""
-    from django_taskiq_beat.models import MAX_COUNT, PAUSED_WHILE_HELD, SchedulerJob, drop_held_slots
+    from django_taskiq_beat.models import PAUSED_WHILE_HELD, SchedulerJob, drop_held_slots
+    from django_taskiq_beat.payloads import MAX_COUNT
 
     jobs = SchedulerJob.objects.filter(pk=job_id, is_enabled=True, pause_after_failures__isnull=False)
     row = jobs.values_list("consecutive_failures", "pause_after_failures", "name", "task_name").first()
-    if row is None or row[0] < row[1]:
+    if row is None or row[1] is None or row[0] < row[1]:  # (row[1] is never None: filtered above)
         return
     failures, _, name, task_name = row
     note = f"Paused after {failures} failed runs in a row; the last: {logs.one_line(error or 'no error text')[:500]}"

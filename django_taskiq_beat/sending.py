@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -142,7 +142,7 @@ async def send_task(
     return sent.task_id
 
 
-def run_from_sync(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+def run_from_sync(function: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
     """Run a coroutine function from sync code, on a loop that outlives the call.
 
     Under ``sync_to_async`` (an async caller, ASGI) it runs on the caller's loop.

@@ -8,7 +8,7 @@ engines starting together create each job once.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +98,7 @@ def _checked(app: "SchedulerApp", declared: Declared) -> Declared:
     accepted = []
     for declaration in declared.declarations:
         if isinstance(declaration.trigger, PeriodicSchedule):  # stored as applied: DEFAULT_TIMEZONE resolved
+            assert app.config.default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
             declaration = replace(declaration, trigger=declaration.trigger.with_timezone(app.config.default_timezone))
         try:
             _builder(app, declaration).validate(
@@ -212,7 +213,7 @@ def _unique(sources: list[Declared], report: SyncReport) -> list[Declaration]:
 
 
 def _apply(
-    app: "SchedulerApp", declaration: Declaration, stored: dict[str, Any] | None, dry_run: bool, report: SyncReport
+    app: "SchedulerApp", declaration: Declaration, stored: Mapping[str, Any] | None, dry_run: bool, report: SyncReport
 ) -> str | None:
     """Upsert one declared job; returns its change, or None when the id belongs to another kind of job."""
     wanted = declaration.as_stored()
@@ -236,7 +237,8 @@ def _apply(
         return CREATED if stored is None else UPDATED
     returning = stored is not None and stored["declaration"] is None
     ran_once = stored is not None and stored["kind"] == JobKind.ONE_OFF and stored["last_run_at"] is not None
-    if returning and stored["finished_at"] is not None and not ran_once:  # finished when its declaration went away
+    # Finished when its declaration went away ("returning" says stored is not None).
+    if returning and stored is not None and stored["finished_at"] is not None and not ran_once:
         SchedulerJob.objects.filter(pk=declaration.job_id).update(finished_at=None)
     if stored is None or returning or _enabled(stored["declaration"]) != declaration.enabled:
         is_enabled: bool | Any = declaration.enabled

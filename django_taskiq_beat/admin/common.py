@@ -21,14 +21,14 @@ from django_taskiq_beat.describe import local_time, short_time
 from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerRun
 
 UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
-RUN_COLOURS = {
+RUN_COLOURS: dict[str, str] = {
     RunStatus.DISPATCHED: "#2e7d32",
     RunStatus.FAILED: "#c62828",
     RunStatus.PENDING: "#9e9e9e",
     RunStatus.SKIPPED: "#f9a825",
 }
 WAITING_COLOUR = "#78909c"  # a pending run held for the previous one (overlap="buffer_one")
-OUTCOME_COLOURS = {
+OUTCOME_COLOURS: dict[str, str] = {
     RunOutcome.UNKNOWN: "#9e9e9e",
     RunOutcome.RUNNING: "#1565c0",
     RunOutcome.RETRYING: "#ef6c00",

@@ -54,7 +54,7 @@ def sends_chart(hours: list[overview.Hour], height: int = 180, left: int = 40) -
     slot = (WIDTH - left) / len(hours)
     bars = []
     for index, hour in enumerate(hours):
-        top = height
+        top: float = height
         for category in overview.CATEGORIES:
             count = hour.outcomes[category]
             if not count:

@@ -542,6 +542,7 @@ class SchedulerJobAdmin(SafeListAdmin):
     def backfill_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> HttpResponse | None:
         """Ask for a range, then send each past slot in it (``SchedulerApp.backfill``)."""
         default_timezone = get_scheduler_app().config.default_timezone
+        assert default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
         form = BackfillForm(request.POST if "apply" in request.POST else None, default_timezone=default_timezone)
         if form.is_valid():
             self._report(
@@ -575,7 +576,7 @@ class SchedulerJobAdmin(SafeListAdmin):
             .annotate(Count("id"))
             .order_by()
         )
-        listed = []
+        listed: list[Any] = []  # an object, then the list of what goes with it
         for job in jobs:
             listed.append(
                 format_html(
