@@ -34,6 +34,18 @@ demo: $(BIN)/.installed
 	$(BIN)/python testproject/manage.py demo_jobs
 	$(BIN)/python testproject/manage.py run_taskiq_beat
 
+# ruff (lint and format) and mypy, as configured in pyproject.toml; .pre-commit-config.yaml runs the same.
+LINT_PATHS := django_taskiq_beat tests scripts testproject
+.PHONY: lint
+$(BIN)/.lint-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	touch $@
+
+lint: $(BIN)/.lint-installed
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
+
 # The whole matrix by default; CI leaves out py311-django52, which `make test` has just run
 # (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2).
 TOX_ENVS ?= py311-django52,py312-django60,py313-django61
