@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The suite starts its own Redis and databases: a shell's exports ("Run it for real") stay out.
 SUITE_ENV := env -u REDIS_URL -u DATABASE_URL
 
-.PHONY: test test-sqlite test-postgres test-mariadb demo docs dist-check tox clean
+.PHONY: test test-sqlite test-postgres test-mariadb demo docs dist-check lint tox clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,16 @@ docs: $(BIN)/.installed
 dist-check: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -e ".[release]"
 	$(BIN)/python scripts/dist_check.py
+# ruff (lint and format) and mypy, as configured in pyproject.toml; .pre-commit-config.yaml runs the same.
+LINT_PATHS := django_taskiq_beat tests scripts testproject
+$(BIN)/.lint-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[lint]"
+	touch $@
+
+lint: $(BIN)/.lint-installed
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 # The whole matrix by default; CI leaves out py311-django52, which `make test` has just run
 # (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2).

@@ -103,7 +103,9 @@ class SchedulerApp:
     ) -> ChainScheduleBuilder:
         """A builder for steps run one after another by the orchestrator task (see docs/chains.md)."""
         chain = TaskChain(
-            steps=steps, on_failure=on_failure, max_chain_attempts=max_chain_attempts,
+            steps=steps,
+            on_failure=on_failure,
+            max_chain_attempts=max_chain_attempts,
             default_step_max_attempts=default_step_max_attempts,
             default_step_retry_delay_seconds=default_step_retry_delay_seconds,
             default_step_timeout_seconds=default_step_timeout_seconds,
@@ -165,8 +167,12 @@ class SchedulerApp:
         written = claims.backfill(job.id, slots, now)
         self.job_changed()
         logger.info(
-            "Backfilled job %s from %s to %s: %s written, %d slot%s had one already.", logs.job_row(job),
-            logs.when(start), logs.when(min(end, now)), logs.count(written, "run"), len(slots) - written,
+            "Backfilled job %s from %s to %s: %s written, %d slot%s had one already.",
+            logs.job_row(job),
+            logs.when(start),
+            logs.when(min(end, now)),
+            logs.count(written, "run"),
+            len(slots) - written,
             "" if len(slots) - written == 1 else "s",
             extra={**logs.job_row_extra(job), "backfilled_run_count": written, "slot_count": len(slots)},
         )
@@ -177,7 +183,9 @@ class SchedulerApp:
         cutoff = require_aware(finished_before, "finished_before")
         deleted, _ = SchedulerRun.objects.filter(finished_at__lt=cutoff).delete()
         logger.info(
-            "Purged run history: %s finished before %s.", logs.count(deleted, "run"), logs.when(cutoff),
+            "Purged run history: %s finished before %s.",
+            logs.count(deleted, "run"),
+            logs.when(cutoff),
             extra={"deleted_run_count": deleted, "finished_before": cutoff.isoformat()},
         )
         return deleted
@@ -207,8 +215,7 @@ class SchedulerApp:
             job.updated_at = now
             job.save()
             self.job_changed()
-        logger.info(message, logs.job_row(job), *message_args,
-                    extra=logs.job_row_extra(job))
+        logger.info(message, logs.job_row(job), *message_args, extra=logs.job_row_extra(job))
         return job
 
 

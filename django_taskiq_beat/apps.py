@@ -37,7 +37,8 @@ class DjangoTaskiqBeatConfig(AppConfig):
                 "The chain orchestrator is not registered on %s: %s. A worker using this broker cannot run task "
                 "chains: define the broker before calling django.setup() in its module, or call "
                 "django_taskiq_beat.chains.register_chain_orchestrator(broker).",
-                path, exc,
+                path,
+                exc,
             )
             return
         register_chain_orchestrator(broker)

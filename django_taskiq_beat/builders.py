@@ -24,15 +24,6 @@ from django_taskiq_beat import logs
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME, TaskChain, require_result_backend
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.middleware import reports_outcomes
-from django_taskiq_beat.payloads import (
-    TaskCall,
-    json_identity,
-    require_callable_with,
-    require_json,
-    require_labels,
-    require_text,
-    task_name_of,
-)
 from django_taskiq_beat.models import (
     DECLARED_SOURCES,
     JobKind,
@@ -41,6 +32,15 @@ from django_taskiq_beat.models import (
     RunStatus,
     SchedulerJob,
     SchedulerRun,
+)
+from django_taskiq_beat.payloads import (
+    TaskCall,
+    json_identity,
+    require_callable_with,
+    require_json,
+    require_labels,
+    require_text,
+    task_name_of,
 )
 from django_taskiq_beat.policies import OVERLAP_BUFFER_ONE, SchedulePolicy
 from django_taskiq_beat.sending import UnknownTaskError, find_task, run_from_sync, send_task
@@ -105,7 +105,8 @@ def _refuse_declared_id(job_id: str | None, source: str) -> None:
     prefix = None if job_id is None or source in DECLARED_SOURCES else declared_id_prefix(job_id)
     if prefix:
         raise SchedulerValidationError(
-            "job_id", job_id,
+            "job_id",
+            job_id,
             f"Ids starting with '{prefix}:' (in any case) are kept for jobs declared in code; choose another id,"
             " or change the declaration.",
         )
@@ -125,9 +126,26 @@ def _schedule_state(job: SchedulerJob) -> Any:
 
 
 _UPSERT_FIELDS = (
-    "name", "description", "task_name", "kind", "strategy", "trigger_payload", "task_args", "task_kwargs",
-    "metadata_payload", "task_labels", "declaration", "is_enabled", "next_run_at", "finished_at", "claimed_by",
-    "claimed_at", "claim_expires_at", "paused_at", "pause_note", "remaining_runs",
+    "name",
+    "description",
+    "task_name",
+    "kind",
+    "strategy",
+    "trigger_payload",
+    "task_args",
+    "task_kwargs",
+    "metadata_payload",
+    "task_labels",
+    "declaration",
+    "is_enabled",
+    "next_run_at",
+    "finished_at",
+    "claimed_by",
+    "claimed_at",
+    "claim_expires_at",
+    "paused_at",
+    "pause_note",
+    "remaining_runs",
     *(field.name for field in fields(SchedulePolicy)),
 )
 
@@ -184,17 +202,26 @@ class ScheduleBuilder:
         readers = " and ".join(policy.outcome_readers)
         if not reports_outcomes(self.app.broker):
             raise SchedulerValidationError(
-                "policy", policy, f"{readers} read the worker's outcomes: add RunOutcomeMiddleware to the broker"
+                "policy",
+                policy,
+                f"{readers} read the worker's outcomes: add RunOutcomeMiddleware to the broker"
                 " (broker.with_middlewares(RunOutcomeMiddleware())).",
             )
         if not self.app.config.record_runs:
             raise SchedulerValidationError(
-                "policy", policy, f"{readers} read the worker's outcomes from the run history, which RECORD_RUNS=False"
-                " does not keep.",
+                "policy",
+                policy,
+                f"{readers} read the worker's outcomes from the run history, which RECORD_RUNS=False does not keep.",
             )
 
     def _validated(
-        self, trigger: Any, job_id: Any, name: Any, description: Any, is_enabled: Any, source: JobSource,
+        self,
+        trigger: Any,
+        job_id: Any,
+        name: Any,
+        description: Any,
+        is_enabled: Any,
+        source: JobSource,
         policy: Any = None,
     ) -> tuple[Trigger, TaskCall, _Identity]:
         if not isinstance(trigger, ImmediateDispatch | OneOffSchedule | PeriodicSchedule):
@@ -202,6 +229,7 @@ class ScheduleBuilder:
                 "trigger", trigger, "Expected ImmediateDispatch, OneOffSchedule or PeriodicSchedule."
             )
         if isinstance(trigger, PeriodicSchedule):
+            assert self.app.config.default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
             trigger = trigger.with_timezone(self.app.config.default_timezone)
         identity = _identity(job_id, name, description)
         _refuse_declared_id(identity.job_id, source)
@@ -220,8 +248,14 @@ class ScheduleBuilder:
         return trigger, call, identity
 
     def validate(
-        self, trigger: Trigger, job_id: str | None = None, name: str | None = None, description: str | None = None,
-        *, source: JobSource = JobSource.API, policy: SchedulePolicy | None = None,
+        self,
+        trigger: Trigger,
+        job_id: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        *,
+        source: JobSource = JobSource.API,
+        policy: SchedulePolicy | None = None,
     ) -> None:
         """Check everything ``schedule``/``upsert`` would, writing nothing (the admin form and the sync use it)."""
         self._validated(trigger, job_id, name, description, UNSET, source, policy)
@@ -269,12 +303,20 @@ class ScheduleBuilder:
         return job
 
     def _create(
-        self, trigger: Trigger | None, job_id: str | None, name: str | None, description: str | None, is_enabled: bool,
-        source: JobSource, policy: SchedulePolicy | None,
+        self,
+        trigger: Trigger | None,
+        job_id: str | None,
+        name: str | None,
+        description: str | None,
+        is_enabled: bool,
+        source: JobSource,
+        policy: SchedulePolicy | None,
     ) -> tuple[SchedulerJob, SchedulerRun | None]:
         """Insert the job; returns the run to send now, unless an outer transaction sends it on commit."""
         if source not in (JobSource.API, JobSource.ADMIN):
-            raise SchedulerValidationError("source", source, "schedule() takes 'api' or 'admin'; declared jobs are synced.")
+            raise SchedulerValidationError(
+                "source", source, "schedule() takes 'api' or 'admin'; declared jobs are synced."
+            )
         trigger, call, identity = self._validated(
             trigger or ImmediateDispatch(), job_id, name, description, is_enabled, source, policy
         )
@@ -289,27 +331,52 @@ class ScheduleBuilder:
                 # Leased like an engine's claim: if this process dies before the send is
                 # recorded, an engine re-sends the run once the lease expires.
                 pending_run = SchedulerRun.objects.create(
-                    job=job, scheduled_for=job.created_at, claimed_by=self.app.config.scheduler_id,
+                    job=job,
+                    scheduled_for=job.created_at,
+                    claimed_by=self.app.config.scheduler_id,
                     lease_expires_at=job.created_at + timedelta(seconds=self.app.config.claim_ttl_seconds),
                 )
                 if in_outer_transaction:
-                    transaction.on_commit(partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True)
+                    transaction.on_commit(
+                        partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True
+                    )
                     pending_run = None
-        logger.info("Created job %s: %s.", logs.job_row(job), _schedule_text(job),
-                    extra={**logs.job_row_extra(job), "kind": job.kind})
+        logger.info(
+            "Created job %s: %s.",
+            logs.job_row(job),
+            _schedule_text(job),
+            extra={**logs.job_row_extra(job), "kind": job.kind},
+        )
         return job, pending_run
 
     def _insert(
-        self, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool, source: str,
-        declaration: dict[str, Any] | None, policy: SchedulePolicy | None,
+        self,
+        trigger: Trigger,
+        call: TaskCall,
+        identity: _Identity,
+        is_enabled: bool,
+        source: str,
+        declaration: dict[str, Any] | None,
+        policy: SchedulePolicy | None,
     ) -> SchedulerJob:
         now = timezone.now()
         job = SchedulerJob(
-            name=identity.name, description=identity.description, task_name=call.task_name,
-            kind=trigger_kind(trigger), strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
-            task_args=call.args, task_kwargs=call.kwargs, metadata_payload=call.metadata, task_labels=call.labels,
-            source=source, declaration=declaration, created_at=now, updated_at=now,
-            **(policy or SchedulePolicy()).columns(), remaining_runs=(policy or SchedulePolicy()).max_runs,
+            name=identity.name,
+            description=identity.description,
+            task_name=call.task_name,
+            kind=trigger_kind(trigger),
+            strategy=trigger.strategy,
+            trigger_payload=trigger.to_payload(),
+            task_args=call.args,
+            task_kwargs=call.kwargs,
+            metadata_payload=call.metadata,
+            task_labels=call.labels,
+            source=source,
+            declaration=declaration,
+            created_at=now,
+            updated_at=now,
+            **(policy or SchedulePolicy()).columns(),
+            remaining_runs=(policy or SchedulePolicy()).max_runs,
         )
         if identity.job_id is not None:
             job.id = identity.job_id
@@ -365,16 +432,18 @@ class ScheduleBuilder:
         if job_id is None:
             raise SchedulerValidationError("job_id", job_id, "upsert needs a job_id.")
         trigger, call, identity = self._validated(trigger, job_id, name, description, is_enabled, source, policy)
+        assert identity.job_id is not None  # refused above when None
         for attempt in range(2):
             try:
                 with transaction.atomic():
-                    job = SchedulerJob.objects.locked(identity.job_id)
-                    if job is None:
+                    existing = SchedulerJob.objects.locked(identity.job_id)
+                    if existing is None:
                         job = self._insert(
                             trigger, call, identity, is_enabled is not False, source, declaration, policy
                         )
                         change = "created"
                     else:
+                        job = existing
                         changed = self._update(job, trigger, call, identity, is_enabled, declaration, policy)
                         change = "updated" if changed else "unchanged"
                     self.app.job_changed()
@@ -383,9 +452,11 @@ class ScheduleBuilder:
                 if attempt:
                     raise
         logger.info(
-            "Upserted job %s (%s): %s.", logs.job_row(job), change, _schedule_text(job),
-            extra={**logs.job_row_extra(job), "kind": job.kind,
-                   "job_created": change == "created"},
+            "Upserted job %s (%s): %s.",
+            logs.job_row(job),
+            change,
+            _schedule_text(job),
+            extra={**logs.job_row_extra(job), "kind": job.kind, "job_created": change == "created"},
         )
         return job, change
 
@@ -403,8 +474,14 @@ class ScheduleBuilder:
         return await sync_to_async(self.upsert)(trigger, job_id, name, description, is_enabled, policy=policy)
 
     def _update(
-        self, job: SchedulerJob, trigger: Trigger, call: TaskCall, identity: _Identity, is_enabled: bool | _Unset,
-        declaration: dict[str, Any] | None, policy: SchedulePolicy | None,
+        self,
+        job: SchedulerJob,
+        trigger: Trigger,
+        call: TaskCall,
+        identity: _Identity,
+        is_enabled: bool | _Unset,
+        declaration: dict[str, Any] | None,
+        policy: SchedulePolicy | None,
     ) -> bool:
         """Bring the row in line; an upsert that changes nothing writes nothing. Returns whether it wrote.
 
@@ -416,7 +493,9 @@ class ScheduleBuilder:
         new_trigger = (trigger_kind(trigger), trigger.strategy, trigger.to_payload())
         kind, strategy, payload = new_trigger
         trigger_changed = (kind, strategy, timing_of(strategy, payload)) != (
-            job.kind, job.strategy, timing_of(job.strategy, job.trigger_payload)
+            job.kind,
+            job.strategy,
+            timing_of(job.strategy, job.trigger_payload),
         )
         call_changed = json_identity([call.task_name, call.args, call.kwargs]) != json_identity(
             [job.task_name, job.task_args, job.task_kwargs]
@@ -435,8 +514,12 @@ class ScheduleBuilder:
             job.is_enabled and (trigger_changed or call_changed or job.next_run_at is None)
         ):
             job.arm(now)
-            logger.debug("Recalculated the next slot of job %s: %s.", logs.job_row(job),
-                         _schedule_text(job), extra=logs.job_row_extra(job))
+            logger.debug(
+                "Recalculated the next slot of job %s: %s.",
+                logs.job_row(job),
+                _schedule_text(job),
+                extra=logs.job_row_extra(job),
+            )
         if _schedule_state(job) == before:
             return False
         job.updated_at = now
@@ -449,8 +532,15 @@ class ScheduleBuilder:
         """Hand the task to the broker; returns the error instead of raising it."""
         try:
             await send_task(
-                self.app.broker, job.task_name, job.task_args, job.task_kwargs, job_id=job.id, run_id=run.id,
-                slot=run.scheduled_for, labels=job.task_labels, timeout=self.app.config.dispatch_timeout_seconds,
+                self.app.broker,
+                job.task_name,
+                job.task_args,
+                job.task_kwargs,
+                job_id=job.id,
+                run_id=run.id,
+                slot=run.scheduled_for,
+                labels=job.task_labels,
+                timeout=self.app.config.dispatch_timeout_seconds,
             )
         except Exception as exc:
             return exc
@@ -470,28 +560,46 @@ class ScheduleBuilder:
         if error is None:
             job.last_dispatched_task_id = run.id
         with transaction.atomic():
-            job.save(update_fields=[
-                "last_run_at", "updated_at", "finished_at", "last_error", "dispatch_count", "last_dispatched_task_id",
-            ])
+            job.save(
+                update_fields=[
+                    "last_run_at",
+                    "updated_at",
+                    "finished_at",
+                    "last_error",
+                    "dispatch_count",
+                    "last_dispatched_task_id",
+                ]
+            )
             if error is None and not self.app.config.record_runs:
                 run.delete()
             else:  # named fields only: the worker may already have written progress, outcome, error
-                run.save(update_fields=[
-                    "status", "dispatched_at", "finished_at", "updated_at", "broker_task_id", "claimed_by",
-                    "lease_expires_at", *(["error"] if error else []),
-                ])
+                run.save(
+                    update_fields=[
+                        "status",
+                        "dispatched_at",
+                        "finished_at",
+                        "updated_at",
+                        "broker_task_id",
+                        "claimed_by",
+                        "lease_expires_at",
+                        *(["error"] if error else []),
+                    ]
+                )
         extra = {**logs.job_extra(job.id, job.name, job.task_name, run.scheduled_for), "broker_task_id": run.id}
         if error is None:
-            logger.info("Sent job %s at once (immediate dispatch), run %s.", logs.job_row(job),
-                        run.id, extra=extra)
+            logger.info("Sent job %s at once (immediate dispatch), run %s.", logs.job_row(job), run.id, extra=extra)
         else:
             logger.error(
                 "Immediate dispatch of job %s failed: %s; it is not retried (run_now sends it again).",
-                logs.job_row(job), logs.error_text(error),
-                exc_info=logs.traceback_at_debug(logger, error), extra=extra,
+                logs.job_row(job),
+                logs.error_text(error),
+                exc_info=logs.traceback_at_debug(logger, error),
+                extra=extra,
             )
 
-    def _record_patiently(self, job: SchedulerJob, run: SchedulerRun, dispatched_at: Any, error: Exception | None) -> None:
+    def _record_patiently(
+        self, job: SchedulerJob, run: SchedulerRun, dispatched_at: Any, error: Exception | None
+    ) -> None:
         """Record the send, trying again through a short database outage.
 
         The task is already with the broker: a run left pending would be sent again by an
@@ -509,7 +617,10 @@ class ScheduleBuilder:
                     raise
                 logger.warning(
                     "Recording the immediate dispatch of job %s (run %s) failed: %s; trying again in %s.",
-                    logs.job_row(job), run.id, logs.error_text(exc), logs.seconds(pause),
+                    logs.job_row(job),
+                    run.id,
+                    logs.error_text(exc),
+                    logs.seconds(pause),
                     exc_info=logs.traceback_at_debug(logger, exc),
                     extra={**logs.job_row_extra(job), "run_id": run.id},
                 )
@@ -535,9 +646,7 @@ class ScheduleBuilder:
 class ChainScheduleBuilder(ScheduleBuilder):
     """Schedules a task chain: the orchestrator task with the chain as its kwargs."""
 
-    def __init__(
-        self, app: "SchedulerApp", *, chain: TaskChain, metadata: Any = None, labels: Any = None
-    ) -> None:
+    def __init__(self, app: "SchedulerApp", *, chain: TaskChain, metadata: Any = None, labels: Any = None) -> None:
         super().__init__(app)
         self.chain = chain
         user_metadata = require_json(metadata, "metadata", dict)
@@ -564,7 +673,13 @@ class SingleScheduleBuilder(ScheduleBuilder):
     """Schedules one task with fixed args and kwargs."""
 
     def __init__(
-        self, app: "SchedulerApp", *, task: Any, args: Any = None, kwargs: Any = None, metadata: Any = None,
+        self,
+        app: "SchedulerApp",
+        *,
+        task: Any,
+        args: Any = None,
+        kwargs: Any = None,
+        metadata: Any = None,
         labels: Any = None,
     ) -> None:
         super().__init__(app)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, connection, transaction
 
+ServerBindingCursor: type[Any] | None
 try:
     from psycopg import Cursor as ServerBindingCursor
 except ImportError:  # psycopg2, or no PostgreSQL driver at all
@@ -96,6 +97,7 @@ def _cursor() -> Any:
     which for thousands of parameters costs more than running the statement.
     """
     if _server_binding():
+        assert ServerBindingCursor is not None  # _server_binding() says so
         connection.ensure_connection()
         return ServerBindingCursor(connection.connection)
     return connection.cursor()
@@ -117,7 +119,9 @@ def _rows_sql(columns: Sequence[tuple[str, str]], chunk: Sequence[tuple[Any, ...
 
 
 def _execute_in_chunks(
-    rows: Sequence[tuple[Any, ...]], statement: Callable[[str], str], columns: Sequence[tuple[str, str]],
+    rows: Sequence[tuple[Any, ...]],
+    statement: Callable[[str], str],
+    columns: Sequence[tuple[str, str]],
     returning: bool = False,
 ) -> list[tuple[Any, ...]]:
     """Run ``statement(rows_sql)`` once per chunk of rows; returns what RETURNING gave."""
@@ -149,14 +153,19 @@ def insert_ignoring_conflicts(
     key = columns[0][0]
     if connection.vendor != "mysql":
         written = _execute_in_chunks(
-            rows, lambda rows_sql: f"INSERT INTO {table} ({names}) {rows_sql} ON CONFLICT DO NOTHING RETURNING {key}",
-            columns, returning=True,
+            rows,
+            lambda rows_sql: f"INSERT INTO {table} ({names}) {rows_sql} ON CONFLICT DO NOTHING RETURNING {key}",
+            columns,
+            returning=True,
         )
         return {row[0] for row in written}
     # A no-op update on a duplicate key skips the row without hiding other errors, as INSERT IGNORE would.
     _execute_in_chunks(
-        rows, lambda rows_sql: f"INSERT INTO {table} ({names}) SELECT * FROM ({rows_sql}) AS v"
-                               f" ON DUPLICATE KEY UPDATE {table}.{key} = {table}.{key}",
+        rows,
+        lambda rows_sql: (
+            f"INSERT INTO {table} ({names}) SELECT * FROM ({rows_sql}) AS v"
+            f" ON DUPLICATE KEY UPDATE {table}.{key} = {table}.{key}"
+        ),
         columns,
     )
     stored: set[Any] = set()
@@ -168,7 +177,9 @@ def insert_ignoring_conflicts(
 
 
 def update_from_values(
-    table: str, columns: Sequence[tuple[str, str]], assignments: Sequence[tuple[str, str]],
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    assignments: Sequence[tuple[str, str]],
     rows: Sequence[tuple[Any, ...]],
 ) -> None:
     """UPDATE ``table`` from rows of values; each (column, expression) assignment reads them as ``v.<column>``.

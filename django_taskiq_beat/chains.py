@@ -72,8 +72,10 @@ class ChainStep:
         object.__setattr__(self, "args", require_json(self.args, "args", list))
         object.__setattr__(self, "kwargs", require_json(self.kwargs, "kwargs", dict))
         for name, minimum, inclusive, integer, maximum in (
-            ("max_attempts", 1, True, True, MAX_ATTEMPTS), ("retry_delay_seconds", 0, True, False, MAX_SECONDS),
-            ("timeout_seconds", 0, False, False, MAX_SECONDS), ("post_delay_ms", 0, True, False, MAX_SECONDS * 1000),
+            ("max_attempts", 1, True, True, MAX_ATTEMPTS),
+            ("retry_delay_seconds", 0, True, False, MAX_SECONDS),
+            ("timeout_seconds", 0, False, False, MAX_SECONDS),
+            ("post_delay_ms", 0, True, False, MAX_SECONDS * 1000),
         ):
             if getattr(self, name) is not None:  # unset: the chain's default applies
                 require_number(
@@ -113,13 +115,28 @@ class TaskChain:
             raise SchedulerValidationError("on_failure", self.on_failure, "on_failure must be 'stop' or 'restart'.")
         for name in ("max_chain_attempts", "default_step_max_attempts"):
             require_number(name, getattr(self, name), minimum=1, inclusive=True, integer=True, maximum=MAX_ATTEMPTS)
-        require_number("default_step_retry_delay_seconds", self.default_step_retry_delay_seconds, minimum=0,
-                       inclusive=True, maximum=MAX_SECONDS)
+        require_number(
+            "default_step_retry_delay_seconds",
+            self.default_step_retry_delay_seconds,
+            minimum=0,
+            inclusive=True,
+            maximum=MAX_SECONDS,
+        )
         if self.default_step_timeout_seconds is not None:
-            require_number("default_step_timeout_seconds", self.default_step_timeout_seconds, minimum=0,
-                           inclusive=False, maximum=MAX_SECONDS)
-        require_number("wait_poll_interval_seconds", self.wait_poll_interval_seconds, minimum=0, inclusive=False,
-                       maximum=MAX_SECONDS)
+            require_number(
+                "default_step_timeout_seconds",
+                self.default_step_timeout_seconds,
+                minimum=0,
+                inclusive=False,
+                maximum=MAX_SECONDS,
+            )
+        require_number(
+            "wait_poll_interval_seconds",
+            self.wait_poll_interval_seconds,
+            minimum=0,
+            inclusive=False,
+            maximum=MAX_SECONDS,
+        )
 
     def to_payload(self) -> dict[str, Any]:
         """The orchestrator's kwargs, as stored in the job's ``task_kwargs``."""
@@ -138,7 +155,8 @@ def require_result_backend(broker: AsyncBroker) -> None:
     """Chains wait for step results: without a result backend taskiq returns nothing at once."""
     if isinstance(broker.result_backend, DummyResultBackend):
         raise SchedulerValidationError(
-            "broker", type(broker).__name__,
+            "broker",
+            type(broker).__name__,
             "Task chains need a result backend on the broker (for example "
             "broker.with_result_backend(RedisAsyncResultBackend(...))); this broker has none.",
         )
@@ -174,10 +192,16 @@ class ChainProgress:
         self.run_id = run_id
         self.names = _Names(job_id, run_id)
         self.state: dict[str, Any] = {
-            "status": "running", "chain_attempt": 0, "current_step": None,
-            "steps": [{"task_name": step.get("task_name"), "status": "pending", "attempts": 0, "error": None}
-                      for step in steps],
-            "earlier_attempts": [], "result": None, "error": None,
+            "status": "running",
+            "chain_attempt": 0,
+            "current_step": None,
+            "steps": [
+                {"task_name": step.get("task_name"), "status": "pending", "attempts": 0, "error": None}
+                for step in steps
+            ],
+            "earlier_attempts": [],
+            "result": None,
+            "error": None,
         }
 
     def start_attempt(self, chain_attempt: int) -> None:
@@ -201,9 +225,14 @@ class ChainProgress:
         try:
             await sync_to_async(_save_progress)(self.run_id, self.state)
         except Exception as exc:
-            logger.warning("%s: recording its progress on run %s failed: %s; the chain goes on.", self.names.chain,
-                           self.run_id, logs.error_text(exc), exc_info=logs.traceback_at_debug(logger, exc),
-                           extra=self.names.extra)
+            logger.warning(
+                "%s: recording its progress on run %s failed: %s; the chain goes on.",
+                self.names.chain,
+                self.run_id,
+                logs.error_text(exc),
+                exc_info=logs.traceback_at_debug(logger, exc),
+                extra=self.names.extra,
+            )
 
 
 def _save_progress(run_id: str, state: dict[str, Any]) -> None:
@@ -232,15 +261,24 @@ async def _wait_for_result(
             if await sent.is_ready():
                 return await sent.get_result()
             if failing_since is not None:
-                logger.info("%s: the result backend answers again after %s.", step,
-                            logs.seconds(time.monotonic() - failing_since), extra=extra)
+                logger.info(
+                    "%s: the result backend answers again after %s.",
+                    step,
+                    logs.seconds(time.monotonic() - failing_since),
+                    extra=extra,
+                )
             failing_since = None
         except Exception as exc:
             if failing_since is None:
                 failing_since = time.monotonic()
-                logger.warning("%s: the result backend failed: %s; still waiting for the result (up to %s).", step,
-                               logs.error_text(exc), logs.seconds(_BACKEND_OUTAGE_TOLERATED_SECONDS),
-                               exc_info=logs.traceback_at_debug(logger, exc), extra=extra)
+                logger.warning(
+                    "%s: the result backend failed: %s; still waiting for the result (up to %s).",
+                    step,
+                    logs.error_text(exc),
+                    logs.seconds(_BACKEND_OUTAGE_TOLERATED_SECONDS),
+                    exc_info=logs.traceback_at_debug(logger, exc),
+                    extra=extra,
+                )
             if time.monotonic() - failing_since >= _BACKEND_OUTAGE_TOLERATED_SECONDS:
                 raise
         if deadline is not None and time.monotonic() >= deadline:
@@ -270,13 +308,18 @@ async def run_chain(
         return await _run_chain(broker, payload, progress, step_labels or {}, sleep)
     except BaseException as error:
         if progress.state["status"] == "running":
-            progress.finish(error=logs.describe_error(error) if not isinstance(error, ChainAbortedError) else str(error))
+            progress.finish(
+                error=logs.describe_error(error) if not isinstance(error, ChainAbortedError) else str(error)
+            )
             await asyncio.shield(progress.save())
         raise
 
 
 async def _run_chain(
-    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, step_labels: dict[str, Any],
+    broker: AsyncBroker,
+    payload: dict[str, Any],
+    progress: ChainProgress,
+    step_labels: dict[str, Any],
     sleep: Callable[[float], Awaitable[None]],
 ) -> dict[str, Any]:
     steps: list[dict[str, Any]] = payload["steps"]
@@ -296,24 +339,42 @@ async def _run_chain(
             else:
                 then = f"no chain attempt left ({chain_attempts} made)"
             logger.warning(
-                "%s failed after %s: %s; %s.", progress.names.step(error.step_index, error.task_name),
-                logs.count(error.attempts, "attempt"), logs.one_line(error.reason), then,
-                extra={**progress.names.extra, "chain_attempts": chain_attempts, "step_index": error.step_index,
-                       "task_name": error.task_name, "reason": error.reason, "on_failure": payload["on_failure"]},
+                "%s failed after %s: %s; %s.",
+                progress.names.step(error.step_index, error.task_name),
+                logs.count(error.attempts, "attempt"),
+                logs.one_line(error.reason),
+                then,
+                extra={
+                    **progress.names.extra,
+                    "chain_attempts": chain_attempts,
+                    "step_index": error.step_index,
+                    "task_name": error.task_name,
+                    "reason": error.reason,
+                    "on_failure": payload["on_failure"],
+                },
             )
             if payload["on_failure"] == "stop":
                 break
             continue
         summary = {
-            "status": "completed", "chain_attempts": chain_attempts, "completed_steps": len(steps),
+            "status": "completed",
+            "chain_attempts": chain_attempts,
+            "completed_steps": len(steps),
             "step_attempts": step_attempts,
         }
         progress.finish(result=summary)
         await progress.save()
         logger.info(
-            "%s completed: %s, chain attempt %d.", progress.names.chain, logs.count(len(steps), "step"), chain_attempts,
-            extra={**progress.names.extra, "chain_attempts": chain_attempts, "completed_steps": len(steps),
-                   "step_attempts": step_attempts},
+            "%s completed: %s, chain attempt %d.",
+            progress.names.chain,
+            logs.count(len(steps), "step"),
+            chain_attempts,
+            extra={
+                **progress.names.extra,
+                "chain_attempts": chain_attempts,
+                "completed_steps": len(steps),
+                "step_attempts": step_attempts,
+            },
         )
         return summary
     assert last_error is not None
@@ -321,7 +382,10 @@ async def _run_chain(
 
 
 async def _run_steps(
-    broker: AsyncBroker, payload: dict[str, Any], progress: ChainProgress, step_labels: dict[str, Any],
+    broker: AsyncBroker,
+    payload: dict[str, Any],
+    progress: ChainProgress,
+    step_labels: dict[str, Any],
     sleep: Callable[[float], Awaitable[None]],
 ) -> list[int]:
     step_attempts: list[int] = []
@@ -335,8 +399,13 @@ async def _run_steps(
 
 
 async def _run_step(
-    broker: AsyncBroker, payload: dict[str, Any], index: int, step: dict[str, Any], progress: ChainProgress,
-    step_labels: dict[str, Any], sleep: Callable[[float], Awaitable[None]],
+    broker: AsyncBroker,
+    payload: dict[str, Any],
+    index: int,
+    step: dict[str, Any],
+    progress: ChainProgress,
+    step_labels: dict[str, Any],
+    sleep: Callable[[float], Awaitable[None]],
 ) -> int:
     """Run one step until it succeeds; returns the attempts it took or raises ``ChainStepFailedError``."""
     name = step["task_name"]
@@ -354,8 +423,13 @@ async def _run_step(
     for attempt in range(1, max_attempts + 1):
         progress.step(index, status="running", attempts=attempt)
         await progress.save()
-        extra = {**names.extra, "step_index": index, "task_name": name, "attempt": attempt,
-                 "max_attempts": max_attempts}
+        extra = {
+            **names.extra,
+            "step_index": index,
+            "task_name": name,
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+        }
         try:
             sent = await task.kicker().with_labels(**step_labels).kiq(*step.get("args", []), **step.get("kwargs", {}))
             result = await _wait_for_result(
@@ -369,16 +443,23 @@ async def _run_step(
             if not result.is_err:
                 progress.step(index, status="succeeded", error=None)
                 await progress.save()
-                logger.info("%s completed, attempt %d of %d.", names.step(index, name), attempt, max_attempts,
-                            extra=extra)
+                logger.info(
+                    "%s completed, attempt %d of %d.", names.step(index, name), attempt, max_attempts, extra=extra
+                )
                 return attempt
             reason = logs.describe_error(result.error) if result.error is not None else "the task returned an error"
         if attempt < max_attempts:
             progress.step(index, status="retrying", error=reason)
             await progress.save()
-            logger.warning("%s failed, attempt %d of %d: %s; retrying%s.", names.step(index, name), attempt,
-                           max_attempts, logs.one_line(reason), f" in {logs.seconds(retry_delay)}" if retry_delay else "",
-                           extra={**extra, "reason": reason})
+            logger.warning(
+                "%s failed, attempt %d of %d: %s; retrying%s.",
+                names.step(index, name),
+                attempt,
+                max_attempts,
+                logs.one_line(reason),
+                f" in {logs.seconds(retry_delay)}" if retry_delay else "",
+                extra={**extra, "reason": reason},
+            )
             if retry_delay:
                 await sleep(retry_delay)
     progress.step(index, status="failed", error=reason)
@@ -400,7 +481,8 @@ def register_chain_orchestrator(broker: AsyncBroker) -> None:
         # The steps carry the job's labels (routing, priority) and the slot, not the run's ids: their
         # outcomes are the chain's business, not the run's.
         step_labels = {key: value for key, value in labels.items() if key not in (RUN_LABEL, JOB_LABEL, "schedule")}
-        return await run_chain(context.broker, payload, run_id=labels.get(RUN_LABEL), job_id=labels.get(JOB_LABEL),
-                               step_labels=step_labels)
+        return await run_chain(
+            context.broker, payload, run_id=labels.get(RUN_LABEL), job_id=labels.get(JOB_LABEL), step_labels=step_labels
+        )
 
     broker.register_task(chain_orchestrator, task_name=CHAIN_ORCHESTRATOR_TASK_NAME)

@@ -23,10 +23,13 @@ _SCHEDULE_HINT = "See 'Schedules declared in code' in django-taskiq-beat's docum
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     messages: list[CheckMessage] = []
     if not settings.USE_TZ:
-        messages.append(Error(
-            "django_taskiq_beat needs USE_TZ = True: every schedule is kept in timezone-aware datetimes.",
-            hint="Set USE_TZ = True in your settings.", id="django_taskiq_beat.E004",
-        ))
+        messages.append(
+            Error(
+                "django_taskiq_beat needs USE_TZ = True: every schedule is kept in timezone-aware datetimes.",
+                hint="Set USE_TZ = True in your settings.",
+                id="django_taskiq_beat.E004",
+            )
+        )
     try:
         SchedulerConfig.from_settings()
     except SchedulerValidationError as exc:
@@ -38,11 +41,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     except SchedulerValidationError:
         return messages  # already reported as E001
     if not path:
-        messages.append(Warning(
-            f"{SETTINGS_NAME}['BROKER'] is not set: get_scheduler_app() and run_taskiq_beat need it.",
-            hint="Set it to the 'package.module:broker' path of your taskiq broker.",
-            id="django_taskiq_beat.W001",
-        ))
+        messages.append(
+            Warning(
+                f"{SETTINGS_NAME}['BROKER'] is not set: get_scheduler_app() and run_taskiq_beat need it.",
+                hint="Set it to the 'package.module:broker' path of your taskiq broker.",
+                id="django_taskiq_beat.W001",
+            )
+        )
         return messages
     try:
         load_broker(path)
@@ -75,11 +80,14 @@ def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[Check
     vendor = connections[alias].vendor
     if vendor in _SUPPORTED_VENDORS:
         return []
-    return [Error(
-        f"django_taskiq_beat does not support the {vendor!r} database backend of DATABASES[{alias!r}]"
-        f" ({settings.DATABASES[alias]['ENGINE']}).",
-        hint=f"Keep the scheduler's tables on one of: {SUPPORTED_DATABASES}.", id="django_taskiq_beat.E007",
-    )]
+    return [
+        Error(
+            f"django_taskiq_beat does not support the {vendor!r} database backend of DATABASES[{alias!r}]"
+            f" ({settings.DATABASES[alias]['ENGINE']}).",
+            hint=f"Keep the scheduler's tables on one of: {SUPPORTED_DATABASES}.",
+            id="django_taskiq_beat.E007",
+        )
+    ]
 
 
 @register(Tags.database)
@@ -90,21 +98,29 @@ def check_database_version(app_configs: Any = None, databases: Any = None, **kwa
     connection = _connection_to_check(databases)
     if connection is None:
         return []
+    backend: Any = connection  # the backend's own attributes (Database, mysql_version ...) are not on the base class
+    needed: tuple[int, ...]
     if connection.vendor == "sqlite":
-        version, needed, name = connection.Database.sqlite_version_info, (3, 35), "SQLite"
+        version, needed, name = backend.Database.sqlite_version_info, (3, 35), "SQLite"
     elif connection.vendor == "mysql":  # MySQL 8.0.13 for the JSON column defaults of the migrations
-        mariadb = connection.mysql_is_mariadb
-        version, needed, name = connection.mysql_version, (10, 6) if mariadb else (8, 0, 13), (
-            "MariaDB" if mariadb else "MySQL")
+        mariadb = backend.mysql_is_mariadb
+        version, needed, name = (
+            backend.mysql_version,
+            (10, 6) if mariadb else (8, 0, 13),
+            ("MariaDB" if mariadb else "MySQL"),
+        )
     else:
         return []
     if tuple(version) >= needed:
         return []
-    return [Error(
-        f"django_taskiq_beat needs {name} {'.'.join(map(str, needed))} or later; DATABASES[{connection.alias!r}] is"
-        f" {'.'.join(map(str, version))}.",
-        hint=f"Supported: {SUPPORTED_DATABASES}.", id="django_taskiq_beat.E008",
-    )]
+    return [
+        Error(
+            f"django_taskiq_beat needs {name} {'.'.join(map(str, needed))} or later; DATABASES[{connection.alias!r}] is"
+            f" {'.'.join(map(str, version))}.",
+            hint=f"Supported: {SUPPORTED_DATABASES}.",
+            id="django_taskiq_beat.E008",
+        )
+    ]
 
 
 @register(Tags.database)
@@ -118,12 +134,16 @@ def check_time_zone_tables(app_configs: Any = None, databases: Any = None, **kwa
         cursor.execute("SELECT CONVERT_TZ('2000-01-01 00:00:00', 'UTC', %s)", [settings.TIME_ZONE])
         if cursor.fetchone()[0] is not None:
             return []
-    return [Warning(
-        f"The {connection.display_name} server of DATABASES[{connection.alias!r}] has no time zone tables, so it cannot"
-        f" convert times to TIME_ZONE={settings.TIME_ZONE!r}: the run history's dates and the dashboard fail.",
-        hint="Load them once: mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql"
-             " (MySQL: mysql_tzinfo_to_sql).", id="django_taskiq_beat.W002",
-    )]
+    return [
+        Warning(
+            f"The {connection.display_name} server of DATABASES[{connection.alias!r}] has no time zone tables, so it"
+            f" cannot convert times to TIME_ZONE={settings.TIME_ZONE!r}:"
+            " the run history's dates and the dashboard fail.",
+            hint="Load them once: mariadb-tzinfo-to-sql /usr/share/zoneinfo | mariadb -u root mysql"
+            " (MySQL: mysql_tzinfo_to_sql).",
+            id="django_taskiq_beat.W002",
+        )
+    ]
 
 
 _left_to_the_sync: ContextVar[bool] = ContextVar("declared_schedules_left_to_the_sync", default=False)
@@ -168,11 +188,15 @@ def check_declared_schedules(app_configs: Any = None, **kwargs: Any) -> list[Che
         return []  # reported by check_settings
     messages: list[CheckMessage] = [
         Error(str(error), hint=_SCHEDULE_HINT, id="django_taskiq_beat.E005")
-        for source in declared_in_code(app) for error in source.errors
+        for source in declared_in_code(app)
+        for error in source.errors
     ]
     if app.config.import_taskiq_django and not apps.is_installed(TASKIQ_DJANGO_APP):
-        messages.append(Error(
-            f"{SETTINGS_NAME}['IMPORT_TASKIQ_DJANGO'] is True, but {TASKIQ_DJANGO_MISSING}",
-            hint=_HINT, id="django_taskiq_beat.E006",
-        ))
+        messages.append(
+            Error(
+                f"{SETTINGS_NAME}['IMPORT_TASKIQ_DJANGO'] is True, but {TASKIQ_DJANGO_MISSING}",
+                hint=_HINT,
+                id="django_taskiq_beat.E006",
+            )
+        )
     return messages

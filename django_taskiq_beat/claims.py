@@ -7,10 +7,12 @@ A claim advances the job to its next slot and writes the claimed slot's run row
 (``pending``, with a lease) in the same transaction, before anything is sent. So a
 process that dies after the claim loses nothing: once its engine is found dead
 (``registry``) or the lease expires, any engine re-sends the pending run with the same
-id. The claim also counts the send on its job, so a send that goes through costs one
-write of its run and none of its job; only a failed send writes the job again. Which engine claims which row is decided by the database: ``FOR UPDATE SKIP LOCKED``
+id. Which engine claims which row is decided by the database: ``FOR UPDATE SKIP LOCKED``
 where it exists, SQLite's single writer otherwise, and the unique key on (job, slot) as
 the last line of defence.
+
+The claim also counts the send on its job, so a send that goes through costs one write
+of its run and none of its job; only a failed send writes the job again (``record``).
 """
 
 from collections import Counter, deque
@@ -24,10 +26,9 @@ from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, 
 from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk, logs
-from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
+from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
-    MAX_COUNT,
     DatabaseNow,
     JobKind,
     RunOutcome,
@@ -35,9 +36,10 @@ from django_taskiq_beat.models import (
     SchedulerEngine,
     SchedulerJob,
     SchedulerRun,
-    read_or,
     new_id,
+    read_or,
 )
+from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.policies import (
     CATCH_UP_ALL,
     MAX_CATCH_UP_SLOTS,
@@ -48,6 +50,7 @@ from django_taskiq_beat.policies import (
 from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
 
 _T = TypeVar("_T")
+_D = TypeVar("_D")
 _MAX_SLOTS_WALKED = 10_000
 _STALE_RUN = timedelta(seconds=SchedulerConfig.stale_run_seconds)
 
@@ -147,6 +150,7 @@ def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int | None) -> list
     reports it). On PostgreSQL the conversion fails in the client after the server ran the
     query, so the transaction and its row locks stay usable.
     """
+
     def one_by_one(_: Exception) -> list[tuple[Any, ...]]:
         keys = list(rows.values_list("pk", flat=True)[:limit])
         return [_read_row(rows.filter(pk=key), fields) for key in keys]
@@ -168,12 +172,14 @@ def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], typ
     if not wrong:
         return
     stored = rows.filter(pk=key).values_list(*(Cast(name, TextField()) for name in wrong)).get()
-    raise UnusableRowError("; ".join(
-        f"{name} holds {text!r}, not a {types[name].__name__}" for name, text in zip(wrong, stored, strict=True)
-    ))
+    raise UnusableRowError(
+        "; ".join(
+            f"{name} holds {text!r}, not a {types[name].__name__}" for name, text in zip(wrong, stored, strict=True)
+        )
+    )
 
 
-def _or(value: Any, kind: type[_T], default: _T) -> _T:
+def _or(value: Any, kind: type[_T] | tuple[type[_T], ...], default: _D) -> _T | _D:
     """``value`` if it is a ``kind`` (a column read as expected), else ``default``."""
     return value if isinstance(value, kind) else default
 
@@ -202,8 +208,15 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 
 _DUE_TYPES = {
-    "trigger_payload": dict, "task_args": list, "task_kwargs": dict, "next_run_at": datetime, "created_at": datetime,
-    "dispatch_failures": int, "task_labels": dict, "catch_up": str, "overlap": str,
+    "trigger_payload": dict,
+    "task_args": list,
+    "task_kwargs": dict,
+    "next_run_at": datetime,
+    "created_at": datetime,
+    "dispatch_failures": int,
+    "task_labels": dict,
+    "catch_up": str,
+    "overlap": str,
 }
 
 
@@ -238,7 +251,11 @@ _DUE_FIELDS = tuple(field.name for field in fields(_DueJob))
 
 
 _FINAL_OUTCOMES = (RunOutcome.SUCCEEDED, RunOutcome.FAILED)
-_STATES = {RunOutcome.UNKNOWN: "sent, not started", RunOutcome.RUNNING: "running", RunOutcome.RETRYING: "being retried"}
+_STATES: dict[str, str] = {
+    RunOutcome.UNKNOWN: "sent, not started",
+    RunOutcome.RUNNING: "running",
+    RunOutcome.RETRYING: "being retried",
+}
 
 
 def _unfinished(now: datetime, stale: timedelta) -> tuple[Q, Q]:
@@ -279,10 +296,12 @@ def _busy(now: datetime, stale: timedelta) -> Case:
 
     Read with the due jobs: two index range probes per such job; a job that allows overlap costs nothing.
     """
-    not_sent, going = (SchedulerRun.objects.filter(condition, job_id=OuterRef("pk")) for condition in
-                       _unfinished(now, stale))
-    return Case(When(overlap=OVERLAP_ALLOW, then=Value(False)), When(Exists(not_sent), then=Value(True)),
-                default=Exists(going))
+    not_sent, going = (
+        SchedulerRun.objects.filter(condition, job_id=OuterRef("pk")) for condition in _unfinished(now, stale)
+    )
+    return Case(
+        When(overlap=OVERLAP_ALLOW, then=Value(False)), When(Exists(not_sent), then=Value(True)), default=Exists(going)
+    )
 
 
 def _overlaps(jobs: list["_DueJob"], now: datetime, stale: timedelta) -> dict[str, _Overlap]:
@@ -304,8 +323,13 @@ def _overlaps(jobs: list["_DueJob"], now: datetime, stale: timedelta) -> dict[st
 
 
 def claim_due(
-    scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
-    ahead: timedelta = timedelta(0), stale: timedelta = _STALE_RUN,
+    scheduler_id: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    retry: RetryPolicy,
+    ahead: timedelta = timedelta(0),
+    stale: timedelta = _STALE_RUN,
 ) -> Claim:
     """Claim up to ``limit`` jobs with a slot due by ``now + ahead``: advance each job and write its runs.
 
@@ -318,14 +342,20 @@ def claim_due(
     """
     with transaction.atomic():
         # An overlap job is not claimed ahead: whether its previous run has finished is judged when its slot is due.
-        due = (SchedulerJob.objects.due(now + ahead).filter(Q(overlap=OVERLAP_ALLOW) | Q(next_run_at__lte=now))
-               .order_by("next_run_at").annotate(busy=_busy(now, stale)))
+        due = (
+            SchedulerJob.objects.due(now + ahead)
+            .filter(Q(overlap=OVERLAP_ALLOW) | Q(next_run_at__lte=now))
+            .order_by("next_run_at")
+            .annotate(busy=_busy(now, stale))
+        )
         locked = _lock_for_claiming(due)
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
         _time = _time_adapter()
         now_value, lease_value = _time(now), _time(now + lease)
         overlaps = _overlaps(jobs, now, stale)
-        runs, job_updates, dispatches, failures, skips, held = [], [], [], [], [], []
+        runs: list[tuple[Any, ...]] = []  # scheduler_run rows, and the scheduler_job rows, as bulk writes them
+        job_updates: list[tuple[Any, ...]] = []
+        dispatches, failures, skips, held = [], [], [], []
         advanced: list[tuple[str, datetime | None, int, int | None]] = []  # job, next slot, failed sends, runs left
         counted_runs: dict[str, str] = {}  # run -> job, for runs that took one of their job's remaining_runs
         for job in jobs:
@@ -337,17 +367,29 @@ def claim_due(
                 error = describe_error(exc)
                 failed_before = _or(job.dispatch_failures, int, 0)
                 failed_sends = min(failed_before + 1, MAX_COUNT)
-                job_updates.append((
-                    job.id, _time(retry.retry_at(now, failed_sends, None)), True, None, now_value, error, failed_sends,
-                    0, _or(job.remaining_runs, int, None), 0, None, None,
-                ))
+                job_updates.append(
+                    (
+                        job.id,
+                        _time(retry.retry_at(now, failed_sends, None)),
+                        True,
+                        None,
+                        now_value,
+                        error,
+                        failed_sends,
+                        0,
+                        _or(job.remaining_runs, int, None),
+                        0,
+                        None,
+                        None,
+                    )
+                )
                 slot = _or(job.next_run_at, datetime, now)  # an unreadable slot fails at the claim's time
                 runs.append((run_id, job.id, _time(slot), RunStatus.FAILED, None, None, error, None, now_value))
                 unsent = Dispatch(run_id, job.id, job.task_name or "", [], {}, now, slot, failed_before, job.name)
                 failures.append(Outcome(unsent, None, now, error))
                 continue
-            grace = _or(job.misfire_grace_seconds, float | int, None)
-            jitter = _or(job.jitter_seconds, float | int, 0)
+            grace = _or(job.misfire_grace_seconds, (float, int), None)
+            jitter = _or(job.jitter_seconds, (float, int), 0)
             remaining = _or(job.remaining_runs, int, None)
             previous = (_or(job.last_run_at, datetime, None), _or(job.last_dispatched_task_id, str, None))
             overlap = overlaps.get(job.id)
@@ -366,25 +408,53 @@ def claim_due(
                     counted_runs[run_id] = job.id
                 if overlap is not None and overlap.busy and not manual:  # buffer_one: the first slot waits
                     reason = f"held until {overlap.previous()} finishes"
-                    runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, WAITING_CLAIMANT, None, None, reason,
-                                 None))
+                    runs.append(
+                        (run_id, job.id, _time(slot), RunStatus.PENDING, WAITING_CLAIMANT, None, None, reason, None)
+                    )
                     held.append(Unsent(run_id, job.id, job.task_name, job.name, slot, reason))
                     overlap.held = slot
                     continue
-                runs.append((run_id, job.id, _time(slot), RunStatus.PENDING, scheduler_id, lease_value, None, None, None))
+                runs.append(
+                    (run_id, job.id, _time(slot), RunStatus.PENDING, scheduler_id, lease_value, None, None, None)
+                )
                 delay = jitter_delay(job.id, slot, jitter)
-                dispatches.append(Dispatch(
-                    run_id, job.id, job.task_name, job.task_args, job.task_kwargs, now, slot, job.dispatch_failures,
-                    job.name, next_run_at, job.task_labels, slot + delay if delay else None, run_id in counted_runs,
-                    counted_as_sent=True, previous=previous,
-                ))
+                dispatches.append(
+                    Dispatch(
+                        run_id,
+                        job.id,
+                        job.task_name,
+                        job.task_args,
+                        job.task_kwargs,
+                        now,
+                        slot,
+                        job.dispatch_failures,
+                        job.name,
+                        next_run_at,
+                        job.task_labels,
+                        slot + delay if delay else None,
+                        run_id in counted_runs,
+                        counted_as_sent=True,
+                        previous=previous,
+                    )
+                )
                 if overlap is not None:
                     overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
             advanced.append((job.id, next_run_at, job.dispatch_failures, remaining))
         written = bulk.insert_ignoring_conflicts(
             "scheduler_run",
-            _run_columns("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "error", "reason",
-                         "finished_at", "created_at", "updated_at"),
+            _run_columns(
+                "id",
+                "job_id",
+                "scheduled_for",
+                "status",
+                "claimed_by",
+                "lease_expires_at",
+                "error",
+                "reason",
+                "finished_at",
+                "created_at",
+                "updated_at",
+            ),
             [(*run, now_value, now_value) for run in runs],
         )
         # A slot whose run already existed (another engine, a backfill) is neither sent here nor counted.
@@ -401,32 +471,69 @@ def claim_due(
                     next_run_at = None
             sent = sends.get(job_id, [])
             latest = sent[-1] if sent else None
-            job_updates.append((
-                job_id, _time(next_run_at), next_run_at is not None, None if next_run_at else now_value, now_value,
-                None, 0 if sent else dispatch_failures, skipped[job_id], remaining, len(sent),
-                _time(max(now, latest.scheduled_for)) if latest else None, latest.run_id if latest else None,
-            ))
+            job_updates.append(
+                (
+                    job_id,
+                    _time(next_run_at),
+                    next_run_at is not None,
+                    None if next_run_at else now_value,
+                    now_value,
+                    None,
+                    0 if sent else dispatch_failures,
+                    skipped[job_id],
+                    remaining,
+                    len(sent),
+                    _time(max(now, latest.scheduled_for)) if latest else None,
+                    latest.run_id if latest else None,
+                )
+            )
         # The sends are counted here, as if they will go through: ``record`` writes the job again only for a
         # failed one, taking its count back and putting back what it had shown as the job's last send.
         bulk.update_from_values(
             "scheduler_job",
-            (("id", "varchar"), ("next_run_at", "timestamptz"), ("is_enabled", "boolean"),
-             ("finished_at", "timestamptz"), ("updated_at", "timestamptz"), ("last_error", "text"),
-             ("dispatch_failures", "integer"), ("skipped", "integer"), ("remaining_runs", "integer"),
-             ("sent", "integer"), ("last_run_at", "timestamptz"), ("last_dispatched_task_id", "varchar")),
-            (("next_run_at", "v.next_run_at"), ("is_enabled", "v.is_enabled"), ("finished_at", "v.finished_at"),
-             ("updated_at", "v.updated_at"),
-             ("last_error", "CASE WHEN v.sent > 0 THEN NULL ELSE COALESCE(v.last_error, scheduler_job.last_error) END"),
-             ("dispatch_failures", "v.dispatch_failures"), ("skipped_count", _added("skipped_count", "v.skipped")),
-             ("remaining_runs", "v.remaining_runs"), ("run_now_at", "NULL"),
-             ("dispatch_count", _added("dispatch_count", "v.sent")),
-             ("last_run_at", "COALESCE(v.last_run_at, scheduler_job.last_run_at)"),
-             ("last_dispatched_task_id", "COALESCE(v.last_dispatched_task_id, scheduler_job.last_dispatched_task_id)")),
+            (
+                ("id", "varchar"),
+                ("next_run_at", "timestamptz"),
+                ("is_enabled", "boolean"),
+                ("finished_at", "timestamptz"),
+                ("updated_at", "timestamptz"),
+                ("last_error", "text"),
+                ("dispatch_failures", "integer"),
+                ("skipped", "integer"),
+                ("remaining_runs", "integer"),
+                ("sent", "integer"),
+                ("last_run_at", "timestamptz"),
+                ("last_dispatched_task_id", "varchar"),
+            ),
+            (
+                ("next_run_at", "v.next_run_at"),
+                ("is_enabled", "v.is_enabled"),
+                ("finished_at", "v.finished_at"),
+                ("updated_at", "v.updated_at"),
+                (
+                    "last_error",
+                    "CASE WHEN v.sent > 0 THEN NULL ELSE COALESCE(v.last_error, scheduler_job.last_error) END",
+                ),
+                ("dispatch_failures", "v.dispatch_failures"),
+                ("skipped_count", _added("skipped_count", "v.skipped")),
+                ("remaining_runs", "v.remaining_runs"),
+                ("run_now_at", "NULL"),
+                ("dispatch_count", _added("dispatch_count", "v.sent")),
+                ("last_run_at", "COALESCE(v.last_run_at, scheduler_job.last_run_at)"),
+                (
+                    "last_dispatched_task_id",
+                    "COALESCE(v.last_dispatched_task_id, scheduler_job.last_dispatched_task_id)",
+                ),
+            ),
             job_updates,
         )
     sent = [d for d in dispatches if d.run_id in written]
     return Claim(
-        sent, len(jobs), failures, len(dispatches) - len(sent), [skip for skip in skips if skip.run_id in written],
+        sent,
+        len(jobs),
+        failures,
+        len(dispatches) - len(sent),
+        [skip for skip in skips if skip.run_id in written],
         [slot for slot in held if slot.run_id in written],
     )
 
@@ -445,9 +552,17 @@ def _skip_reason(late: timedelta, grace: float | None, policy: str, overlap: _Ov
 
 
 _RUN_TYPES = {
-    "id": "varchar", "job_id": "varchar", "scheduled_for": "timestamptz", "status": "varchar", "claimed_by": "varchar",
-    "lease_expires_at": "timestamptz", "error": "text", "reason": "text", "finished_at": "timestamptz",
-    "created_at": "timestamptz", "updated_at": "timestamptz",
+    "id": "varchar",
+    "job_id": "varchar",
+    "scheduled_for": "timestamptz",
+    "status": "varchar",
+    "claimed_by": "varchar",
+    "lease_expires_at": "timestamptz",
+    "error": "text",
+    "reason": "text",
+    "finished_at": "timestamptz",
+    "created_at": "timestamptz",
+    "updated_at": "timestamptz",
 }
 
 
@@ -471,7 +586,9 @@ def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None
     horizon = max(now, job.next_run_at)
     if job.run_now_at is not None and job.run_now_at == job.next_run_at:  # a run now is sent as such, then the grid
         return [job.next_run_at], trigger.next_after(horizon, job.created_at)
-    handled: deque[datetime] = deque([job.next_run_at], maxlen=MAX_CATCH_UP_SLOTS if job.catch_up == CATCH_UP_ALL else 1)
+    handled: deque[datetime] = deque(
+        [job.next_run_at], maxlen=MAX_CATCH_UP_SLOTS if job.catch_up == CATCH_UP_ALL else 1
+    )
     following = trigger.next_after(job.next_run_at, job.created_at)
     for _ in range(_MAX_SLOTS_WALKED):
         if following is None or following > horizon:
@@ -482,8 +599,12 @@ def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None
 
 
 _EXPIRED_TYPES = {
-    "task_args": list, "task_kwargs": dict, "created_at": datetime, "scheduled_for": datetime,
-    "dispatch_failures": int, "task_labels": dict,
+    "task_args": list,
+    "task_kwargs": dict,
+    "created_at": datetime,
+    "scheduled_for": datetime,
+    "dispatch_failures": int,
+    "task_labels": dict,
 }
 
 
@@ -510,8 +631,13 @@ _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
 
 
 def claim_expired(
-    scheduler_id: str, now: datetime, limit: int, lease: timedelta, retry: RetryPolicy,
-    engines_dead_after: timedelta | None = None, stale: timedelta = _STALE_RUN,
+    scheduler_id: str,
+    now: datetime,
+    limit: int,
+    lease: timedelta,
+    retry: RetryPolicy,
+    engines_dead_after: timedelta | None = None,
+    stale: timedelta = _STALE_RUN,
 ) -> Claim:
     """Take over pending runs whose engine died so they are sent again, and held slots now free to go.
 
@@ -532,9 +658,14 @@ def claim_expired(
             SchedulerRun.objects.filter(free, status=RunStatus.PENDING)
             .order_by("lease_expires_at", "scheduled_for")  # a backfill's runs, oldest first
             .annotate(
-                task_name=F("job__task_name"), task_args=F("job__task_args"), task_kwargs=F("job__task_kwargs"),
-                dispatch_failures=F("job__dispatch_failures"), job_name=F("job__name"), next_run_at=F("job__next_run_at"),
-                task_labels=F("job__task_labels"), jitter_seconds=F("job__jitter_seconds"),
+                task_name=F("job__task_name"),
+                task_args=F("job__task_args"),
+                task_kwargs=F("job__task_kwargs"),
+                dispatch_failures=F("job__dispatch_failures"),
+                job_name=F("job__name"),
+                next_run_at=F("job__next_run_at"),
+                task_labels=F("job__task_labels"),
+                jitter_seconds=F("job__jitter_seconds"),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -549,18 +680,41 @@ def claim_expired(
                 # Never sent: what is recorded is the run, its job, the claim's version (if unreadable,
                 # ``now``, which matches no job, so no retry) and the failure count.
                 claim = Dispatch(
-                    run.id, run.job_id, run.task_name or "", [], {}, _or(run.created_at, datetime, now),
-                    _or(run.scheduled_for, datetime, now), _or(run.dispatch_failures, int, 0), run.job_name, next_slot,
+                    run.id,
+                    run.job_id,
+                    run.task_name or "",
+                    [],
+                    {},
+                    _or(run.created_at, datetime, now),
+                    _or(run.scheduled_for, datetime, now),
+                    _or(run.dispatch_failures, int, 0),
+                    run.job_name,
+                    next_slot,
                     counted_as_sent=not first_send,
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
-            send_at = run.scheduled_for + jitter_delay(run.job_id, run.scheduled_for, _or(run.jitter_seconds, float | int, 0))
-            dispatches.append(Dispatch(
-                run.id, run.job_id, run.task_name, run.task_args, run.task_kwargs, run.created_at, run.scheduled_for,
-                run.dispatch_failures, run.job_name, next_slot, run.task_labels, send_at if send_at > now else None,
-                late_on_purpose=first_send, counted_as_sent=not first_send,
-            ))
+            send_at = run.scheduled_for + jitter_delay(
+                run.job_id, run.scheduled_for, _or(run.jitter_seconds, (float, int), 0)
+            )
+            dispatches.append(
+                Dispatch(
+                    run.id,
+                    run.job_id,
+                    run.task_name,
+                    run.task_args,
+                    run.task_kwargs,
+                    run.created_at,
+                    run.scheduled_for,
+                    run.dispatch_failures,
+                    run.job_name,
+                    next_slot,
+                    run.task_labels,
+                    send_at if send_at > now else None,
+                    late_on_purpose=first_send,
+                    counted_as_sent=not first_send,
+                )
+            )
         if dispatches:
             SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
                 claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
@@ -569,7 +723,9 @@ def claim_expired(
             record(unsendable, now, True, retry)
     claimants = {run.id: run.claimed_by for run in runs}
     return Claim(
-        dispatches, len(runs), unsendable,
+        dispatches,
+        len(runs),
+        unsendable,
         backfills=sum(1 for d in dispatches if claimants[d.run_id] == BACKFILL_CLAIMANT),
         released=sum(1 for d in dispatches if claimants[d.run_id] == WAITING_CLAIMANT),
     )
@@ -581,7 +737,7 @@ def _released(now: datetime, stale: timedelta) -> Q:
     not_paused = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
     for condition in _unfinished(now, stale):
         others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
-        held &= ~Exists(others)
+        held &= ~Exists(others)  # type: ignore[assignment]  # django-stubs: Q & takes only a Q (Q & Exists is a Q)
     return held & not_paused
 
 
@@ -591,10 +747,13 @@ def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:
     _time = _time_adapter()
     written = bulk.insert_ignoring_conflicts(
         "scheduler_run",
-        _run_columns("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at",
-                     "updated_at"),
-        [(new_id(), job_id, _time(slot), RunStatus.PENDING, BACKFILL_CLAIMANT, _time(now), _time(now), _time(now))
-         for slot in slots],
+        _run_columns(
+            "id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at", "updated_at"
+        ),
+        [
+            (new_id(), job_id, _time(slot), RunStatus.PENDING, BACKFILL_CLAIMANT, _time(now), _time(now), _time(now))
+            for slot in slots
+        ],
     )
     return len(written)
 
@@ -615,8 +774,10 @@ def extend_leases(scheduler_id: str, run_ids: list[str], until: datetime) -> set
 
 def _added(column: str, amount: str) -> str:
     """``column + amount`` in SQL, stopping at ``MAX_COUNT``: a full counter must not make an outcome unstorable."""
-    return (f"CASE WHEN scheduler_job.{column} > {MAX_COUNT} - {amount} THEN {MAX_COUNT}"
-            f" ELSE scheduler_job.{column} + {amount} END")
+    return (
+        f"CASE WHEN scheduler_job.{column} > {MAX_COUNT} - {amount} THEN {MAX_COUNT}"
+        f" ELSE scheduler_job.{column} + {amount} END"
+    )
 
 
 def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
@@ -641,11 +802,19 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     with transaction.atomic():
         bulk.update_from_values(
             "scheduler_job",
-            (("id", "varchar"), ("sent", "integer"), ("last_run_at", "timestamptz"),
-             ("last_dispatched_task_id", "varchar")),
-            (("dispatch_count", _added("dispatch_count", "v.sent")), ("last_run_at", "v.last_run_at"),
-             ("last_dispatched_task_id", "v.last_dispatched_task_id"), ("last_error", "NULL"),
-             ("dispatch_failures", "0")),
+            (
+                ("id", "varchar"),
+                ("sent", "integer"),
+                ("last_run_at", "timestamptz"),
+                ("last_dispatched_task_id", "varchar"),
+            ),
+            (
+                ("dispatch_count", _added("dispatch_count", "v.sent")),
+                ("last_run_at", "v.last_run_at"),
+                ("last_dispatched_task_id", "v.last_dispatched_task_id"),
+                ("last_error", "NULL"),
+                ("dispatch_failures", "0"),
+            ),
             [
                 (job_id, len(job_outcomes), _time(job_outcomes[-1].dispatched_at), job_outcomes[-1].dispatch.run_id)
                 for job_id, job_outcomes in sent.items()
@@ -653,10 +822,20 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
         )
         bulk.update_from_values(
             "scheduler_job",
-            (("id", "varchar"), ("claimed_at", "timestamptz"), ("failed", "integer"), ("last_error", "text"),
-             ("retry_at", "timestamptz"), ("now", "timestamptz"), ("refund", "integer"), ("uncount", "integer"),
-             ("failures", "integer"), ("run_id", "varchar"), ("previous_run_at", "timestamptz"),
-             ("previous_task_id", "varchar")),
+            (
+                ("id", "varchar"),
+                ("claimed_at", "timestamptz"),
+                ("failed", "integer"),
+                ("last_error", "text"),
+                ("retry_at", "timestamptz"),
+                ("now", "timestamptz"),
+                ("refund", "integer"),
+                ("uncount", "integer"),
+                ("failures", "integer"),
+                ("run_id", "varchar"),
+                ("previous_run_at", "timestamptz"),
+                ("previous_task_id", "varchar"),
+            ),
             _RETRY,
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
@@ -694,12 +873,25 @@ def _settle_runs(outcomes: list[Outcome], record_runs: bool) -> None:
     _time = _time_adapter()
     bulk.update_from_values(
         "scheduler_run",
-        (("id", "varchar"), ("status", "varchar"), ("dispatched_at", "timestamptz"),
-         ("finished_at", "timestamptz"), ("broker_task_id", "varchar"), ("error", "text")),
+        (
+            ("id", "varchar"),
+            ("status", "varchar"),
+            ("dispatched_at", "timestamptz"),
+            ("finished_at", "timestamptz"),
+            ("broker_task_id", "varchar"),
+            ("error", "text"),
+        ),
         # A worker may already have reported the task's own error: a sent run keeps it.
-        (("status", "v.status"), ("dispatched_at", "v.dispatched_at"), ("finished_at", "v.finished_at"),
-         ("broker_task_id", "v.broker_task_id"), ("error", "COALESCE(v.error, scheduler_run.error)"),
-         ("claimed_by", "NULL"), ("lease_expires_at", "NULL"), ("updated_at", "v.finished_at")),
+        (
+            ("status", "v.status"),
+            ("dispatched_at", "v.dispatched_at"),
+            ("finished_at", "v.finished_at"),
+            ("broker_task_id", "v.broker_task_id"),
+            ("error", "COALESCE(v.error, scheduler_run.error)"),
+            ("claimed_by", "NULL"),
+            ("lease_expires_at", "NULL"),
+            ("updated_at", "v.finished_at"),
+        ),
         [_finished_run(outcome, _time) for outcome in outcomes],
     )
 
@@ -725,23 +917,36 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
 _UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
 _STILL_SHOWN = "scheduler_job.last_dispatched_task_id = v.run_id"
 # The claim reset the failures in a row to 0, expecting the send to go through: count on from the larger.
-_FAILURES_BEFORE = ("CASE WHEN scheduler_job.dispatch_failures > v.failures THEN scheduler_job.dispatch_failures"
-                    " ELSE v.failures END")
+_FAILURES_BEFORE = (
+    "CASE WHEN scheduler_job.dispatch_failures > v.failures THEN scheduler_job.dispatch_failures ELSE v.failures END"
+)
 _RETRY = (
-    ("dispatch_count", "CASE WHEN scheduler_job.dispatch_count > v.uncount"
-                       " THEN scheduler_job.dispatch_count - v.uncount ELSE 0 END"),
-    ("dispatch_failures", f"CASE WHEN {_FAILURES_BEFORE} > {MAX_COUNT} - v.failed THEN {MAX_COUNT}"
-                          f" ELSE {_FAILURES_BEFORE} + v.failed END"),
+    (
+        "dispatch_count",
+        "CASE WHEN scheduler_job.dispatch_count > v.uncount THEN scheduler_job.dispatch_count - v.uncount ELSE 0 END",
+    ),
+    (
+        "dispatch_failures",
+        f"CASE WHEN {_FAILURES_BEFORE} > {MAX_COUNT} - v.failed THEN {MAX_COUNT}"
+        f" ELSE {_FAILURES_BEFORE} + v.failed END",
+    ),
     ("last_error", "v.last_error"),
     ("last_run_at", f"CASE WHEN {_STILL_SHOWN} THEN v.previous_run_at ELSE scheduler_job.last_run_at END"),
-    ("last_dispatched_task_id", f"CASE WHEN {_STILL_SHOWN} THEN v.previous_task_id"
-                                " ELSE scheduler_job.last_dispatched_task_id END"),
-    ("next_run_at", f"CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
-                    " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END"),
+    (
+        "last_dispatched_task_id",
+        f"CASE WHEN {_STILL_SHOWN} THEN v.previous_task_id ELSE scheduler_job.last_dispatched_task_id END",
+    ),
+    (
+        "next_run_at",
+        f"CASE WHEN {_UNCHANGED} AND (scheduler_job.next_run_at IS NULL"
+        " OR scheduler_job.next_run_at > v.retry_at) THEN v.retry_at ELSE scheduler_job.next_run_at END",
+    ),
     ("is_enabled", f"CASE WHEN {_UNCHANGED} THEN TRUE ELSE scheduler_job.is_enabled END"),
     ("finished_at", f"CASE WHEN {_UNCHANGED} THEN NULL ELSE scheduler_job.finished_at END"),
-    ("remaining_runs", f"CASE WHEN {_UNCHANGED} THEN scheduler_job.remaining_runs + v.refund"
-                       " ELSE scheduler_job.remaining_runs END"),
+    (
+        "remaining_runs",
+        f"CASE WHEN {_UNCHANGED} THEN scheduler_job.remaining_runs + v.refund ELSE scheduler_job.remaining_runs END",
+    ),
     ("updated_at", f"CASE WHEN {_UNCHANGED} THEN v.now ELSE scheduler_job.updated_at END"),
 )
 
@@ -751,17 +956,30 @@ def _retry(
 ) -> tuple[Any, ...]:
     """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version,
     and only its latest send can still be shown as the job's last."""
-    latest = max((outcome.dispatch for outcome in job_outcomes),
-                 key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for))
+    latest = max(
+        (outcome.dispatch for outcome in job_outcomes),
+        key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for),
+    )
     failed = len(job_outcomes)
     # From the latest failure, as the engine's log line computes it; the cap at the next slot is the SQL's.
     retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
     refund = sum(outcome.dispatch.counted for outcome in job_outcomes)  # their retry is the same scheduled send
     uncount = sum(outcome.dispatch.counted_as_sent for outcome in job_outcomes)
     previous_run_at, previous_task_id = latest.previous or (None, None)
-    return (latest.job_id, _time(latest.claimed_at), failed, job_outcomes[-1].error, _time(retry_at), _time(now),
-            refund, uncount, min(latest.failures, MAX_COUNT), latest.run_id if latest.previous else None,
-            _time(previous_run_at), previous_task_id)
+    return (
+        latest.job_id,
+        _time(latest.claimed_at),
+        failed,
+        job_outcomes[-1].error,
+        _time(retry_at),
+        _time(now),
+        refund,
+        uncount,
+        min(latest.failures, MAX_COUNT),
+        latest.run_id if latest.previous else None,
+        _time(previous_run_at),
+        previous_task_id,
+    )
 
 
 # Cleanups delete a chunk per call, so that between chunks the engine's database thread is free for its

@@ -10,7 +10,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from django.utils import timezone
 
@@ -23,6 +23,9 @@ from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRu
 from django_taskiq_beat.policies import SchedulePolicy
 from django_taskiq_beat.sync import sync_declared
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 OK, FAILED = 0, 1
 _RECENT_RUNS = 10
 
@@ -30,7 +33,7 @@ _RECENT_RUNS = 10
 class Output:
     """Where a subcommand writes: data to ``out``, problems to ``err``."""
 
-    def __init__(self, out: TextIO, err: TextIO, as_json: bool) -> None:
+    def __init__(self, out: "SupportsWrite[str]", err: "SupportsWrite[str]", as_json: bool) -> None:
         self.out, self.err, self.as_json = out, err, as_json
 
     def json(self, data: Any) -> None:
@@ -61,37 +64,74 @@ def _ago(moment: datetime | None, now: datetime) -> str:
 
 def _job_data(job: SchedulerJob) -> dict[str, Any]:
     return {
-        "id": job.id, "name": job.name, "description": job.description, "task_name": job.task_name,
-        "source": job.source, "declared_in": declaration_text(job) or None, "schedule": describe_schedule(job),
-        "state": job.state.value, "kind": job.kind, "strategy": job.strategy, "trigger": job.trigger_payload,
-        "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels, "metadata": job.metadata_payload,
-        "policy": SchedulePolicy.of(job).columns(), "remaining_runs": job.remaining_runs, "is_enabled": job.is_enabled,
-        "next_run_at": job.next_run_at, "last_run_at": job.last_run_at, "finished_at": job.finished_at,
-        "paused_at": job.paused_at, "pause_note": job.pause_note, "dispatch_count": job.dispatch_count,
-        "dispatch_failures": job.dispatch_failures, "skipped_count": job.skipped_count, "last_error": job.last_error, "last_outcome": job.last_outcome,
-        "consecutive_failures": job.consecutive_failures, "created_at": job.created_at, "updated_at": job.updated_at,
+        "id": job.id,
+        "name": job.name,
+        "description": job.description,
+        "task_name": job.task_name,
+        "source": job.source,
+        "declared_in": declaration_text(job) or None,
+        "schedule": describe_schedule(job),
+        "state": job.state.value,
+        "kind": job.kind,
+        "strategy": job.strategy,
+        "trigger": job.trigger_payload,
+        "args": job.task_args,
+        "kwargs": job.task_kwargs,
+        "labels": job.task_labels,
+        "metadata": job.metadata_payload,
+        "policy": SchedulePolicy.of(job).columns(),
+        "remaining_runs": job.remaining_runs,
+        "is_enabled": job.is_enabled,
+        "next_run_at": job.next_run_at,
+        "last_run_at": job.last_run_at,
+        "finished_at": job.finished_at,
+        "paused_at": job.paused_at,
+        "pause_note": job.pause_note,
+        "dispatch_count": job.dispatch_count,
+        "dispatch_failures": job.dispatch_failures,
+        "skipped_count": job.skipped_count,
+        "last_error": job.last_error,
+        "last_outcome": job.last_outcome,
+        "consecutive_failures": job.consecutive_failures,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
     }
 
 
 def _run_data(run: SchedulerRun) -> dict[str, Any]:
     return {
-        "id": run.id, "scheduled_for": run.scheduled_for, "status": run.status, "dispatched_at": run.dispatched_at,
-        "outcome": run.outcome, "started_at": run.started_at, "completed_at": run.completed_at, "error": run.error,
-        "reason": run.reason, "held": run.is_held,
+        "id": run.id,
+        "scheduled_for": run.scheduled_for,
+        "status": run.status,
+        "dispatched_at": run.dispatched_at,
+        "outcome": run.outcome,
+        "started_at": run.started_at,
+        "completed_at": run.completed_at,
+        "error": run.error,
+        "reason": run.reason,
+        "held": run.is_held,
     }
 
 
 def _engine_data(engine: SchedulerEngine, dead_after: timedelta) -> dict[str, Any]:
     return {
-        "id": engine.id, "state": engine.state(dead_after).value, "hostname": engine.hostname,
-        "pid": engine.pid, "version": engine.version, "started_at": engine.started_at,
-        "heartbeat_at": engine.heartbeat_at, "stopped_at": engine.stopped_at,
-        "dispatched_count": engine.dispatched_count, "failed_dispatch_count": engine.failed_dispatch_count,
-        "recovered_run_count": engine.recovered_run_count, "claim_conflict_count": engine.claim_conflict_count,
+        "id": engine.id,
+        "state": engine.state(dead_after).value,
+        "hostname": engine.hostname,
+        "pid": engine.pid,
+        "version": engine.version,
+        "started_at": engine.started_at,
+        "heartbeat_at": engine.heartbeat_at,
+        "stopped_at": engine.stopped_at,
+        "dispatched_count": engine.dispatched_count,
+        "failed_dispatch_count": engine.failed_dispatch_count,
+        "recovered_run_count": engine.recovered_run_count,
+        "claim_conflict_count": engine.claim_conflict_count,
     }
 
 
 # -- reading ------------------------------------------------------------------------------------------------
+
 
 def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     """Engines and their heartbeats, jobs by state, what is due and overdue (``overview.snapshot``)."""
@@ -100,8 +140,12 @@ def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     seen = overview.snapshot(now)
     engines = [_engine_data(engine, dead_after) for engine in seen.engines]
     summary = {
-        "total": seen.job_count, "by_state": seen.jobs_by_state, "due_now": seen.due_now, "next_due_at": seen.next_due_at,
-        "overdue": seen.overdue.count, "oldest_overdue": seen.overdue.oldest_job_id,
+        "total": seen.job_count,
+        "by_state": seen.jobs_by_state,
+        "due_now": seen.due_now,
+        "next_due_at": seen.next_due_at,
+        "overdue": seen.overdue.count,
+        "oldest_overdue": seen.overdue.oldest_job_id,
     }
     if out.as_json:
         out.json({"engines": engines, "jobs": summary})
@@ -111,17 +155,31 @@ def status(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     if engines:
         out.table(
             ("ID", "STATE", "HOST", "PID", "VERSION", "HEARTBEAT", "STARTED", "SENT", "FAILED", "RECOVERED"),
-            ((engine["id"], engine["state"], engine["hostname"], engine["pid"], engine["version"],
-              _ago(engine["heartbeat_at"], now), local_time(engine["started_at"]), engine["dispatched_count"],
-              engine["failed_dispatch_count"], engine["recovered_run_count"]) for engine in engines),
+            (
+                (
+                    engine["id"],
+                    engine["state"],
+                    engine["hostname"],
+                    engine["pid"],
+                    engine["version"],
+                    _ago(engine["heartbeat_at"], now),
+                    local_time(engine["started_at"]),
+                    engine["dispatched_count"],
+                    engine["failed_dispatch_count"],
+                    engine["recovered_run_count"],
+                )
+                for engine in engines
+            ),
         )
     out.line()
     late = seen.overdue
     oldest = f" (the oldest, {late.oldest_job_id}, due {_ago(late.oldest_slot, now)})" if late.count else ""
-    out.line(f"Jobs: {seen.job_count} ({', '.join(f'{count} {state}' for state, count in seen.jobs_by_state.items())});"
-             f" {seen.due_now} due now; {late.count} overdue by more than"
-             f" {overview.OVERDUE_AFTER.total_seconds():g} s{oldest};"
-             f" next due {_ago(seen.next_due_at, now) if seen.next_due_at else '–'}")
+    out.line(
+        f"Jobs: {seen.job_count} ({', '.join(f'{count} {state}' for state, count in seen.jobs_by_state.items())});"
+        f" {seen.due_now} due now; {late.count} overdue by more than"
+        f" {overview.OVERDUE_AFTER.total_seconds():g} s{oldest};"
+        f" next due {_ago(seen.next_due_at, now) if seen.next_due_at else '–'}"
+    )
     return OK
 
 
@@ -155,8 +213,19 @@ def list_jobs(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     now = timezone.now()
     out.table(
         ("ID", "NAME", "TASK", "SCHEDULE", "STATE", "NEXT RUN", "LAST RUN", "SENT"),
-        ((job.id, job.name or "", job.task_name, describe_schedule(job), job.state.value,
-          _ago(job.next_run_at, now), _ago(job.last_run_at, now), job.dispatch_count) for job in jobs.iterator()),
+        (
+            (
+                job.id,
+                job.name or "",
+                job.task_name,
+                describe_schedule(job),
+                job.state.value,
+                _ago(job.next_run_at, now),
+                _ago(job.last_run_at, now),
+                job.dispatch_count,
+            )
+            for job in jobs.iterator()
+        ),
     )
     return OK
 
@@ -184,13 +253,22 @@ def show(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
         return OK
     out.table(
         ("SCHEDULED FOR", "STATUS", "OUTCOME", "DISPATCHED", "ERROR OR REASON"),
-        ((local_time(run.scheduled_for), "waiting" if run.is_held else run.status, run.outcome or "–", _ago(run.dispatched_at, now),
-          (run.error or run.reason or "")[:80]) for run in runs),
+        (
+            (
+                local_time(run.scheduled_for),
+                "waiting" if run.is_held else run.status,
+                run.outcome or "–",
+                _ago(run.dispatched_at, now),
+                (run.error or run.reason or "")[:80],
+            )
+            for run in runs
+        ),
     )
     return OK
 
 
 # -- changing, through SchedulerApp ----------------------------------------------------------------------
+
 
 def _each(job_ids: list[str], change: Callable[[str], Any], done: str, out: Output) -> int:
     """Apply ``change`` to each id on its own; a bad or missing id is one line on stderr."""
@@ -239,18 +317,28 @@ def sync(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
     """Bring the jobs declared in code into the database: one line per job, then the errors (exit 1 if any)."""
     report = sync_declared(app, dry_run=options["dry_run"])
     if out.as_json:
-        out.json({
-            "dry_run": report.dry_run,
-            "jobs": [{"job_id": item.job_id, "change": item.change, "declared_in": item.origin}
-                     for item in report.changes],
-            "errors": [{"job_id": error.job_id, "declared_in": error.origin, "error": str(error.error)}
-                       for error in report.errors],
-        })
+        out.json(
+            {
+                "dry_run": report.dry_run,
+                "jobs": [
+                    {"job_id": item.job_id, "change": item.change, "declared_in": item.origin}
+                    for item in report.changes
+                ],
+                "errors": [
+                    {"job_id": error.job_id, "declared_in": error.origin, "error": str(error.error)}
+                    for error in report.errors
+                ],
+            }
+        )
     else:
         would = "would be " if report.dry_run else ""
-        out.table(("JOB", "CHANGE", "DECLARED IN"),
-                  ((item.job_id, would + item.change if item.change != "unchanged" else item.change, item.origin)
-                   for item in report.changes))
+        out.table(
+            ("JOB", "CHANGE", "DECLARED IN"),
+            (
+                (item.job_id, would + item.change if item.change != "unchanged" else item.change, item.origin)
+                for item in report.changes
+            ),
+        )
         out.line(("Dry run, nothing written: " if report.dry_run else "") + report.summary() + ".")
     for error in report.errors:
         out.problem(f"not synced: {error}")
@@ -258,6 +346,14 @@ def sync(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
 
 
 SUBCOMMANDS: dict[str, Callable[[SchedulerApp, dict[str, Any], Output], int]] = {
-    "status": status, "health": health, "list": list_jobs, "show": show, "pause": pause, "resume": resume,
-    "run-now": run_now, "delete": delete, "purge-runs": purge_runs, "sync": sync,
+    "status": status,
+    "health": health,
+    "list": list_jobs,
+    "show": show,
+    "pause": pause,
+    "resume": resume,
+    "run-now": run_now,
+    "delete": delete,
+    "purge-runs": purge_runs,
+    "sync": sync,
 }

@@ -61,9 +61,16 @@ class SchedulerConfig:
             raise SchedulerValidationError(
                 "scheduler_id", self.scheduler_id, "Reserved: runs claimed by no engine are marked so; choose another."
             )
-        for name in ("sync_interval_seconds", "idle_sleep_seconds", "run_cleanup_interval_seconds",
-                     "job_cleanup_interval_seconds", "dispatch_timeout_seconds", "stale_run_seconds",
-                     "heartbeat_seconds", "engine_dead_after_seconds"):
+        for name in (
+            "sync_interval_seconds",
+            "idle_sleep_seconds",
+            "run_cleanup_interval_seconds",
+            "job_cleanup_interval_seconds",
+            "dispatch_timeout_seconds",
+            "stale_run_seconds",
+            "heartbeat_seconds",
+            "engine_dead_after_seconds",
+        ):
             require_number(name, getattr(self, name), minimum=0, inclusive=False, maximum=MAX_SECONDS)
         for name in ("claim_ttl_seconds", "dispatch_retry_seconds", "dispatch_retry_max_seconds"):
             require_number(name, getattr(self, name), minimum=0, inclusive=False, integer=True, maximum=MAX_SECONDS)
@@ -75,12 +82,14 @@ class SchedulerConfig:
         require_number("claim_ahead_seconds", self.claim_ahead_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
         if self.engine_dead_after_seconds <= self.heartbeat_seconds:
             raise SchedulerValidationError(
-                "engine_dead_after_seconds", self.engine_dead_after_seconds,
+                "engine_dead_after_seconds",
+                self.engine_dead_after_seconds,
                 "Must be longer than heartbeat_seconds (three heartbeats is a good margin).",
             )
         if self.dispatch_retry_max_seconds < self.dispatch_retry_seconds:
             raise SchedulerValidationError(
-                "dispatch_retry_max_seconds", self.dispatch_retry_max_seconds,
+                "dispatch_retry_max_seconds",
+                self.dispatch_retry_max_seconds,
                 "Must be at least dispatch_retry_seconds.",
             )
         for name in ("record_runs", "import_taskiq_django"):
@@ -88,9 +97,7 @@ class SchedulerConfig:
                 raise SchedulerValidationError(name, getattr(self, name), "Must be True or False.")
         if self.default_timezone is None:
             object.__setattr__(self, "default_timezone", _project_time_zone())
-        object.__setattr__(
-            self, "default_timezone", resolve_timezone(self.default_timezone, "default_timezone").key
-        )
+        object.__setattr__(self, "default_timezone", resolve_timezone(self.default_timezone, "default_timezone").key)
 
     @classmethod
     def from_settings(cls) -> "SchedulerConfig":
@@ -103,7 +110,8 @@ class SchedulerConfig:
                 continue
             if key not in known:
                 raise SchedulerValidationError(
-                    f"{SETTINGS_NAME}[{key!r}]", value,
+                    f"{SETTINGS_NAME}[{key!r}]",
+                    value,
                     f"Unknown setting; known keys: {', '.join([BROKER_KEY, SCHEDULE_KEY, *sorted(known)])}.",
                 )
             values[known[key]] = value
@@ -134,9 +142,7 @@ def broker_path() -> str | None:
 def load_broker(path: str) -> AsyncBroker:
     """Import the broker at ``module:attribute``; the error names the path and the cause."""
     if not isinstance(path, str) or ":" not in path or path.startswith(":") or path.endswith(":"):
-        raise ImproperlyConfigured(
-            f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r}: expected 'package.module:broker'."
-        )
+        raise ImproperlyConfigured(f"{SETTINGS_NAME}[{BROKER_KEY!r}]={path!r}: expected 'package.module:broker'.")
     try:
         broker = import_object(path)
     except Exception as exc:  # an import runs arbitrary module code

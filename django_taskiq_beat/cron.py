@@ -10,6 +10,7 @@ match is mapped to real instants under one rule:
   (nothing happened in that hour) and a repeated hour runs twice.
 """
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -20,7 +21,7 @@ FIELD_NAMES = ("second", "minute", "hour", "day_of_month", "month_of_year", "day
 _ALL_HOURS = list(range(24))
 
 
-def expand(expression: str) -> list[list[int | str]]:
+def expand(expression: str) -> Sequence[Sequence[int | str]]:
     """Parse a six-field, seconds-first expression; raises croniter's errors."""
     fields, _ = croniter.expand(expression, second_at_beginning=True)
     return fields

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
+from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -44,8 +45,20 @@ TASKIQ_DJANGO_MISSING = (
     " and add 'taskiq_django' to INSTALLED_APPS."
 )
 _SETTINGS_FIELDS = frozenset(
-    {"task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "labels", "name", "description", "enabled",
-     "policy"}
+    {
+        "task",
+        "cron",
+        "interval",
+        "run_at",
+        "timezone",
+        "args",
+        "kwargs",
+        "labels",
+        "name",
+        "description",
+        "enabled",
+        "policy",
+    }
 )
 _TRIGGER_FIELDS = ("cron", "interval", "run_at")
 _TASKIQ_TRIGGER_FIELDS = ("cron", "interval", "time")
@@ -74,10 +87,18 @@ class Declaration:
     def as_stored(self) -> dict[str, Any]:
         """The declaration as the job keeps it (JSON): the next sync compares against it."""
         return {
-            "origin": self.origin, "task": self.task_name, "kind": trigger_kind(self.trigger),
-            "strategy": self.trigger.strategy, "trigger": self.trigger.to_payload(), "args": self.args,
-            "kwargs": self.kwargs, "labels": self.labels, "name": self.name, "description": self.description,
-            "enabled": self.enabled, "policy": (self.policy or SchedulePolicy()).columns(),
+            "origin": self.origin,
+            "task": self.task_name,
+            "kind": trigger_kind(self.trigger),
+            "strategy": self.trigger.strategy,
+            "trigger": self.trigger.to_payload(),
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "labels": self.labels,
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "policy": (self.policy or SchedulePolicy()).columns(),
         }
 
 
@@ -120,10 +141,13 @@ def from_settings(schedule: Any = None) -> Declared:
     schedule = schedule_setting() if schedule is None else schedule
     declared = Declared(JobSource.SETTINGS, [], [])
     if not isinstance(schedule, Mapping):
-        declared.errors.append(DeclarationError(
-            f"{SETTINGS_NAME}[{SCHEDULE_KEY!r}]", SCHEDULE_KEY,
-            SchedulerValidationError(SCHEDULE_KEY, schedule, "Must be a dict of job keys to entries."),
-        ))
+        declared.errors.append(
+            DeclarationError(
+                f"{SETTINGS_NAME}[{SCHEDULE_KEY!r}]",
+                SCHEDULE_KEY,
+                SchedulerValidationError(SCHEDULE_KEY, schedule, "Must be a dict of job keys to entries."),
+            )
+        )
         declared.complete = False
         return declared
     for key, entry in schedule.items():
@@ -144,9 +168,15 @@ def _settings_entry(key: Any, entry: Any, origin: str) -> Declaration:
         task_name = task_name_of(entry.get("task"))
     trigger_field = _one_trigger(origin, entry, _TRIGGER_FIELDS)
     if "timezone" in entry and trigger_field != "cron":
-        raise DeclarationError(origin, "timezone", SchedulerValidationError(
-            "timezone", entry["timezone"], "A timezone applies to 'cron' only: 'interval' and 'run_at' are instants."
-        ))
+        raise DeclarationError(
+            origin,
+            "timezone",
+            SchedulerValidationError(
+                "timezone",
+                entry["timezone"],
+                "A timezone applies to 'cron' only: 'interval' and 'run_at' are instants.",
+            ),
+        )
     value = entry[trigger_field]
     with _field(origin, trigger_field):
         if trigger_field == "cron":
@@ -157,15 +187,25 @@ def _settings_entry(key: Any, entry: Any, origin: str) -> Declaration:
             trigger = OneOffSchedule(run_at=value)
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise DeclarationError(origin, "enabled", SchedulerValidationError("enabled", enabled, "Must be True or False."))
+        raise DeclarationError(
+            origin, "enabled", SchedulerValidationError("enabled", enabled, "Must be True or False.")
+        )
     with _field(origin, "policy"):
         policy = None if entry.get("policy") is None else SchedulePolicy.from_mapping(entry["policy"])
     with _field(origin, "entry"):
         return Declaration(
-            source=JobSource.SETTINGS, job_id=f"{JobSource.SETTINGS}:{key}", origin=origin, task_name=task_name,
-            trigger=trigger, args=_json(origin, entry, "args", list), kwargs=_json(origin, entry, "kwargs", dict),
-            labels=_labels(origin, entry.get("labels")), name=_text(origin, entry, "name"),
-            description=_text(origin, entry, "description"), enabled=enabled, policy=policy,
+            source=JobSource.SETTINGS,
+            job_id=f"{JobSource.SETTINGS}:{key}",
+            origin=origin,
+            task_name=task_name,
+            trigger=trigger,
+            args=_json(origin, entry, "args", list),
+            kwargs=_json(origin, entry, "kwargs", dict),
+            labels=_labels(origin, entry.get("labels")),
+            name=_text(origin, entry, "name"),
+            description=_text(origin, entry, "description"),
+            enabled=enabled,
+            policy=policy,
         )
 
 
@@ -179,9 +219,15 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
         discover_tasks()
     except ImportError as exc:  # the tasks that did register are read; none of this source's jobs is finished
         declared.complete = False
-        declared.errors.append(DeclarationError("the installed apps' task modules", "tasks", SchedulerValidationError(
-            "tasks", getattr(exc, "name", None), f"{exc}; the schedule labels of its tasks cannot be read."
-        )))
+        declared.errors.append(
+            DeclarationError(
+                "the installed apps' task modules",
+                "tasks",
+                SchedulerValidationError(
+                    "tasks", getattr(exc, "name", None), f"{exc}; the schedule labels of its tasks cannot be read."
+                ),
+            )
+        )
     for task_name, task in sorted(broker.get_all_tasks().items()):
         if task.broker is not broker:
             logger.warning(
@@ -193,16 +239,19 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
             continue
         if not isinstance(entries, list | tuple):
             declared.complete = False  # which jobs it meant is unknown: none of this source's is finished
-            declared.errors.append(DeclarationError(
-                f"task {task_name!r}", "schedule",
-                SchedulerValidationError("schedule", entries, "taskiq's schedule label is a list of dicts."),
-            ))
+            declared.errors.append(
+                DeclarationError(
+                    f"task {task_name!r}",
+                    "schedule",
+                    SchedulerValidationError("schedule", entries, "taskiq's schedule label is a list of dicts."),
+                )
+            )
             continue
         for index, entry in enumerate(entries):
             origin = f"the schedule label of task {task_name!r}, entry {index}"
             schedule_id = entry.get("schedule_id") if isinstance(entry, Mapping) else None
             job_id = f"{JobSource.TASKIQ}:{schedule_id}" if schedule_id else f"{JobSource.TASKIQ}:{task_name}:{index}"
-            _read_into(declared, job_id, lambda: _label_entry(task, job_id, origin, entry))
+            _read_into(declared, job_id, partial(_label_entry, task, job_id, origin, entry))
     return declared
 
 
@@ -231,9 +280,11 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
         parsed = ScheduledTask(task_name=task_name, labels={}, args=[], kwargs={}, **fields)
     except (ValidationError, ValueError, TypeError) as exc:
         field = _pydantic_field(exc, fields) or trigger_field
-        raise DeclarationError(origin, field, SchedulerValidationError(
-            field, entry.get(field), f"taskiq refuses it: {_pydantic_text(exc)}"
-        )) from None
+        raise DeclarationError(
+            origin,
+            field,
+            SchedulerValidationError(field, entry.get(field), f"taskiq refuses it: {_pydantic_text(exc)}"),
+        ) from None
     with _field(origin, trigger_field):
         if parsed.cron is not None:
             with _field(origin, "cron_offset"):
@@ -248,8 +299,13 @@ def taskiq_entry(source: JobSource, job_id: str, origin: str, task_name: str, en
     with _field(origin, "job_id"):
         require_text("job_id", job_id, max_length=255, allow_blank=False)
     return Declaration(
-        source=source, job_id=job_id, origin=origin, task_name=task_name, trigger=trigger,
-        args=_json(origin, entry, "args", list), kwargs=_json(origin, entry, "kwargs", dict),
+        source=source,
+        job_id=job_id,
+        origin=origin,
+        task_name=task_name,
+        trigger=trigger,
+        args=_json(origin, entry, "args", list),
+        kwargs=_json(origin, entry, "kwargs", dict),
         labels=_labels(origin, entry.get("labels")),
     )
 
@@ -268,7 +324,9 @@ def _cron_zone(offset: Any) -> str | None:
     hours, rest = divmod(offset, timedelta(hours=1))
     if rest or not -12 <= hours <= 14:
         raise SchedulerValidationError(
-            "cron_offset", offset, "Only whole hours from -12 to +14 have a fixed-offset zone; name an IANA zone instead."
+            "cron_offset",
+            offset,
+            "Only whole hours from -12 to +14 have a fixed-offset zone; name an IANA zone instead.",
         )
     # POSIX-style Etc zones count west as positive: UTC+3 is Etc/GMT-3.
     return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
@@ -309,7 +367,7 @@ def from_taskiq_django(broker: AsyncBroker) -> Declared:
         origin = f"taskiq-django's schedule {schedule_id!r}"
         entry = {key: value for key, value in row.items() if value not in (None, "")}
         job_id = f"{JobSource.TASKIQ_DJANGO}:{schedule_id}"
-        _read_into(declared, job_id, lambda: taskiq_entry(JobSource.TASKIQ_DJANGO, job_id, origin, task_name, entry))
+        _read_into(declared, job_id, partial(taskiq_entry, JobSource.TASKIQ_DJANGO, job_id, origin, task_name, entry))
     return declared
 
 
@@ -346,12 +404,18 @@ class _field:
 def _require_entry(origin: str, entry: Any, known: frozenset[str], needs: str) -> None:
     """A dict whose keys are all ``known`` fields."""
     if not isinstance(entry, Mapping):
-        raise DeclarationError(origin, "entry", SchedulerValidationError("entry", entry, f"Must be a dict with {needs}."))
+        raise DeclarationError(
+            origin, "entry", SchedulerValidationError("entry", entry, f"Must be a dict with {needs}.")
+        )
     unknown = sorted((key for key in entry if key not in known), key=str)
     if unknown:
-        raise DeclarationError(origin, str(unknown[0]), SchedulerValidationError(
-            str(unknown[0]), entry[unknown[0]], f"Unknown field; the fields are {', '.join(sorted(known))}."
-        ))
+        raise DeclarationError(
+            origin,
+            str(unknown[0]),
+            SchedulerValidationError(
+                str(unknown[0]), entry[unknown[0]], f"Unknown field; the fields are {', '.join(sorted(known))}."
+            ),
+        )
 
 
 def _one_trigger(origin: str, entry: Mapping[str, Any], names: Iterable[str]) -> str:
@@ -359,10 +423,15 @@ def _one_trigger(origin: str, entry: Mapping[str, Any], names: Iterable[str]) ->
     if len(given) != 1:
         names = tuple(names)
         problem = "Give one of " if not given else "A job has one trigger: give only one of "
-        raise DeclarationError(origin, given[1] if given else names[0], SchedulerValidationError(
-            given[1] if given else "trigger", {name: entry.get(name) for name in given} or None,
-            problem + ", ".join(repr(name) for name in names) + " (declare another entry for another trigger).",
-        ))
+        raise DeclarationError(
+            origin,
+            given[1] if given else names[0],
+            SchedulerValidationError(
+                given[1] if given else "trigger",
+                {name: entry.get(name) for name in given} or None,
+                problem + ", ".join(repr(name) for name in names) + " (declare another entry for another trigger).",
+            ),
+        )
     return given[0]
 
 
@@ -388,4 +457,3 @@ def _text(origin: str, entry: Mapping[str, Any], field: str) -> str | None:
     value = entry.get(field)
     with _field(origin, field):
         return None if value is None else require_text(field, value, max_length=255 if field == "name" else None)
-

@@ -74,18 +74,19 @@ def declaration_text(job: SchedulerJob) -> str:
     origin = job.declaration.get("origin") if isinstance(job.declaration, dict) else None
     if origin:
         return str(origin)
-    where = {
+    places: dict[str, str] = {
         JobSource.SETTINGS: settings_origin(job.id.partition(":")[2]),
         JobSource.TASKIQ: f"a schedule label of task {job.task_name!r}",
         JobSource.TASKIQ_DJANGO: f"taskiq-django's schedule {job.id.partition(':')[2]!r}",
-    }.get(job.source, "")
+    }
+    where = places.get(job.source, "")
     return f"no longer declared; it was in {where}" if where else ""
 
 
 def trigger_problem(job: SchedulerJob) -> str | None:
     """Why the job's stored trigger cannot be read, or None."""
     try:
-        job.trigger
+        job.trigger  # noqa: B018  (reading it is the check)
     except SchedulerValidationError as exc:
         return str(exc)
     return None

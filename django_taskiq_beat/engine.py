@@ -20,9 +20,9 @@ stopped or stopped beating is re-sent at once, without waiting for its lease.
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -79,8 +79,13 @@ class _Cleanup:
     """A retention rule: every ``interval_seconds``, delete what is older than ``retention_days``."""
 
     def __init__(
-        self, retention_days: int | None, interval_seconds: float, delete: Callable[[datetime], int], message: str,
-        count_key: str, cutoff_key: str,
+        self,
+        retention_days: int | None,
+        interval_seconds: float,
+        delete: Callable[[datetime], int],
+        message: str,
+        count_key: str,
+        cutoff_key: str,
     ) -> None:
         self.retention_days, self.interval_seconds, self.delete = retention_days, interval_seconds, delete
         self.message, self.count_key, self.cutoff_key = message, count_key, cutoff_key
@@ -102,8 +107,12 @@ class _Cleanup:
         self.deleted_total += deleted
         self.last_at = timezone.now()
         if deleted:
-            logger.info(self.message, deleted, logs.when(cutoff),
-                        extra={self.count_key: deleted, self.cutoff_key: cutoff.isoformat()})
+            logger.info(
+                self.message,
+                deleted,
+                logs.when(cutoff),
+                extra={self.count_key: deleted, self.cutoff_key: cutoff.isoformat()},
+            )
 
 
 class _Counters:
@@ -151,18 +160,27 @@ class BeatEngine:
         self._keeper: asyncio.Task[None] | None = None
         self._send_limit: asyncio.Semaphore | None = None
         self._run_cleanup = _Cleanup(
-            config.run_history_retention_days, config.run_cleanup_interval_seconds, claims.delete_runs_finished_before,
-            "Scheduler engine cleaned old run history: %d runs deleted (finished before %s).", "deleted_run_count",
+            config.run_history_retention_days,
+            config.run_cleanup_interval_seconds,
+            claims.delete_runs_finished_before,
+            "Scheduler engine cleaned old run history: %d runs deleted (finished before %s).",
+            "deleted_run_count",
             "finished_before",
         )
         self._job_cleanup = _Cleanup(
-            config.completed_job_retention_days, config.job_cleanup_interval_seconds, claims.delete_jobs_finished_before,
+            config.completed_job_retention_days,
+            config.job_cleanup_interval_seconds,
+            claims.delete_jobs_finished_before,
             "Scheduler engine cleaned old completed jobs: %d one-offs deleted (finished before %s).",
-            "deleted_job_count", "updated_before",
+            "deleted_job_count",
+            "updated_before",
         )
         self._engine_cleanup = _Cleanup(
-            registry.RETENTION_DAYS, config.run_cleanup_interval_seconds, registry.delete_engines_silent_since,
-            "Scheduler engine cleaned old engine rows: %d deleted (silent since %s).", "deleted_engine_count",
+            registry.RETENTION_DAYS,
+            config.run_cleanup_interval_seconds,
+            registry.delete_engines_silent_since,
+            "Scheduler engine cleaned old engine rows: %d deleted (silent since %s).",
+            "deleted_engine_count",
             "heartbeat_before",
         )
         self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
@@ -242,8 +260,10 @@ class BeatEngine:
     def _heartbeat_counts(self) -> dict[str, int]:
         counters = self._counters
         return {
-            "dispatched_count": counters.dispatched_job_count, "failed_dispatch_count": counters.failed_dispatch_count,
-            "recovered_run_count": counters.recovered_run_count, "claim_conflict_count": counters.claim_conflict_count,
+            "dispatched_count": counters.dispatched_job_count,
+            "failed_dispatch_count": counters.failed_dispatch_count,
+            "recovered_run_count": counters.recovered_run_count,
+            "claim_conflict_count": counters.claim_conflict_count,
         }
 
     def _report_crash(self, task: "asyncio.Task[None]") -> None:
@@ -305,8 +325,11 @@ class BeatEngine:
         try:
             await _orm(_close_connection)
         except Exception as exc:
-            logger.warning("Closing the database connection failed: %s", logs.error_text(exc),
-                           exc_info=logs.traceback_at_debug(logger, exc))
+            logger.warning(
+                "Closing the database connection failed: %s",
+                logs.error_text(exc),
+                exc_info=logs.traceback_at_debug(logger, exc),
+            )
 
     async def run_once(self) -> int:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
@@ -318,8 +341,14 @@ class BeatEngine:
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
         sent = 0
         orphans = await _orm(
-            claims.claim_expired, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-            self._lease, self._retry, self._heartbeat.dead_after(), self._stale,
+            claims.claim_expired,
+            self.config.scheduler_id,
+            timezone.now(),
+            self.config.dispatch_batch_size,
+            self._lease,
+            self._retry,
+            self._heartbeat.dead_after(),
+            self._stale,
         )
         self._report_failures(orphans)
         recovered = len(orphans.dispatches) - orphans.backfills - orphans.released
@@ -327,14 +356,21 @@ class BeatEngine:
             self._counters.recovered_run_count += recovered
             logger.warning(
                 "Re-sending runs left pending by a stopped or dead engine: %s (each may have been sent already).",
-                logs.count(recovered, "run"), extra={"run_count": recovered},
+                logs.count(recovered, "run"),
+                extra={"run_count": recovered},
             )
         if orphans.backfills:
-            logger.info("Sending backfilled runs: %s.", logs.count(orphans.backfills, "run"),
-                        extra={"run_count": orphans.backfills})
+            logger.info(
+                "Sending backfilled runs: %s.",
+                logs.count(orphans.backfills, "run"),
+                extra={"run_count": orphans.backfills},
+            )
         if orphans.released:
-            logger.info("Sending held slots whose previous run has finished: %s.", logs.count(orphans.released, "run"),
-                        extra={"run_count": orphans.released})
+            logger.info(
+                "Sending held slots whose previous run has finished: %s.",
+                logs.count(orphans.released, "run"),
+                extra={"run_count": orphans.released},
+            )
         ready = self._send_jittered_later(orphans.dispatches)
         if ready:
             sent += await self._send_and_record(ready)
@@ -356,8 +392,14 @@ class BeatEngine:
         try:
             while not self._stopping and not self._unrecorded:
                 claim = await _orm(
-                    claims.claim_due, self.config.scheduler_id, timezone.now(), self.config.dispatch_batch_size,
-                    self._lease, self._retry, self._ahead, self._stale,
+                    claims.claim_due,
+                    self.config.scheduler_id,
+                    timezone.now(),
+                    self.config.dispatch_batch_size,
+                    self._lease,
+                    self._retry,
+                    self._ahead,
+                    self._stale,
                 )
                 self._report_failures(claim)
                 self._report_unsent(claim)
@@ -365,7 +407,9 @@ class BeatEngine:
                 if claim.row_count:
                     logger.debug(
                         "Claimed scheduler jobs: %s, %d failed before sending, %d held by another engine.",
-                        logs.count(len(claim.dispatches), "due slot"), len(claim.failures), claim.conflicts,
+                        logs.count(len(claim.dispatches), "due slot"),
+                        len(claim.failures),
+                        claim.conflicts,
                         extra={"job_count": len(claim.dispatches), "conflict_count": claim.conflicts},
                     )
                 ready = self._send_jittered_later(claim.dispatches)
@@ -388,8 +432,13 @@ class BeatEngine:
         """Rows that cannot be sent (unreadable, wrong types, a corrupt trigger): an operator must fix the data."""
         for outcome in claim.failures:
             self._counters.failed_dispatch_count += 1
-            logger.error("Job %s cannot be sent: %s; %s.", _job(outcome.dispatch), logs.one_line(outcome.error or ""),
-                         self._retry_text(outcome), extra=_job_extra(outcome.dispatch))
+            logger.error(
+                "Job %s cannot be sent: %s; %s.",
+                _job(outcome.dispatch),
+                logs.one_line(outcome.error or ""),
+                self._retry_text(outcome),
+                extra=_job_extra(outcome.dispatch),
+            )
 
     def _send_jittered_later(self, dispatches: list[claims.Dispatch]) -> list[claims.Dispatch]:
         """Start the sends that wait out a jitter on their own, so they hold up no tick; returns the others.
@@ -414,9 +463,12 @@ class BeatEngine:
         try:
             await self._send_and_record(dispatches)
         except Exception as exc:  # their outcomes wait in _unrecorded: the next tick stores them, or says why not
-            logger.warning("Storing the outcomes of %s sent after their jitter failed: %s; trying again at the next"
-                           " tick.", logs.count(len(dispatches), "run"), logs.error_text(exc),
-                           exc_info=logs.traceback_at_debug(logger, exc))
+            logger.warning(
+                "Storing the outcomes of %s sent after their jitter failed: %s; trying again at the next tick.",
+                logs.count(len(dispatches), "run"),
+                logs.error_text(exc),
+                exc_info=logs.traceback_at_debug(logger, exc),
+            )
 
     async def _wait_out_jitter(self, send_at: datetime) -> None:
         """Wait until the jittered send time; a stop cuts it short, so SIGTERM never waits out a jitter."""
@@ -434,16 +486,23 @@ class BeatEngine:
         for verb, slots in (("Skipped", claim.skips), ("Holding", claim.held)):
             for slot in slots:
                 extra = logs.job_extra(slot.job_id, slot.job_name, slot.task_name, slot.scheduled_for)
-                logger.info("%s job %s: %s.", verb, logs.job(slot.job_id, slot.job_name, slot.task_name,
-                                                              slot.scheduled_for), slot.reason,
-                            extra={**extra, "run_id": slot.run_id})
+                logger.info(
+                    "%s job %s: %s.",
+                    verb,
+                    logs.job(slot.job_id, slot.job_name, slot.task_name, slot.scheduled_for),
+                    slot.reason,
+                    extra={**extra, "run_id": slot.run_id},
+                )
 
     async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
         self._hold(dispatches)
         self._counters.claimed_job_count += len(dispatches)
         self._counters.last_dispatch_started_at = timezone.now()
-        logger.debug("Dispatching scheduler jobs batch: %s.", logs.count(len(dispatches), "slot"),
-                     extra={"job_count": len(dispatches)})
+        logger.debug(
+            "Dispatching scheduler jobs batch: %s.",
+            logs.count(len(dispatches), "slot"),
+            extra={"job_count": len(dispatches)},
+        )
         outcomes = await self._send_all(dispatches)
         self._counters.last_dispatch_finished_at = timezone.now()
         sent = sum(outcome.error is None for outcome in outcomes)
@@ -492,7 +551,9 @@ class BeatEngine:
                 if time.monotonic() >= deadline:
                     logger.error(
                         "Giving up storing the outcomes of %s at stop (%s); their runs are sent again when"
-                        " their leases expire.", logs.count(len(self._unrecorded), "send"), logs.error_text(exc),
+                        " their leases expire.",
+                        logs.count(len(self._unrecorded), "send"),
+                        logs.error_text(exc),
                         extra={"run_count": len(self._unrecorded)},
                     )
                     self._release(self._unrecorded)
@@ -513,12 +574,15 @@ class BeatEngine:
         try:
             await _orm(claims.record, outcomes, now, self.config.record_runs, self._retry)
         except claims.STORE_DATA_ERRORS:
-            logger.warning("The database refused a batch of send outcomes for its values; storing them one by one.",
-                           exc_info=True)
+            logger.warning(
+                "The database refused a batch of send outcomes for its values; storing them one by one.", exc_info=True
+            )
             for outcome in await _orm(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
                 logger.error(
                     "The outcome of the send of job %s (run %s) cannot be stored; the run is sent again after its"
-                    " lease.", _job(outcome.dispatch), outcome.dispatch.run_id,
+                    " lease.",
+                    _job(outcome.dispatch),
+                    outcome.dispatch.run_id,
                     extra={**_job_extra(outcome.dispatch), "run_id": outcome.dispatch.run_id},
                 )
         self._release(outcomes)
@@ -564,7 +628,8 @@ class BeatEngine:
             logger.warning(
                 "Another engine took over %s this engine holds (it found this engine dead, or their leases"
                 " expired); they may be sent twice.",
-                logs.count(len(lost), "run"), extra={"run_count": len(lost)},
+                logs.count(len(lost), "run"),
+                extra={"run_count": len(lost)},
             )
 
     async def _send_all(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
@@ -586,23 +651,35 @@ class BeatEngine:
         dispatched_at = timezone.now()
         try:
             await send_task(
-                self.broker, dispatch.task_name, dispatch.args, dispatch.kwargs, job_id=dispatch.job_id,
-                run_id=dispatch.run_id, slot=dispatch.scheduled_for, labels=dispatch.labels,
+                self.broker,
+                dispatch.task_name,
+                dispatch.args,
+                dispatch.kwargs,
+                job_id=dispatch.job_id,
+                run_id=dispatch.run_id,
+                slot=dispatch.scheduled_for,
+                labels=dispatch.labels,
                 timeout=self.config.dispatch_timeout_seconds,
             )
         except Exception as exc:
             outcome = claims.Outcome(dispatch, dispatched_at, timezone.now(), logs.describe_error(exc))
             # One line per failed send, whatever the outage's length: the traceback only at DEBUG.
-            logger.warning("Send of job %s failed: %s; %s.", _job(dispatch), logs.error_text(exc),
-                           self._retry_text(outcome), exc_info=logs.traceback_at_debug(logger, exc),
-                           extra=_send_extra(dispatch))
+            logger.warning(
+                "Send of job %s failed: %s; %s.",
+                _job(dispatch),
+                logs.error_text(exc),
+                self._retry_text(outcome),
+                exc_info=logs.traceback_at_debug(logger, exc),
+                extra=_send_extra(dispatch),
+            )
             return outcome
         if logger.isEnabledFor(logging.INFO):  # a burst sends thousands a second: no line built for nothing
             logger.info("Sent job %s, run %s.", _job(dispatch), dispatch.run_id, extra=_send_extra(dispatch))
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     def _retry_text(self, outcome: claims.Outcome) -> str:
-        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that is."""
+        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that
+        is."""
         dispatch = outcome.dispatch
         retry_at = self._retry.retry_at(outcome.finished_at, dispatch.failures + 1, dispatch.next_slot)
         its_slot = " (its next slot)" if retry_at == dispatch.next_slot else ""

@@ -11,7 +11,7 @@ import uuid
 import zoneinfo
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Any, cast, overload
 
 from django import forms
 from django.utils import timezone
@@ -102,14 +102,17 @@ class SchedulerJobForm(forms.ModelForm):
     args = JSONValueField(initial=list, required=False, help_text='A JSON array, e.g. [42, "x"].')
     kwargs = JSONValueField(initial=dict, required=False, help_text='A JSON object, e.g. {"label": "ping"}.')
     labels = JSONValueField(
-        initial=dict, required=False, label="Taskiq labels",
+        initial=dict,
+        required=False,
+        label="Taskiq labels",
         help_text='Sent with every message, e.g. {"queue": "low", "priority": 3}: strings, numbers or booleans.',
     )
     schedule_type = forms.ChoiceField(choices=SCHEDULE_TYPES, initial="interval")
     interval_every = forms.FloatField(required=False, label="Every")
     interval_unit = forms.ChoiceField(choices=INTERVAL_UNITS, initial="minutes", required=False, label="Unit")
     cron_expression = forms.CharField(
-        required=False, max_length=1000,
+        required=False,
+        max_length=1000,
         help_text="5 fields (or 6 with seconds first); when given, the fields below are ignored.",
     )
     second = forms.CharField(required=False, initial="0", max_length=200)
@@ -130,29 +133,41 @@ class SchedulerJobForm(forms.ModelForm):
     )
     is_enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
     overlap = forms.ChoiceField(
-        choices=[(OVERLAP_ALLOW, "send it anyway"), (OVERLAP_SKIP, "skip the slot"),
-                 (OVERLAP_BUFFER_ONE, "send it once the previous run finishes (one slot waits)")],
-        initial=OVERLAP_ALLOW, required=False, label="If still running",
+        choices=[
+            (OVERLAP_ALLOW, "send it anyway"),
+            (OVERLAP_SKIP, "skip the slot"),
+            (OVERLAP_BUFFER_ONE, "send it once the previous run finishes (one slot waits)"),
+        ],
+        initial=OVERLAP_ALLOW,
+        required=False,
+        label="If still running",
         help_text="A slot due while the previous run has not finished (it reads the worker's outcomes).",
     )
     misfire_grace_seconds = forms.FloatField(
-        required=False, label="Misfire grace (s)",
+        required=False,
+        label="Misfire grace (s)",
         help_text="A slot found later than this is skipped, not sent (empty: sent however late).",
     )
     catch_up = forms.ChoiceField(
         choices=[(CATCH_UP_LATEST, "one run for the latest missed slot"), (CATCH_UP_ALL, "one run per missed slot")],
-        initial=CATCH_UP_LATEST, required=False, label="After an outage",
+        initial=CATCH_UP_LATEST,
+        required=False,
+        label="After an outage",
     )
     jitter_seconds = forms.FloatField(
-        required=False, initial=0, label="Jitter (s)",
+        required=False,
+        initial=0,
+        label="Jitter (s)",
         help_text="Each slot is sent at a delay in [0, jitter), the same in every engine; the slot itself is kept.",
     )
     max_runs = forms.IntegerField(
-        required=False, label="Max runs",
+        required=False,
+        label="Max runs",
         help_text="The job finishes after this many scheduled sends; run now does not count (empty: no limit).",
     )
     pause_after_failures = forms.IntegerField(
-        required=False, label="Pause after failures",
+        required=False,
+        label="Pause after failures",
         help_text="Pause the job after this many runs in a row that the worker reported failed (empty: never).",
     )
 
@@ -164,8 +179,11 @@ class SchedulerJobForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.app = app
         known = sorted(name for name in app.broker.get_all_tasks() if name != CHAIN_ORCHESTRATOR_TASK_NAME)
-        self.fields["task"].choices = [(_OTHER_TASK, "— other (type it below) —"), *((name, name) for name in known)]
-        self.fields["timezone"].choices = _timezones()
+        _choice_field(self, "task").choices = [
+            (_OTHER_TASK, "— other (type it below) —"),
+            *((name, name) for name in known),
+        ]
+        _choice_field(self, "timezone").choices = _timezones()
         self.fields["timezone"].initial = app.config.default_timezone
         self.editing = not self.instance._state.adding
         if self.editing:
@@ -175,14 +193,19 @@ class SchedulerJobForm(forms.ModelForm):
 
     def _fill_from(self, job: SchedulerJob) -> None:
         """Show the stored job in the form's terms."""
-        known = dict(self.fields["task"].choices)
+        known = dict(_choice_field(self, "task").choices)  # type: ignore[arg-type]  # django-stubs: a list here
         initial: dict[str, Any] = {
-            "job_id": job.pk, "args": job.task_args, "kwargs": job.task_kwargs, "labels": job.task_labels,
-            "is_enabled": job.is_enabled, **SchedulePolicy.of(job).columns(),
+            "job_id": job.pk,
+            "args": job.task_args,
+            "kwargs": job.task_kwargs,
+            "labels": job.task_labels,
+            "is_enabled": job.is_enabled,
+            **SchedulePolicy.of(job).columns(),
             "task": job.task_name if job.task_name in known else _OTHER_TASK,
             "task_name": "" if job.task_name in known else job.task_name,
         }
         zone = self.app.config.default_timezone
+        assert zone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
         try:
             trigger = job.trigger
         except SchedulerValidationError:
@@ -194,11 +217,14 @@ class SchedulerJobForm(forms.ModelForm):
             initial.update(start_at=trigger.start_at, end_at=trigger.end_at)
             if trigger.interval is not None:
                 unit = next(unit for unit, _ in INTERVAL_UNITS if getattr(trigger.interval, unit) is not None)
-                initial.update(schedule_type="interval", interval_every=getattr(trigger.interval, unit),
-                               interval_unit=unit)
+                initial.update(
+                    schedule_type="interval", interval_every=getattr(trigger.interval, unit), interval_unit=unit
+                )
             elif trigger.crontab is not None:
                 zone = trigger.crontab.timezone or zone
-                initial.update(schedule_type="crontab", **{name: getattr(trigger.crontab, name) for name in CRON_FIELDS})
+                initial.update(
+                    schedule_type="crontab", **{name: getattr(trigger.crontab, name) for name in CRON_FIELDS}
+                )
         initial["timezone"] = zone
         for name in ("run_at", "start_at", "end_at"):
             if initial.get(name):
@@ -208,7 +234,8 @@ class SchedulerJobForm(forms.ModelForm):
     # -- validation: the API's rules, mapped onto the fields -----------------------------------------
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         try:
@@ -221,8 +248,11 @@ class SchedulerJobForm(forms.ModelForm):
                 labels=data.get("labels") if data.get("labels") is not None else {},
             )
             self.policy = SchedulePolicy(
-                overlap=data.get("overlap") or OVERLAP_ALLOW, misfire_grace_seconds=data.get("misfire_grace_seconds"), catch_up=data.get("catch_up") or CATCH_UP_LATEST,
-                jitter_seconds=data.get("jitter_seconds") or 0, max_runs=data.get("max_runs"),
+                overlap=data.get("overlap") or OVERLAP_ALLOW,
+                misfire_grace_seconds=data.get("misfire_grace_seconds"),
+                catch_up=data.get("catch_up") or CATCH_UP_LATEST,
+                jitter_seconds=data.get("jitter_seconds") or 0,
+                max_runs=data.get("max_runs"),
                 pause_after_failures=data.get("pause_after_failures"),
             )
             self.task_call.validate(
@@ -247,6 +277,10 @@ class SchedulerJobForm(forms.ModelForm):
             self._new_id = data.get("job_id") or str(uuid.uuid4())
         return self._new_id
 
+    @overload
+    def _aware(self, value: datetime, zone: str) -> datetime: ...
+    @overload
+    def _aware(self, value: datetime | None, zone: str) -> datetime | None: ...
     def _aware(self, value: datetime | None, zone: str) -> datetime | None:
         if value is None:
             return None
@@ -259,7 +293,10 @@ class SchedulerJobForm(forms.ModelForm):
             if data.get("run_at") is None:
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
             return OneOffSchedule(run_at=self._aware(data["run_at"], zone), timezone=zone)
-        window = {"start_at": self._aware(data.get("start_at"), zone), "end_at": self._aware(data.get("end_at"), zone)}
+        window: dict[str, Any] = {
+            "start_at": self._aware(data.get("start_at"), zone),
+            "end_at": self._aware(data.get("end_at"), zone),
+        }
         if kind == "interval":
             if data.get("interval_every") is None:
                 raise SchedulerValidationError("interval", None, "Say how often: a number and a unit.")
@@ -281,11 +318,20 @@ class SchedulerJobForm(forms.ModelForm):
         """Create (``schedule``) or change (``upsert``) through ``SchedulerApp``; the enabled flag is
         the operator's explicit choice."""
         data = self.cleaned_data
-        identity = {"name": data.get("name") or None, "description": data.get("description") or None,
-                    "is_enabled": bool(data.get("is_enabled")), "policy": self.policy}
+        identity: dict[str, Any] = {
+            "name": data.get("name") or None,
+            "description": data.get("description") or None,
+            "is_enabled": bool(data.get("is_enabled")),
+            "policy": self.policy,
+        }
         if self.editing:
             return self.task_call.upsert(self.trigger, self._job_id(data), **identity)
         return self.task_call.schedule(self.trigger, self._job_id(data), **identity, source=JobSource.ADMIN)
+
+
+def _choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
+    """A field the form declares as a ``ChoiceField`` (``form.fields`` holds any ``Field``)."""
+    return cast(forms.ChoiceField, form.fields[name])
 
 
 class BackfillForm(forms.Form):
@@ -297,11 +343,12 @@ class BackfillForm(forms.Form):
 
     def __init__(self, *args: Any, default_timezone: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["timezone"].choices = _timezones()
+        _choice_field(self, "timezone").choices = _timezones()
         self.fields["timezone"].initial = default_timezone
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         if self.errors:
             return data
         zone = zoneinfo.ZoneInfo(data["timezone"])

@@ -30,8 +30,11 @@ def unapplied_migrations(app_label: str | None = None) -> list[str]:
     """``app.migration`` names not applied yet on the default database (of one app, or all)."""
     executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
     plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
-    return [f"{migration.app_label}.{migration.name}" for migration, _ in plan
-            if app_label is None or migration.app_label == app_label]
+    return [
+        f"{migration.app_label}.{migration.name}"
+        for migration, _ in plan
+        if app_label is None or migration.app_label == app_label
+    ]
 
 
 def live_engines(dead_after: timedelta) -> list[SchedulerEngine]:
@@ -61,8 +64,9 @@ def _engines(dead_after: timedelta) -> Check:
         return Check("engines", True, f"{len(alive)} alive")
     last = SchedulerEngine.objects.order_by("-heartbeat_at").first()
     seen = f"; last heartbeat {last.heartbeat_at.isoformat(timespec='seconds')} from {last}" if last else ""
-    return Check("engines", False, f"no engine alive (none with a heartbeat in the last {dead_after.total_seconds():g} s"
-                                   f"{seen})")
+    return Check(
+        "engines", False, f"no engine alive (none with a heartbeat in the last {dead_after.total_seconds():g} s{seen})"
+    )
 
 
 def _schedule(now: datetime, max_lag: timedelta) -> Check:
@@ -70,16 +74,23 @@ def _schedule(now: datetime, max_lag: timedelta) -> Check:
     if not late.count:
         return Check("schedule", True, f"no enabled job overdue by more than {max_lag.total_seconds():g} s")
     assert late.oldest_slot is not None
-    return Check("schedule", False, f"{late.count} enabled job(s) overdue by more than"
-                                    f" {max_lag.total_seconds():g} s; the oldest, {late.oldest_job_id!r}, was due"
-                                    f" {late.oldest_slot.isoformat(timespec='seconds')}")
+    return Check(
+        "schedule",
+        False,
+        f"{late.count} enabled job(s) overdue by more than"
+        f" {max_lag.total_seconds():g} s; the oldest, {late.oldest_job_id!r}, was due"
+        f" {late.oldest_slot.isoformat(timespec='seconds')}",
+    )
 
 
 def run_checks(dead_after: timedelta, max_lag: timedelta, now: datetime | None = None) -> list[Check]:
     """database, migrations, engines, schedule: in that order, up to and including the first failure."""
     moment = now or timezone.now()
     checks: list[Callable[[], Check]] = [
-        _database, _migrations, lambda: _engines(dead_after), lambda: _schedule(moment, max_lag),
+        _database,
+        _migrations,
+        lambda: _engines(dead_after),
+        lambda: _schedule(moment, max_lag),
     ]
     results: list[Check] = []
     for check in checks:

@@ -44,8 +44,12 @@ def job_extra(
     job_id: str, name: str | None = None, task_name: str | None = None, slot: datetime | None = None
 ) -> dict[str, Any]:
     """The same values for structured logging."""
-    return {"job_id": job_id, "job_name": name, "task_name": task_name,
-            "scheduled_for": slot.isoformat() if slot is not None else None}
+    return {
+        "job_id": job_id,
+        "job_name": name,
+        "task_name": task_name,
+        "scheduled_for": slot.isoformat() if slot is not None else None,
+    }
 
 
 def job_row(row: Any) -> str:
@@ -64,7 +68,7 @@ def one_line(text: str, limit: int = _ERROR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def describe_error(error: BaseException, limit: int = 4000) -> str:
+def describe_error(error: BaseException | None, limit: int = 4000) -> str:
     """``Type: message``, with the chain of causes (as a traceback shows it), cut to ``limit`` characters.
 
     The text is storable on every backend, so storing it fails only for passing reasons:
@@ -126,16 +130,32 @@ class Outage:
         extra = {"failure_count": self.failures}
         if self.failures == 1:
             self._since = time.monotonic()
-            self.logger.error("%s failed: %s; trying again in %s.", self.activity, error_text(error),
-                              seconds(retry_in), exc_info=error, extra=extra)
+            self.logger.error(
+                "%s failed: %s; trying again in %s.",
+                self.activity,
+                error_text(error),
+                seconds(retry_in),
+                exc_info=error,
+                extra=extra,
+            )
         else:
             self.logger.warning(
-                "%s failed again (%d in a row): %s; trying again in %s.", self.activity, self.failures,
-                error_text(error), seconds(retry_in), exc_info=traceback_at_debug(self.logger, error), extra=extra,
+                "%s failed again (%d in a row): %s; trying again in %s.",
+                self.activity,
+                self.failures,
+                error_text(error),
+                seconds(retry_in),
+                exc_info=traceback_at_debug(self.logger, error),
+                extra=extra,
             )
 
     def succeeded(self) -> None:
         if self.failures:
-            self.logger.info("%s works again after %s in %s.", self.activity, count(self.failures, "failure"),
-                             seconds(time.monotonic() - self._since), extra={"failure_count": self.failures})
+            self.logger.info(
+                "%s works again after %s in %s.",
+                self.activity,
+                count(self.failures, "failure"),
+                seconds(time.monotonic() - self._since),
+                extra={"failure_count": self.failures},
+            )
             self.failures = 0

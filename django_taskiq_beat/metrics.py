@@ -63,7 +63,8 @@ class EngineCollector(Collector):
             "taskiq_beat_dispatched", "Slots this engine sent to the broker.", value=snapshot.dispatched_job_count
         )
         yield CounterMetricFamily(
-            "taskiq_beat_dispatch_failures", "Slots this engine failed to send (each is retried with backoff).",
+            "taskiq_beat_dispatch_failures",
+            "Slots this engine failed to send (each is retried with backoff).",
             value=snapshot.failed_dispatch_count,
         )
         yield CounterMetricFamily(
@@ -72,13 +73,18 @@ class EngineCollector(Collector):
             value=snapshot.skipped_slot_count,
         )
         due, states = job_counts()
-        yield GaugeMetricFamily("taskiq_beat_due_jobs", "Enabled jobs whose slot is due and not yet claimed.", value=due)
-        jobs = GaugeMetricFamily("taskiq_beat_jobs", "Jobs by state, as the admin and the CLI show it.", labels=["state"])
+        yield GaugeMetricFamily(
+            "taskiq_beat_due_jobs", "Enabled jobs whose slot is due and not yet claimed.", value=due
+        )
+        jobs = GaugeMetricFamily(
+            "taskiq_beat_jobs", "Jobs by state, as the admin and the CLI show it.", labels=["state"]
+        )
         for state, count in states.items():
             jobs.add_metric([state], count)
         yield jobs
         yield InfoMetricFamily(
-            "taskiq_beat_engine", "This engine: its scheduler id and django-taskiq-beat version.",
+            "taskiq_beat_engine",
+            "This engine: its scheduler id and django-taskiq-beat version.",
             value={"engine_id": snapshot.scheduler_id, "version": __version__},
         )
 
@@ -87,8 +93,10 @@ def build_registry(app: SchedulerApp) -> CollectorRegistry:
     """The metrics of ``app``'s engine and of this process; sets the engine's lag observer."""
     registry = CollectorRegistry()
     lag = Histogram(
-        "taskiq_beat_dispatch_lag_seconds", "Seconds from a slot to its send (dispatched_at - scheduled_for).",
-        buckets=LAG_BUCKETS, registry=registry,
+        "taskiq_beat_dispatch_lag_seconds",
+        "Seconds from a slot to its send (dispatched_at - scheduled_for).",
+        buckets=LAG_BUCKETS,
+        registry=registry,
     )
     app.engine.send_lag_observer = lambda seconds: lag.observe(max(seconds, 0.0))
     registry.register(EngineCollector(app))

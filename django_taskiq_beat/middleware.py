@@ -81,9 +81,11 @@ class RunOutcomeMiddleware(TaskiqMiddleware):
         if not apps.ready:
             if not self._said_no_django:  # a setup mistake, not news at every task
                 self._said_no_django = True
-                logger.warning("RunOutcomeMiddleware needs Django set up in the worker (call "
-                               "django_taskiq_beat.worker.setup_django in the broker's module); outcomes are not "
-                               "recorded.")
+                logger.warning(
+                    "RunOutcomeMiddleware needs Django set up in the worker (call "
+                    "django_taskiq_beat.worker.setup_django in the broker's module); outcomes are not "
+                    "recorded."
+                )
             return
         try:
             await sync_to_async(_on_fresh_connection)(write, run_id, *args)
@@ -91,7 +93,9 @@ class RunOutcomeMiddleware(TaskiqMiddleware):
             job_id = str(message.labels.get(JOB_LABEL, "?"))
             logger.error(
                 "Recording the outcome of job %s (run %s) failed: %s; the task itself is unaffected.",
-                logs.job(job_id, task_name=message.task_name), run_id, logs.error_text(exc),
+                logs.job(job_id, task_name=message.task_name),
+                run_id,
+                logs.error_text(exc),
                 exc_info=logs.traceback_at_debug(logger, exc),
                 extra={**logs.job_extra(job_id, task_name=message.task_name), "run_id": run_id},
             )
@@ -138,7 +142,8 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
     once an engine has committed), and writes the job before the run, as the engine does,
     so the two never deadlock on PostgreSQL.
     """
-    from django_taskiq_beat.models import MAX_COUNT, SchedulerJob
+    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.payloads import MAX_COUNT
 
     with transaction.atomic():
         begin_write()
@@ -157,19 +162,32 @@ def _mark_finished(run_id: str, outcome: str, now: datetime, error: str | None) 
 
 def _pause_if_failing(job_id: str, now: datetime, error: str | None) -> None:
     """The job's ``pause_after_failures``: once that many runs in a row failed, pause it (``resume`` counts anew)."""
-    from django_taskiq_beat.models import MAX_COUNT, PAUSED_WHILE_HELD, SchedulerJob, drop_held_slots
+    from django_taskiq_beat.models import PAUSED_WHILE_HELD, SchedulerJob, drop_held_slots
+    from django_taskiq_beat.payloads import MAX_COUNT
 
     jobs = SchedulerJob.objects.filter(pk=job_id, is_enabled=True, pause_after_failures__isnull=False)
     row = jobs.values_list("consecutive_failures", "pause_after_failures", "name", "task_name").first()
-    if row is None or row[0] < row[1]:
+    if row is None or row[1] is None or row[0] < row[1]:  # (row[1] is never None: filtered above)
         return
     failures, _, name, task_name = row
     note = f"Paused after {failures} failed runs in a row; the last: {logs.one_line(error or 'no error text')[:500]}"
-    jobs.update(is_enabled=False, next_run_at=None, paused_at=now, pause_note=note, claimed_by=None, claimed_at=None,
-                claim_expires_at=None, updated_at=now)
+    jobs.update(
+        is_enabled=False,
+        next_run_at=None,
+        paused_at=now,
+        pause_note=note,
+        claimed_by=None,
+        claimed_at=None,
+        claim_expires_at=None,
+        updated_at=now,
+    )
     dropped = drop_held_slots(job_id, now, PAUSED_WHILE_HELD)
     if dropped:
         SchedulerJob.objects.filter(pk=job_id).update(skipped_count=Least(F("skipped_count") + dropped, MAX_COUNT))
-    logger.warning("Paused job %s after %d failed runs in a row (its pause_after_failures): %s",
-                   logs.job(job_id, name, task_name, None), failures, logs.one_line(error or ""),
-                   extra={**logs.job_extra(job_id, name, task_name, None), "consecutive_failures": failures})
+    logger.warning(
+        "Paused job %s after %d failed runs in a row (its pause_after_failures): %s",
+        logs.job(job_id, name, task_name, None),
+        failures,
+        logs.one_line(error or ""),
+        extra={**logs.job_extra(job_id, name, task_name, None), "consecutive_failures": failures},
+    )

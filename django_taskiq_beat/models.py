@@ -2,9 +2,8 @@
 
 import uuid
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
-
 from datetime import datetime, timedelta
+from typing import Any, NoReturn, TypeVar
 
 from django.db import DataError, OperationalError, models
 from django.db.models.functions import Now
@@ -15,7 +14,6 @@ from django_taskiq_beat.conf import WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
-
 
 _T = TypeVar("_T")
 
@@ -49,7 +47,9 @@ def refuse_unreadable_job(job_id: str) -> Callable[[Exception], NoReturn]:
 
     def refuse(error: Exception) -> NoReturn:
         raise SchedulerValidationError(
-            "job_id", job_id, f"Its stored row cannot be read ({type(error).__name__}: {str(error)[:200]});"
+            "job_id",
+            job_id,
+            f"Its stored row cannot be read ({type(error).__name__}: {str(error)[:200]});"
             " fix the row in the database, or delete the job.",
         ) from None
 
@@ -64,8 +64,11 @@ def read_job(read: Callable[[], "SchedulerJob | None"], job_id: str) -> "Schedul
     """
     job = read_or(read, refuse_unreadable_job(job_id))
     if job is not None:
-        empty = [field.attname for field in job._meta.concrete_fields
-                 if not field.null and field.attname in job.__dict__ and getattr(job, field.attname) is None]
+        empty = [
+            field.attname
+            for field in job._meta.concrete_fields
+            if not field.null and field.attname in job.__dict__ and getattr(job, field.attname) is None
+        ]
         if empty:
             refuse_unreadable_job(job_id)(ValueError(f"{', '.join(empty)} read as nothing (a zero date?)"))
     return job
@@ -118,7 +121,8 @@ class JobState(models.TextChoices):
 
 _STATE_FILTERS = {
     JobState.ACTIVE: models.Q(is_enabled=True, dispatch_failures=0, consecutive_failures=0),
-    JobState.FAILING: models.Q(is_enabled=True) & (models.Q(dispatch_failures__gt=0) | models.Q(consecutive_failures__gt=0)),
+    JobState.FAILING: models.Q(is_enabled=True)
+    & (models.Q(dispatch_failures__gt=0) | models.Q(consecutive_failures__gt=0)),
     JobState.PAUSED: models.Q(is_enabled=False, finished_at__isnull=True),
     JobState.FINISHED: models.Q(is_enabled=False, finished_at__isnull=False),
 }
@@ -182,21 +186,27 @@ class SchedulerJob(models.Model):
         max_length=16, choices=JobSource.choices, default=JobSource.API, db_default=JobSource.API, db_index=True
     )
     declaration = models.JSONField(
-        null=True, blank=True, editable=False,
+        null=True,
+        blank=True,
+        editable=False,
         help_text="The declaration in code as last synced; empty once it is no longer declared.",
     )
     overlap = models.CharField(
         max_length=16,
         choices=[("allow", "send anyway"), ("skip", "skip the slot"), ("buffer_one", "one slot waits")],
-        default="allow", db_default="allow",
+        default="allow",
+        db_default="allow",
         help_text="A slot due while the previous run is unfinished: sent anyway, skipped, or held until it finishes.",
     )
     misfire_grace_seconds = models.FloatField(
         null=True, blank=True, help_text="A slot found later than this is skipped, not sent (empty: never)."
     )
     catch_up = models.CharField(
-        max_length=8, choices=[("latest", "latest missed slot"), ("all", "every missed slot")], default="latest",
-        db_default="latest", help_text="After an outage: one run for the latest missed slot, or one per missed slot.",
+        max_length=8,
+        choices=[("latest", "latest missed slot"), ("all", "every missed slot")],
+        default="latest",
+        db_default="latest",
+        help_text="After an outage: one run for the latest missed slot, or one per missed slot.",
     )
     jitter_seconds = models.FloatField(
         default=0, db_default=0, help_text="Each slot is sent at a delay in [0, jitter), the same in every engine."
@@ -214,7 +224,9 @@ class SchedulerJob(models.Model):
         null=True, blank=True, help_text="Pause the job after this many runs in a row that the worker reported failed."
     )
     skipped_count = models.PositiveIntegerField(
-        default=0, db_default=0, help_text="Slots not sent by the job's policy (missed the grace, or overlapped its previous run)."
+        default=0,
+        db_default=0,
+        help_text="Slots not sent by the job's policy (missed the grace, or overlapped its previous run).",
     )
     is_enabled = models.BooleanField(default=True)  # indexed with next_run_at (ix_scheduler_job_due)
     next_run_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -226,9 +238,14 @@ class SchedulerJob(models.Model):
     last_error = models.TextField(null=True, blank=True)
     last_dispatched_task_id = models.CharField(max_length=255, null=True, blank=True)
     dispatch_count = models.PositiveIntegerField(default=0)
-    dispatch_failures = models.PositiveIntegerField(default=0, help_text="Failed sends in a row; sets the retry backoff.")
+    dispatch_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed sends in a row; sets the retry backoff."
+    )
     last_outcome = models.CharField(
-        max_length=16, choices=RunOutcome.choices, default=RunOutcome.UNKNOWN, db_default=RunOutcome.UNKNOWN,
+        max_length=16,
+        choices=RunOutcome.choices,
+        default=RunOutcome.UNKNOWN,
+        db_default=RunOutcome.UNKNOWN,
         blank=True,
     )
     consecutive_failures = models.PositiveIntegerField(
@@ -348,7 +365,10 @@ class SchedulerRun(models.Model):
         null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."
     )
     outcome = models.CharField(  # db_default: the engine inserts runs with its own SQL
-        max_length=16, choices=RunOutcome.choices, default=RunOutcome.UNKNOWN, db_default=RunOutcome.UNKNOWN,
+        max_length=16,
+        choices=RunOutcome.choices,
+        default=RunOutcome.UNKNOWN,
+        db_default=RunOutcome.UNKNOWN,
         blank=True,
     )
     started_at = models.DateTimeField(null=True, blank=True, help_text="When the worker started the task.")

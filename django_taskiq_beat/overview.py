@@ -71,12 +71,19 @@ class Snapshot:
 def snapshot(now: datetime) -> Snapshot:
     jobs = SchedulerJob.objects
     by_state = jobs.count_by_state()
-    next_due = jobs.filter(is_enabled=True, next_run_at__gt=now).order_by("next_run_at").values_list(
-        "next_run_at", flat=True).first()
+    next_due = (
+        jobs.filter(is_enabled=True, next_run_at__gt=now)
+        .order_by("next_run_at")
+        .values_list("next_run_at", flat=True)
+        .first()
+    )
     return Snapshot(
         engines=list(SchedulerEngine.objects.on_database_clock().order_by("-heartbeat_at")),
-        jobs_by_state=by_state, job_count=sum(by_state.values()), due_now=jobs.due(now).count(),
-        next_due_at=next_due, overdue=overdue(now),
+        jobs_by_state=by_state,
+        job_count=sum(by_state.values()),
+        due_now=jobs.due(now).count(),
+        next_due_at=next_due,
+        overdue=overdue(now),
     )
 
 
@@ -115,7 +122,8 @@ def _lag_bucket() -> Case:
     return Case(
         *(When(lag__lt=timedelta(seconds=bound), then=Value(index)) for index, bound in enumerate(LAG_BOUNDS)),
         When(dispatched_at__isnull=False, then=Value(len(LAG_BOUNDS))),
-        default=None, output_field=IntegerField(),
+        default=None,
+        output_field=IntegerField(),
     )
 
 
@@ -132,9 +140,13 @@ def last_hours(now: datetime, hours: int = 24) -> list[Hour]:
     """
     starts = hour_starts(now, hours)
     rows = (
-        SchedulerRun.objects.filter(scheduled_for__gte=starts[0]).exclude(status=RunStatus.PENDING)
-        .annotate(lag=_lag()).annotate(hour=TruncHour("scheduled_for"), category=_category(), bucket=_lag_bucket())
-        .values_list("hour", "category", "bucket").annotate(count=Count("pk")).order_by()
+        SchedulerRun.objects.filter(scheduled_for__gte=starts[0])
+        .exclude(status=RunStatus.PENDING)
+        .annotate(lag=_lag())
+        .annotate(hour=TruncHour("scheduled_for"), category=_category(), bucket=_lag_bucket())
+        .values_list("hour", "category", "bucket")
+        .annotate(count=Count("pk"))
+        .order_by()
     )
     outcomes: dict[datetime, dict[str, int]] = defaultdict(lambda: dict.fromkeys(CATEGORIES, 0))
     lags: dict[datetime, list[int]] = defaultdict(lambda: [0] * (len(LAG_BOUNDS) + 1))
@@ -142,8 +154,9 @@ def last_hours(now: datetime, hours: int = 24) -> list[Hour]:
         outcomes[hour][category] += count
         if index is not None:
             lags[hour][index] += count
-    return [Hour(start, outcomes[start], _percentile(lags[start], 0.5), _percentile(lags[start], 0.95))
-            for start in starts]
+    return [
+        Hour(start, outcomes[start], _percentile(lags[start], 0.5), _percentile(lags[start], 0.95)) for start in starts
+    ]
 
 
 def _percentile(histogram: list[int], fraction: float) -> float | None:
@@ -163,15 +176,17 @@ class Firing:
     times: list[datetime]
 
 
-def coming(now: datetime, window: timedelta = timedelta(hours=1), limit: int = 30,
-           per_job: int = 60) -> tuple[int, list[Firing]]:
+def coming(
+    now: datetime, window: timedelta = timedelta(hours=1), limit: int = 30, per_job: int = 60
+) -> tuple[int, list[Firing]]:
     """How many enabled jobs fire within ``window``, and the first ``limit`` of them with their slots in it."""
     firing = SchedulerJob.objects.filter(is_enabled=True, next_run_at__lte=now + window)
     jobs = firing.order_by("next_run_at", "id").only(
         "id", "name", "task_name", "kind", "strategy", "trigger_payload", "next_run_at", "created_at", "is_enabled"
     )[:limit]
-    listed = [Firing(job, [moment for moment in next_fire_times(job, per_job) if moment <= now + window])
-              for job in jobs]
+    listed = [
+        Firing(job, [moment for moment in next_fire_times(job, per_job) if moment <= now + window]) for job in jobs
+    ]
     return firing.count(), listed
 
 
@@ -189,12 +204,16 @@ def failing_most(now: datetime, hours: int = 24, limit: int = 10) -> list[Failin
     """The jobs with the most failed runs (failed sends and failed outcomes) in the last ``hours``."""
     failed = (
         SchedulerRun.objects.filter(_failed(), scheduled_for__gte=now - timedelta(hours=hours))
-        .values_list("job_id").annotate(count=Count("pk")).order_by("-count", "job_id")[:limit]
+        .values_list("job_id")
+        .annotate(count=Count("pk"))
+        .order_by("-count", "job_id")[:limit]
     )
     counts = dict(failed)
     latest = SchedulerRun.objects.filter(_failed(), job_id=OuterRef("pk")).order_by("-scheduled_for")
-    jobs = SchedulerJob.objects.filter(pk__in=counts).only("id", "name", "task_name").annotate(
-        last_failure=Subquery(latest.values("error")[:1])
+    jobs = (
+        SchedulerJob.objects.filter(pk__in=counts)
+        .only("id", "name", "task_name")
+        .annotate(last_failure=Subquery(latest.values("error")[:1]))
     )
     found = {job.pk: job for job in jobs}
     return [Failing(found[job_id], count) for job_id, count in counts.items() if job_id in found]

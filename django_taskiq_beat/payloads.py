@@ -39,9 +39,7 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def require_text(
-    field: str, value: Any, *, max_length: int | None = None, allow_blank: bool = True
-) -> str:
+def require_text(field: str, value: Any, *, max_length: int | None = None, allow_blank: bool = True) -> str:
     """A string that every database stores as given: no NUL, no lone surrogate, not too long.
 
     Returns a plain ``str``: a subclass could answer ``len`` or ``in`` otherwise than the text it holds.
@@ -119,7 +117,8 @@ def _check_json_tree(value: Any, field: str) -> None:
                 for key, item in node.items():
                     if not isinstance(key, str):
                         raise SchedulerValidationError(
-                            field, key,
+                            field,
+                            key,
                             f"At {_spell(path, field)}: keys must be strings (JSON would turn this one into a string).",
                         )
                     problem = text_problem(str.__str__(key))
@@ -182,7 +181,8 @@ def require_callable_with(task: Any, args: list[Any], kwargs: dict[str, Any], fi
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise SchedulerValidationError(
-            f"{field}kwargs" if kwargs else f"{field}args", {"args": args, "kwargs": kwargs},
+            f"{field}kwargs" if kwargs else f"{field}args",
+            {"args": args, "kwargs": kwargs},
             f"The task {getattr(task, 'task_name', '?')!r} cannot be called with these arguments: {str(exc)[:200]}.",
         ) from None
 

@@ -57,16 +57,23 @@ class SchedulePolicy:
         if self.overlap not in (OVERLAP_ALLOW, OVERLAP_SKIP, OVERLAP_BUFFER_ONE):
             raise SchedulerValidationError("overlap", self.overlap, "Must be 'allow', 'skip' or 'buffer_one'.")
         if self.misfire_grace_seconds is not None:
-            require_number("misfire_grace_seconds", self.misfire_grace_seconds, minimum=0, inclusive=True,
-                           maximum=MAX_SECONDS)
+            require_number(
+                "misfire_grace_seconds", self.misfire_grace_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS
+            )
         if self.catch_up not in (CATCH_UP_LATEST, CATCH_UP_ALL):
             raise SchedulerValidationError("catch_up", self.catch_up, "Must be 'latest' or 'all'.")
         require_number("jitter_seconds", self.jitter_seconds, minimum=0, inclusive=True, maximum=MAX_SECONDS)
         if self.max_runs is not None:
             require_number("max_runs", self.max_runs, minimum=1, inclusive=True, integer=True, maximum=MAX_COUNT)
         if self.pause_after_failures is not None:
-            require_number("pause_after_failures", self.pause_after_failures, minimum=1, inclusive=True, integer=True,
-                           maximum=MAX_COUNT)
+            require_number(
+                "pause_after_failures",
+                self.pause_after_failures,
+                minimum=1,
+                inclusive=True,
+                integer=True,
+                maximum=MAX_COUNT,
+            )
         # Stored as floats: kept as floats, so a policy read back from its job compares equal to it.
         object.__setattr__(self, "jitter_seconds", float(self.jitter_seconds))
         if self.misfire_grace_seconds is not None:
@@ -81,7 +88,8 @@ class SchedulePolicy:
         unknown = sorted((key for key in data if key not in known), key=str)
         if unknown:
             raise SchedulerValidationError(
-                f"policy[{unknown[0]!r}]", data[unknown[0]],
+                f"policy[{unknown[0]!r}]",
+                data[unknown[0]],
                 f"Unknown policy field; the fields are {', '.join(sorted(known))}.",
             )
         return cls(**data)
@@ -118,8 +126,10 @@ class SchedulePolicy:
             left = self.max_runs if remaining_runs is None else remaining_runs
             parts.append(f"{left} of {self.max_runs} run{'s' if self.max_runs > 1 else ''} left")
         if self.pause_after_failures is not None:
-            parts.append(f"paused after {self.pause_after_failures} failed run{'s' if self.pause_after_failures > 1 else ''}"
-                         " in a row")
+            parts.append(
+                f"paused after {self.pause_after_failures} failed run{'s' if self.pause_after_failures > 1 else ''}"
+                " in a row"
+            )
         return "; ".join(parts)
 
 

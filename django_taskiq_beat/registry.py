@@ -54,7 +54,10 @@ def _identity() -> dict[str, Any]:
     from django_taskiq_beat import __version__
 
     return {
-        "hostname": socket.gethostname(), "pid": os.getpid(), "version": __version__, "started_at": DatabaseNow(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "version": __version__,
+        "started_at": DatabaseNow(),
         "stopped_at": None,
     }
 
@@ -109,8 +112,10 @@ class Heartbeat:
             await self._call(mark_stopped, self.engine_id, self._counts())
             await self._call(lambda: connection.close())  # the heartbeat thread's connection, looked up there
         except Exception as exc:
-            logger.warning("Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.",
-                           logs.error_text(exc))
+            logger.warning(
+                "Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.",
+                logs.error_text(exc),
+            )
         finally:
             self._executor.shutdown(wait=False)
 

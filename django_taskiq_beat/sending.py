@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -87,8 +87,13 @@ async def start_broker_until_up(broker: AsyncBroker, timeout: float) -> None:
         except Exception as exc:
             error = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else logs.error_text(exc)
             next_try = logs.when(timezone.now() + timedelta(seconds=delay))
-            logger.warning("Broker startup failed (try %d), next try at %s: %s", attempt, next_try, error,
-                           exc_info=logs.traceback_at_debug(logger, exc))
+            logger.warning(
+                "Broker startup failed (try %d), next try at %s: %s",
+                attempt,
+                next_try,
+                error,
+                exc_info=logs.traceback_at_debug(logger, exc),
+            )
             await asyncio.sleep(delay)
             delay = min(2 * delay, _BROKER_RETRY_MAX_SECONDS)
         else:
@@ -125,7 +130,9 @@ async def send_task(
             sent = await (
                 task.kicker()
                 .with_task_id(run_id)
-                .with_labels(**labels, **{JOB_LABEL: job_id, RUN_LABEL: run_id, SLOT_LABEL: slot.astimezone(UTC).isoformat()})
+                .with_labels(
+                    **labels, **{JOB_LABEL: job_id, RUN_LABEL: run_id, SLOT_LABEL: slot.astimezone(UTC).isoformat()}
+                )
                 .kiq(*args, **kwargs)
             )
     except TimeoutError:
@@ -135,7 +142,7 @@ async def send_task(
     return sent.task_id
 
 
-def run_from_sync(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+def run_from_sync(function: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
     """Run a coroutine function from sync code, on a loop that outlives the call.
 
     Under ``sync_to_async`` (an async caller, ASGI) it runs on the caller's loop.

@@ -8,7 +8,7 @@ engines starting together create each job once.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +21,10 @@ from django_taskiq_beat import bulk
 from django_taskiq_beat.builders import UNSET, SingleScheduleBuilder
 from django_taskiq_beat.conf import SETTINGS_NAME
 from django_taskiq_beat.declarations import (
-    Declaration,
-    Declared,
-    DeclarationError,
     TASKIQ_DJANGO_MISSING,
+    Declaration,
+    DeclarationError,
+    Declared,
     from_settings,
     from_task_labels,
     from_taskiq_django,
@@ -81,7 +81,8 @@ def read_declarations(app: "SchedulerApp") -> list[Declared]:
     """
     taskiq_django = (
         _read_or_incomplete(JobSource.TASKIQ_DJANGO, lambda: from_taskiq_django(app.broker))
-        if app.config.import_taskiq_django else Declared(JobSource.TASKIQ_DJANGO, [], [])
+        if app.config.import_taskiq_django
+        else Declared(JobSource.TASKIQ_DJANGO, [], [])
     )
     return [*declared_in_code(app), _checked(app, taskiq_django)]
 
@@ -97,11 +98,16 @@ def _checked(app: "SchedulerApp", declared: Declared) -> Declared:
     accepted = []
     for declaration in declared.declarations:
         if isinstance(declaration.trigger, PeriodicSchedule):  # stored as applied: DEFAULT_TIMEZONE resolved
+            assert app.config.default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
             declaration = replace(declaration, trigger=declaration.trigger.with_timezone(app.config.default_timezone))
         try:
             _builder(app, declaration).validate(
-                declaration.trigger, declaration.job_id, declaration.name, declaration.description,
-                source=declaration.source, policy=declaration.policy,
+                declaration.trigger,
+                declaration.job_id,
+                declaration.name,
+                declaration.description,
+                source=declaration.source,
+                policy=declaration.policy,
             )
         except (SchedulerValidationError, ImportError) as exc:  # ImportError: looking the task up imports task modules
             declared.errors.append(_job_error(declaration, exc))
@@ -122,7 +128,8 @@ def _read_or_incomplete(source: JobSource, read: Callable[[], Declared]) -> Decl
     except DatabaseError as exc:
         problem = f"Its table cannot be read: {type(exc).__name__}: {str(exc)[:200]}."
     error = DeclarationError(
-        SETTINGS_NAME, "IMPORT_TASKIQ_DJANGO",
+        SETTINGS_NAME,
+        "IMPORT_TASKIQ_DJANGO",
         SchedulerValidationError("IMPORT_TASKIQ_DJANGO", True, problem),
     )
     return Declared(source, [], [error], complete=False)
@@ -141,7 +148,8 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
     }  # an id that cannot be stored names no job
     with transaction.atomic() if dry_run else bulk.serialized_sync():
         stored = {
-            row["id"]: row for row in SchedulerJob.objects.filter(pk__in=kept).values(
+            row["id"]: row
+            for row in SchedulerJob.objects.filter(pk__in=kept).values(
                 "id", "source", "declaration", "finished_at", "kind", "last_run_at"
             )
         }
@@ -160,8 +168,14 @@ def sync_declared(app: "SchedulerApp", *, dry_run: bool = False) -> SyncReport:
         logger.error("Declared job not synced: %s", error, extra={"job_id": error.job_id})
     for item in report.changes:
         if item.change != UNCHANGED:
-            logger.info("Declared job %s %s%s (%s).", item.job_id, "would be " if dry_run else "", item.change,
-                        item.origin, extra={"job_id": item.job_id, "sync_change": item.change})
+            logger.info(
+                "Declared job %s %s%s (%s).",
+                item.job_id,
+                "would be " if dry_run else "",
+                item.change,
+                item.origin,
+                extra={"job_id": item.job_id, "sync_change": item.change},
+            )
     logger.info("Synced declared jobs%s: %s.", " (dry run)" if dry_run else "", report.summary())
     return report
 
@@ -170,7 +184,9 @@ def _job_error(declaration: Declaration, error: Exception) -> DeclarationError:
     if isinstance(error, ImportError):
         error = SchedulerValidationError("task", declaration.task_name, f"{error}; the task cannot be looked up.")
     elif not isinstance(error, SchedulerValidationError):
-        error = SchedulerValidationError("job_id", declaration.job_id, f"The database refused it: {describe_error(error)}")
+        error = SchedulerValidationError(
+            "job_id", declaration.job_id, f"The database refused it: {describe_error(error)}"
+        )
     result = DeclarationError(declaration.origin, error.field, error)
     result.job_id = declaration.job_id
     return result
@@ -183,23 +199,37 @@ def _unique(sources: list[Declared], report: SyncReport) -> list[Declaration]:
         for declaration in declared.declarations:
             first = seen.setdefault(declaration.job_id, declaration)
             if first is not declaration:
-                error = DeclarationError(declaration.origin, "schedule_id", SchedulerValidationError(
-                    "job_id", declaration.job_id, f"Also declared by {first.origin}; give each entry its own id.",
-                ))
+                error = DeclarationError(
+                    declaration.origin,
+                    "schedule_id",
+                    SchedulerValidationError(
+                        "job_id",
+                        declaration.job_id,
+                        f"Also declared by {first.origin}; give each entry its own id.",
+                    ),
+                )
                 report.errors.append(error)
     return list(seen.values())
 
 
 def _apply(
-    app: "SchedulerApp", declaration: Declaration, stored: dict[str, Any] | None, dry_run: bool, report: SyncReport
+    app: "SchedulerApp", declaration: Declaration, stored: Mapping[str, Any] | None, dry_run: bool, report: SyncReport
 ) -> str | None:
     """Upsert one declared job; returns its change, or None when the id belongs to another kind of job."""
     wanted = declaration.as_stored()
     if stored is not None and stored["source"] not in DECLARED_SOURCES:
-        report.errors.append(DeclarationError(declaration.origin, "job_id", SchedulerValidationError(
-            "job_id", declaration.job_id,
-            f"A job with this id was created by {stored['source']}; delete it to let the declaration take its id.",
-        )))
+        report.errors.append(
+            DeclarationError(
+                declaration.origin,
+                "job_id",
+                SchedulerValidationError(
+                    "job_id",
+                    declaration.job_id,
+                    f"A job with this id was created by {stored['source']};"
+                    " delete it to let the declaration take its id.",
+                ),
+            )
+        )
         return None
     if stored is not None and json_identity(stored["declaration"]) == json_identity(wanted):
         return UNCHANGED
@@ -207,15 +237,22 @@ def _apply(
         return CREATED if stored is None else UPDATED
     returning = stored is not None and stored["declaration"] is None
     ran_once = stored is not None and stored["kind"] == JobKind.ONE_OFF and stored["last_run_at"] is not None
-    if returning and stored["finished_at"] is not None and not ran_once:  # finished when its declaration went away
+    # Finished when its declaration went away ("returning" says stored is not None).
+    if returning and stored is not None and stored["finished_at"] is not None and not ran_once:
         SchedulerJob.objects.filter(pk=declaration.job_id).update(finished_at=None)
     if stored is None or returning or _enabled(stored["declaration"]) != declaration.enabled:
         is_enabled: bool | Any = declaration.enabled
     else:
         is_enabled = UNSET  # the declaration did not change it: an operator's pause stays
     _, change = _builder(app, declaration).upsert_as(
-        declaration.source, declaration.trigger, declaration.job_id, declaration.name, declaration.description,
-        is_enabled, declaration=wanted, policy=declaration.policy,
+        declaration.source,
+        declaration.trigger,
+        declaration.job_id,
+        declaration.name,
+        declaration.description,
+        is_enabled,
+        declaration=wanted,
+        policy=declaration.policy,
     )
     return change
 
@@ -239,7 +276,13 @@ def _finish_undeclared(sources: list[JobSource], kept: set[str], dry_run: bool) 
     if changes and not dry_run:
         now = timezone.now()
         SchedulerJob.objects.filter(pk__in=[change.job_id for change in changes]).update(
-            is_enabled=False, next_run_at=None, finished_at=Coalesce(F("finished_at"), Value(now)), declaration=None,
-            claimed_by=None, claimed_at=None, claim_expires_at=None, updated_at=now,
+            is_enabled=False,
+            next_run_at=None,
+            finished_at=Coalesce(F("finished_at"), Value(now)),
+            declaration=None,
+            claimed_by=None,
+            claimed_at=None,
+            claim_expires_at=None,
+            updated_at=now,
         )
     return changes

@@ -127,10 +127,8 @@ class IntervalTrigger:
     def __post_init__(self) -> None:
         given = {unit: getattr(self, unit) for unit in _INTERVAL_UNITS if getattr(self, unit) is not None}
         if len(given) != 1:
-            raise SchedulerValidationError(
-                "interval", given or None, "Interval must contain exactly one unit."
-            )
-        (unit, value), = given.items()
+            raise SchedulerValidationError("interval", given or None, "Interval must contain exactly one unit.")
+        ((unit, value),) = given.items()
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise SchedulerValidationError(unit, value, "Interval values must be numbers.")
         if value <= 0:
@@ -138,8 +136,10 @@ class IntervalTrigger:
         size = _UNIT_SECONDS[unit]
         if not _MIN_INTERVAL_SECONDS / size <= value <= _MAX_INTERVAL_SECONDS / size:
             raise SchedulerValidationError(
-                unit, value,
-                f"Interval must be between {_MIN_INTERVAL_SECONDS:g} seconds and {_MAX_INTERVAL_SECONDS // 86400} days.",
+                unit,
+                value,
+                f"Interval must be between {_MIN_INTERVAL_SECONDS:g} seconds"
+                f" and {_MAX_INTERVAL_SECONDS // 86400} days.",
             )
 
     @property
@@ -190,8 +190,10 @@ class CrontabTrigger:
     def __post_init__(self) -> None:
         for name in cron.FIELD_NAMES:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, str | int) or (
-                isinstance(value, int) and not 0 <= value < 100
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, str | int)
+                or (isinstance(value, int) and not 0 <= value < 100)
             ):
                 raise SchedulerValidationError(name, value, "Cron fields must be strings.")
             if len(str(value)) > _MAX_CRON_FIELD_LENGTH:
@@ -350,7 +352,8 @@ class PeriodicSchedule:
     def __post_init__(self) -> None:
         if (self.interval is None) == (self.crontab is None):
             raise SchedulerValidationError(
-                "trigger", {"interval": self.interval, "crontab": self.crontab},
+                "trigger",
+                {"interval": self.interval, "crontab": self.crontab},
                 "PeriodicSchedule needs exactly one of interval or crontab.",
             )
         if self.interval is not None and not isinstance(self.interval, IntervalTrigger):

@@ -58,12 +58,15 @@ def require(condition: bool, problem: str) -> None:
 def run(*command: str | Path, cwd: Path, timeout: float = 300) -> str:
     """Run ``command``; its output, or CheckFailed with the output when it fails."""
     result = subprocess.run(
-        [str(part) for part in command], cwd=cwd, env=CHILD_ENV, capture_output=True, text=True, timeout=timeout,
+        [str(part) for part in command],
+        cwd=cwd,
+        env=CHILD_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if result.returncode != 0:
-        raise CheckFailed(
-            f"{' '.join(map(str, command))} exited {result.returncode}\n{result.stdout}{result.stderr}"
-        )
+        raise CheckFailed(f"{' '.join(map(str, command))} exited {result.returncode}\n{result.stdout}{result.stderr}")
     return result.stdout
 
 
@@ -71,11 +74,16 @@ def checkout_files(folder: str) -> set[str]:
     """The files under ``folder`` that git tracks (without git, as in an unpacked sdist: all but bytecode)."""
     try:
         listed = subprocess.run(
-            ["git", "ls-files", "-z", "--", folder], cwd=REPO, capture_output=True, text=True, check=True,
+            ["git", "ls-files", "-z", "--", folder],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return {
-            path.relative_to(REPO).as_posix() for path in (REPO / folder).rglob("*")
+            path.relative_to(REPO).as_posix()
+            for path in (REPO / folder).rglob("*")
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")
         }
     return {name for name in listed.split("\0") if name}
@@ -92,6 +100,7 @@ def source_files(*folders: str) -> set[str]:
 
 # -- 1. build and twine ---------------------------------------------------------------------------------------
 
+
 def build(dist: Path) -> tuple[Path, Path]:
     step("python -m build (the sdist, then the wheel from it)")
     run(sys.executable, "-m", "build", "--outdir", dist, REPO, cwd=REPO)
@@ -104,6 +113,7 @@ def build(dist: Path) -> tuple[Path, Path]:
 
 
 # -- 2. what they hold --------------------------------------------------------------------------------------------
+
 
 def check_wheel(wheel: Path) -> None:
     step("the wheel holds the whole package: migrations, templates, static files, py.typed")
@@ -120,11 +130,12 @@ def check_wheel(wheel: Path) -> None:
         "py.typed": [name for name in expected if name == f"{PACKAGE}/py.typed"],
     }
     require(all(kinds[kind] for kind in ("migrations", "templates", "py.typed")), f"the checkout lacks some: {kinds}")
-    print("   " + ", ".join(f"{len(files)} {kind}" for kind, files in kinds.items() if files)
-          + ("" if kinds["static files"] else "; no static files (the package has none)"))
-    strays = sorted(
-        name for name in names - expected if not name.startswith(f"{PACKAGE}-{VERSION}.dist-info/")
+    print(
+        "   "
+        + ", ".join(f"{len(files)} {kind}" for kind, files in kinds.items() if files)
+        + ("" if kinds["static files"] else "; no static files (the package has none)")
     )
+    strays = sorted(name for name in names - expected if not name.startswith(f"{PACKAGE}-{VERSION}.dist-info/"))
     require(not strays, f"files in the wheel that are not the package's: {strays}")
     require(f"{PACKAGE}-{VERSION}.dist-info/licenses/LICENSE" in names, "no LICENSE in the wheel's metadata")
     for line in (f"Version: {VERSION}", "License-Expression: MIT", "Requires-Dist: django>=5.2"):
@@ -137,7 +148,8 @@ def check_sdist(sdist: Path) -> None:
     with tarfile.open(sdist) as archive:
         names = {name.removeprefix(f"{top}/") for name in archive.getnames()}
     expected = (
-        package_files() | source_files("tests", "testproject")
+        package_files()
+        | source_files("tests", "testproject")
         | {"README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "MANIFEST.in", "Makefile", "tox.ini"}
     )
     missing = sorted(expected - names)
@@ -249,8 +261,13 @@ print("template", get_template("admin/django_taskiq_beat/dashboard.html").origin
 def make_project(root: Path) -> Path:
     project = root / "project"
     (project / "smoke").mkdir(parents=True)
-    for name, text in {"smoke/__init__.py": "", "smoke/settings.py": SETTINGS, "smoke/tasks.py": TASKS,
-                       "smoke/urls.py": URLS, "manage.py": MANAGE}.items():
+    for name, text in {
+        "smoke/__init__.py": "",
+        "smoke/settings.py": SETTINGS,
+        "smoke/tasks.py": TASKS,
+        "smoke/urls.py": URLS,
+        "manage.py": MANAGE,
+    }.items():
         (project / name).write_text(text)
     return project
 
@@ -296,7 +313,10 @@ def smoke_test(python: Path, project: Path) -> None:
     sent, log_path = project / "sent.txt", project / "engine.log"
     with log_path.open("wb") as log:
         engine = subprocess.Popen(
-            [str(python), "manage.py", "run_taskiq_beat"], cwd=project, env=CHILD_ENV, stdout=log,
+            [str(python), "manage.py", "run_taskiq_beat"],
+            cwd=project,
+            env=CHILD_ENV,
+            stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
@@ -316,8 +336,10 @@ def smoke_test(python: Path, project: Path) -> None:
             engine.wait()
     log_text = log_path.read_text()
     require(code == 0, f"run_taskiq_beat exited {code} after SIGTERM\n{log_text}")
-    require(f"django-taskiq-beat {VERSION} engine" in log_text and "run_taskiq_beat stopped." in log_text,
-            f"the engine's banner or its stop line is missing\n{log_text}")
+    require(
+        f"django-taskiq-beat {VERSION} engine" in log_text and "run_taskiq_beat stopped." in log_text,
+        f"the engine's banner or its stop line is missing\n{log_text}",
+    )
     print(f"   exit 0; the task ran {len(sent.read_text().splitlines())} time(s)")
 
     step("the admin's pages from the installed templates")

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 # -- environment ------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def database(kind: str) -> Iterator[dict[str, str]]:
     """Environment variables that point Django at a fresh database of ``kind``."""
@@ -86,8 +87,9 @@ def load_policy() -> Any:
     lag measured here would be the jitter's."""
     from django_taskiq_beat import SchedulePolicy
 
-    return SchedulePolicy(overlap="skip", misfire_grace_seconds=300, catch_up="all", max_runs=1_000_000,
-                          pause_after_failures=3)
+    return SchedulePolicy(
+        overlap="skip", misfire_grace_seconds=300, catch_up="all", max_runs=1_000_000, pause_after_failures=3
+    )
 
 
 def insert_jobs(
@@ -102,14 +104,20 @@ def insert_jobs(
     now = timezone.now()
     trigger = (
         PeriodicSchedule(interval=IntervalTrigger(seconds=interval_seconds))
-        if kind == "periodic" else OneOffSchedule(run_at=next_run_at)
+        if kind == "periodic"
+        else OneOffSchedule(run_at=next_run_at)
     )
     columns = {} if policy is None else {**policy.columns(), "remaining_runs": policy.max_runs}
     rows = [
         SchedulerJob(
-            task_name="load.noop", kind=kind, strategy=trigger.strategy, trigger_payload=trigger.to_payload(),
-            next_run_at=next_run_at, created_at=next_run_at - timedelta(seconds=interval_seconds or 0)
-            if kind == "periodic" else now, updated_at=now, **columns,
+            task_name="load.noop",
+            kind=kind,
+            strategy=trigger.strategy,
+            trigger_payload=trigger.to_payload(),
+            next_run_at=next_run_at,
+            created_at=next_run_at - timedelta(seconds=interval_seconds or 0) if kind == "periodic" else now,
+            updated_at=now,
+            **columns,
         )
         for _ in range(count)
     ]
@@ -164,6 +172,7 @@ def report(name: str, db: str, rows: list[dict[str, Any]], extra: dict[str, Any]
 
 # -- scenarios ---------------------------------------------------------------------------------
 
+
 def burst(arguments: argparse.Namespace) -> None:
     """N one-off jobs due at the same instant; one engine drains them."""
     from asgiref.sync import async_to_sync
@@ -183,12 +192,20 @@ def burst(arguments: argparse.Namespace) -> None:
         elapsed = time.perf_counter() - started
         lag = percentiles(lags_ms())
         raw = raw_sql_limit(size, arguments.batch_size) if not arguments.policies else None
-        rows.append({
-            "jobs": size, "setup_s": round(setup, 2), "dispatch_s": round(elapsed, 3),
-            "dispatches_per_s": round(sent / elapsed), "lag_p50_ms": lag["p50"], "lag_p95_ms": lag["p95"],
-            "lag_max_ms": lag["max"], "sent": sent, "raw_sql_per_s": raw,
-            "of_raw_sql": round(sent / elapsed / raw, 2) if raw else None,
-        })
+        rows.append(
+            {
+                "jobs": size,
+                "setup_s": round(setup, 2),
+                "dispatch_s": round(elapsed, 3),
+                "dispatches_per_s": round(sent / elapsed),
+                "lag_p50_ms": lag["p50"],
+                "lag_p95_ms": lag["p95"],
+                "lag_max_ms": lag["max"],
+                "sent": sent,
+                "raw_sql_per_s": raw,
+                "of_raw_sql": round(sent / elapsed / raw, 2) if raw else None,
+            }
+        )
     report(_named("burst", arguments), arguments.db, rows)
 
 
@@ -216,7 +233,8 @@ def raw_sql_limit(size: int, batch_size: int) -> int:
             with transaction.atomic():
                 cursor.execute(
                     "SELECT id FROM scheduler_job WHERE is_enabled = %s AND next_run_at <= %s ORDER BY next_run_at"
-                    f" LIMIT {batch_size}{lock}", [True, now],
+                    f" LIMIT {batch_size}{lock}",
+                    [True, now],
                 )
                 job_ids = [row[0] for row in cursor.fetchall()]
                 if not job_ids:
@@ -225,18 +243,23 @@ def raw_sql_limit(size: int, batch_size: int) -> int:
                 cursor.execute(
                     "INSERT INTO scheduler_run (id, job_id, scheduled_for, status, claimed_by, lease_expires_at,"
                     " created_at, updated_at) VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(job_ids)),
-                    [value for run_id, job_id in zip(run_ids, job_ids, strict=True)
-                     for value in (run_id, job_id, now, "pending", "raw", now, now, now)],
+                    [
+                        value
+                        for run_id, job_id in zip(run_ids, job_ids, strict=True)
+                        for value in (run_id, job_id, now, "pending", "raw", now, now, now)
+                    ],
                 )
                 cursor.execute(
                     "UPDATE scheduler_job SET next_run_at = NULL, is_enabled = %s, finished_at = %s, updated_at = %s,"
                     " dispatch_count = dispatch_count + 1, last_run_at = %s, last_dispatched_task_id = id"
-                    f" WHERE id IN ({', '.join(['%s'] * len(job_ids))})", [False, now, now, now, *job_ids],
+                    f" WHERE id IN ({', '.join(['%s'] * len(job_ids))})",
+                    [False, now, now, now, *job_ids],
                 )
             with transaction.atomic():
                 cursor.execute(
                     "UPDATE scheduler_run SET status = %s, dispatched_at = %s, finished_at = %s, broker_task_id = id,"
-                    f" claimed_by = NULL, lease_expires_at = NULL, updated_at = %s WHERE id IN ({', '.join(['%s'] * len(run_ids))})",
+                    " claimed_by = NULL, lease_expires_at = NULL, updated_at = %s"
+                    f" WHERE id IN ({', '.join(['%s'] * len(run_ids))})",
                     ["dispatched", now, now, now, *run_ids],
                 )
             sent += len(job_ids)
@@ -264,7 +287,7 @@ def steady(arguments: argparse.Namespace) -> None:
 
     cpu, wall = async_to_sync(drive)()
     window_end = start + timedelta(seconds=arguments.seconds)
-    lags = [lag for lag in lags_ms(since=start)]
+    lags = lags_ms(since=start)
     from django_taskiq_beat.models import SchedulerRun
 
     dispatched = SchedulerRun.objects.filter(
@@ -272,11 +295,22 @@ def steady(arguments: argparse.Namespace) -> None:
     ).count()
     expected = arguments.jobs * arguments.seconds
     lag = percentiles(lags)
-    report("steady", arguments.db, [{
-        "jobs": arguments.jobs, "seconds": arguments.seconds, "dispatched": dispatched, "expected": expected,
-        "lag_p50_ms": lag["p50"], "lag_p95_ms": lag["p95"], "lag_max_ms": lag["max"],
-        "cpu_percent_of_core": round(100 * cpu / wall, 1),
-    }])
+    report(
+        "steady",
+        arguments.db,
+        [
+            {
+                "jobs": arguments.jobs,
+                "seconds": arguments.seconds,
+                "dispatched": dispatched,
+                "expected": expected,
+                "lag_p50_ms": lag["p50"],
+                "lag_p95_ms": lag["p95"],
+                "lag_max_ms": lag["max"],
+                "cpu_percent_of_core": round(100 * cpu / wall, 1),
+            }
+        ],
+    )
 
 
 def scale(arguments: argparse.Namespace) -> None:
@@ -288,8 +322,13 @@ def scale(arguments: argparse.Namespace) -> None:
     from django_taskiq_beat.models import SchedulerJob
 
     clear()
-    insert_jobs(arguments.jobs, "periodic", timezone.now() + timedelta(days=1), interval_seconds=86400,
-                policy=load_policy() if arguments.policies else None)
+    insert_jobs(
+        arguments.jobs,
+        "periodic",
+        timezone.now() + timedelta(days=1),
+        interval_seconds=86400,
+        policy=load_policy() if arguments.policies else None,
+    )
     app = make_app()
     queries = [0]
 
@@ -310,8 +349,12 @@ def scale(arguments: argparse.Namespace) -> None:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
         ticks = app.get_health_snapshot().sync_count - ticks
         result = {
-            "jobs": arguments.jobs, "idle_s": arguments.seconds, "cpu_percent_of_core": round(100 * cpu / wall, 2),
-            "rss_mb_start": rss_before, "rss_mb_end": rss_mb(), "ticks": ticks,
+            "jobs": arguments.jobs,
+            "idle_s": arguments.seconds,
+            "cpu_percent_of_core": round(100 * cpu / wall, 2),
+            "rss_mb_start": rss_before,
+            "rss_mb_end": rss_mb(),
+            "ticks": ticks,
             "queries_per_tick": round((queries[0] - queries_before) / max(ticks, 1), 2),
         }
         # A job created by another process, due at once: how long until this engine sends it?
@@ -337,11 +380,15 @@ def _schedule_from_another_process() -> datetime:
         "import django, sys; django.setup()\n"
         "from django.utils import timezone\n"
         "from django_taskiq_beat import OneOffSchedule, get_scheduler_app\n"
-        "job = get_scheduler_app().single(task='load.noop').schedule(OneOffSchedule(run_at=timezone.now()), job_id='scale.probe')\n"
+        "job = get_scheduler_app().single(task='load.noop')"
+        ".schedule(OneOffSchedule(run_at=timezone.now()), job_id='scale.probe')\n"
         "print(job.created_at.isoformat())\n"
     )
     output = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout
     return datetime.fromisoformat(output.strip().splitlines()[-1])
@@ -376,11 +423,17 @@ def multi(arguments: argparse.Namespace) -> None:
         span = (max(d for _, d in runs) - due).total_seconds() if runs else float("inf")
         lost = SchedulerJob.objects.exclude(runs__status="dispatched").count()
         lag = percentiles([(d - s).total_seconds() * 1000 for s, d in runs])
-        rows.append({
-            "engines": engine_count, "jobs": arguments.jobs, "dispatched": len(runs),
-            "duplicate_sends": sum(count - 1 for count in sends.values()), "lost_slots": lost,
-            "dispatches_per_s": round(len(runs) / span) if span else None, "lag_p95_ms": lag["p95"],
-        })
+        rows.append(
+            {
+                "engines": engine_count,
+                "jobs": arguments.jobs,
+                "dispatched": len(runs),
+                "duplicate_sends": sum(count - 1 for count in sends.values()),
+                "lost_slots": lost,
+                "dispatches_per_s": round(len(runs) / span) if span else None,
+                "lag_p95_ms": lag["p95"],
+            }
+        )
     report("multi", arguments.db, rows)
 
 
@@ -411,12 +464,17 @@ def dashboard(arguments: argparse.Namespace) -> None:
         for index in range(start, min(start + 20_000, arguments.runs)):
             slot = now - timedelta(days=arguments.days) + timedelta(days=arguments.days) * index / arguments.runs
             skipped = index % 50 == 0
-            batch.append(SchedulerRun(
-                job_id=job_ids[index % len(job_ids)], scheduled_for=slot, status="skipped" if skipped else "dispatched",
-                dispatched_at=None if skipped else slot + timedelta(milliseconds=rng.expovariate(1 / 40)),
-                finished_at=slot, outcome="" if skipped else rng.choice(outcomes),
-                error="ValueError: load" if index % 20 == 0 else None,
-            ))
+            batch.append(
+                SchedulerRun(
+                    job_id=job_ids[index % len(job_ids)],
+                    scheduled_for=slot,
+                    status="skipped" if skipped else "dispatched",
+                    dispatched_at=None if skipped else slot + timedelta(milliseconds=rng.expovariate(1 / 40)),
+                    finished_at=slot,
+                    outcome="" if skipped else rng.choice(outcomes),
+                    error="ValueError: load" if index % 20 == 0 else None,
+                )
+            )
         SchedulerRun.objects.bulk_create(batch, batch_size=5000)
     setup = time.perf_counter() - started
     with connection.cursor() as cursor:
@@ -438,17 +496,28 @@ def dashboard(arguments: argparse.Namespace) -> None:
         render()
     queries = len(captured.captured_queries)
     since = now - timedelta(hours=24)
-    report("dashboard", arguments.db, [{
-        "jobs": arguments.jobs, "runs": arguments.runs,
-        "runs_last_24h": SchedulerRun.objects.filter(scheduled_for__gte=since).count(), "setup_s": round(setup, 1),
-        "render_ms_median": round(statistics.median(timings)), "render_ms_max": round(max(timings)),
-        "queries": queries,
-    }])
+    report(
+        "dashboard",
+        arguments.db,
+        [
+            {
+                "jobs": arguments.jobs,
+                "runs": arguments.runs,
+                "runs_last_24h": SchedulerRun.objects.filter(scheduled_for__gte=since).count(),
+                "setup_s": round(setup, 1),
+                "render_ms_median": round(statistics.median(timings)),
+                "render_ms_max": round(max(timings)),
+                "queries": queries,
+            }
+        ],
+    )
 
 
 def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ, "PYTHONPATH": str(REPO), "LOAD_SINK": str(sink),
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "LOAD_SINK": str(sink),
         # No claiming ahead: it would hide the throughput this scenario measures.
         "TASKIQ_BEAT_OPTIONS": json.dumps(
             {"BROKER": "scripts.load_broker:broker", "SCHEDULER_ID": name, "CLAIM_AHEAD_SECONDS": 0}
@@ -456,11 +525,14 @@ def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
     }
     return subprocess.Popen(
         [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat", "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
 # -- command line --------------------------------------------------------------------------------
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -82,8 +82,11 @@ def _database(url: str | None) -> dict[str, object]:
         "CONN_HEALTH_CHECKS": os.environ.get("DB_HEALTH_CHECKS", "on") == "on",
     }
     if parts.scheme in ("postgres", "postgresql"):
-        return {**server, "ENGINE": "django.db.backends.postgresql",
-                "OPTIONS": {"application_name": os.environ.get("DB_APPLICATION_NAME", "testproject")}}
+        return {
+            **server,
+            "ENGINE": "django.db.backends.postgresql",
+            "OPTIONS": {"application_name": os.environ.get("DB_APPLICATION_NAME", "testproject")},
+        }
     if parts.scheme in ("mysql", "mariadb"):
         return {**server, "ENGINE": "django.db.backends.mysql", "OPTIONS": {"charset": "utf8mb4"}}
     raise ValueError(f"DATABASE_URL={url!r}: only postgres:// and mysql:// URLs are supported here.")

@@ -10,12 +10,12 @@ from taskiq import InMemoryBroker
 
 from django_taskiq_beat import SchedulerApp, SchedulerConfig
 
-
 # Stored timestamps Python cannot read, as each backend's text: SQLite keeps any text, and a number
 # (NUMERIC affinity) sorts before every text, so it is always due; psycopg refuses what Python's
 # datetime cannot hold.
 UNREADABLE_TIMES = {
-    "sqlite": ["2026-02-30 00:00:00", "12345"], "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"],
+    "sqlite": ["2026-02-30 00:00:00", "12345"],
+    "postgresql": ["-infinity", "0044-03-15 00:00:00+00 BC"],
     "mysql": ["0000-00-00 00:00:00.000000"],  # MariaDB's zero date, which mysqlclient reads as None
 }
 
@@ -37,9 +37,11 @@ class Recorder:
     def names(self) -> list[str]:
         return [name for name, _, _ in self.calls]
 
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
 
 @pytest.fixture
 def broker(recorder: Recorder) -> InMemoryBroker:
@@ -56,13 +58,16 @@ def broker(recorder: Recorder) -> InMemoryBroker:
 
     return broker
 
+
 @pytest.fixture
 def config() -> SchedulerConfig:
     return SchedulerConfig(scheduler_id="test-scheduler", default_timezone="UTC")
 
+
 @pytest.fixture
 def app(broker: InMemoryBroker, config: SchedulerConfig) -> SchedulerApp:
     return SchedulerApp(broker=broker, config=config)
+
 
 @pytest.fixture(params=["sync", "async"])
 def call(request: pytest.FixtureRequest) -> Callable[..., Any]:

@@ -55,10 +55,19 @@ def mariadb_server() -> Iterator[str]:
 
     def start(port: int) -> Callable[[], object]:
         command = [
-            server, "--no-defaults", f"--datadir={data}", f"--socket={root / 'server.sock'}", f"--port={port}",
-            "--bind-address=127.0.0.1", f"--pid-file={root / 'server.pid'}", f"--log-error={log}",
-            "--character-set-server=utf8mb4", "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin",
-            "--max-connections=300", "--innodb-buffer-pool-size=256M",
+            server,
+            "--no-defaults",
+            f"--datadir={data}",
+            f"--socket={root / 'server.sock'}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={root / 'server.pid'}",
+            f"--log-error={log}",
+            "--character-set-server=utf8mb4",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--skip-log-bin",
+            "--max-connections=300",
+            "--innodb-buffer-pool-size=256M",
             # Its clock runs at an offset that is not UTC (and not whole hours): SQL that takes the
             # session's local time for Django's UTC columns fails the suite instead of one region.
             "--default-time-zone=+05:30",
@@ -82,9 +91,17 @@ def mariadb_server() -> Iterator[str]:
 
     try:
         subprocess.run(
-            [install_db, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", *([f"--user={user}"] if user else [])],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                install_db,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *([f"--user={user}"] if user else []),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         with running(start, log, "MariaDB") as port:
             subprocess.run([*_client(port), "-e", f"CREATE DATABASE {DATABASE}"], check=True)

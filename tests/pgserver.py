@@ -35,17 +35,20 @@ def postgres_server() -> Iterator[str]:
         options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         subprocess.run(
             as_server_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "start"], "postgres"),
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         return lambda: subprocess.run(
             as_server_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], "postgres"),
-            check=False, stdout=subprocess.DEVNULL,
+            check=False,
+            stdout=subprocess.DEVNULL,
         )
 
     try:
         subprocess.run(
             as_server_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], "postgres"),
-            check=True, stdout=subprocess.DEVNULL,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         with running(start, log, "PostgreSQL") as port:
             yield f"postgres://postgres@127.0.0.1:{port}/postgres"

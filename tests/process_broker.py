@@ -34,8 +34,9 @@ def record_message(context: Context) -> None:
         sink.write(message.task_id + "\n")
     label_sink = os.environ.get("TEST_LABEL_SINK")
     if label_sink:
-        line = json.dumps({"task_id": message.task_id, "task_name": message.task_name, "labels": message.labels},
-                          default=str)
+        line = json.dumps(
+            {"task_id": message.task_id, "task_name": message.task_name, "labels": message.labels}, default=str
+        )
         with open(label_sink, "a", encoding="utf-8") as sink:
             sink.write(line + "\n")
 

@@ -41,7 +41,10 @@ def child_env(database_user: str | None = None, **extra: str) -> dict[str, str]:
 def manage(*arguments: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(REPO / "testproject" / "manage.py"), *arguments],
-        env=env or child_env(), capture_output=True, text=True, timeout=timeout,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -54,15 +57,23 @@ class EngineProcess:
     """
 
     def __init__(
-        self, name: str, log_dir: Path, options: dict[str, Any], broker: str = "tests.process_broker:broker",
-        arguments: tuple[str, ...] = (), database_user: str | None = None, **env: str,
+        self,
+        name: str,
+        log_dir: Path,
+        options: dict[str, Any],
+        broker: str = "tests.process_broker:broker",
+        arguments: tuple[str, ...] = (),
+        database_user: str | None = None,
+        **env: str,
     ) -> None:
         self.name = name
         self.arguments = ("--broker", broker, *arguments)
         self.log_path = log_dir / f"{name}.log"
         self.env = child_env(
-            database_user, DB_APPLICATION_NAME=name,
-            TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}), **env,
+            database_user,
+            DB_APPLICATION_NAME=name,
+            TASKIQ_BEAT_OPTIONS=json.dumps({"SCHEDULER_ID": name, **options}),
+            **env,
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -70,7 +81,10 @@ class EngineProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat", *self.arguments],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=REPO,
             )
         wait_until(lambda: "Scheduler engine started." in self.log(), timeout=30, what=f"{self.name} to start")
         return self
@@ -120,9 +134,23 @@ class RedisServer:
     def start(self) -> "RedisServer":
         with open(self.data_dir / "redis.log", "ab") as log:
             self.process = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                 "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         try:
             wait_until(self._answers_or_exited, timeout=20, what="redis-server")

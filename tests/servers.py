@@ -53,8 +53,12 @@ def running(start: Callable[[int], Callable[[], object]], log: Path, name: str) 
             stop = start(port)
         except subprocess.CalledProcessError as exc:
             text = log.read_text(errors="replace") if log.exists() else "(no log written)\n"
-            print(f"{name} did not start on port {port} (attempt {attempt} of {_STARTS}): {exc}\n"
-                  f"--- {log} ---\n{text}--- end of log ---", file=sys.stderr, flush=True)
+            print(
+                f"{name} did not start on port {port} (attempt {attempt} of {_STARTS}): {exc}\n"
+                f"--- {log} ---\n{text}--- end of log ---",
+                file=sys.stderr,
+                flush=True,
+            )
             if attempt == _STARTS:
                 raise
             continue

@@ -44,9 +44,12 @@ def add_runs(job: SchedulerJob, *statuses: str) -> None:
     for minutes, status in enumerate(statuses):
         slot = now - timedelta(minutes=len(statuses) - minutes)
         SchedulerRun.objects.create(
-            job=job, scheduled_for=slot, status=status,
+            job=job,
+            scheduled_for=slot,
+            status=status,
             dispatched_at=slot + timedelta(milliseconds=40) if status != RunStatus.PENDING else None,
-            finished_at=slot + timedelta(milliseconds=50), error="boom" if status == RunStatus.FAILED else None,
+            finished_at=slot + timedelta(milliseconds=50),
+            error="boom" if status == RunStatus.FAILED else None,
         )
 
 
@@ -55,6 +58,7 @@ def post_action(client: Client, action: str, *jobs: SchedulerJob) -> Any:
 
 
 # -- the list ---------------------------------------------------------------------------------------
+
 
 def test_job_list_shows_every_column(admin_client: Client, app: SchedulerApp) -> None:
     interval = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Heartbeat")
@@ -68,12 +72,21 @@ def test_job_list_shows_every_column(admin_client: Client, app: SchedulerApp) ->
         EVERY_FIVE, name="Chain"
     )
     page = admin_client.get(JOBS).content.decode()
-    for text in ("Heartbeat", "demo.heartbeat", "every 5 minutes", "cron 0 */5 * * * * (Europe/Berlin)", "once at ",
-                 "chain of 2 steps, every 5 minutes", "active", "in 4 min", ">dispatched</small>",
-                 "Last 20 runs"):
+    for text in (
+        "Heartbeat",
+        "demo.heartbeat",
+        "every 5 minutes",
+        "cron 0 */5 * * * * (Europe/Berlin)",
+        "once at ",
+        "chain of 2 steps, every 5 minutes",
+        "active",
+        "in 4 min",
+        ">dispatched</small>",
+        "Last 20 runs",
+    ):
         assert text in page, text
     assert page.count('title="failed ') == 1 and page.count('title="dispatched ') == 2  # the run strip
-    assert '<small>2 sent</small>' in page  # the sends so far, under the strip
+    assert "<small>2 sent</small>" in page  # the sends so far, under the strip
 
 
 def test_states_and_the_state_filter(
@@ -94,9 +107,14 @@ def test_states_and_the_state_filter(
 
 @pytest.mark.parametrize(
     ("query", "shown"),
-    [({"kind": "chain"}, {"chain-job"}), ({"kind": "single"}, {"cron-job", "greet-job"}),
-     ({"strategy": "crontab"}, {"cron-job"}), ({"task_name": "demo.greet"}, {"greet-job"}),
-     ({"q": "greet"}, {"greet-job"}), ({"q": "cron-j"}, {"cron-job"})],
+    [
+        ({"kind": "chain"}, {"chain-job"}),
+        ({"kind": "single"}, {"cron-job", "greet-job"}),
+        ({"strategy": "crontab"}, {"cron-job"}),
+        ({"task_name": "demo.greet"}, {"greet-job"}),
+        ({"q": "greet"}, {"greet-job"}),
+        ({"q": "cron-j"}, {"cron-job"}),
+    ],
 )
 def test_filters_and_search(admin_client: Client, app: SchedulerApp, query: dict[str, str], shown: set[str]) -> None:
     app.single(task="demo.heartbeat").schedule(PeriodicSchedule(crontab=CrontabTrigger(minute="0")), name="cron-job")
@@ -107,10 +125,12 @@ def test_filters_and_search(admin_client: Client, app: SchedulerApp, query: dict
 
 
 def test_list_is_ordered_by_next_run(admin_client: Client, app: SchedulerApp) -> None:
-    later = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=3)),
-                                                       name="zz-later")
-    app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)),
-                                               name="zz-sooner")
+    later = app.single(task="demo.heartbeat").schedule(
+        OneOffSchedule(run_at=timezone.now() + timedelta(hours=3)), name="zz-later"
+    )
+    app.single(task="demo.heartbeat").schedule(
+        OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)), name="zz-sooner"
+    )
     app.pause(later.id)  # no next run: last
     page = admin_client.get(JOBS).content.decode()
     assert page.index("zz-sooner") < page.index("zz-later")
@@ -131,6 +151,7 @@ def test_list_query_count_does_not_grow_with_the_page(admin_client: Client, app:
 
 # -- actions, through SchedulerApp ------------------------------------------------------------------
 
+
 def test_pause_resume_and_run_now_actions(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
     response = post_action(admin_client, "pause_jobs", job)
@@ -147,8 +168,9 @@ def test_pause_resume_and_run_now_actions(admin_client: Client, app: SchedulerAp
 def test_delete_action_goes_through_the_app_and_removes_runs(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
     add_runs(job, RunStatus.DISPATCHED)
-    response = admin_client.post(JOBS, {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"},
-                                 follow=True)
+    response = admin_client.post(
+        JOBS, {"action": "delete_selected", "_selected_action": [job.pk], "post": "yes"}, follow=True
+    )
     assert "Successfully deleted 1" in response.content.decode()
     assert not SchedulerJob.objects.exists() and not SchedulerRun.objects.exists()
 
@@ -160,6 +182,7 @@ def test_no_action_runs_on_get(admin_client: Client, app: SchedulerApp) -> None:
 
 
 # -- the job page ---------------------------------------------------------------------------------------
+
 
 def test_job_page_shows_next_fire_times_chain_steps_and_recent_runs(admin_client: Client, app: SchedulerApp) -> None:
     job = app.chain(steps=[ChainStep(task="demo.heartbeat"), ChainStep(task="demo.greet", args=["<b>"])]).schedule(
@@ -182,6 +205,7 @@ def test_runs_cannot_be_added_by_hand(admin_client: Client) -> None:
 
 # -- runs ---------------------------------------------------------------------------------------------------
 
+
 def test_run_history_list_filters_and_chain_progress(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="History")
     add_runs(job, RunStatus.DISPATCHED, RunStatus.FAILED)
@@ -193,15 +217,23 @@ def test_run_history_list_filters_and_chain_progress(admin_client: Client, app: 
     assert failed_only.count('<strong style="color: #c62828">failed</strong>') == 1
     assert ">dispatched</strong>" not in failed_only
     run = SchedulerRun.objects.filter(status=RunStatus.DISPATCHED).get()
-    run.progress = {"status": "running", "chain_attempt": 1, "steps": [
-        {"task_name": "demo.heartbeat", "status": "succeeded", "attempts": 1, "error": None},
-        {"task_name": "demo.greet", "status": "running", "attempts": 2, "error": "<i>flaky</i>"},
-    ]}
+    run.progress = {
+        "status": "running",
+        "chain_attempt": 1,
+        "steps": [
+            {"task_name": "demo.heartbeat", "status": "succeeded", "attempts": 1, "error": None},
+            {"task_name": "demo.greet", "status": "running", "attempts": 2, "error": "<i>flaky</i>"},
+        ],
+    }
     run.save()
     detail = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).content.decode()
     assert "chain attempt 1" in detail and "&lt;i&gt;flaky&lt;/i&gt;" in detail
-    assert admin_client.post(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk]),
-                             {"status": "failed"}).status_code == 403
+    assert (
+        admin_client.post(
+            reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk]), {"status": "failed"}
+        ).status_code
+        == 403
+    )
 
 
 def test_runs_of_one_job(admin_client: Client, app: SchedulerApp) -> None:
@@ -214,6 +246,7 @@ def test_runs_of_one_job(admin_client: Client, app: SchedulerApp) -> None:
 
 
 # -- permissions and escaping ------------------------------------------------------------------------------
+
 
 def staff_client(*codenames: str) -> Client:
     user = User.objects.create_user("operator", password="secret", is_staff=True)
@@ -267,11 +300,28 @@ ADD = reverse("admin:django_taskiq_beat_schedulerjob_add")
 
 def form_data(**overrides: Any) -> dict[str, Any]:
     data = {
-        "name": "From the form", "description": "", "job_id": "", "task": "demo.greet", "task_name": "",
-        "args": '["Django"]', "kwargs": '{"punctuation": "?"}', "is_enabled": "on", "schedule_type": "interval",
-        "interval_every": "5", "interval_unit": "minutes", "cron_expression": "", "second": "0", "minute": "*",
-        "hour": "*", "day_of_month": "*", "month_of_year": "*", "day_of_week": "*", "timezone": "Europe/Berlin",
-        "run_at": "", "start_at": "", "end_at": "",
+        "name": "From the form",
+        "description": "",
+        "job_id": "",
+        "task": "demo.greet",
+        "task_name": "",
+        "args": '["Django"]',
+        "kwargs": '{"punctuation": "?"}',
+        "is_enabled": "on",
+        "schedule_type": "interval",
+        "interval_every": "5",
+        "interval_unit": "minutes",
+        "cron_expression": "",
+        "second": "0",
+        "minute": "*",
+        "hour": "*",
+        "day_of_month": "*",
+        "month_of_year": "*",
+        "day_of_week": "*",
+        "timezone": "Europe/Berlin",
+        "run_at": "",
+        "start_at": "",
+        "end_at": "",
     }
     return {**data, **overrides}
 
@@ -293,21 +343,59 @@ def test_add_form_offers_the_brokers_tasks_and_timezones(admin_client: Client) -
     ("overrides", "kind", "strategy", "check"),
     [
         ({}, "periodic", "interval", lambda job: job.trigger_payload["interval"]["minutes"] == 5),
-        ({"schedule_type": "crontab", "cron_expression": "30 2 * * mon-fri"}, "periodic", "crontab",
-         lambda job: job.trigger_payload["crontab"] == {
-             "second": "0", "minute": "30", "hour": "2", "day_of_month": "*", "month_of_year": "*",
-             "day_of_week": "mon-fri", "timezone": "Europe/Berlin"}),
-        ({"schedule_type": "crontab", "minute": "*/15", "hour": "8-18", "timezone": "Asia/Tokyo"}, "periodic",
-         "crontab", lambda job: job.trigger_payload["crontab"]["minute"] == "*/15"
-         and job.trigger_payload["crontab"]["timezone"] == "Asia/Tokyo"),
-        ({"schedule_type": "one_off", "run_at": "2030-01-02T03:04:05"}, "one_off", "one_off",
-         lambda job: job.trigger_payload == {"run_at": "2030-01-02T02:04:05+00:00",  # Berlin is UTC+1 in winter
-                                             "timezone": "Europe/Berlin"}),
-        ({"start_at": "2030-06-01T08:00:00", "end_at": "2030-06-30T18:00:00"}, "periodic", "interval",
-         lambda job: job.trigger_payload["start_at"] == "2030-06-01T06:00:00+00:00"
-         and job.next_run_at.isoformat() == "2030-06-01T06:00:00+00:00"),
-        ({"task": "", "task_name": "demo.add", "args": "[1, 2]", "kwargs": "{}"}, "periodic", "interval",
-         lambda job: job.task_name == "demo.add" and job.task_args == [1, 2]),
+        (
+            {"schedule_type": "crontab", "cron_expression": "30 2 * * mon-fri"},
+            "periodic",
+            "crontab",
+            lambda job: (
+                job.trigger_payload["crontab"]
+                == {
+                    "second": "0",
+                    "minute": "30",
+                    "hour": "2",
+                    "day_of_month": "*",
+                    "month_of_year": "*",
+                    "day_of_week": "mon-fri",
+                    "timezone": "Europe/Berlin",
+                }
+            ),
+        ),
+        (
+            {"schedule_type": "crontab", "minute": "*/15", "hour": "8-18", "timezone": "Asia/Tokyo"},
+            "periodic",
+            "crontab",
+            lambda job: (
+                job.trigger_payload["crontab"]["minute"] == "*/15"
+                and job.trigger_payload["crontab"]["timezone"] == "Asia/Tokyo"
+            ),
+        ),
+        (
+            {"schedule_type": "one_off", "run_at": "2030-01-02T03:04:05"},
+            "one_off",
+            "one_off",
+            lambda job: (
+                job.trigger_payload
+                == {
+                    "run_at": "2030-01-02T02:04:05+00:00",  # Berlin is UTC+1 in winter
+                    "timezone": "Europe/Berlin",
+                }
+            ),
+        ),
+        (
+            {"start_at": "2030-06-01T08:00:00", "end_at": "2030-06-30T18:00:00"},
+            "periodic",
+            "interval",
+            lambda job: (
+                job.trigger_payload["start_at"] == "2030-06-01T06:00:00+00:00"
+                and job.next_run_at.isoformat() == "2030-06-01T06:00:00+00:00"
+            ),
+        ),
+        (
+            {"task": "", "task_name": "demo.add", "args": "[1, 2]", "kwargs": "{}"},
+            "periodic",
+            "interval",
+            lambda job: job.task_name == "demo.add" and job.task_args == [1, 2],
+        ),
     ],
     ids=["interval", "cron-expression", "cron-fields", "one-off", "window", "free-text-task"],
 )
@@ -366,10 +454,19 @@ def test_edit_form_shows_the_job_and_saves_through_upsert(admin_client: Client, 
     page = admin_client.get(job_change_url(job)).content.decode()
     assert 'value="Morning"' in page and '<option value="Asia/Tokyo" selected>' in page
     assert 'name="hour" value="9"' in page and "Next five fire times" in page
-    response = admin_client.post(job_change_url(job), form_data(
-        name="Morning, later", schedule_type="crontab", minute="30", hour="10", timezone="Asia/Tokyo",
-        task="demo.greet", args='["B"]', kwargs="{}",
-    ))
+    response = admin_client.post(
+        job_change_url(job),
+        form_data(
+            name="Morning, later",
+            schedule_type="crontab",
+            minute="30",
+            hour="10",
+            timezone="Asia/Tokyo",
+            task="demo.greet",
+            args='["B"]',
+            kwargs="{}",
+        ),
+    )
     assert response.status_code == 302, errors_of(response)
     stored = SchedulerJob.objects.get(pk=job.pk)
     assert (stored.name, stored.task_args, stored.trigger_payload["crontab"]["hour"]) == ("Morning, later", ["B"], "10")
@@ -378,8 +475,9 @@ def test_edit_form_shows_the_job_and_saves_through_upsert(admin_client: Client, 
 
 
 def test_a_one_off_reopens_in_the_zone_it_was_entered_in(admin_client: Client, app: SchedulerApp) -> None:
-    response = admin_client.post(ADD, form_data(schedule_type="one_off", run_at="2030-01-02T03:04:05",
-                                                 timezone="Asia/Tokyo"))
+    response = admin_client.post(
+        ADD, form_data(schedule_type="one_off", run_at="2030-01-02T03:04:05", timezone="Asia/Tokyo")
+    )
     assert response.status_code == 302, errors_of(response)
     job = SchedulerJob.objects.get()
     assert job.next_run_at.isoformat() == "2030-01-01T18:04:05+00:00"  # Tokyo is UTC+9, not the default Berlin
@@ -387,9 +485,14 @@ def test_a_one_off_reopens_in_the_zone_it_was_entered_in(admin_client: Client, a
     assert '<option value="Asia/Tokyo" selected>' in page
     assert 'name="run_at" value="2030-01-02T03:04:05"' in page
     assert "once at 2030-01-02 03:04:05 JST (Asia/Tokyo)" in admin_client.get(JOBS).content.decode()
-    unchanged = admin_client.post(job_change_url(job), form_data(
-        schedule_type="one_off", run_at="2030-01-02T03:04:05", timezone="Asia/Tokyo",
-    ))
+    unchanged = admin_client.post(
+        job_change_url(job),
+        form_data(
+            schedule_type="one_off",
+            run_at="2030-01-02T03:04:05",
+            timezone="Asia/Tokyo",
+        ),
+    )
     assert unchanged.status_code == 302, errors_of(unchanged)
     assert SchedulerJob.objects.get().next_run_at == job.next_run_at
 
@@ -403,9 +506,16 @@ def test_a_one_off_scheduled_without_a_zone_opens_in_the_default_zone(admin_clie
 
 def test_edit_form_unchecking_enabled_pauses_and_keeps_the_rest(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Beat")
-    response = admin_client.post(job_change_url(job), form_data(
-        name="Beat", task="demo.heartbeat", args="[]", kwargs="{}", is_enabled="",
-    ))
+    response = admin_client.post(
+        job_change_url(job),
+        form_data(
+            name="Beat",
+            task="demo.heartbeat",
+            args="[]",
+            kwargs="{}",
+            is_enabled="",
+        ),
+    )
     assert response.status_code == 302, errors_of(response)
     assert SchedulerJob.objects.get(pk=job.pk).state == "paused"
 
@@ -423,8 +533,9 @@ def test_worker_outcomes_show_in_the_lists(admin_client: Client, app: SchedulerA
     add_runs(job, RunStatus.DISPATCHED, RunStatus.DISPATCHED)
     first, second = SchedulerRun.objects.order_by("scheduled_for")
     started = timezone.now() - timedelta(seconds=5)
-    SchedulerRun.objects.filter(pk=first.pk).update(outcome="failed", started_at=started,
-                                                    completed_at=started + timedelta(milliseconds=1500))
+    SchedulerRun.objects.filter(pk=first.pk).update(
+        outcome="failed", started_at=started, completed_at=started + timedelta(milliseconds=1500)
+    )
     SchedulerRun.objects.filter(pk=second.pk).update(outcome="running", started_at=started)
     jobs_page = admin_client.get(JOBS).content.decode()
     assert 'title="failed ' in jobs_page and ">running</small>" in jobs_page

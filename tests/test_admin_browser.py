@@ -24,7 +24,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it: apt-get install chromium)"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Debian's chromium is not installed (CI installs it: apt-get install chromium)"
+    ),
 ]
 
 
@@ -40,7 +42,9 @@ def engine(tmp_path: Path) -> Iterator[None]:
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat"],
-            env=child_env(), stdout=output, stderr=subprocess.STDOUT,
+            env=child_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_until(lambda: "Scheduler engine started." in log.read_text(), timeout=30, what="the engine")
@@ -58,8 +62,14 @@ def page(live_server: object, monkeypatch: pytest.MonkeyPatch) -> Iterator[objec
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         try:
             yield browser.new_page(viewport={"width": 1400, "height": 900})
@@ -100,7 +110,8 @@ def test_create_run_now_and_see_the_run_in_the_history(
     page.click("button[name=index]")  # type: ignore[attr-defined]
     assert "Marked to run now: 1 job." in messages_of(page)
     wait_until(
-        lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists(), timeout=30,
+        lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists(),
+        timeout=30,
         what="the engine to send the job",
     )
 
@@ -125,8 +136,9 @@ def test_the_engines_screen_and_the_warning_when_none_is_alive(
 ) -> None:
     from tests.test_cli import engine_row
 
-    get_scheduler_app().single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=5)),
-                                                             name="Heartbeat")
+    get_scheduler_app().single(task="demo.heartbeat").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(seconds=5)), name="Heartbeat"
+    )
     engine_row("engine-b7", heartbeat_age=300, dispatched_count=5120, failed_dispatch_count=3)
     engine_row("engine-a1", heartbeat_age=3600, stopped=True, dispatched_count=20411)
     base = str(live_server)
@@ -151,8 +163,15 @@ def test_a_declared_job_is_read_only_says_where_it_is_declared_and_can_be_paused
 
     from django_taskiq_beat.sync import sync_declared
 
-    schedule = {"nightly-report": {"task": "demo.greet", "cron": "0 6 * * mon-fri", "args": ["team"],
-                                   "labels": {"queue": "reports"}, "name": "Nightly report"}}
+    schedule = {
+        "nightly-report": {
+            "task": "demo.greet",
+            "cron": "0 6 * * mon-fri",
+            "args": ["team"],
+            "labels": {"queue": "reports"},
+            "name": "Nightly report",
+        }
+    }
     with override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": schedule}):
         sync_declared(get_scheduler_app())
     base = str(live_server)
@@ -200,11 +219,23 @@ def test_a_policy_set_in_the_form_reads_in_words_and_a_held_slot_shows_as_waitin
 
     job = SchedulerJob.objects.get(name="Hourly export")
     going = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    SchedulerRun.objects.create(job=job, scheduled_for=going, status=RunStatus.DISPATCHED, dispatched_at=going,
-                                finished_at=going, outcome="running", started_at=going)
+    SchedulerRun.objects.create(
+        job=job,
+        scheduled_for=going,
+        status=RunStatus.DISPATCHED,
+        dispatched_at=going,
+        finished_at=going,
+        outcome="running",
+        started_at=going,
+    )
     reason = "held until the previous run (an hour ago, running) finishes"
-    SchedulerRun.objects.create(job=job, scheduled_for=going + timedelta(hours=1), status=RunStatus.PENDING,
-                                claimed_by=WAITING_CLAIMANT, reason=reason)
+    SchedulerRun.objects.create(
+        job=job,
+        scheduled_for=going + timedelta(hours=1),
+        status=RunStatus.PENDING,
+        claimed_by=WAITING_CLAIMANT,
+        reason=reason,
+    )
     page.click("text=Hourly export")  # type: ignore[attr-defined]
     assert words in page.inner_text("div.field-policy")  # type: ignore[attr-defined]
     runs = page.inner_text("div.field-recent_runs_table")  # type: ignore[attr-defined]
@@ -277,20 +308,28 @@ def test_the_job_and_run_lists_fit_the_window(
     app = get_scheduler_app()
     cron = PeriodicSchedule(crontab=CrontabTrigger.from_expression("*/15 8-18 * * mon-fri", timezone="Europe/Berlin"))
     named = app.single(task="demo.greet", args=["team"]).schedule(
-        cron, name="Quarter-hourly sales figures for the regional dashboards", job_id="reports.sales-quarter-hourly",
+        cron,
+        name="Quarter-hourly sales figures for the regional dashboards",
+        job_id="reports.sales-quarter-hourly",
         policy=SchedulePolicy(overlap="skip", misfire_grace_seconds=300, jitter_seconds=30, max_runs=1000),
     )
     unnamed = app.single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=5)))
     for minutes in range(1, 25):
-        sent(named, timedelta(minutes=15 * minutes), outcome="failed" if minutes % 5 == 0 else "succeeded",
-             error="ValueError: the regional feed returned an empty body after 3 retries" if minutes % 5 == 0 else None)
+        sent(
+            named,
+            timedelta(minutes=15 * minutes),
+            outcome="failed" if minutes % 5 == 0 else "succeeded",
+            error="ValueError: the regional feed returned an empty body after 3 retries" if minutes % 5 == 0 else None,
+        )
         sent(unnamed, timedelta(seconds=5 * minutes))
     page.set_viewport_size({"width": width, "height": height})  # type: ignore[attr-defined]
     log_in(page, str(live_server), "/admin/django_taskiq_beat/schedulerjob/")
     page.wait_for_selector("#result_list")  # type: ignore[attr-defined]
     # Neither the page nor the box the admin scrolls a wide table in (the table's parent).
-    fits = ("[document.documentElement, document.querySelector('#result_list').parentElement]"
-            ".every(box => box.scrollWidth <= box.clientWidth)")
+    fits = (
+        "[document.documentElement, document.querySelector('#result_list').parentElement]"
+        ".every(box => box.scrollWidth <= box.clientWidth)"
+    )
     assert page.evaluate(fits), "the job list scrolls sideways"  # type: ignore[attr-defined]
     listed = page.inner_text("#result_list")  # type: ignore[attr-defined]
     assert f"demo.heartbeat · {unnamed.pk[:8]}" in listed  # an unnamed job: its task and a short id
@@ -345,8 +384,9 @@ def test_the_job_page_shows_each_runs_outcome_duration_and_error(
     sent(job, timedelta(minutes=20), outcome="failed", error="ValueError: bad row 17")
     sent(job, timedelta(minutes=10), outcome="")  # sent, nothing reported yet
     succeeded = SchedulerRun.objects.get(outcome="succeeded")
-    SchedulerRun.objects.filter(pk=succeeded.pk).update(started_at=succeeded.finished_at,
-                                                        completed_at=succeeded.finished_at + timedelta(seconds=1.25))
+    SchedulerRun.objects.filter(pk=succeeded.pk).update(
+        started_at=succeeded.finished_at, completed_at=succeeded.finished_at + timedelta(seconds=1.25)
+    )
     page.set_viewport_size({"width": width, "height": height})  # type: ignore[attr-defined]
     log_in(page, str(live_server), f"/admin/django_taskiq_beat/schedulerjob/{job.pk}/change/")
     table = "div.field-recent_runs_table table"

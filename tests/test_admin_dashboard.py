@@ -23,16 +23,28 @@ JOBS = reverse("admin:django_taskiq_beat_schedulerjob_changelist")
 
 
 def schedule(job_id: str, every: int = 600, name: str | None = None) -> SchedulerJob:
-    return get_scheduler_app().single(task="demo.heartbeat").schedule(
-        PeriodicSchedule(interval=IntervalTrigger(seconds=every)), job_id=job_id, name=name
+    return (
+        get_scheduler_app()
+        .single(task="demo.heartbeat")
+        .schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=every)), job_id=job_id, name=name)
     )
 
 
-def sent(job: SchedulerJob, ago: timedelta, outcome: str = "succeeded", lag: float = 0.02,
-         status: str = RunStatus.DISPATCHED, error: str | None = None) -> None:
+def sent(
+    job: SchedulerJob,
+    ago: timedelta,
+    outcome: str = "succeeded",
+    lag: float = 0.02,
+    status: str = RunStatus.DISPATCHED,
+    error: str | None = None,
+) -> None:
     slot = timezone.now() - ago
     SchedulerRun.objects.create(
-        job=job, scheduled_for=slot, status=status, outcome=outcome, error=error,
+        job=job,
+        scheduled_for=slot,
+        status=status,
+        outcome=outcome,
+        error=error,
         dispatched_at=slot + timedelta(seconds=lag) if status == RunStatus.DISPATCHED else None,
         finished_at=slot + timedelta(seconds=1),
     )
@@ -64,7 +76,8 @@ def test_the_dashboard_draws_the_last_day_the_next_hour_and_the_failing_jobs(adm
     bars = marks(page, "tb-bar-segment")
     assert sum(int(bar["count"]) for bar in bars if bar["category"] == "succeeded") == 3
     assert sorted((bar["category"], bar["count"]) for bar in bars if bar["category"] != "succeeded") == [
-        ("failed", "1"), ("skipped", "1")
+        ("failed", "1"),
+        ("skipped", "1"),
     ]
     points = marks(page, "tb-lag-point")
     assert {point["percentile"] for point in points} == {"p50", "p95"}
@@ -80,10 +93,16 @@ def test_the_dashboard_is_linked_from_the_index_and_the_job_list(admin_client: C
     assert DASHBOARD in admin_client.get(JOBS).content.decode()
 
 
-@pytest.mark.parametrize(("permission", "allowed"), [
-    ("view_schedulerjob", True), ("change_schedulerjob", True), ("view_schedulerrun", False),
-    ("view_schedulerengine", False), (None, False),
-])
+@pytest.mark.parametrize(
+    ("permission", "allowed"),
+    [
+        ("view_schedulerjob", True),
+        ("change_schedulerjob", True),
+        ("view_schedulerrun", False),
+        ("view_schedulerengine", False),
+        (None, False),
+    ],
+)
 def test_who_may_see_the_dashboard(client: Client, permission: str | None, allowed: bool) -> None:
     user = User.objects.create_user("operator", password="secret", is_staff=True)
     if permission:

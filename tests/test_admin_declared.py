@@ -2,14 +2,12 @@
 (pause, resume and run now still work) and their page says where to edit them; taskiq labels
 are a field of the form; the add form records ``admin`` as the source."""
 
-from typing import Any
-
 import pytest
 from django.contrib.admin.utils import quote
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, SchedulerApp, get_scheduler_app
+from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, get_scheduler_app
 from django_taskiq_beat.models import JobSource, SchedulerJob
 from django_taskiq_beat.sync import sync_declared
 from tests.test_admin import ADD, JOBS, errors_of, form_data, post_action, staff_client
@@ -28,8 +26,10 @@ def declared_job() -> SchedulerJob:
 
 @pytest.fixture
 def api_job() -> SchedulerJob:
-    return get_scheduler_app().single(task="demo.heartbeat").schedule(
-        PeriodicSchedule(interval=IntervalTrigger(minutes=5)), job_id="from-code", name="From code"
+    return (
+        get_scheduler_app()
+        .single(task="demo.heartbeat")
+        .schedule(PeriodicSchedule(interval=IntervalTrigger(minutes=5)), job_id="from-code", name="From code")
     )
 
 
@@ -89,11 +89,14 @@ def test_the_add_form_records_the_admin_as_source_and_keeps_labels(admin_client:
     assert (job.source, job.task_labels) == (JobSource.ADMIN, {"queue": "high"})
 
 
-@pytest.mark.parametrize(("labels", "says"), [
-    ('{"queue": ["a", "b"]}', "string, number or boolean"),
-    ('{"scheduler_job_id": "x"}', "scheduler's own"),
-    ('["queue"]', "JSON object"),
-])
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ('{"queue": ["a", "b"]}', "string, number or boolean"),
+        ('{"scheduler_job_id": "x"}', "scheduler's own"),
+        ('["queue"]', "JSON object"),
+    ],
+)
 def test_bad_labels_are_an_error_on_the_labels_field(admin_client: Client, labels: str, says: str) -> None:
     response = admin_client.post(ADD, form_data(labels=labels))
     assert response.status_code == 200

@@ -27,8 +27,19 @@ def test_the_engines_screen_shows_each_engine_and_its_state(admin_client: Client
     engine_row("engine-dead", heartbeat_age=3600)
     engine_row("engine-stopped", heartbeat_age=10, stopped=True)
     page = admin_client.get(ENGINES).content.decode()
-    for text in ("engine-live", "engine-dead", "engine-stopped", "host-a:4242", "0.1.0", "1234 sent", "7 conflicts", "2 s ago",
-                 ">alive</strong>", ">dead</strong>", ">stopped</strong>"):
+    for text in (
+        "engine-live",
+        "engine-dead",
+        "engine-stopped",
+        "host-a:4242",
+        "0.1.0",
+        "1234 sent",
+        "7 conflicts",
+        "2 s ago",
+        ">alive</strong>",
+        ">dead</strong>",
+        ">stopped</strong>",
+    ):
         assert text in page, text
     for state, shown in (("alive", "engine-live"), ("dead", "engine-dead"), ("stopped", "engine-stopped")):
         listed = admin_client.get(ENGINES, {"state": state}).context["cl"].result_list
@@ -41,6 +52,9 @@ def test_engines_are_read_only_and_need_their_own_view_permission(admin_client: 
     assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerengine_add")).status_code == 403
     page = admin_client.get(change).content.decode()
     assert 'name="_save"' not in page and admin_client.post(change, {"hostname": "x"}).status_code == 403
-    assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerengine_delete", args=[engine.pk])).status_code == 403
+    assert (
+        admin_client.get(reverse("admin:django_taskiq_beat_schedulerengine_delete", args=[engine.pk])).status_code
+        == 403
+    )
     assert client_with("view_schedulerjob", "change_schedulerjob").get(ENGINES).status_code == 403
     assert client_with("view_schedulerengine").get(ENGINES).status_code == 200

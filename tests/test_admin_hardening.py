@@ -38,12 +38,15 @@ def client_with(*codenames: str) -> Client:
 
 
 def snapshot(job_id: str) -> tuple[Any, ...]:
-    return tuple(SchedulerJob.objects.filter(pk=job_id).values_list(
-        "name", "task_name", "task_args", "trigger_payload", "is_enabled", "next_run_at", "updated_at"
-    ).get())
+    return tuple(
+        SchedulerJob.objects.filter(pk=job_id)
+        .values_list("name", "task_name", "task_args", "trigger_payload", "is_enabled", "next_run_at", "updated_at")
+        .get()
+    )
 
 
 # -- 3: adding never changes an existing job ------------------------------------------------------
+
 
 @pytest.mark.parametrize("who", ["add permission only", "superuser"])
 def test_adding_with_a_taken_id_is_a_form_error_and_changes_nothing(
@@ -64,13 +67,16 @@ def test_add_permission_alone_creates_new_jobs(app: SchedulerApp) -> None:
     assert SchedulerJob.objects.get(pk="fresh").name == "From the form"
 
 
-def test_the_disabled_id_on_the_edit_page_has_no_hint_about_generating_one(admin_client: Client, app: SchedulerApp) -> None:
+def test_the_disabled_id_on_the_edit_page_has_no_hint_about_generating_one(
+    admin_client: Client, app: SchedulerApp
+) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
     assert "Leave empty for a generated id" in admin_client.get(ADD).content.decode()
     assert "Leave empty for a generated id" not in admin_client.get(job_change_url(job)).content.decode()
 
 
 # -- each single permission, on every screen ------------------------------------------------------
+
 
 @pytest.mark.parametrize("permission", PERMISSIONS)
 def test_each_single_permission_gets_exactly_its_screens(app: SchedulerApp, permission: str) -> None:
@@ -102,6 +108,7 @@ def test_each_single_permission_gets_exactly_its_screens(app: SchedulerApp, perm
 
 # -- 4: a job whose trigger cannot be read ----------------------------------------------------------
 
+
 def break_trigger(job: SchedulerJob) -> None:
     SchedulerJob.objects.filter(pk=job.pk).update(trigger_payload={"strategy": "interval", "interval": {"seconds": -5}})
 
@@ -124,12 +131,14 @@ def test_a_job_with_an_unreadable_trigger_opens_says_why_and_can_be_fixed(
 def test_actions_do_all_they_can_and_name_the_job_they_could_not_change(
     admin_client: Client, app: SchedulerApp, action: str
 ) -> None:
-    jobs = [app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id=f"job-{n}", is_enabled=False)
-            for n in range(3)]
+    jobs = [
+        app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id=f"job-{n}", is_enabled=False) for n in range(3)
+    ]
     break_trigger(jobs[1])
     if action == "delete_selected":
-        response = admin_client.post(JOBS, {"action": action, "_selected_action": [job.pk for job in jobs],
-                                            "post": "yes"}, follow=True)
+        response = admin_client.post(
+            JOBS, {"action": action, "_selected_action": [job.pk for job in jobs], "post": "yes"}, follow=True
+        )
         assert response.status_code == 200 and not SchedulerJob.objects.exists()
         return
     response = post_action(admin_client, action, *jobs)
@@ -146,12 +155,16 @@ def test_actions_do_all_they_can_and_name_the_job_they_could_not_change(
 
 # -- 5: the delete confirmation summarises the runs -------------------------------------------------
 
+
 def test_delete_confirmation_counts_the_runs_instead_of_listing_them(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Busy")
     start = timezone.now() - timedelta(days=30)
     SchedulerRun.objects.bulk_create(
-        [SchedulerRun(job=job, scheduled_for=start + timedelta(seconds=n), status=RunStatus.DISPATCHED)
-         for n in range(30_000)], batch_size=2000,
+        [
+            SchedulerRun(job=job, scheduled_for=start + timedelta(seconds=n), status=RunStatus.DISPATCHED)
+            for n in range(30_000)
+        ],
+        batch_size=2000,
     )
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_delete", args=[job.pk]))
     assert page.status_code == 200
@@ -165,6 +178,7 @@ def test_delete_confirmation_counts_the_runs_instead_of_listing_them(admin_clien
 
 
 # -- 6: input the form accepted and the save refused ------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("overrides", "field"),
@@ -187,7 +201,9 @@ def test_delete_confirmation_counts_the_runs_instead_of_listing_them(admin_clien
         ({"description": "nul\x00byte"}, "description"),
     ],
 )
-def test_input_the_save_would_refuse_is_a_form_error(admin_client: Client, overrides: dict[str, str], field: str) -> None:
+def test_input_the_save_would_refuse_is_a_form_error(
+    admin_client: Client, overrides: dict[str, str], field: str
+) -> None:
     response = admin_client.post(ADD, form_data(**overrides))
     assert response.status_code == 200
     errors = errors_of(response)
@@ -259,6 +275,7 @@ def test_query_strings_the_database_cannot_take_redirect_instead_of_failing(
 
 # -- 8: read-only pages have no save ------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("who", ["superuser", "change permission"])
 def test_a_chain_page_has_no_save_and_a_post_writes_nothing(admin_client: Client, app: SchedulerApp, who: str) -> None:
     chain = app.chain(steps=[ChainStep(task="demo.heartbeat"), ChainStep(task="demo.add", args=[1, 2])]).schedule(
@@ -275,6 +292,7 @@ def test_a_chain_page_has_no_save_and_a_post_writes_nothing(admin_client: Client
 
 
 # -- found by review ------------------------------------------------------------------------------------
+
 
 def test_the_chain_orchestrator_cannot_be_typed_into_the_form(admin_client: Client) -> None:
     from django_taskiq_beat import CHAIN_ORCHESTRATOR_TASK_NAME
@@ -298,12 +316,19 @@ def test_runs_with_a_status_or_outcome_this_version_does_not_know_still_show(
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE, name="Newer rows")
     now = timezone.now()
     SchedulerRun.objects.create(job=job, scheduled_for=now, status="skipped")
-    SchedulerRun.objects.create(job=job, scheduled_for=now - timedelta(minutes=1), status="dispatched",
-                                outcome="cancelled", progress=["not", "a", "dict"])
+    SchedulerRun.objects.create(
+        job=job,
+        scheduled_for=now - timedelta(minutes=1),
+        status="dispatched",
+        outcome="cancelled",
+        progress=["not", "a", "dict"],
+    )
     for url in (JOBS, job_change_url(job), RUNS):
         assert admin_client.get(url).status_code == 200, url
     for run in SchedulerRun.objects.all():
-        assert admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).status_code == 200
+        assert (
+            admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).status_code == 200
+        )
 
 
 def test_a_view_only_user_sees_every_column_of_a_job(app: SchedulerApp) -> None:
@@ -315,11 +340,18 @@ def test_a_view_only_user_sees_every_column_of_a_job(app: SchedulerApp) -> None:
 
 
 @pytest.mark.filterwarnings("ignore:DateTimeField .* received a naive datetime")  # Django's, for a bare date
-@pytest.mark.parametrize("query", [
-    "scheduled_for__gte=0001-01-01", "scheduled_for__lt=0001-01-01", "scheduled_for__year=1",
-    "scheduled_for__year=1&scheduled_for__month=1&scheduled_for__day=1",
-])
-def test_date_filters_at_the_start_of_the_calendar_do_not_fail(admin_client: Client, app: SchedulerApp, query: str) -> None:
+@pytest.mark.parametrize(
+    "query",
+    [
+        "scheduled_for__gte=0001-01-01",
+        "scheduled_for__lt=0001-01-01",
+        "scheduled_for__year=1",
+        "scheduled_for__year=1&scheduled_for__month=1&scheduled_for__day=1",
+    ],
+)
+def test_date_filters_at_the_start_of_the_calendar_do_not_fail(
+    admin_client: Client, app: SchedulerApp, query: str
+) -> None:
     job = app.single(task="demo.heartbeat").schedule(EVERY_FIVE)
     SchedulerRun.objects.create(job=job, scheduled_for=timezone.now(), status=RunStatus.DISPATCHED)
     response = admin_client.get(f"{RUNS}?{query}")
@@ -333,8 +365,10 @@ def test_a_blank_second_field_means_second_zero(admin_client: Client) -> None:
 
 
 def test_the_message_of_a_failing_action_is_bounded(admin_client: Client, app: SchedulerApp) -> None:
-    jobs = [app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id=f"broken-{n:02}", is_enabled=False)
-            for n in range(25)]
+    jobs = [
+        app.single(task="demo.heartbeat").schedule(EVERY_FIVE, job_id=f"broken-{n:02}", is_enabled=False)
+        for n in range(25)
+    ]
     for job in jobs:
         break_trigger(job)
     response = post_action(admin_client, "resume_jobs", *jobs)

@@ -21,16 +21,27 @@ def page_of(client: Client, job_id: str) -> str:
 
 
 def job_with_runs() -> SchedulerJob:
-    job = get_scheduler_app().single(task="demo.heartbeat").schedule(
-        PeriodicSchedule(interval=IntervalTrigger(minutes=5)), job_id="export"
+    job = (
+        get_scheduler_app()
+        .single(task="demo.heartbeat")
+        .schedule(PeriodicSchedule(interval=IntervalTrigger(minutes=5)), job_id="export")
     )
     now = timezone.now()
-    for minutes, outcome, error in ((15, "succeeded", None), (10, "failed", "ValueError: row 17 is broken"),
-                                    (5, "running", None)):
+    for minutes, outcome, error in (
+        (15, "succeeded", None),
+        (10, "failed", "ValueError: row 17 is broken"),
+        (5, "running", None),
+    ):
         slot = now - timedelta(minutes=minutes)
         SchedulerRun.objects.create(
-            job=job, scheduled_for=slot, status=RunStatus.DISPATCHED, dispatched_at=slot + timedelta(seconds=0.2),
-            finished_at=slot + timedelta(seconds=0.2), outcome=outcome, error=error, started_at=slot + timedelta(seconds=1),
+            job=job,
+            scheduled_for=slot,
+            status=RunStatus.DISPATCHED,
+            dispatched_at=slot + timedelta(seconds=0.2),
+            finished_at=slot + timedelta(seconds=0.2),
+            outcome=outcome,
+            error=error,
+            started_at=slot + timedelta(seconds=1),
             completed_at=None if outcome == "running" else slot + timedelta(seconds=3.5),
         )
     SchedulerJob.objects.filter(pk="export").update(last_outcome="failed", consecutive_failures=1)
@@ -40,7 +51,7 @@ def job_with_runs() -> SchedulerJob:
 def test_the_runs_table_shows_the_workers_outcome_duration_and_error(admin_client: Client) -> None:
     job_with_runs()
     page = page_of(admin_client, "export")
-    table = page[page.index("<th>scheduled for</th>"):]
+    table = page[page.index("<th>scheduled for</th>") :]
     assert "<th>outcome</th>" in table and "<th>duration</th>" in table
     failed_row = next(row for row in table.split("<tr>") if "ValueError: row 17 is broken" in row)
     assert ">failed</td>" in failed_row and "2500 ms" in failed_row and "dispatched" not in failed_row
@@ -69,7 +80,7 @@ def test_a_paused_job_shows_its_pause_and_no_fire_times(admin_client: Client) ->
 def test_the_sparkline_draws_one_bar_per_run_coloured_by_outcome(admin_client: Client) -> None:
     job_with_runs()
     page = page_of(admin_client, "export")
-    svg = page[page.index('<svg class="tb-sparkline"'):]
+    svg = page[page.index('<svg class="tb-sparkline"') :]
     svg = svg[: svg.index("</svg>")]
     assert re.findall(r'data-outcome="([^"]+)"', svg) == ["succeeded", "failed", "running"]  # oldest first
     assert "lag 200 ms" in svg

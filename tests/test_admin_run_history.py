@@ -54,10 +54,15 @@ def test_a_runs_page_shows_the_whole_error_and_a_title_in_words(admin_client: Cl
 
 def test_a_chain_runs_page_shows_its_steps(admin_client: Client) -> None:
     from_api, _ = jobs()
-    progress = {"status": "failed", "chain_attempt": 1, "error": "step 1 failed", "steps": [
-        {"task_name": "demo.greet", "status": "succeeded", "attempts": 1},
-        {"task_name": "demo.add", "status": "failed", "attempts": 3, "error": "TypeError: bad operand"},
-    ]}
+    progress = {
+        "status": "failed",
+        "chain_attempt": 1,
+        "error": "step 1 failed",
+        "steps": [
+            {"task_name": "demo.greet", "status": "succeeded", "attempts": 1},
+            {"task_name": "demo.add", "status": "failed", "attempts": 3, "error": "TypeError: bad operand"},
+        ],
+    }
     run = run_of(from_api, 1, status=RunStatus.DISPATCHED, outcome="failed", progress=progress)
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_change", args=[run.pk])).content.decode()
     assert "<td>demo.add</td><td>failed</td><td>3</td><td>TypeError: bad operand</td>" in page

@@ -61,10 +61,13 @@ def test_backfill_sends_only_past_slots_and_a_one_off_its_own(app: SchedulerApp)
     assert app.backfill(once.pk, moment - timedelta(minutes=1), now) == 1
 
 
-@pytest.mark.parametrize(("start", "end", "field", "says"), [
-    (timedelta(minutes=-5), timedelta(minutes=-10), "end", "after start"),
-    (timedelta(days=-2), timedelta(0), "end", "More than 1,000 slots"),
-])
+@pytest.mark.parametrize(
+    ("start", "end", "field", "says"),
+    [
+        (timedelta(minutes=-5), timedelta(minutes=-10), "end", "after start"),
+        (timedelta(days=-2), timedelta(0), "end", "More than 1,000 slots"),
+    ],
+)
 def test_a_bad_range_is_refused_and_writes_nothing(
     app: SchedulerApp, start: timedelta, end: timedelta, field: str, says: str
 ) -> None:
@@ -89,14 +92,29 @@ def test_the_admin_action_asks_for_the_range_then_backfills(admin_client: Any) -
     assert not SchedulerRun.objects.exists()
     start = timezone.localtime(timezone.now() - timedelta(minutes=10)).strftime("%Y-%m-%dT%H:%M:%S")
     end = timezone.localtime(timezone.now() - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%S")
-    response = admin_client.post(JOBS, {
-        "action": "backfill_jobs", "_selected_action": [job.pk], "apply": "Backfill", "start": start, "end": end,
-        "timezone": timezone.get_current_timezone_name(),
-    }, follow=True)
+    response = admin_client.post(
+        JOBS,
+        {
+            "action": "backfill_jobs",
+            "_selected_action": [job.pk],
+            "apply": "Backfill",
+            "start": start,
+            "end": end,
+            "timezone": timezone.get_current_timezone_name(),
+        },
+        follow=True,
+    )
     assert "Backfilled 1 job." in response.content.decode()
     assert SchedulerRun.objects.filter(job=job, status=RunStatus.PENDING).count() == 5
-    bad = admin_client.post(JOBS, {
-        "action": "backfill_jobs", "_selected_action": [job.pk], "apply": "Backfill", "start": end, "end": start,
-        "timezone": "UTC",
-    })
+    bad = admin_client.post(
+        JOBS,
+        {
+            "action": "backfill_jobs",
+            "_selected_action": [job.pk],
+            "apply": "Backfill",
+            "start": end,
+            "end": start,
+            "timezone": "UTC",
+        },
+    )
     assert "Must be after start." in bad.content.decode()

@@ -91,6 +91,7 @@ def aborted(broker: InMemoryBroker, chain_payload: dict[str, Any]) -> ChainAbort
 
 # -- the reference's test_chains.py ------------------------------------------------------------------
 
+
 def test_task_chain_requires_at_least_one_step() -> None:
     with pytest.raises(SchedulerValidationError, match="at least one step"):
         TaskChain(steps=[])
@@ -128,8 +129,13 @@ def test_chain_builder_persists_job(app: SchedulerApp) -> None:
     assert stored.task_kwargs["steps"][0]["task_name"] == "chain.a"
     assert stored.task_kwargs["steps"][1]["post_delay_ms"] == 250
     assert stored.task_kwargs["steps"][0] == {
-        "task_name": "chain.a", "args": [1], "kwargs": {}, "max_attempts": None, "retry_delay_seconds": None,
-        "timeout_seconds": None, "post_delay_ms": None,
+        "task_name": "chain.a",
+        "args": [1],
+        "kwargs": {},
+        "max_attempts": None,
+        "retry_delay_seconds": None,
+        "timeout_seconds": None,
+        "post_delay_ms": None,
     }
 
 
@@ -163,7 +169,8 @@ def test_chain_orchestrator_uses_post_delay_between_steps(broker: InMemoryBroker
         slept.append(seconds)
 
     chain_payload = payload(
-        ChainStep(task="chain.a", post_delay_ms=100), ChainStep(task="chain.b", post_delay_ms=200),
+        ChainStep(task="chain.a", post_delay_ms=100),
+        ChainStep(task="chain.b", post_delay_ms=200),
         ChainStep(task="chain.c", post_delay_ms=300),
     )
     run(broker, chain_payload, sleep=record_sleep)
@@ -179,8 +186,11 @@ def test_chain_orchestrator_sleep_after_step_converts_ms_to_seconds(
     async def record_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    run(broker, payload(ChainStep(task="chain.a", post_delay_ms=post_delay_ms), ChainStep(task="chain.b")),
-        sleep=record_sleep)
+    run(
+        broker,
+        payload(ChainStep(task="chain.a", post_delay_ms=post_delay_ms), ChainStep(task="chain.b")),
+        sleep=record_sleep,
+    )
     assert slept == expected
 
 
@@ -192,10 +202,16 @@ def test_chain_orchestrator_retries_step_until_success(broker: InMemoryBroker, s
 
 def test_chain_orchestrator_stops_on_failure(broker: InMemoryBroker, steps: Steps) -> None:
     steps.failures_left["flaky"] = 10
-    error = aborted(broker, payload(
-        ChainStep(task="chain.a"), ChainStep(task="chain.flaky", max_attempts=2), ChainStep(task="chain.b"),
-        on_failure="stop", max_chain_attempts=3,
-    ))
+    error = aborted(
+        broker,
+        payload(
+            ChainStep(task="chain.a"),
+            ChainStep(task="chain.flaky", max_attempts=2),
+            ChainStep(task="chain.b"),
+            on_failure="stop",
+            max_chain_attempts=3,
+        ),
+    )
     assert steps.calls == ["a", "flaky", "flaky"]
     assert (error.chain_attempts, error.last_error.step_index, error.last_error.attempts) == (1, 1, 2)
     assert "flaky failed" in error.last_error.reason
@@ -203,9 +219,15 @@ def test_chain_orchestrator_stops_on_failure(broker: InMemoryBroker, steps: Step
 
 def test_chain_orchestrator_restarts_chain(broker: InMemoryBroker, steps: Steps) -> None:
     steps.failures_left["flaky"] = 1
-    summary = run(broker, payload(
-        ChainStep(task="chain.a"), ChainStep(task="chain.flaky"), on_failure="restart", max_chain_attempts=3,
-    ))
+    summary = run(
+        broker,
+        payload(
+            ChainStep(task="chain.a"),
+            ChainStep(task="chain.flaky"),
+            on_failure="restart",
+            max_chain_attempts=3,
+        ),
+    )
     assert steps.calls == ["a", "flaky", "a", "flaky"]
     assert summary["chain_attempts"] == 2
 
@@ -252,6 +274,7 @@ def test_chain_builder_upsert_updates_existing_job(app: SchedulerApp) -> None:
 
 # -- validation at schedule time ------------------------------------------------------------------------
 
+
 def test_a_step_task_the_broker_does_not_know_is_refused_when_scheduling(app: SchedulerApp) -> None:
     with pytest.raises(SchedulerValidationError, match="not registered") as caught:
         app.chain(steps=[ChainStep(task="chain.a"), ChainStep(task="chain.gone")]).schedule(
@@ -264,7 +287,8 @@ def test_a_step_task_the_broker_does_not_know_is_refused_when_scheduling(app: Sc
 @pytest.mark.parametrize(
     ("options", "field"),
     [
-        ({"max_chain_attempts": 0}, "max_chain_attempts"), ({"default_step_max_attempts": 0}, "default_step_max_attempts"),
+        ({"max_chain_attempts": 0}, "max_chain_attempts"),
+        ({"default_step_max_attempts": 0}, "default_step_max_attempts"),
         ({"default_step_retry_delay_seconds": -1}, "default_step_retry_delay_seconds"),
         ({"default_step_timeout_seconds": 0}, "default_step_timeout_seconds"),
         ({"wait_poll_interval_seconds": 0}, "wait_poll_interval_seconds"),
@@ -278,8 +302,12 @@ def test_chain_options_are_validated_by_name(options: dict[str, Any], field: str
 
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"retry_delay_seconds": -0.5}, "retry_delay_seconds"), ({"timeout_seconds": 0}, "timeout_seconds"),
-     ({"args": [object()]}, "args"), ({"max_attempts": 1.5}, "max_attempts")],
+    [
+        ({"retry_delay_seconds": -0.5}, "retry_delay_seconds"),
+        ({"timeout_seconds": 0}, "timeout_seconds"),
+        ({"args": [object()]}, "args"),
+        ({"max_attempts": 1.5}, "max_attempts"),
+    ],
 )
 def test_chain_step_options_are_validated_by_name(options: dict[str, Any], field: str) -> None:
     with pytest.raises(SchedulerValidationError) as caught:
@@ -288,6 +316,7 @@ def test_chain_step_options_are_validated_by_name(options: dict[str, Any], field
 
 
 # -- robustness the reference lacks -------------------------------------------------------------------------
+
 
 def test_chains_need_a_result_backend(app: SchedulerApp, broker: InMemoryBroker) -> None:
     broker.result_backend = DummyResultBackend()
@@ -348,6 +377,7 @@ def test_chain_errors_survive_pickling() -> None:
 
 # -- progress on the chain's run row ------------------------------------------------------------------------
 
+
 def _run_chain_job(app: SchedulerApp, steps_list: list[ChainStep], **options: Any) -> SchedulerRun:
     job = app.chain(steps=steps_list, wait_poll_interval_seconds=0.01, **options).schedule(
         OneOffSchedule(run_at=timezone.now())
@@ -367,7 +397,8 @@ def test_progress_of_a_completed_chain(app: SchedulerApp, steps: Steps) -> None:
     progress = run_row.progress
     assert progress["status"] == "succeeded" and progress["chain_attempt"] == 1 and progress["current_step"] is None
     assert [(s["task_name"], s["status"], s["attempts"]) for s in progress["steps"]] == [
-        ("chain.a", "succeeded", 1), ("chain.flaky", "succeeded", 2),
+        ("chain.a", "succeeded", 1),
+        ("chain.flaky", "succeeded", 2),
     ]
     assert progress["result"]["step_attempts"] == [1, 2] and progress["error"] is None
 
@@ -393,8 +424,9 @@ def test_progress_of_an_immediate_chain_is_not_overwritten_by_its_dispatch_recor
 
 def test_progress_keeps_the_attempt_before_a_restart(app: SchedulerApp, steps: Steps) -> None:
     steps.failures_left["flaky"] = 1
-    run_row = _run_chain_job(app, [ChainStep(task="chain.a"), ChainStep(task="chain.flaky")],
-                             on_failure="restart", max_chain_attempts=2)
+    run_row = _run_chain_job(
+        app, [ChainStep(task="chain.a"), ChainStep(task="chain.flaky")], on_failure="restart", max_chain_attempts=2
+    )
     progress = run_row.progress
     assert progress["status"] == "succeeded" and progress["chain_attempt"] == 2
     (earlier,) = progress["earlier_attempts"]
@@ -434,7 +466,9 @@ def test_progress_records_a_chain_that_could_not_start(app: SchedulerApp, broker
     assert progress["status"] == "failed" and "result backend" in progress["error"]
 
 
-def test_a_running_chain_keeps_the_steps_it_started_with(app: SchedulerApp, broker: InMemoryBroker, steps: Steps) -> None:
+def test_a_running_chain_keeps_the_steps_it_started_with(
+    app: SchedulerApp, broker: InMemoryBroker, steps: Steps
+) -> None:
     hourly = PeriodicSchedule(interval=IntervalTrigger(hours=1))
     job = app.chain(
         steps=[ChainStep(task="chain.slow", kwargs={"sleep": 0.3}), ChainStep(task="chain.a")],
@@ -455,9 +489,13 @@ def test_a_running_chain_keeps_the_steps_it_started_with(app: SchedulerApp, brok
 
 # -- log lines: each names the chain's job and the step ----------------------------------------------------------
 
+
 def chain_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
-    return [(record.levelname, record.getMessage()) for record in caplog.records
-            if record.name == "django_taskiq_beat.chains"]
+    return [
+        (record.levelname, record.getMessage())
+        for record in caplog.records
+        if record.name == "django_taskiq_beat.chains"
+    ]
 
 
 def test_chain_lines_name_the_job_and_the_step(
@@ -465,12 +503,19 @@ def test_chain_lines_name_the_job_and_the_step(
 ) -> None:
     caplog.set_level(logging.INFO, logger="django_taskiq_beat.chains")
     steps.failures_left["flaky"] = 1
-    run(broker, payload(ChainStep(task="chain.a"), ChainStep(task="chain.flaky", max_attempts=2, retry_delay_seconds=0.01)),
-        job_id="reports.nightly", run_id="run-1")
+    run(
+        broker,
+        payload(ChainStep(task="chain.a"), ChainStep(task="chain.flaky", max_attempts=2, retry_delay_seconds=0.01)),
+        job_id="reports.nightly",
+        run_id="run-1",
+    )
     assert chain_lines(caplog) == [
         ("INFO", "Chain of job reports.nightly: step 0 (chain.a) completed, attempt 1 of 1."),
-        ("WARNING", "Chain of job reports.nightly: step 1 (chain.flaky) failed, attempt 1 of 2: RuntimeError: flaky"
-                    " failed; retrying in 0.01 s."),
+        (
+            "WARNING",
+            "Chain of job reports.nightly: step 1 (chain.flaky) failed, attempt 1 of 2: RuntimeError: flaky"
+            " failed; retrying in 0.01 s.",
+        ),
         ("INFO", "Chain of job reports.nightly: step 1 (chain.flaky) completed, attempt 2 of 2."),
         ("INFO", "Chain of job reports.nightly completed: 2 steps, chain attempt 1."),
     ]
@@ -486,13 +531,22 @@ def test_a_failed_step_says_what_the_chain_does_next(
     caplog.set_level(logging.WARNING, logger="django_taskiq_beat.chains")
     steps.failures_left["flaky"] = 10
     with pytest.raises(ChainAbortedError):
-        run(broker, payload(ChainStep(task="chain.flaky"), on_failure="restart", max_chain_attempts=2),
-            job_id="reports.nightly")
+        run(
+            broker,
+            payload(ChainStep(task="chain.flaky"), on_failure="restart", max_chain_attempts=2),
+            job_id="reports.nightly",
+        )
     assert chain_lines(caplog) == [
-        ("WARNING", "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
-                    " failed; restarting the chain (attempt 2 of 2)."),
-        ("WARNING", "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
-                    " failed; no chain attempt left (2 made)."),
+        (
+            "WARNING",
+            "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
+            " failed; restarting the chain (attempt 2 of 2).",
+        ),
+        (
+            "WARNING",
+            "Chain of job reports.nightly: step 0 (chain.flaky) failed after 1 attempt: RuntimeError: flaky"
+            " failed; no chain attempt left (2 made).",
+        ),
     ]
 
 

@@ -39,8 +39,14 @@ def run(*arguments: str) -> tuple[int, str, str]:
 def engine_row(name: str, heartbeat_age: float, stopped: bool = False, **counters: int) -> SchedulerEngine:
     now = timezone.now()
     return SchedulerEngine.objects.create(
-        id=name, hostname="host-a", pid=4242, version="0.1.0", started_at=now - timedelta(hours=1),
-        heartbeat_at=now - timedelta(seconds=heartbeat_age), stopped_at=now if stopped else None, **counters,
+        id=name,
+        hostname="host-a",
+        pid=4242,
+        version="0.1.0",
+        started_at=now - timedelta(hours=1),
+        heartbeat_at=now - timedelta(seconds=heartbeat_age),
+        stopped_at=now if stopped else None,
+        **counters,
     )
 
 
@@ -52,13 +58,19 @@ def jobs(app: SchedulerApp) -> dict[str, SchedulerJob]:
     once = app.single(task="demo.add", args=[1, 2]).schedule(
         OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)), job_id="once"
     )
-    SchedulerRun.objects.create(job=active, scheduled_for=timezone.now() - timedelta(minutes=5),
-                                status=RunStatus.DISPATCHED, dispatched_at=timezone.now(), outcome="failed",
-                                error="ValueError: boom")
+    SchedulerRun.objects.create(
+        job=active,
+        scheduled_for=timezone.now() - timedelta(minutes=5),
+        status=RunStatus.DISPATCHED,
+        dispatched_at=timezone.now(),
+        outcome="failed",
+        error="ValueError: boom",
+    )
     return {"greet": active, "beat": SchedulerJob.objects.get(pk=paused.pk), "once": once}
 
 
 # -- reading ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_status_shows_engines_and_jobs(jobs: dict[str, SchedulerJob]) -> None:
@@ -72,7 +84,10 @@ def test_status_shows_engines_and_jobs(jobs: dict[str, SchedulerJob]) -> None:
     assert "Jobs: 3 (2 active, 0 failing, 1 paused, 0 finished)" in out
     data = json.loads(run("status", "--json")[1])
     assert {engine["id"]: engine["state"] for engine in data["engines"]} == {
-        "engine-live": "alive", "engine-dead": "dead", "engine-stopped": "stopped"}
+        "engine-live": "alive",
+        "engine-dead": "dead",
+        "engine-stopped": "stopped",
+    }
     assert data["jobs"]["by_state"]["paused"] == 1 and data["jobs"]["total"] == 3
     assert (data["jobs"]["overdue"], data["jobs"]["oldest_overdue"]) == (0, None)
 
@@ -109,6 +124,7 @@ def test_show_gives_the_job_its_fire_times_and_runs(jobs: dict[str, SchedulerJob
 
 
 # -- changing ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.django_db
 def test_pause_resume_run_now_and_delete_go_through_the_app(jobs: dict[str, SchedulerJob]) -> None:
@@ -170,6 +186,7 @@ def test_sync_names_each_entry_it_could_not_sync_and_exits_1() -> None:
 
 # -- health --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.django_db
 def test_health_fails_without_a_live_engine_and_names_the_last_one() -> None:
     status, out, _ = run("health")
@@ -189,7 +206,11 @@ def test_health_passes_with_a_live_engine_and_no_overdue_job(app: SchedulerApp) 
     assert status == 0 and out.splitlines()[-1].startswith("schedule: OK")
     data = json.loads(run("health", "--json")[1])
     assert data["healthy"] is True and [check["name"] for check in data["checks"]] == [
-        "database", "migrations", "engines", "schedule"]
+        "database",
+        "migrations",
+        "engines",
+        "schedule",
+    ]
 
 
 @pytest.mark.django_db
@@ -203,11 +224,14 @@ def test_health_fails_on_a_job_overdue_by_more_than_max_lag(app: SchedulerApp) -
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize(("arguments", "status", "stderr"), [
-    (("health",), 1, ""),
-    (("show", "missing"), 1, "job_id='missing': Scheduler job 'missing' was not found.\n"),
-    (("list", "--json"), 0, ""),
-])
+@pytest.mark.parametrize(
+    ("arguments", "status", "stderr"),
+    [
+        (("health",), 1, ""),
+        (("show", "missing"), 1, "job_id='missing': Scheduler job 'missing' was not found.\n"),
+        (("list", "--json"), 0, ""),
+    ],
+)
 def test_as_a_process_the_exit_status_and_stderr_are_what_a_probe_sees(
     arguments: tuple[str, ...], status: int, stderr: str
 ) -> None:
@@ -219,8 +243,16 @@ def test_as_a_process_the_exit_status_and_stderr_are_what_a_probe_sees(
         assert "engines: FAILED" in result.stdout and "Traceback" not in result.stdout
 
 
-@pytest.mark.parametrize("arguments", [("purge-runs",), ("purge-runs", "--older-than", "-1"),
-                                       ("health", "--max-lag", "0"), ("list", "--state", "sleeping"), ()])
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ("purge-runs",),
+        ("purge-runs", "--older-than", "-1"),
+        ("health", "--max-lag", "0"),
+        ("list", "--state", "sleeping"),
+        (),
+    ],
+)
 def test_bad_arguments_are_usage_errors(arguments: tuple[str, ...]) -> None:
     from django.core.management.base import CommandError
 

@@ -36,12 +36,23 @@ def test_config_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("scheduler_id", " "), ("sync_interval_seconds", 0), ("idle_sleep_seconds", -1.0),
-        ("claim_ttl_seconds", 1.5), ("dispatch_retry_seconds", 0), ("dispatch_concurrency", True),
-        ("dispatch_batch_size", "10"), ("record_runs", 1), ("run_history_retention_days", -1),
-        ("completed_job_retention_days", 2.0), ("run_cleanup_interval_seconds", float("inf")),
-        ("default_timezone", "Nowhere/Special"), ("claim_ahead_seconds", -0.1), ("dispatch_timeout_seconds", 0),
-        ("dispatch_retry_max_seconds", 1), ("heartbeat_seconds", 0), ("engine_dead_after_seconds", 5.0),
+        ("scheduler_id", " "),
+        ("sync_interval_seconds", 0),
+        ("idle_sleep_seconds", -1.0),
+        ("claim_ttl_seconds", 1.5),
+        ("dispatch_retry_seconds", 0),
+        ("dispatch_concurrency", True),
+        ("dispatch_batch_size", "10"),
+        ("record_runs", 1),
+        ("run_history_retention_days", -1),
+        ("completed_job_retention_days", 2.0),
+        ("run_cleanup_interval_seconds", float("inf")),
+        ("default_timezone", "Nowhere/Special"),
+        ("claim_ahead_seconds", -0.1),
+        ("dispatch_timeout_seconds", 0),
+        ("dispatch_retry_max_seconds", 1),
+        ("heartbeat_seconds", 0),
+        ("engine_dead_after_seconds", 5.0),
     ],
 )
 def test_invalid_config_names_the_field(field: str, value: Any) -> None:
@@ -107,6 +118,7 @@ def test_load_broker_returns_the_broker() -> None:
 
 # -- system checks ----------------------------------------------------------------------------
 
+
 def test_valid_settings_pass_the_checks() -> None:
     assert check_ids() == set()
 
@@ -117,7 +129,11 @@ def test_valid_settings_pass_the_checks() -> None:
         ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "SYNC_INTERVAL_SECONDS": -1}, "django_taskiq_beat.E001"),
         ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "NOPE": 1}, "django_taskiq_beat.E001"),
         ("TASKIQ_BEAT", ["not", "a", "dict"], "django_taskiq_beat.E001"),
-        ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:broker", "DEFAULT_TIMEZONE": "Mars/Base"}, "django_taskiq_beat.E002"),
+        (
+            "TASKIQ_BEAT",
+            {"BROKER": "testproject.tasks:broker", "DEFAULT_TIMEZONE": "Mars/Base"},
+            "django_taskiq_beat.E002",
+        ),
         ("TASKIQ_BEAT", {"BROKER": "testproject.nowhere:broker"}, "django_taskiq_beat.E003"),
         ("TASKIQ_BEAT", {"BROKER": "testproject.tasks:add"}, "django_taskiq_beat.E003"),
         ("TASKIQ_BEAT", {}, "django_taskiq_beat.W001"),
@@ -145,9 +161,12 @@ def test_a_hand_built_config_takes_the_project_time_zone(settings: Any) -> None:
 
 # -- the database the scheduler's tables live on ----------------------------------------------------
 
+
 def database_checks() -> dict[str, str]:
     messages = run_checks(databases=["default"], include_deployment_checks=False)
-    return {message.id: message.msg for message in messages if message.id and message.id.startswith("django_taskiq_beat")}
+    return {
+        message.id: message.msg for message in messages if message.id and message.id.startswith("django_taskiq_beat")
+    }
 
 
 @pytest.mark.django_db

@@ -50,8 +50,22 @@ def test_a_settings_entry_becomes_a_job_and_a_second_sync_changes_nothing(app: S
     with declared(schedule):
         assert changes(app) == {"settings:nightly": "created", "settings:often": "created", "settings:once": "created"}
         job = SchedulerJob.objects.get(pk="settings:nightly")
-        assert (job.source, job.task_name, job.task_args, job.task_kwargs, job.task_labels, job.name, job.description) == (
-            JobSource.SETTINGS, "system.echo", [1], {"b": 2}, {"queue": "low"}, "Nightly", "Clean up",
+        assert (
+            job.source,
+            job.task_name,
+            job.task_args,
+            job.task_kwargs,
+            job.task_labels,
+            job.name,
+            job.description,
+        ) == (
+            JobSource.SETTINGS,
+            "system.echo",
+            [1],
+            {"b": 2},
+            {"queue": "low"},
+            "Nightly",
+            "Clean up",
         )
         assert job.trigger.crontab.timezone == "Europe/Paris" and job.trigger.crontab.hour == "3"
         assert job.next_run_at.astimezone(ZoneInfo("Europe/Paris")).hour == 3
@@ -133,24 +147,27 @@ def test_a_dry_run_reports_what_would_change_and_writes_nothing(app: SchedulerAp
     assert SchedulerJob.objects.get(pk="settings:nightly").is_enabled
 
 
-@pytest.mark.parametrize(("entry", "field", "says"), [
-    ({"task": "system.echo", "cron": "61 * * * *"}, "cron", "minute='61'"),
-    ({"task": "system.echo", "cron": "0 3 * * *", "timezone": "Mars/Olympus"}, "cron", "Mars/Olympus"),
-    ({"task": "system.echo"}, "cron", "Give one of 'cron', 'interval', 'run_at'"),
-    ({"task": "system.echo", "cron": "* * * * *", "interval": 5}, "interval", "only one of"),
-    ({"task": "system.echo", "interval": 0}, "interval", "seconds"),
-    ({"task": "system.echo", "run_at": datetime(2030, 1, 1)}, "run_at", "timezone"),
-    ({"task": "system.echo", "interval": 5, "timezone": "UTC"}, "timezone", "cron' only"),
-    ({"task": "system.echo", "interval": 5, "args": {"a": 1}}, "args", "JSON array"),
-    ({"task": "system.echo", "interval": 5, "labels": {"queue": ["a"]}}, "labels", "string, number or boolean"),
-    ({"task": "system.echo", "interval": 5, "labels": {"scheduler_slot": "x"}}, "labels", "scheduler's own"),
-    ({"task": "system.echo", "interval": 5, "enabled": "yes"}, "enabled", "True or False"),
-    ({"task": "system.echo", "interval": 5, "every": 5}, "every", "Unknown field"),
-    ({"task": "system.echo", "interval": 5, 7: 5}, "7", "Unknown field"),
-    ({"task": "no.such.task", "interval": 5}, "task", "not registered"),
-    ({"task": "system.other", "interval": 5, "kwargs": {"self": 1}}, "kwargs", "kiq()"),
-    ("0 3 * * *", "entry", "Must be a dict"),
-])
+@pytest.mark.parametrize(
+    ("entry", "field", "says"),
+    [
+        ({"task": "system.echo", "cron": "61 * * * *"}, "cron", "minute='61'"),
+        ({"task": "system.echo", "cron": "0 3 * * *", "timezone": "Mars/Olympus"}, "cron", "Mars/Olympus"),
+        ({"task": "system.echo"}, "cron", "Give one of 'cron', 'interval', 'run_at'"),
+        ({"task": "system.echo", "cron": "* * * * *", "interval": 5}, "interval", "only one of"),
+        ({"task": "system.echo", "interval": 0}, "interval", "seconds"),
+        ({"task": "system.echo", "run_at": datetime(2030, 1, 1)}, "run_at", "timezone"),
+        ({"task": "system.echo", "interval": 5, "timezone": "UTC"}, "timezone", "cron' only"),
+        ({"task": "system.echo", "interval": 5, "args": {"a": 1}}, "args", "JSON array"),
+        ({"task": "system.echo", "interval": 5, "labels": {"queue": ["a"]}}, "labels", "string, number or boolean"),
+        ({"task": "system.echo", "interval": 5, "labels": {"scheduler_slot": "x"}}, "labels", "scheduler's own"),
+        ({"task": "system.echo", "interval": 5, "enabled": "yes"}, "enabled", "True or False"),
+        ({"task": "system.echo", "interval": 5, "every": 5}, "every", "Unknown field"),
+        ({"task": "system.echo", "interval": 5, 7: 5}, "7", "Unknown field"),
+        ({"task": "no.such.task", "interval": 5}, "task", "not registered"),
+        ({"task": "system.other", "interval": 5, "kwargs": {"self": 1}}, "kwargs", "kiq()"),
+        ("0 3 * * *", "entry", "Must be a dict"),
+    ],
+)
 def test_a_bad_entry_is_an_error_naming_the_key_and_field_and_its_job_is_left_alone(
     app: SchedulerApp, entry: Any, field: str, says: str
 ) -> None:
@@ -166,12 +183,17 @@ def test_a_bad_entry_is_an_error_naming_the_key_and_field_and_its_job_is_left_al
 
 
 def test_manage_py_check_reports_each_bad_entry(app: SchedulerApp) -> None:
-    with declared({"good": NIGHTLY | {"task": "demo.heartbeat", "args": []},
-                   "bad_cron": {"task": "demo.heartbeat", "cron": "0 25 * * *"},
-                   "bad_task": {"task": "demo.nope", "interval": 5}}):
+    with declared(
+        {
+            "good": NIGHTLY | {"task": "demo.heartbeat", "args": []},
+            "bad_cron": {"task": "demo.heartbeat", "cron": "0 25 * * *"},
+            "bad_task": {"task": "demo.nope", "interval": 5},
+        }
+    ):
         errors = [message for message in run_checks() if message.id == "django_taskiq_beat.E005"]
     assert sorted(message.msg.split(":")[0] for message in errors) == [
-        "TASKIQ_BEAT['SCHEDULE']['bad_cron']", "TASKIQ_BEAT['SCHEDULE']['bad_task']",
+        "TASKIQ_BEAT['SCHEDULE']['bad_cron']",
+        "TASKIQ_BEAT['SCHEDULE']['bad_task']",
     ]
     assert "hour='25'" in next(message.msg for message in errors if "bad_cron" in message.msg)
 
@@ -199,47 +221,63 @@ def test_declared_ids_are_kept_for_the_sync(app: SchedulerApp) -> None:
 # -- taskiq's schedule=[...] labels -------------------------------------------------------------------------
 
 
-def test_taskiq_schedule_labels_become_jobs_read_by_taskiqs_own_rules(app: SchedulerApp, broker: InMemoryBroker) -> None:
-    @broker.task(task_name="labelled.report", schedule=[
-        {"cron": "*/5 * * * *", "args": [1], "labels": {"priority": 3}},
-        {"interval": 30, "schedule_id": "fast-report", "kwargs": {"x": 1}},
-        {"time": datetime(2099, 6, 1, 12, 0)},  # naive: UTC, as taskiq reads it
-        {"cron": "0 9 * * *", "cron_offset": "Europe/Berlin"},
-        {"cron": "0 9 * * *", "cron_offset": timedelta(hours=3)},
-        {"cron": "0 9 * * *", "cron_offset": "3600"},  # taskiq-django stores a timedelta offset as its seconds
-    ])
+def test_taskiq_schedule_labels_become_jobs_read_by_taskiqs_own_rules(
+    app: SchedulerApp, broker: InMemoryBroker
+) -> None:
+    @broker.task(
+        task_name="labelled.report",
+        schedule=[
+            {"cron": "*/5 * * * *", "args": [1], "labels": {"priority": 3}},
+            {"interval": 30, "schedule_id": "fast-report", "kwargs": {"x": 1}},
+            {"time": datetime(2099, 6, 1, 12, 0)},  # naive: UTC, as taskiq reads it
+            {"cron": "0 9 * * *", "cron_offset": "Europe/Berlin"},
+            {"cron": "0 9 * * *", "cron_offset": timedelta(hours=3)},
+            {"cron": "0 9 * * *", "cron_offset": "3600"},  # taskiq-django stores a timedelta offset as its seconds
+        ],
+    )
     async def report(*args: Any, **kwargs: Any) -> None:
         return None
 
     with declared({}):
         assert changes(app) == {
-            "taskiq:labelled.report:0": "created", "taskiq:fast-report": "created", "taskiq:labelled.report:2": "created",
-            "taskiq:labelled.report:3": "created", "taskiq:labelled.report:4": "created",
+            "taskiq:labelled.report:0": "created",
+            "taskiq:fast-report": "created",
+            "taskiq:labelled.report:2": "created",
+            "taskiq:labelled.report:3": "created",
+            "taskiq:labelled.report:4": "created",
             "taskiq:labelled.report:5": "created",
         }
         assert set(changes(app).values()) == {"unchanged"}
     jobs = {job.pk: job for job in SchedulerJob.objects.all()}
     first = jobs["taskiq:labelled.report:0"]
     assert (first.source, first.task_args, first.task_labels, first.trigger.crontab.minute) == (
-        JobSource.TASKIQ, [1], {"priority": 3}, "*/5",
+        JobSource.TASKIQ,
+        [1],
+        {"priority": 3},
+        "*/5",
     )
     assert first.trigger.crontab.timezone == "UTC"  # no cron_offset: UTC, as taskiq matches it
     assert jobs["taskiq:fast-report"].trigger.interval.total_seconds == 30
     assert jobs["taskiq:fast-report"].task_kwargs == {"x": 1}
     assert jobs["taskiq:labelled.report:2"].next_run_at == datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
     assert [jobs[f"taskiq:labelled.report:{index}"].trigger.crontab.timezone for index in (3, 4, 5)] == [
-        "Europe/Berlin", "Etc/GMT-3", "Etc/GMT-1",
+        "Europe/Berlin",
+        "Etc/GMT-3",
+        "Etc/GMT-1",
     ]
 
 
-@pytest.mark.parametrize(("entry", "field", "says"), [
-    ({"cron": "* * * * *", "interval": 5}, "interval", "only one of"),
-    ({"interval": 1.5}, "interval", "taskiq refuses it"),
-    ({"cron": "0 9 * * *", "cron_offset": timedelta(minutes=90)}, "cron_offset", "whole hours"),
-    ({"cron": "0 9 * * *", "cron_offset": "Mars/Olympus"}, "cron_offset", "Mars/Olympus"),
-    ({"labels": {}}, "cron", "Give one of"),
-    ({"interval": 5, "when": "now"}, "when", "Unknown field"),
-])
+@pytest.mark.parametrize(
+    ("entry", "field", "says"),
+    [
+        ({"cron": "* * * * *", "interval": 5}, "interval", "only one of"),
+        ({"interval": 1.5}, "interval", "taskiq refuses it"),
+        ({"cron": "0 9 * * *", "cron_offset": timedelta(minutes=90)}, "cron_offset", "whole hours"),
+        ({"cron": "0 9 * * *", "cron_offset": "Mars/Olympus"}, "cron_offset", "Mars/Olympus"),
+        ({"labels": {}}, "cron", "Give one of"),
+        ({"interval": 5, "when": "now"}, "when", "Unknown field"),
+    ],
+)
 def test_a_bad_schedule_label_is_an_error_naming_the_task_entry_and_field(
     app: SchedulerApp, broker: InMemoryBroker, entry: dict[str, Any], field: str, says: str
 ) -> None:
@@ -251,15 +289,18 @@ def test_a_bad_schedule_label_is_an_error_naming_the_task_entry_and_field(
     assert [declaration.job_id for declaration in result.declarations] == ["taskiq:labelled.bad:0"]
 
 
-def test_the_same_job_id_declared_twice_is_an_error_and_the_first_wins(app: SchedulerApp, broker: InMemoryBroker) -> None:
-    broker.task(task_name="labelled.twice", schedule=[{"interval": 60, "schedule_id": "same"},
-                                                       {"interval": 90, "schedule_id": "same"}])(lambda: None)
+def test_the_same_job_id_declared_twice_is_an_error_and_the_first_wins(
+    app: SchedulerApp, broker: InMemoryBroker
+) -> None:
+    broker.task(
+        task_name="labelled.twice",
+        schedule=[{"interval": 60, "schedule_id": "same"}, {"interval": 90, "schedule_id": "same"}],
+    )(lambda: None)
     with declared({}):
         report = sync_declared(app)
     assert [(item.job_id, item.change) for item in report.changes] == [("taskiq:same", "created")]
     assert "Also declared by the schedule label of task 'labelled.twice', entry 0" in str(report.errors[0])
     assert SchedulerJob.objects.get(pk="taskiq:same").trigger.interval.total_seconds == 60
-
 
 
 def test_jobs_imported_from_taskiq_django_are_finished_once_the_import_is_switched_off(app: SchedulerApp) -> None:
@@ -302,7 +343,9 @@ def test_a_task_module_that_does_not_import_is_an_error_of_the_entries_that_need
     assert any(message.startswith("the installed apps' task modules: ") for message in messages)
 
 
-@pytest.mark.parametrize(("schedule_id", "says"), [("  ", "Must not be empty"), (7, "Must be a string"), ("", "Must not be empty")])
+@pytest.mark.parametrize(
+    ("schedule_id", "says"), [("  ", "Must not be empty"), (7, "Must be a string"), ("", "Must not be empty")]
+)
 def test_a_schedule_id_must_be_text_that_is_not_blank(
     app: SchedulerApp, broker: InMemoryBroker, schedule_id: Any, says: str
 ) -> None:

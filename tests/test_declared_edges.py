@@ -34,12 +34,15 @@ def changes(app: SchedulerApp, **options: Any) -> dict[str, str]:
 # -- 1. A change Python's == cannot see (True == 1 == 1.0) is still a change --------------------------
 
 
-@pytest.mark.parametrize(("before", "after"), [
-    ({"args": [1]}, {"args": [True]}),
-    ({"kwargs": {"dry_run": 0}}, {"kwargs": {"dry_run": False}}),
-    ({"labels": {"priority": 1}}, {"labels": {"priority": True}}),
-    ({"args": [1]}, {"args": [1.0]}),
-])
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({"args": [1]}, {"args": [True]}),
+        ({"kwargs": {"dry_run": 0}}, {"kwargs": {"dry_run": False}}),
+        ({"labels": {"priority": 1}}, {"labels": {"priority": True}}),
+        ({"args": [1]}, {"args": [1.0]}),
+    ],
+)
 def test_a_declaration_changed_from_int_to_bool_or_float_is_applied(
     app: SchedulerApp, before: dict[str, Any], after: dict[str, Any]
 ) -> None:
@@ -197,7 +200,7 @@ def test_a_chains_labels_go_with_its_step_messages_too() -> None:
     app = SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC"))
     app.chain(steps=[ChainStep(task="chain.a")], labels={"queue": "low"}, wait_poll_interval_seconds=0.01).schedule()
     run_from_sync(broker.wait_all)
-    by_task = {name: labels for name, labels in sent}
+    by_task = dict(sent)
     assert by_task["taskiq_beat.chain_orchestrator"]["queue"] == "low"
     assert by_task["chain.a"].get("queue") == "low", by_task["chain.a"]  # "sent with every message of the job"
 
@@ -210,7 +213,9 @@ def test_taskiq_django_time_rows_that_ran_do_not_fire_again_when_the_import_is_s
 
     from django_taskiq_beat import SchedulerConfig
 
-    TaskiqTaskSchedule.objects.create(schedule_id="launch", task_name="system.echo", time=datetime(2020, 1, 1, tzinfo=UTC))
+    TaskiqTaskSchedule.objects.create(
+        schedule_id="launch", task_name="system.echo", time=datetime(2020, 1, 1, tzinfo=UTC)
+    )
 
     def sync(enabled: bool) -> dict[str, str]:
         with declared({}, IMPORT_TASKIQ_DJANGO=enabled):

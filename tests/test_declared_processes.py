@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,8 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 PROCESS_BROKER = "tests.process_broker:broker"
 LABELLED_BROKER = "tests.labelled_broker:broker"
 SYNCED = re.compile(
-    r"INFO django_taskiq_beat\.sync Synced declared jobs: (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished(?:, \d+ errors?)?\."
+    r"INFO django_taskiq_beat\.sync Synced declared jobs:"
+    r" (\d+) created, (\d+) updated, (\d+) unchanged, (\d+) finished(?:, \d+ errors?)?\."
 )
 
 
@@ -68,14 +70,22 @@ def engines(tmp_path: Path, sinks: Sinks) -> Iterator[EngineFactory]:
     made: list[EngineProcess] = []
 
     def make(
-        name: str, schedule: dict[str, Any] | None = None, broker: str = PROCESS_BROKER, start: bool = True,
+        name: str,
+        schedule: dict[str, Any] | None = None,
+        broker: str = PROCESS_BROKER,
+        start: bool = True,
         **env: str,
     ) -> EngineProcess:
         options: dict[str, Any] = {**FAST, "BROKER": broker}
         if schedule is not None:
             options["SCHEDULE"] = schedule
         engine = EngineProcess(
-            name, tmp_path, options, broker=broker, TEST_SINK=str(sinks.sends), TEST_LABEL_SINK=str(sinks.labels),
+            name,
+            tmp_path,
+            options,
+            broker=broker,
+            TEST_SINK=str(sinks.sends),
+            TEST_LABEL_SINK=str(sinks.labels),
             **env,
         )
         made.append(engine)
@@ -131,7 +141,9 @@ def test_one_bad_entry_costs_its_job_and_the_engine_starts_and_sends_the_others(
     engine = engines("engine-one-bad", {"good": every(1), "bad": {"task": "test.record", "cron": "0 25 * * *"}})
     wait_until(lambda: len(sinks.messages("settings:good")) >= 2, timeout=15, what="two sends of the good entry")
     log = engine.log()
-    assert "ERROR django_taskiq_beat.sync Declared job not synced: TASKIQ_BEAT['SCHEDULE']['bad']: cron: hour='25'" in log
+    assert (
+        "ERROR django_taskiq_beat.sync Declared job not synced: TASKIQ_BEAT['SCHEDULE']['bad']: cron: hour='25'" in log
+    )
     assert sync_counts(log) == (1, 0, 0, 0)
     assert not SchedulerJob.objects.filter(pk="settings:bad").exists()
 
@@ -147,7 +159,10 @@ def test_a_settings_entry_is_created_by_the_engine_at_start_and_sent_on_its_slot
     assert sync_counts(log) == (1, 0, 0, 0)
     job = SchedulerJob.objects.get(pk="settings:every-second")
     assert (job.source, job.task_name, job.trigger.interval.total_seconds, job.is_enabled) == (
-        JobSource.SETTINGS, "test.record", 1, True
+        JobSource.SETTINGS,
+        "test.record",
+        1,
+        True,
     )
     wait_until(lambda: len(sinks.messages("settings:every-second")) >= 3, timeout=15, what="three slots sent")
     sent = sinks.messages("settings:every-second")
@@ -170,7 +185,10 @@ def test_a_taskiq_schedule_label_of_the_engines_broker_becomes_a_job_sent_with_i
     assert sync_counts(engine.log()) == (1, 0, 0, 0)
     job = SchedulerJob.objects.get(pk=job_id)
     assert (job.source, job.task_name, job.task_labels, job.trigger.interval.total_seconds) == (
-        JobSource.TASKIQ, "test.labelled", {"queue": "q1"}, 1
+        JobSource.TASKIQ,
+        "test.labelled",
+        {"queue": "q1"},
+        1,
     )
     wait_until(lambda: len(sinks.messages(job_id)) >= 2, timeout=15, what="two slots sent")
     sent = sinks.messages(job_id)
@@ -202,7 +220,7 @@ def test_a_declaration_changed_removed_and_re_added_between_engine_runs(engines:
     wait_until(lambda: len(sent("2")) >= 3, timeout=20, what="the changed declaration's slots")
     stop(second)
     slots = assert_on_the_grid(sent("2"), job, 2)
-    assert all(later - earlier == timedelta(seconds=2) for earlier, later in zip(slots, slots[1:])), slots
+    assert all(later - earlier == timedelta(seconds=2) for earlier, later in pairwise(slots)), slots
     runs_before = set(SchedulerRun.objects.filter(job_id=job_id).values_list("id", flat=True))
     messages_before = len(sinks.messages(job_id))
 
@@ -243,8 +261,11 @@ def test_engines_starting_together_create_each_declared_job_once_and_send_each_s
     with ThreadPoolExecutor(len(trio)) as pool:
         starts = [pool.submit(engine.start) for engine in trio]  # each waits for its "engine started" line
         try:
-            wait_until(lambda: waiting.exists() and len(waiting.read_text().split()) == len(trio), timeout=30,
-                       what="the engines to wait at the start barrier")
+            wait_until(
+                lambda: waiting.exists() and len(waiting.read_text().split()) == len(trio),
+                timeout=30,
+                what="the engines to wait at the start barrier",
+            )
         finally:
             barrier.touch()
         for start in starts:
@@ -253,8 +274,9 @@ def test_engines_starting_together_create_each_declared_job_once_and_send_each_s
     assert set(SchedulerJob.objects.values_list("source", flat=True)) == {JobSource.SETTINGS}
     counts = [sync_counts(engine.log()) for engine in trio]
     assert sum(created for created, _, _, _ in counts) == 20, counts
-    assert all(updated == finished == 0 and created + unchanged == 20
-               for created, updated, unchanged, finished in counts), counts
+    assert all(
+        updated == finished == 0 and created + unchanged == 20 for created, updated, unchanged, finished in counts
+    ), counts
     for key in schedule:
         line = f"Declared job settings:{key} created "
         assert sum(line in engine.log() for engine in trio) == 1, f"settings:{key} created by more than one sync"
@@ -311,7 +333,8 @@ def test_sync_command_dry_run_writes_nothing_sync_creates_and_check_refuses_a_ba
     jobs = {job.pk: job for job in SchedulerJob.objects.all()}
     assert set(jobs) == {"settings:nightly", "settings:often"}
     assert {(job.source, job.task_name) for job in jobs.values()} == {
-        (JobSource.SETTINGS, "demo.heartbeat"), (JobSource.SETTINGS, "demo.add")
+        (JobSource.SETTINGS, "demo.heartbeat"),
+        (JobSource.SETTINGS, "demo.add"),
     }
     assert jobs["settings:often"].task_args == [1, 2] and jobs["settings:nightly"].trigger.crontab.hour == "3"
 

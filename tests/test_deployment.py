@@ -45,13 +45,19 @@ from tests.processes import REPO, EngineProcess, RedisServer, child_env, redis_s
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.processes,
-    pytest.mark.skipif(shutil.which("redis-server") is None,
-                       reason="Debian's redis-server is not installed (CI installs it: apt-get install redis-server)"),
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None,
+        reason="Debian's redis-server is not installed (CI installs it: apt-get install redis-server)",
+    ),
 ]
 
 # Short leases and retries, so a killed scheduler or a Redis outage shows within seconds.
-SCHEDULER_OPTIONS = {"SYNC_INTERVAL_SECONDS": 0.5, "CLAIM_TTL_SECONDS": 2,
-                     "DISPATCH_RETRY_SECONDS": 1, "DISPATCH_RETRY_MAX_SECONDS": 2}
+SCHEDULER_OPTIONS = {
+    "SYNC_INTERVAL_SECONDS": 0.5,
+    "CLAIM_TTL_SECONDS": 2,
+    "DISPATCH_RETRY_SECONDS": 1,
+    "DISPATCH_RETRY_MAX_SECONDS": 2,
+}
 # Seen within SYNC_INTERVAL_SECONDS and sent at once, with slack for seven processes on two cores.
 ON_TIME = timedelta(seconds=3)
 
@@ -68,7 +74,10 @@ class Deployment:
         with open(self.log_dir / "worker.log", "ab") as log:
             self.worker = subprocess.Popen(
                 [sys.executable, "-m", "taskiq", "worker", "testproject.tasks:broker", "--workers", "2"],
-                env=child_env(REDIS_URL=self.redis.url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env=child_env(REDIS_URL=self.redis.url),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
                 start_new_session=True,
             )
 
@@ -101,8 +110,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
         try:
             running.start_worker()
             for name in ("beat-1", "beat-2"):
-                engine = EngineProcess(name, tmp_path, SCHEDULER_OPTIONS, broker="testproject.tasks:broker",
-                                       REDIS_URL=redis.url)
+                engine = EngineProcess(
+                    name, tmp_path, SCHEDULER_OPTIONS, broker="testproject.tasks:broker", REDIS_URL=redis.url
+                )
                 running.schedulers.append(engine)
                 engine.start()
             yield running
@@ -124,8 +134,10 @@ def test_jobs_run_once_per_slot_and_on_time_across_processes_with_outcomes(deplo
     app = get_scheduler_app()
     every_second = app.single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=1)))
     once = app.single(task="demo.add", args=[2, 3]).schedule(OneOffSchedule(run_at=timezone.now()))
-    chain = app.chain(steps=[ChainStep(task="demo.greet", args=["step one"]), ChainStep(task="demo.add", args=[1, 1])],
-                      wait_poll_interval_seconds=0.1).schedule(OneOffSchedule(run_at=timezone.now()))
+    chain = app.chain(
+        steps=[ChainStep(task="demo.greet", args=["step one"]), ChainStep(task="demo.add", args=[1, 1])],
+        wait_poll_interval_seconds=0.1,
+    ).schedule(OneOffSchedule(run_at=timezone.now()))
 
     def settled() -> bool:
         periodic_done = SchedulerRun.objects.filter(job=every_second, outcome="succeeded").count() >= 3
@@ -134,8 +146,11 @@ def test_jobs_run_once_per_slot_and_on_time_across_processes_with_outcomes(deplo
 
     wait_until(settled, timeout=60, what="three heartbeats, the one-off and the chain to succeed")
     app.pause(every_second.id)
-    wait_until(lambda: not SchedulerRun.objects.filter(status="pending").exists(), timeout=10,
-               what="the last claimed slot to be sent")
+    wait_until(
+        lambda: not SchedulerRun.objects.filter(status="pending").exists(),
+        timeout=10,
+        what="the last claimed slot to be sent",
+    )
     runs = list(SchedulerRun.objects.all())
     deployment.assert_sent_once(runs)
     slots = sorted(run.scheduled_for for run in runs if run.job_id == every_second.id)
@@ -145,7 +160,8 @@ def test_jobs_run_once_per_slot_and_on_time_across_processes_with_outcomes(deplo
     chain_run = SchedulerRun.objects.get(job=chain)
     assert chain_run.progress["status"] == "succeeded"
     assert [(step["task_name"], step["status"]) for step in chain_run.progress["steps"]] == [
-        ("demo.greet", "succeeded"), ("demo.add", "succeeded")
+        ("demo.greet", "succeeded"),
+        ("demo.add", "succeeded"),
     ]
     worker_log = (deployment.log_dir / "worker.log").read_text(errors="replace")
     assert worker_log.index("[demo.greet] Hello, step one!") < worker_log.index("[demo.add] 1 + 1 = 2"), (
@@ -161,15 +177,25 @@ def test_a_cron_job_fires_on_time_and_a_scheduler_killed_holding_a_claim_loses_n
     job = app.single(task="demo.heartbeat").schedule(
         PeriodicSchedule(crontab=CrontabTrigger.from_expression("* * * * * *", "UTC"))  # every second
     )
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, outcome="succeeded").count() >= 2, timeout=30,
-               what="the first cron slots")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=job, outcome="succeeded").count() >= 2,
+        timeout=30,
+        what="the first cron slots",
+    )
     held = kill_a_scheduler_holding_an_unsent_claim(deployment, job)
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, scheduled_for__gt=held.scheduled_for,
-                                                   outcome="succeeded").count() >= 3,
-               timeout=60, what="the surviving scheduler to go on")
+    wait_until(
+        lambda: (
+            SchedulerRun.objects.filter(job=job, scheduled_for__gt=held.scheduled_for, outcome="succeeded").count() >= 3
+        ),
+        timeout=60,
+        what="the surviving scheduler to go on",
+    )
     app.pause(job.id)
-    wait_until(lambda: not SchedulerRun.objects.filter(job=job).exclude(outcome="succeeded").exists(), timeout=30,
-               what="the last slots to finish")
+    wait_until(
+        lambda: not SchedulerRun.objects.filter(job=job).exclude(outcome="succeeded").exists(),
+        timeout=30,
+        what="the last slots to finish",
+    )
     taken_over = SchedulerRun.objects.get(pk=held.pk)
     assert taken_over.status == "dispatched", "the killed scheduler's claim was never sent"
     runs = list(SchedulerRun.objects.filter(job=job))
@@ -210,8 +236,11 @@ def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
 ) -> None:
     app = get_scheduler_app()
     job = app.single(task="demo.sleep", args=[30]).schedule(OneOffSchedule(run_at=timezone.now()))
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, status="dispatched", outcome="running").exists(),
-               timeout=30, what="the worker to start the long task")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=job, status="dispatched", outcome="running").exists(),
+        timeout=30,
+        what="the worker to start the long task",
+    )
     deployment.kill_worker()
     deployment.start_worker()  # a worker coming back does not finish the run it never saw end
     time.sleep(3)
@@ -225,8 +254,11 @@ def test_a_worker_killed_mid_task_leaves_the_run_visibly_running(
 def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment) -> None:
     app = get_scheduler_app()
     periodic = app.single(task="demo.heartbeat").schedule(PeriodicSchedule(interval=IntervalTrigger(seconds=2)))
-    wait_until(lambda: SchedulerRun.objects.filter(job=periodic, outcome="succeeded").exists(), timeout=30,
-               what="the periodic job to run once")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=periodic, outcome="succeeded").exists(),
+        timeout=30,
+        what="the periodic job to run once",
+    )
     deployment.redis.stop()
     stopped_at = timezone.now()
     due_during_outage = [
@@ -236,9 +268,12 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
         for number in range(3)
     ]
     wait_until(
-        lambda: SchedulerRun.objects.filter(job__in=due_during_outage, status="failed").values("job").distinct().count()
-        == 3,
-        timeout=30, what="the schedulers to try each one-off job and fail",
+        lambda: (
+            SchedulerRun.objects.filter(job__in=due_during_outage, status="failed").values("job").distinct().count()
+            == 3
+        ),
+        timeout=30,
+        what="the schedulers to try each one-off job and fail",
     )
     time.sleep(max(0.0, 5 - (timezone.now() - stopped_at).total_seconds()))  # a five-second outage
     restarted_at = timezone.now()
@@ -247,15 +282,18 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
 
     def all_ran() -> bool:
         one_offs = SchedulerRun.objects.filter(job__in=due_during_outage, outcome="succeeded").count() >= 3
-        periodic_again = SchedulerRun.objects.filter(
-            job=periodic, outcome="succeeded", dispatched_at__gt=restarted_at
-        ).count() >= 2
+        periodic_again = (
+            SchedulerRun.objects.filter(job=periodic, outcome="succeeded", dispatched_at__gt=restarted_at).count() >= 2
+        )
         return one_offs and periodic_again
 
     wait_until(all_ran, timeout=60, what="the one-off jobs and the periodic job to run after Redis came back")
     app.pause(periodic.id)
-    wait_until(lambda: not SchedulerRun.objects.filter(status="pending").exists(), timeout=10,
-               what="the last claimed slot to be sent")
+    wait_until(
+        lambda: not SchedulerRun.objects.filter(status="pending").exists(),
+        timeout=10,
+        what="the last claimed slot to be sent",
+    )
     deployment.assert_sent_once(SchedulerRun.objects.all())
     for job in due_during_outage:
         sent = SchedulerRun.objects.get(job=job, status="dispatched")  # exactly one
@@ -264,9 +302,9 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
     # The periodic job's slots in the outage were tried, recorded as failed, and folded into
     # one prompt send after it (a retry never goes past the next regular slot).
     assert SchedulerRun.objects.filter(job=periodic, status="failed", dispatched_at__gt=stopped_at).exists()
-    first_after = SchedulerRun.objects.filter(job=periodic, status="dispatched", dispatched_at__gt=restarted_at).earliest(
-        "dispatched_at"
-    )
+    first_after = SchedulerRun.objects.filter(
+        job=periodic, status="dispatched", dispatched_at__gt=restarted_at
+    ).earliest("dispatched_at")
     assert first_after.dispatched_at - restarted_at < timedelta(seconds=6)
     assert all(run.error for run in SchedulerRun.objects.filter(status="failed")), "a failed dispatch without its error"
     # Connections the outage broke are replaced, not used for one more failing send.
@@ -276,12 +314,16 @@ def test_stopping_redis_delays_dispatches_and_loses_none(deployment: Deployment)
 def test_a_chain_step_failing_in_the_worker_fails_the_chain_and_stops_it(deployment: Deployment) -> None:
     app = get_scheduler_app()
     chain = app.chain(
-        steps=[ChainStep(task="demo.greet", args=["first"]), ChainStep(task="demo.add", args=["one", 1]),
-               ChainStep(task="demo.greet", args=["never"])],
+        steps=[
+            ChainStep(task="demo.greet", args=["first"]),
+            ChainStep(task="demo.add", args=["one", 1]),
+            ChainStep(task="demo.greet", args=["never"]),
+        ],
         wait_poll_interval_seconds=0.1,
     ).schedule(OneOffSchedule(run_at=timezone.now()))
-    wait_until(lambda: SchedulerRun.objects.filter(job=chain, outcome="failed").exists(), timeout=60,
-               what="the chain to fail")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=chain, outcome="failed").exists(), timeout=60, what="the chain to fail"
+    )
     run = SchedulerRun.objects.get(job=chain)
     assert [step["status"] for step in run.progress["steps"]] == ["succeeded", "failed", "pending"]
     assert "TypeError" in run.progress["steps"][1]["error"]
@@ -315,14 +357,23 @@ def test_the_scheduler_starts_with_redis_down_and_sends_once_redis_is_up(
 ) -> None:
     app = get_scheduler_app()
     with scheduler(redis_not_started, tmp_path) as engine:
-        wait_until(lambda: "Broker startup failed (try 2), next try at " in engine.log(), timeout=30,
-                   what="the scheduler to retry the broker's startup")
+        wait_until(
+            lambda: "Broker startup failed (try 2), next try at " in engine.log(),
+            timeout=30,
+            what="the scheduler to retry the broker's startup",
+        )
         job = app.single(task="demo.add", args=[1, 2]).schedule(OneOffSchedule(run_at=timezone.now()))
-        wait_until(lambda: SchedulerRun.objects.filter(job=job, status="failed").exists(), timeout=30,
-                   what="a send to fail while Redis is down")
+        wait_until(
+            lambda: SchedulerRun.objects.filter(job=job, status="failed").exists(),
+            timeout=30,
+            what="a send to fail while Redis is down",
+        )
         redis_not_started.start()
-        wait_until(lambda: SchedulerRun.objects.filter(job=job, status="dispatched").exists(), timeout=30,
-                   what="the send once Redis is up")
+        wait_until(
+            lambda: SchedulerRun.objects.filter(job=job, status="dispatched").exists(),
+            timeout=30,
+            what="the send once Redis is up",
+        )
         wait_until(lambda: "Broker started (try " in engine.log(), timeout=60, what="the broker's startup")
         run = SchedulerRun.objects.get(job=job, status="dispatched")
         with Redis.from_url(redis_not_started.url) as client:

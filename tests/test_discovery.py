@@ -2,7 +2,6 @@
 
 import re
 import sys
-import textwrap
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -21,7 +20,7 @@ MakeApp = Callable[[dict[str, str]], str]
 
 def task_module(task_name: str) -> str:
     """A task module registering ``task_name`` on the test broker, which ``make_app`` puts on the app."""
-    return "from {app} import broker\n\n" f"@broker.task(task_name={task_name!r})\ndef task() -> None:\n    pass\n"
+    return f"from {{app}} import broker\n\n@broker.task(task_name={task_name!r})\ndef task() -> None:\n    pass\n"
 
 
 @pytest.fixture
@@ -58,12 +57,14 @@ def make_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broker: InMemoryBr
 
 
 def test_tasks_in_submodules_of_a_tasks_package_are_found(make_app: MakeApp, broker: InMemoryBroker) -> None:
-    app = make_app({
-        "tasks/__init__.py": "",
-        "tasks/email.py": task_module("app.email"),
-        "tasks/nested/__init__.py": "",
-        "tasks/nested/reports.py": task_module("app.reports"),
-    })
+    app = make_app(
+        {
+            "tasks/__init__.py": "",
+            "tasks/email.py": task_module("app.email"),
+            "tasks/nested/__init__.py": "",
+            "tasks/nested/reports.py": task_module("app.reports"),
+        }
+    )
     assert find_task(broker, "app.email").task_name == "app.email"
     assert find_task(broker, "app.reports").task_name == "app.reports"
     assert sys.modules[f"{app}.tasks.nested.reports"].task is broker.find_task("app.reports")  # type: ignore[attr-defined]
@@ -84,7 +85,7 @@ def test_a_plain_tasks_module_is_still_found(make_app: MakeApp, broker: InMemory
 
 def test_an_app_without_tasks_is_skipped(make_app: MakeApp, broker: InMemoryBroker) -> None:
     app = make_app({"models.py": ""})
-    with pytest.raises(UnknownTaskError, match="Task 'app.none' is not registered"):
+    with pytest.raises(UnknownTaskError, match=r"Task 'app.none' is not registered"):
         find_task(broker, "app.none")
     assert f"{app}.tasks" not in sys.modules
 
@@ -102,12 +103,14 @@ def test_an_app_without_tasks_is_skipped(make_app: MakeApp, broker: InMemoryBrok
 def test_a_broken_submodule_raises_naming_it(
     make_app: MakeApp, broker: InMemoryBroker, path: str, source: str, cause: type[Exception]
 ) -> None:
-    app = make_app({
-        "tasks/__init__.py": "",
-        "tasks/nested/__init__.py": "",
-        "tasks/email.py": task_module("app.email"),
-        path: source,
-    })
+    app = make_app(
+        {
+            "tasks/__init__.py": "",
+            "tasks/nested/__init__.py": "",
+            "tasks/email.py": task_module("app.email"),
+            path: source,
+        }
+    )
     module = f"{app}." + path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
     with pytest.raises(ImportError, match=re.escape(f"Could not import task module '{module}'")) as caught:
         find_task(broker, "app.email")  # a healthy module's task too: no broken module is skipped

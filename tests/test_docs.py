@@ -26,9 +26,22 @@ REPO = Path(__file__).resolve().parent.parent
 def build(project: Path, site: Path) -> subprocess.CompletedProcess[str]:
     """``mkdocs build --strict`` as ``make docs`` runs it, from another directory (paths must not depend on it)."""
     return subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(project / "mkdocs.yml"),
-         "--site-dir", str(site)],
-        capture_output=True, text=True, timeout=300, cwd=site.parent, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(project / "mkdocs.yml"),
+            "--site-dir",
+            str(site),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=site.parent,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
 
 
@@ -58,8 +71,10 @@ def test_the_docs_build_without_a_warning(tmp_path: Path) -> None:
     [
         ("A [link](no-such-page.md) to a page that does not exist.", "no-such-page.md"),
         ("A [link](settings.md#no-such-anchor) to an anchor the page lacks.", "no-such-anchor"),
-        ("A [cross-reference][django_taskiq_beat.NoSuchName] to a Python name that does not exist.",
-         "django_taskiq_beat.NoSuchName"),
+        (
+            "A [cross-reference][django_taskiq_beat.NoSuchName] to a Python name that does not exist.",
+            "django_taskiq_beat.NoSuchName",
+        ),
         ("::: django_taskiq_beat.no_such_thing", "django_taskiq_beat.no_such_thing"),
     ],
     ids=["broken link", "broken anchor", "unknown cross-reference", "missing identifier"],

@@ -54,8 +54,13 @@ def insert_job(task_name: str, **fields: Any) -> SchedulerJob:
     """A row written behind the API's back (a task since removed, a corrupt payload)."""
     now = timezone.now()
     values = {
-        "task_name": task_name, "kind": "one_off", "strategy": "one_off",
-        "trigger_payload": {"run_at": now.isoformat()}, "next_run_at": now, "created_at": now, "updated_at": now,
+        "task_name": task_name,
+        "kind": "one_off",
+        "strategy": "one_off",
+        "trigger_payload": {"run_at": now.isoformat()},
+        "next_run_at": now,
+        "created_at": now,
+        "updated_at": now,
     }
     return SchedulerJob.objects.create(**{**values, **fields})
 
@@ -82,6 +87,7 @@ def app(broker: InMemoryBroker) -> SchedulerApp:
 
 # -- the reference's test_engine.py ----------------------------------------------------------------
 
+
 def test_engine_dispatches_one_off_job(app: SchedulerApp, recorder: Recorder) -> None:
     job = due_one_off(app, args=[7])
     assert run(app.engine.run_once) == 1
@@ -107,7 +113,9 @@ def test_engine_continues_batch_after_unknown_task(app: SchedulerApp, recorder: 
     assert SchedulerRun.objects.get(job=unknown).status == RunStatus.FAILED
 
 
-def test_engine_retries_after_dispatch_error(app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_retries_after_dispatch_error(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     break_broker(broker, monkeypatch)
     job = due_one_off(app)
     before = timezone.now()
@@ -157,7 +165,9 @@ def test_engine_dispatches_periodic_job_multiple_times(app: SchedulerApp, record
     assert SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).count() >= 2
 
 
-def test_engine_logs_each_send_and_its_batches_only_at_debug(app: SchedulerApp, caplog: pytest.LogCaptureFixture) -> None:
+def test_engine_logs_each_send_and_its_batches_only_at_debug(
+    app: SchedulerApp, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="django_taskiq_beat.engine")
     job = due_one_off(app)
     run(app.engine.run_once)
@@ -173,14 +183,18 @@ def test_engine_logs_each_send_and_its_batches_only_at_debug(app: SchedulerApp, 
 
 
 @pytest.mark.parametrize(("level", "expected"), [(logging.INFO, False), (logging.DEBUG, True)])
-def test_engine_sync_log_is_debug(app: SchedulerApp, caplog: pytest.LogCaptureFixture, level: int, expected: bool) -> None:
+def test_engine_sync_log_is_debug(
+    app: SchedulerApp, caplog: pytest.LogCaptureFixture, level: int, expected: bool
+) -> None:
     caplog.set_level(level, logger="django_taskiq_beat.engine")
     run(app.engine.run_once)
     messages = [record.getMessage() for record in caplog.records]
     assert ("Scheduler engine synced jobs from storage." in messages) is expected
 
 
-def test_engine_claims_job_once_across_multiple_schedulers(app: SchedulerApp, broker: InMemoryBroker, recorder: Recorder) -> None:
+def test_engine_claims_job_once_across_multiple_schedulers(
+    app: SchedulerApp, broker: InMemoryBroker, recorder: Recorder
+) -> None:
     job = due_one_off(app)
     other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=5))
 
@@ -193,7 +207,9 @@ def test_engine_claims_job_once_across_multiple_schedulers(app: SchedulerApp, br
     assert not SchedulerJob.objects.get(pk=job.pk).is_enabled
 
 
-def test_engine_keeps_claim_alive_during_slow_dispatch(broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_keeps_claim_alive_during_slow_dispatch(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     slow = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1))
     other = SchedulerApp(broker=broker, config=make_config(scheduler_id="engine-b", claim_ttl_seconds=1))
     real_kick = broker.kick
@@ -242,9 +258,7 @@ def test_engine_cleans_old_completed_one_off_jobs_when_retention_is_enabled(brok
     assert app.get_health_snapshot().cleaned_job_count == 1
 
 
-def test_completed_jobs_are_cleaned_a_chunk_at_a_time(
-    broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_completed_jobs_are_cleaned_a_chunk_at_a_time(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch) -> None:
     app = SchedulerApp(broker=broker, config=make_config(completed_job_retention_days=0))
     done = [app.single(task="system.echo").schedule().id for _ in range(5)]  # immediate jobs: sent and finished
     kept = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(hours=1)))
@@ -263,15 +277,20 @@ def test_completed_jobs_are_cleaned_a_chunk_at_a_time(
 def test_run_history_is_cleaned_a_chunk_at_a_time(app: SchedulerApp, monkeypatch: pytest.MonkeyPatch) -> None:
     job = app.single(task="system.echo").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
     old = timezone.now() - timedelta(days=40)
-    SchedulerRun.objects.bulk_create([
-        SchedulerRun(job=job, scheduled_for=old + timedelta(seconds=n), status=RunStatus.DISPATCHED, finished_at=old)
-        for n in range(7)
-    ])
+    SchedulerRun.objects.bulk_create(
+        [
+            SchedulerRun(
+                job=job, scheduled_for=old + timedelta(seconds=n), status=RunStatus.DISPATCHED, finished_at=old
+            )
+            for n in range(7)
+        ]
+    )
     monkeypatch.setattr(claims, "_RUN_DELETE_CHUNK", 3)
     assert [claims.delete_runs_finished_before(timezone.now()) for _ in range(4)] == [3, 3, 1, 0]
 
 
 # -- the reference's scheduler scenarios that need the engine -----------------------------------------
+
 
 def test_scheduler_app_start_and_stop(app: SchedulerApp) -> None:
     async def scenario() -> tuple[bool, bool]:
@@ -286,11 +305,15 @@ def test_scheduler_app_start_and_stop(app: SchedulerApp) -> None:
 def test_scheduler_app_exposes_health_snapshot(broker: InMemoryBroker) -> None:
     snapshot = SchedulerApp(broker=broker, config=make_config(scheduler_id="health")).get_health_snapshot()
     assert (snapshot.scheduler_id, snapshot.is_running, snapshot.sync_count, snapshot.dispatched_job_count) == (
-        "health", False, 0, 0,
+        "health",
+        False,
+        0,
+        0,
     )
 
 
 # -- what the design adds ------------------------------------------------------------------------------------
+
 
 def test_work_is_split_into_batches_and_all_due_slots_go_out(broker: InMemoryBroker, recorder: Recorder) -> None:
     app = SchedulerApp(broker=broker, config=make_config(dispatch_batch_size=2))
@@ -346,7 +369,9 @@ def test_retry_never_passes_the_next_regular_slot(broker: InMemoryBroker, monkey
     assert job.is_enabled
 
 
-def test_broker_outage_then_recovery(broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> None:
+def test_broker_outage_then_recovery(
+    broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, recorder: Recorder
+) -> None:
     app = SchedulerApp(broker=broker, config=make_config(dispatch_retry_seconds=1))
     break_broker(broker, monkeypatch, failures=1)
     job = due_one_off(app)
@@ -377,7 +402,9 @@ def test_hanging_broker_is_bounded_by_the_send_timeout(broker: InMemoryBroker, m
 
 
 def test_corrupt_payload_fails_its_job_and_the_batch_goes_on(app: SchedulerApp, recorder: Recorder) -> None:
-    corrupt = insert_job("system.echo", kind="periodic", strategy="crontab", trigger_payload={"crontab": {"minute": "99"}})
+    corrupt = insert_job(
+        "system.echo", kind="periodic", strategy="crontab", trigger_payload={"crontab": {"minute": "99"}}
+    )
     healthy = due_one_off(app)
     run(app.engine.run_once)
     corrupt.refresh_from_db()
@@ -398,7 +425,9 @@ def test_overdue_periodic_job_fires_once_then_realigns(app: SchedulerApp, record
 
 def test_window_end_finishes_the_job_after_its_last_slot(app: SchedulerApp) -> None:
     start = timezone.now().replace(microsecond=0) + timedelta(seconds=1)
-    window = PeriodicSchedule(interval=IntervalTrigger(seconds=1), start_at=start, end_at=start + timedelta(milliseconds=500))
+    window = PeriodicSchedule(
+        interval=IntervalTrigger(seconds=1), start_at=start, end_at=start + timedelta(milliseconds=500)
+    )
     job = app.single(task="system.echo").schedule(window)
     assert job.next_run_at == start  # the only slot inside the window
 
@@ -443,7 +472,9 @@ def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
     assert not SchedulerRun.objects.exists()
 
 
-def test_pending_run_of_a_dead_engine_is_sent_again_with_the_same_task_id(app: SchedulerApp, broker: InMemoryBroker) -> None:
+def test_pending_run_of_a_dead_engine_is_sent_again_with_the_same_task_id(
+    app: SchedulerApp, broker: InMemoryBroker
+) -> None:
     from django_taskiq_beat import claims
 
     job = due_one_off(app)
@@ -552,6 +583,7 @@ def test_backoff_never_overflows() -> None:
 
 # -- a row the ORM cannot read costs only that row ------------------------------------------------------
 
+
 def job_columns(job_id: str, *fields: str) -> tuple[Any, ...]:
     """Columns of a job whose other columns may be unreadable."""
     return SchedulerJob.objects.filter(pk=job_id).values_list(*fields).get()
@@ -564,13 +596,13 @@ def test_unreadable_next_run_at_fails_only_its_job(
     bad_values = UNREADABLE_TIMES[connection.vendor]
     good = [due_one_off(app, args=[n]).id for n in range(3)]
     bad = [due_one_off(app).id for _ in bad_values]
-    for job_id, value in zip(bad, bad_values):
+    for job_id, value in zip(bad, bad_values, strict=True):
         store_raw("scheduler_job", job_id, "next_run_at", value)
     before = timezone.now()
     assert run(app.engine.run_once) == 3
     assert sorted(recorder.calls) == [("system.echo", (n,), {}) for n in range(3)]
     assert all(job_columns(job_id, "dispatch_count") == (1,) for job_id in good)
-    for job_id, value in zip(bad, bad_values):
+    for job_id, value in zip(bad, bad_values, strict=True):
         (failed,) = SchedulerRun.objects.filter(job_id=job_id)
         assert failed.status == RunStatus.FAILED and before <= failed.scheduled_for <= timezone.now()
         assert "next_run_at" in failed.error and repr(value) in failed.error
@@ -648,12 +680,17 @@ def test_outcomes_are_stored_when_the_job_row_became_unreadable(app: SchedulerAp
     ]
     claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
     assert job_columns(sent.id, "dispatch_count", "dispatch_failures") == (1, 0)
-    assert job_columns(failing.id, "dispatch_failures", "last_error", "is_enabled") == (1, "ConnectionError: boom", True)
+    assert job_columns(failing.id, "dispatch_failures", "last_error", "is_enabled") == (
+        1,
+        "ConnectionError: boom",
+        True,
+    )
     statuses = dict(SchedulerRun.objects.values_list("job_id", "status"))
     assert statuses == {sent.id: RunStatus.DISPATCHED, failing.id: RunStatus.FAILED}
 
 
 # -- a database that refuses to store outcomes for a while ------------------------------------------------
+
 
 def refuse_records(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
     """Make ``claims.record`` fail as a database refusing writes would, for ``seconds`` after its first call."""
@@ -715,8 +752,12 @@ def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
         return time.monotonic() - started
 
     assert 1 <= run(scenario) < 5
-    assert ("Storing the outcomes of 1 send at stop failed again (2 in a row): OperationalError: database is"
-            " locked; trying again in 0.1 s.") in caplog.messages
-    assert ("Giving up storing the outcomes of 1 send at stop (OperationalError: database is locked); their runs"
-            " are sent again when their leases expire.") in caplog.messages
+    assert (
+        "Storing the outcomes of 1 send at stop failed again (2 in a row): OperationalError: database is"
+        " locked; trying again in 0.1 s."
+    ) in caplog.messages
+    assert (
+        "Giving up storing the outcomes of 1 send at stop (OperationalError: database is locked); their runs"
+        " are sent again when their leases expire."
+    ) in caplog.messages
     assert SchedulerRun.objects.get(job=job).status == RunStatus.PENDING  # sent again once its lease expires

@@ -7,7 +7,8 @@ breaks code: lone surrogates, NUL, huge and tiny numbers, the calendar's edges, 
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone as fixed_zone
+from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_zone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -39,29 +40,77 @@ pytestmark = pytest.mark.django_db
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
-ZONES = ["UTC", "Europe/Berlin", "America/Adak", "Pacific/Kiritimati", "Asia/Kolkata", "Europe", "Mars/Base",
-         "x" * 300, "", "utc", "../etc/passwd", "Europe/Berlin\x00", "\ud800"]
-HOSTILE_TEXT = ["", " ", "\x00", "a\x00b", "\ud800", "x\udfff", "x" * 300, "x" * 5000, "1e300", "-1",
-                "*/0", "@daily", "0 0 30 2 *", "∞", "null", "__proto__", "self"]
+ZONES = [
+    "UTC",
+    "Europe/Berlin",
+    "America/Adak",
+    "Pacific/Kiritimati",
+    "Asia/Kolkata",
+    "Europe",
+    "Mars/Base",
+    "x" * 300,
+    "",
+    "utc",
+    "../etc/passwd",
+    "Europe/Berlin\x00",
+    "\ud800",
+]
+HOSTILE_TEXT = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "x\udfff",
+    "x" * 300,
+    "x" * 5000,
+    "1e300",
+    "-1",
+    "*/0",
+    "@daily",
+    "0 0 30 2 *",
+    "∞",
+    "null",
+    "__proto__",
+    "self",
+]
 
 texts = st.one_of(st.text(max_size=40), st.sampled_from(HOSTILE_TEXT))
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-(10**400), max_value=10**400), st.floats(),
+    st.integers(),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(),
     st.sampled_from([0, -0.0, 1e-9, 1e-300, 1e300, 10**12, 0.001, 36500, 36501, 86400 * 36500]),
 )
 zones = st.one_of(st.sampled_from(ZONES), st.text(max_size=20))
 instants = st.one_of(
-    st.datetimes(timezones=st.sampled_from([UTC, ZoneInfo("America/Adak"), ZoneInfo("Pacific/Kiritimati"),
-                                            fixed_zone(timedelta(hours=-23, minutes=-59))])),
+    st.datetimes(
+        timezones=st.sampled_from(
+            [
+                UTC,
+                ZoneInfo("America/Adak"),
+                ZoneInfo("Pacific/Kiritimati"),
+                fixed_zone(timedelta(hours=-23, minutes=-59)),
+            ]
+        )
+    ),
     st.datetimes(),  # naive
-    st.sampled_from([datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC),
-                     datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/Adak"))]),
+    st.sampled_from(
+        [
+            datetime.max.replace(tzinfo=UTC),
+            datetime.min.replace(tzinfo=UTC),
+            datetime(9999, 12, 31, 23, tzinfo=ZoneInfo("America/Adak")),
+        ]
+    ),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, texts)
 json_like = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.tuples(children, children)
-    | st.dictionaries(st.one_of(texts, st.integers(), st.booleans(), st.none()), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.one_of(texts, st.integers(), st.booleans(), st.none()), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -75,8 +124,9 @@ def nested(depth: int) -> list[Any]:
 
 payloads = st.one_of(json_like, st.integers(min_value=1, max_value=6000).map(nested), st.just({1: "x", "1": "y"}))
 anything = st.one_of(scalars, instants, payloads, st.builds(object))
-cron_fields = st.one_of(st.sampled_from(["*", "0", "*/5", "1-5", "mon", "jan", "7", "60", "*/0", "5-1", "L"]), texts,
-                        st.integers())
+cron_fields = st.one_of(
+    st.sampled_from(["*", "0", "*/5", "1-5", "mon", "jan", "7", "60", "*/0", "5-1", "L"]), texts, st.integers()
+)
 
 
 def mostly(friendly: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -95,7 +145,9 @@ friendly_labels = st.dictionaries(
     max_size=3,
 )
 friendly_instants = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.sampled_from([UTC, ZoneInfo("Asia/Tokyo")])
+    min_value=datetime(2000, 1, 1),
+    max_value=datetime(2100, 1, 1),
+    timezones=st.sampled_from([UTC, ZoneInfo("Asia/Tokyo")]),
 )
 
 
@@ -108,10 +160,15 @@ def triggers(draw: st.DrawFn) -> Callable[[], Any]:
         value = draw(mostly(st.integers(1, 1000), numbers))
         return lambda: PeriodicSchedule(interval=IntervalTrigger(**{unit: value}))
     if kind == "crontab":
-        fields = draw(st.fixed_dictionaries({}, optional={
-            name: mostly(st.sampled_from(["*", "0", "*/5", "1-5", "1,2"]), cron_fields)
-            for name in ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week")
-        }))
+        fields = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    name: mostly(st.sampled_from(["*", "0", "*/5", "1-5", "1,2"]), cron_fields)
+                    for name in ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+                },
+            )
+        )
         zone = draw(mostly(st.sampled_from([None, "UTC", "Europe/Berlin"]), zones))
         return lambda: PeriodicSchedule(crontab=CrontabTrigger(**fields, timezone=zone))
     if kind == "expression":
@@ -143,40 +200,60 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     """One public operation with fuzzed arguments."""
     operation = draw(st.sampled_from(["schedule", "upsert", "chain", "manage", "purge"]))
     task = draw(mostly(st.sampled_from(["system.echo", "system.other"]), st.one_of(texts, anything)))
-    args, kwargs, metadata = (draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict))
+    args, kwargs, metadata = (
+        draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict)
+    )
     labels = draw(st.one_of(st.none(), mostly(friendly_labels, payloads)))
-    policy_values = draw(st.one_of(st.none(), st.fixed_dictionaries({}, optional={
-        "overlap": mostly(st.sampled_from(["allow", "skip", "buffer_one"]), anything),
-        "misfire_grace_seconds": mostly(st.one_of(st.none(), st.floats(0, 3600)), anything),
-        "catch_up": mostly(st.sampled_from(["latest", "all"]), anything),
-        "jitter_seconds": mostly(st.floats(0, 60), numbers),
-        "pause_after_failures": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
-        "max_runs": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
-    })))
+    policy_values = draw(
+        st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "overlap": mostly(st.sampled_from(["allow", "skip", "buffer_one"]), anything),
+                    "misfire_grace_seconds": mostly(st.one_of(st.none(), st.floats(0, 3600)), anything),
+                    "catch_up": mostly(st.sampled_from(["latest", "all"]), anything),
+                    "jitter_seconds": mostly(st.floats(0, 60), numbers),
+                    "pause_after_failures": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
+                    "max_runs": mostly(st.one_of(st.none(), st.integers(1, 10)), numbers),
+                },
+            ),
+        )
+    )
 
     def policy() -> SchedulePolicy | None:
         return None if policy_values is None else SchedulePolicy(**policy_values)
 
     trigger = draw(triggers())
     identity = {
-        "job_id": draw(mostly(st.one_of(st.none(), st.just("kept"), st.text(min_size=1, max_size=20)),
-                              st.one_of(texts, anything))),
+        "job_id": draw(
+            mostly(st.one_of(st.none(), st.just("kept"), st.text(min_size=1, max_size=20)), st.one_of(texts, anything))
+        ),
         "name": draw(mostly(st.one_of(st.none(), st.text(max_size=20)), st.one_of(texts, anything))),
         "description": draw(mostly(st.one_of(st.none(), st.text(max_size=50)), st.one_of(texts, anything))),
     }
     enabled = draw(mostly(st.booleans(), anything))
     if operation == "schedule":
         return operation, lambda app: app.single(
-            task=task, args=args, kwargs=kwargs, metadata=metadata, labels=labels,
+            task=task,
+            args=args,
+            kwargs=kwargs,
+            metadata=metadata,
+            labels=labels,
         ).schedule(trigger(), is_enabled=enabled, policy=policy(), **identity)
     if operation == "upsert":
         return operation, lambda app: app.single(task=task, args=args, kwargs=kwargs, labels=labels).upsert(
-            trigger(), is_enabled=enabled, policy=policy(), **identity)
+            trigger(), is_enabled=enabled, policy=policy(), **identity
+        )
     if operation == "chain":
         attempts, delay = draw(mostly(st.integers(1, 5), numbers)), draw(mostly(st.floats(0, 10), numbers))
         return operation, lambda app: app.chain(
-            steps=[ChainStep(task=task, args=args, kwargs=kwargs, max_attempts=attempts), ChainStep(task="system.echo")],
-            default_step_retry_delay_seconds=delay, metadata=metadata,
+            steps=[
+                ChainStep(task=task, args=args, kwargs=kwargs, max_attempts=attempts),
+                ChainStep(task="system.echo"),
+            ],
+            default_step_retry_delay_seconds=delay,
+            metadata=metadata,
             labels=labels,
         ).schedule(trigger(), **identity)
     if operation == "manage":
@@ -211,7 +288,7 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
             with transaction.atomic():
                 result = operation(app)
         except SchedulerValidationError as error:
-            event(f"{name}: refused {ascii(error.field)}")  # hypothesis's statistics must encode as UTF-8
+            event(f"{name}: refused {error.field!a}")  # hypothesis's statistics must encode as UTF-8
             assert len(str(error)) < 1000
             assert table_state() == before, f"{name} refused but wrote"
         else:
@@ -228,23 +305,87 @@ def test_any_api_call_gives_a_readable_job_or_a_validation_error_and_writes_noth
 
 # -- the admin form ---------------------------------------------------------------------------------
 
-FORM_TEXT = ["1e300", "1e-9", "nan", "inf", "-0", "0.0005", "99999999", "9999-12-31T23:59:59", "0001-01-01T00:00:00",
-             "9999-06-01T00:00:00", "2030-02-30T00:00:00", "[" * 3000 + "]" * 3000, '["\\ud800"]', '["\\u0000"]',
-             '{"self": 1}', '{"a": {"1": 2}}', "[1, 2]", "{}", "[]", "*/5 * * * *", "0 0 30 2 *", "mon", "61",
-             ",".join(["1"] * 400), "taken", "x" * 300, '{"queue": [1]}', '{"scheduler_job_id": 1}',
-             '{"priority": 3}', "settings:x", "taskiq:y", "a\x00b", "Mars/Base", "Europe", "one_off", "crontab", "skip", "buffer_one"]
-form_text = st.one_of(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30),
-                      st.sampled_from(FORM_TEXT))
-FIELDS = ["name", "description", "job_id", "task", "task_name", "args", "kwargs", "schedule_type", "interval_every",
-          "interval_unit", "cron_expression", "second", "minute", "hour", "day_of_month", "month_of_year",
-          "day_of_week", "timezone", "run_at", "start_at", "end_at", "is_enabled", "labels", "misfire_grace_seconds",
-          "overlap", "catch_up", "jitter_seconds", "pause_after_failures", "max_runs"]
+FORM_TEXT = [
+    "1e300",
+    "1e-9",
+    "nan",
+    "inf",
+    "-0",
+    "0.0005",
+    "99999999",
+    "9999-12-31T23:59:59",
+    "0001-01-01T00:00:00",
+    "9999-06-01T00:00:00",
+    "2030-02-30T00:00:00",
+    "[" * 3000 + "]" * 3000,
+    '["\\ud800"]',
+    '["\\u0000"]',
+    '{"self": 1}',
+    '{"a": {"1": 2}}',
+    "[1, 2]",
+    "{}",
+    "[]",
+    "*/5 * * * *",
+    "0 0 30 2 *",
+    "mon",
+    "61",
+    ",".join(["1"] * 400),
+    "taken",
+    "x" * 300,
+    '{"queue": [1]}',
+    '{"scheduler_job_id": 1}',
+    '{"priority": 3}',
+    "settings:x",
+    "taskiq:y",
+    "a\x00b",
+    "Mars/Base",
+    "Europe",
+    "one_off",
+    "crontab",
+    "skip",
+    "buffer_one",
+]
+form_text = st.one_of(
+    st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30), st.sampled_from(FORM_TEXT)
+)
+FIELDS = [
+    "name",
+    "description",
+    "job_id",
+    "task",
+    "task_name",
+    "args",
+    "kwargs",
+    "schedule_type",
+    "interval_every",
+    "interval_unit",
+    "cron_expression",
+    "second",
+    "minute",
+    "hour",
+    "day_of_month",
+    "month_of_year",
+    "day_of_week",
+    "timezone",
+    "run_at",
+    "start_at",
+    "end_at",
+    "is_enabled",
+    "labels",
+    "misfire_grace_seconds",
+    "overlap",
+    "catch_up",
+    "jitter_seconds",
+    "pause_after_failures",
+    "max_runs",
+]
 
 
 @FUZZ
 @given(overrides=st.dictionaries(st.sampled_from(FIELDS), form_text, max_size=6))
-def test_any_form_input_saves_a_readable_job_or_shows_errors(admin_client: Client, app: SchedulerApp,
-                                                              overrides: dict[str, str]) -> None:
+def test_any_form_input_saves_a_readable_job_or_shows_errors(
+    admin_client: Client, app: SchedulerApp, overrides: dict[str, str]
+) -> None:
     with transaction.atomic():
         app.single(task="system.echo").upsert(PeriodicSchedule(interval=IntervalTrigger(hours=1)), "taken")
         before = table_state()
@@ -264,27 +405,58 @@ def test_any_form_input_saves_a_readable_job_or_shows_errors(admin_client: Clien
 
 # -- schedules declared in code ---------------------------------------------------------------------------
 
-ENTRY_FIELDS = ["task", "cron", "interval", "run_at", "timezone", "args", "kwargs", "labels", "name", "description",
-                "enabled", "time", "cron_offset", "schedule_id", "policy"]
+ENTRY_FIELDS = [
+    "task",
+    "cron",
+    "interval",
+    "run_at",
+    "timezone",
+    "args",
+    "kwargs",
+    "labels",
+    "name",
+    "description",
+    "enabled",
+    "time",
+    "cron_offset",
+    "schedule_id",
+    "policy",
+]
 entry_values = st.one_of(
     st.sampled_from(["system.echo", "*/5 * * * *", "0 25 * * *", "Europe/Paris", "3600", "PT1H", "", "\x00"]),
-    st.integers(-5, 100_000), st.floats(), st.booleans(), st.just(timedelta(hours=3)), st.just(timedelta(minutes=7)),
-    friendly_instants, instants, friendly_json, friendly_labels, anything,
+    st.integers(-5, 100_000),
+    st.floats(),
+    st.booleans(),
+    st.just(timedelta(hours=3)),
+    st.just(timedelta(minutes=7)),
+    friendly_instants,
+    instants,
+    friendly_json,
+    friendly_labels,
+    anything,
 )
 entries = st.one_of(
     st.dictionaries(st.sampled_from(ENTRY_FIELDS), entry_values, max_size=6),
-    st.fixed_dictionaries({"task": st.just("system.echo")}, optional={
-        "interval": mostly(st.integers(1, 3600), entry_values), "cron": mostly(st.just("0 3 * * *"), entry_values),
-        "args": mostly(st.just([1]), entry_values), "labels": mostly(friendly_labels, entry_values),
-        "enabled": mostly(st.booleans(), entry_values), "timezone": mostly(st.just("UTC"), zones),
-    }),
+    st.fixed_dictionaries(
+        {"task": st.just("system.echo")},
+        optional={
+            "interval": mostly(st.integers(1, 3600), entry_values),
+            "cron": mostly(st.just("0 3 * * *"), entry_values),
+            "args": mostly(st.just([1]), entry_values),
+            "labels": mostly(friendly_labels, entry_values),
+            "enabled": mostly(st.booleans(), entry_values),
+            "timezone": mostly(st.just("UTC"), zones),
+        },
+    ),
     anything,
 )
 
 
 @FUZZ
-@given(schedule=st.dictionaries(st.one_of(st.text(max_size=12), scalars, instants), entries, max_size=4),
-       labelled=st.lists(entries, max_size=3))
+@given(
+    schedule=st.dictionaries(st.one_of(st.text(max_size=12), scalars, instants), entries, max_size=4),
+    labelled=st.lists(entries, max_size=3),
+)
 def test_any_declaration_becomes_a_readable_job_or_an_error_naming_it_and_a_second_sync_changes_nothing(
     app: SchedulerApp, schedule: dict[Any, Any], labelled: list[Any]
 ) -> None:
@@ -294,11 +466,13 @@ def test_any_declaration_becomes_a_readable_job_or_an_error_naming_it_and_a_seco
 
     app.broker.task(task_name="fuzz.labelled", schedule=labelled)(lambda *args, **kwargs: None)
     try:
-        with transaction.atomic(), override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker",
-                                                                  "SCHEDULE": schedule}):
+        with (
+            transaction.atomic(),
+            override_settings(TASKIQ_BEAT={"BROKER": "testproject.tasks:broker", "SCHEDULE": schedule}),
+        ):
             report = sync_declared(app)
             for error in report.errors:
-                event(f"declaration refused: {ascii(error.field)}")
+                event(f"declaration refused: {error.field!a}")
                 assert str(error).startswith(error.origin) and len(str(error)) < 2000
             for change in report.changes:
                 job = SchedulerJob.objects.get(pk=change.job_id)

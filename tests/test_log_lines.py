@@ -47,7 +47,9 @@ from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.processes import REPO, EngineProcess, child_env, redis_server, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-requires_redis = pytest.mark.skipif(shutil.which("redis-server") is None, reason="Debian's redis-server is not installed")
+requires_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="Debian's redis-server is not installed"
+)
 ENGINE = "django_taskiq_beat.engine"
 
 
@@ -57,8 +59,14 @@ def run(coroutine_function: Callable[[], Awaitable[Any]]) -> Any:
 
 @pytest.fixture
 def app(broker: InMemoryBroker) -> SchedulerApp:
-    config = SchedulerConfig(scheduler_id="engine-a", default_timezone="UTC", sync_interval_seconds=30,
-                             dispatch_retry_seconds=5, dispatch_retry_max_seconds=300, idle_sleep_seconds=0.05)
+    config = SchedulerConfig(
+        scheduler_id="engine-a",
+        default_timezone="UTC",
+        sync_interval_seconds=30,
+        dispatch_retry_seconds=5,
+        dispatch_retry_max_seconds=300,
+        idle_sleep_seconds=0.05,
+    )
     return SchedulerApp(broker=broker, config=config)
 
 
@@ -75,11 +83,13 @@ def engine_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 
 # -- the message formats ------------------------------------------------------------------------------
 
+
 def test_a_sent_slot_names_the_job_its_task_slot_and_run(app: SchedulerApp, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=ENGINE)
     slot = timezone.now().replace(microsecond=0)
-    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=slot), job_id="reports.nightly",
-                                                  name="Nightly report")
+    job = app.single(task="system.echo").schedule(
+        OneOffSchedule(run_at=slot), job_id="reports.nightly", name="Nightly report"
+    )
     run(app.engine.run_once)
     (record,) = engine_records(caplog)
     run_id = SchedulerRun.objects.get(job=job).id
@@ -87,7 +97,10 @@ def test_a_sent_slot_names_the_job_its_task_slot_and_run(app: SchedulerApp, capl
         f"Sent job 'Nightly report' (reports.nightly), task system.echo, slot {slot:%H:%M:%S} UTC, run {run_id}."
     )
     assert (record.levelname, record.job_id, record.job_name, record.task_name) == (  # type: ignore[attr-defined]
-        "INFO", "reports.nightly", "Nightly report", "system.echo"
+        "INFO",
+        "reports.nightly",
+        "Nightly report",
+        "system.echo",
     )
     assert record.broker_task_id == run_id  # type: ignore[attr-defined]
     assert record.scheduled_for == SchedulerRun.objects.get(job=job).scheduled_for.isoformat()  # type: ignore[attr-defined]
@@ -164,6 +177,7 @@ def test_names_are_quoted_and_nothing_stored_breaks_a_line() -> None:
 
 # -- a failure that repeats: its traceback once, then a short line each time, then its end --------------------
 
+
 def test_a_database_outage_prints_one_traceback_then_one_line_per_failed_tick_then_its_end(
     app: SchedulerApp, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -173,7 +187,7 @@ def test_a_database_outage_prints_one_traceback_then_one_line_per_failed_tick_th
     def down_for_five_ticks(*args: Any) -> Any:
         calls[0] += 1
         if calls[0] <= 5:
-            raise OperationalError("connection to server at \"db\" failed:\nConnection refused")
+            raise OperationalError('connection to server at "db" failed:\nConnection refused')
         return real_claim(*args)
 
     monkeypatch.setattr(claims, "claim_due", down_for_five_ticks)
@@ -187,7 +201,9 @@ def test_a_database_outage_prints_one_traceback_then_one_line_per_failed_tick_th
     run(scenario)
     lines = [record for record in engine_records(caplog) if "tick" in record.getMessage()]
     assert [(record.levelname, record.exc_info is not None) for record in lines] == [
-        ("ERROR", True), *[("WARNING", False)] * 4, ("INFO", False)
+        ("ERROR", True),
+        *[("WARNING", False)] * 4,
+        ("INFO", False),
     ]
     assert lines[0].getMessage() == (
         'Scheduler engine tick failed: OperationalError: connection to server at "db" failed: Connection refused;'
@@ -198,7 +214,7 @@ def test_a_database_outage_prints_one_traceback_then_one_line_per_failed_tick_th
 
 
 def test_an_outage_logs_its_first_failure_with_the_traceback_and_the_rest_without(
-    caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     logger = logging.getLogger(ENGINE)
     caplog.set_level(logging.INFO, logger=ENGINE)
@@ -235,19 +251,27 @@ def test_a_ten_second_broker_outage_logs_one_line_per_job_per_retry(tmp_path: Pa
         try:
             engine.start()
             first = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now()))
-            wait_until(lambda: SchedulerRun.objects.filter(job=first, status="dispatched").exists(), timeout=30,
-                       what="a send with the broker up")
+            wait_until(
+                lambda: SchedulerRun.objects.filter(job=first, status="dispatched").exists(),
+                timeout=30,
+                what="a send with the broker up",
+            )
             redis.stop()
             outage_from = len(engine.log())
             stopped = time.monotonic()
             with transaction.atomic():
-                job_ids = [app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now())).id
-                           for _ in range(JOB_COUNT)]
+                job_ids = [
+                    app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=timezone.now())).id
+                    for _ in range(JOB_COUNT)
+                ]
             time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
             outage = engine.log()[outage_from:]
             redis.start()
-            wait_until(lambda: SchedulerRun.objects.filter(job_id__in=job_ids, status="dispatched").count() == JOB_COUNT,
-                       timeout=60, what="every job to be sent once the broker is back")
+            wait_until(
+                lambda: SchedulerRun.objects.filter(job_id__in=job_ids, status="dispatched").count() == JOB_COUNT,
+                timeout=60,
+                what="every job to be sent once the broker is back",
+            )
         finally:
             engine.stop()
             print(f"----- {engine.name} -----\n{engine.log()}")
@@ -274,14 +298,19 @@ def test_a_worker_prints_each_of_our_lines_once(tmp_path: Path, monkeypatch: pyt
         with open(log_path, "ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "taskiq", "worker", "testproject.tasks:broker", "--workers", "1"],
-                env=child_env(REDIS_URL=redis.url), stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                env=child_env(REDIS_URL=redis.url),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
                 start_new_session=True,
             )
         try:
             monkeypatch.setenv("REDIS_URL", redis.url)
             broker = make_broker()
-            chain = TaskChain(steps=[ChainStep(task="demo.greet", args=["once"]), ChainStep(task="demo.add", args=[1, 2])],
-                              wait_poll_interval_seconds=0.1)
+            chain = TaskChain(
+                steps=[ChainStep(task="demo.greet", args=["once"]), ChainStep(task="demo.add", args=[1, 2])],
+                wait_poll_interval_seconds=0.1,
+            )
 
             async def send_chain() -> None:
                 await broker.startup()
@@ -307,4 +336,3 @@ def test_a_worker_prints_each_of_our_lines_once(tmp_path: Path, monkeypatch: pyt
         "Chain of job nightly-chain: step 1 (demo.add) completed, attempt 1 of 1.",
         "Chain of job nightly-chain completed: 2 steps, chain attempt 1.",
     ]
-

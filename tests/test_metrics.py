@@ -25,12 +25,19 @@ from django.db.backends.signals import connection_created
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, SchedulerConfig, __version__
+from django_taskiq_beat import (
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulerApp,
+    SchedulerConfig,
+    __version__,
+)
 from django_taskiq_beat.metrics import MetricsServer
 from django_taskiq_beat.models import JobState, RunStatus, SchedulerJob, SchedulerRun
-from tests.servers import free_port
 from tests.process_broker import broker as process_broker
 from tests.processes import EngineProcess, manage, wait_until
+from tests.servers import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus's text exposition format
@@ -44,7 +51,8 @@ def scrape(url: str, accept: str | None = None) -> tuple[str, Samples]:
         content_type, text = response.headers["Content-Type"], response.read().decode()
     samples = {
         (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text) for sample in family.samples
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
     }
     return content_type, samples
 
@@ -63,6 +71,7 @@ def scraped_states(samples: Samples) -> dict[str, int]:
 
 # -- a real engine process, scraped during a burst ------------------------------------------------------
 
+
 @pytest.fixture
 def process_app() -> SchedulerApp:
     """Schedules the engine process's task (``test.record``, on the broker the process loads)."""
@@ -76,12 +85,14 @@ def test_an_engine_process_serves_its_metrics_during_a_burst(tmp_path: Path, pro
     sink.touch()
     port = free_port()
     engine = EngineProcess(
-        "engine-metrics", tmp_path,
+        "engine-metrics",
+        tmp_path,
         # Batches of 10, at most 8 claimed at once, sent 2 at a time at 20 ms each: two seconds of sending,
         # with slots left due and unclaimed while the first batches go out.
         {"SYNC_INTERVAL_SECONDS": 0.5, "DISPATCH_BATCH_SIZE": 10, "DISPATCH_CONCURRENCY": 2},
         arguments=("--metrics-host", "127.0.0.1", "--metrics-port", str(port)),
-        TEST_SINK=str(sink), TEST_SEND_DELAY="0.02",
+        TEST_SINK=str(sink),
+        TEST_SEND_DELAY="0.02",
     )
     paused = app.single(task="test.record").schedule(PeriodicSchedule(interval=IntervalTrigger(hours=1)))
     app.pause(paused.id)
@@ -108,8 +119,11 @@ def test_an_engine_process_serves_its_metrics_during_a_burst(tmp_path: Path, pro
             assert len(during) < 400, "the burst did not end within 20 s"
             during.append(scrape(url)[1])
             time.sleep(0.05)
-        wait_until(lambda: not SchedulerRun.objects.filter(status=RunStatus.PENDING).exists(), timeout=10,
-                   what="every send to be recorded")
+        wait_until(
+            lambda: not SchedulerRun.objects.filter(status=RunStatus.PENDING).exists(),
+            timeout=10,
+            what="every send to be recorded",
+        )
         _, after = scrape(url)
         engine.signal(signal.SIGTERM)
         assert engine.wait() == 0, "the metrics server held up a clean stop"
@@ -143,8 +157,13 @@ def test_a_port_in_use_stops_the_command_with_a_clear_error() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = manage(
-            "run_taskiq_beat", "--broker", "tests.process_broker:broker",
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+            "run_taskiq_beat",
+            "--broker",
+            "tests.process_broker:broker",
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
         )
     assert result.returncode == 1
     assert f"CommandError: Cannot serve metrics on 127.0.0.1:{port}: Address already in use." in result.stderr
@@ -152,6 +171,7 @@ def test_a_port_in_use_stops_the_command_with_a_clear_error() -> None:
 
 
 # -- the command without prometheus-client, or with a bad port ------------------------------------------
+
 
 def test_metrics_port_without_prometheus_client_asks_for_the_metrics_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what an environment without it imports
@@ -167,6 +187,7 @@ def test_a_metrics_port_that_is_no_port_is_refused(port: str) -> None:
 
 
 # -- the collector in-process: each scrape's connection, and a database error ------------------------------
+
 
 @pytest.fixture
 def server(app: SchedulerApp) -> Iterator[str]:
@@ -203,7 +224,10 @@ def test_a_database_error_fails_that_scrape_only(
     assert value(scrape(server)[1], "taskiq_beat_due_jobs") == 1
     rename_table("scheduler_job", "scheduler_job_away")  # every query of the scrape fails, as with a lost table
     try:
-        with caplog.at_level(logging.WARNING, "django_taskiq_beat.metrics"), pytest.raises(urllib.error.HTTPError) as failed:
+        with (
+            caplog.at_level(logging.WARNING, "django_taskiq_beat.metrics"),
+            pytest.raises(urllib.error.HTTPError) as failed,
+        ):
             scrape(server)
     finally:
         rename_table("scheduler_job_away", "scheduler_job")
@@ -224,6 +248,7 @@ def test_openmetrics_is_served_to_a_prometheus_that_asks_for_it(server: str) -> 
 
 
 # -- the engine's hook ------------------------------------------------------------------------------------------
+
 
 def test_the_engine_hands_each_sent_slots_lag_to_its_observer(app: SchedulerApp) -> None:
     lags: list[float] = []

@@ -11,7 +11,14 @@ from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 from taskiq import InMemoryBroker, SimpleRetryMiddleware, TaskiqMessage, TaskiqResult
 
-from django_taskiq_beat import ChainStep, IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, SchedulerConfig
+from django_taskiq_beat import (
+    ChainStep,
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulerApp,
+    SchedulerConfig,
+)
 from django_taskiq_beat import middleware as outcome_middleware
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
@@ -79,7 +86,11 @@ def unsent_run(app: SchedulerApp) -> tuple[SchedulerRun, TaskiqMessage]:
     job = app.single(task="outcome.ok").schedule(OneOffSchedule(run_at=timezone.now() + timezone.timedelta(hours=1)))
     run = SchedulerRun.objects.create(job=job, scheduled_for=timezone.now())
     message = TaskiqMessage(
-        task_id=run.id, task_name="outcome.ok", labels={JOB_LABEL: job.id, RUN_LABEL: run.id}, args=[], kwargs={},
+        task_id=run.id,
+        task_name="outcome.ok",
+        labels={JOB_LABEL: job.id, RUN_LABEL: run.id},
+        args=[],
+        kwargs={},
     )
     return run, message
 
@@ -175,8 +186,10 @@ def test_a_failing_outcome_write_loses_nothing(
     run = run_of(job)
     assert run.status == "dispatched" and run.outcome == "running"  # the start was recorded, the end was not
     assert broker.result_backend.results[run.id].return_value == "done"  # the task's result is safe
-    assert (f"Recording the outcome of job {job.id}, task outcome.ok (run {run.id}) failed: ConnectionError:"
-            " database is down; the task itself is unaffected.") in caplog.messages
+    assert (
+        f"Recording the outcome of job {job.id}, task outcome.ok (run {run.id}) failed: ConnectionError:"
+        " database is down; the task itself is unaffected."
+    ) in caplog.messages
 
 
 def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> None:
@@ -186,8 +199,9 @@ def test_out_of_order_hooks_do_not_move_a_run_backwards(app: SchedulerApp) -> No
     async def late_start() -> None:
         await middleware.post_execute(message, SUCCEEDED)
         await middleware.pre_execute(message)  # a repeated or late start
-        await middleware.post_execute(message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1,
-                                                            error=ValueError("late")))
+        await middleware.post_execute(
+            message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1, error=ValueError("late"))
+        )
 
     async_to_sync(late_start)()
     run.refresh_from_db()
@@ -224,7 +238,9 @@ def test_a_repeated_delivery_recorded_first_leaves_the_job_alone(app: SchedulerA
     """Row locks (PostgreSQL, MariaDB): another delivery finishes the run after this one updated the job; the job
     update is rolled back, so one execution is counted once."""
     if connection.vendor == "sqlite":
-        pytest.skip("row locks; SQLite's write lock rules this interleaving out (runs in the PostgreSQL and MariaDB passes)")
+        pytest.skip(
+            "row locks; SQLite's write lock rules this interleaving out (runs in the PostgreSQL and MariaDB passes)"
+        )
     run, message = unsent_run(app)
     other = connections.create_connection(DEFAULT_DB_ALIAS)  # a second session, committing at once
 
@@ -234,8 +250,10 @@ def test_a_repeated_delivery_recorded_first_leaves_the_job_alone(app: SchedulerA
 
     try:
         finish_with_a_writer_between(
-            message, TaskiqResult(is_err=True, return_value=None, execution_time=0.1, error=ValueError("late")),
-            lambda sql: sql.startswith(f"UPDATE {connection.ops.quote_name('scheduler_job')}"), other_delivery_succeeds,
+            message,
+            TaskiqResult(is_err=True, return_value=None, execution_time=0.1, error=ValueError("late")),
+            lambda sql: sql.startswith(f"UPDATE {connection.ops.quote_name('scheduler_job')}"),
+            other_delivery_succeeds,
         )
     finally:
         other.close()
@@ -259,8 +277,9 @@ def test_outcomes_written_inside_the_callers_transaction(app: SchedulerApp) -> N
 
 
 def test_chain_run_gets_the_chains_outcome_and_steps_are_not_runs(app: SchedulerApp, broker: InMemoryBroker) -> None:
-    job = app.chain(steps=[ChainStep(task="outcome.ok"), ChainStep(task="outcome.sync")],
-                    wait_poll_interval_seconds=0.01).schedule()
+    job = app.chain(
+        steps=[ChainStep(task="outcome.ok"), ChainStep(task="outcome.sync")], wait_poll_interval_seconds=0.01
+    ).schedule()
     run_from_sync(broker.wait_all)
     assert SchedulerRun.objects.count() == 1
     run = run_of(job)

@@ -22,8 +22,8 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerConfig,
     SchedulerValidationError,
+    claims,
 )
-from django_taskiq_beat import claims
 from django_taskiq_beat.describe import local_time
 from django_taskiq_beat.middleware import RunOutcomeMiddleware, _mark_finished, _mark_running
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
@@ -71,13 +71,19 @@ def running_first_run(app: SchedulerApp, policy: SchedulePolicy, job_id: str = "
 
 
 def runs_of(job: SchedulerJob) -> list[tuple[datetime, str, str | None, str | None]]:
-    return list(SchedulerRun.objects.filter(job=job).order_by("scheduled_for")
-                .values_list("scheduled_for", "status", "claimed_by", "reason"))
+    return list(
+        SchedulerRun.objects.filter(job=job)
+        .order_by("scheduled_for")
+        .values_list("scheduled_for", "status", "claimed_by", "reason")
+    )
 
 
 def when(moment: datetime) -> str:
-    return moment.strftime("%H:%M:%S UTC") if moment.date() == datetime.now(moment.tzinfo).date() else (
-        moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    return (
+        moment.strftime("%H:%M:%S UTC")
+        if moment.date() == datetime.now(moment.tzinfo).date()
+        else (moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    )
 
 
 # -- the policy ----------------------------------------------------------------------------------------------
@@ -101,7 +107,9 @@ def test_an_overlap_policy_without_outcome_middleware_is_refused_naming_the_fiel
     with pytest.raises(SchedulerValidationError, match="overlap read the worker's outcomes: add RunOutcomeMiddleware"):
         bare.single(task="system.echo").schedule(EVERY_10_S, policy=SKIP)
     with pytest.raises(SchedulerValidationError, match="overlap and pause_after_failures read"):
-        bare.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(overlap="skip", pause_after_failures=2))
+        bare.single(task="system.echo").schedule(
+            EVERY_10_S, policy=SchedulePolicy(overlap="skip", pause_after_failures=2)
+        )
     assert not SchedulerJob.objects.exists()
 
 
@@ -172,8 +180,10 @@ def run_reads(now: datetime) -> tuple[claims.Claim, int]:
     with CaptureQueriesContext(connection) as queries:
         result = claim(now)
     job_table, run_table = (f"FROM {connection.ops.quote_name(table)}" for table in ("scheduler_job", "scheduler_run"))
-    return result, sum(query["sql"].lstrip().startswith("SELECT") and job_table not in query["sql"]
-                       and run_table in query["sql"] for query in queries.captured_queries)
+    return result, sum(
+        query["sql"].lstrip().startswith("SELECT") and job_table not in query["sql"] and run_table in query["sql"]
+        for query in queries.captured_queries
+    )
 
 
 def test_allow_sends_whatever_runs_and_the_runs_are_read_only_for_a_busy_overlap_job(app: SchedulerApp) -> None:
@@ -234,7 +244,9 @@ def test_the_released_slot_holds_the_next_one_in_turn(app: SchedulerApp) -> None
 
 
 def held_runs(job: SchedulerJob) -> list[tuple[str, str | None]]:
-    return list(SchedulerRun.objects.filter(job=job).exclude(status=RunStatus.DISPATCHED).values_list("status", "reason"))
+    return list(
+        SchedulerRun.objects.filter(job=job).exclude(status=RunStatus.DISPATCHED).values_list("status", "reason")
+    )
 
 
 def test_pausing_a_job_skips_its_held_slot_so_a_resume_sends_nothing_old(app: SchedulerApp) -> None:
@@ -248,12 +260,17 @@ def test_pausing_a_job_skips_its_held_slot_so_a_resume_sends_nothing_old(app: Sc
     assert release(slot(job, 23)).dispatches == []
 
 
-@pytest.mark.parametrize(("change", "reason"), [
-    ({"policy": SKIP}, "overlap: the job's overlap became 'skip' while the slot was held"),
-    ({"policy": SchedulePolicy()}, "overlap: the job's overlap became 'allow' while the slot was held"),
-    ({"policy": BUFFER_ONE, "is_enabled": False}, "overlap: the job was paused while the slot was held"),
-])
-def test_an_upsert_that_stops_holding_skips_the_held_slot(app: SchedulerApp, change: dict[str, Any], reason: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"policy": SKIP}, "overlap: the job's overlap became 'skip' while the slot was held"),
+        ({"policy": SchedulePolicy()}, "overlap: the job's overlap became 'allow' while the slot was held"),
+        ({"policy": BUFFER_ONE, "is_enabled": False}, "overlap: the job was paused while the slot was held"),
+    ],
+)
+def test_an_upsert_that_stops_holding_skips_the_held_slot(
+    app: SchedulerApp, change: dict[str, Any], reason: str
+) -> None:
     job, _ = running_first_run(app, BUFFER_ONE)
     claim(slot(job, 20.1))
     app.single(task="system.echo").upsert(EVERY_10_S, job.pk, **change)
@@ -291,9 +308,17 @@ def test_the_engine_logs_held_and_released_slots(app: SchedulerApp, caplog: pyte
 
     job = app.single(task="system.echo").schedule(EVERY_10_S, policy=BUFFER_ONE)
     back = timedelta(seconds=10)  # its first slot is due now
-    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - back, next_run_at=F("next_run_at") - back)
-    SchedulerRun.objects.create(job=job, scheduled_for=slot(job, -100), status=RunStatus.DISPATCHED,
-                                dispatched_at=slot(job, -100), finished_at=job.created_at, outcome="running")
+    SchedulerJob.objects.filter(pk=job.pk).update(
+        created_at=F("created_at") - back, next_run_at=F("next_run_at") - back
+    )
+    SchedulerRun.objects.create(
+        job=job,
+        scheduled_for=slot(job, -100),
+        status=RunStatus.DISPATCHED,
+        dispatched_at=slot(job, -100),
+        finished_at=job.created_at,
+        outcome="running",
+    )
     caplog.set_level("INFO", "django_taskiq_beat.engine")
     lags: list[float] = []
     app.engine.send_lag_observer = lags.append
@@ -360,12 +385,16 @@ def test_a_chain_takes_an_overlap_policy_the_orchestrator_run_being_the_chains_r
 
 def test_an_overlap_job_is_not_claimed_ahead_its_overlap_is_judged_when_the_slot_is_due(app: SchedulerApp) -> None:
     job, run_id = running_first_run(app, SKIP)
-    early = claims.claim_due("engine-a", slot(job, 19.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=0.5))
+    early = claims.claim_due(
+        "engine-a", slot(job, 19.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=0.5)
+    )
     assert early.row_count == 0  # the run might finish in the last half second
     _mark_finished(run_id, "succeeded", slot(job, 19.8), None)
     assert [dispatch.scheduled_for for dispatch in claim(slot(job, 20)).dispatches] == [slot(job, 20)]
     allowed = app.single(task="system.echo").schedule(EVERY_10_S, job_id="a")
-    ahead = claims.claim_due("engine-a", slot(allowed, 9.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=1))
+    ahead = claims.claim_due(
+        "engine-a", slot(allowed, 9.6), 256, timedelta(minutes=1), RETRY, ahead=timedelta(seconds=1)
+    )
     assert [dispatch.job_id for dispatch in ahead.dispatches] == ["a"]  # a job that allows overlap still is
 
 

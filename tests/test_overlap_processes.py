@@ -30,9 +30,14 @@ def run_sleeper_until_three_finish(policy: SchedulePolicy) -> SchedulerJob:
     wait_until(lambda: finished.count() >= 3, timeout=90, what="three runs of the sleeping task to finish")
     app.pause(job.id)
     sent = SchedulerRun.objects.filter(job=job).exclude(claimed_by=WAITING_CLAIMANT)
-    wait_until(lambda: not sent.filter(status=RunStatus.PENDING).exists()
-               and not sent.filter(status=RunStatus.DISPATCHED).exclude(outcome__in=["succeeded", "failed"]).exists(),
-               timeout=30, what="the runs already sent to finish")
+    wait_until(
+        lambda: (
+            not sent.filter(status=RunStatus.PENDING).exists()
+            and not sent.filter(status=RunStatus.DISPATCHED).exclude(outcome__in=["succeeded", "failed"]).exists()
+        ),
+        timeout=30,
+        what="the runs already sent to finish",
+    )
     return job
 
 
@@ -56,17 +61,20 @@ def test_skip_never_runs_the_task_twice_at_once_and_records_each_slot_it_skipped
     deployment.assert_sent_once(runs)
     slots = {run.scheduled_for: run for run in SchedulerRun.objects.filter(job=job)}
     for earlier, later in pairwise(runs):
-        between = [slots.get(earlier.scheduled_for + timedelta(seconds=k))
-                   for k in range(1, round((later.scheduled_for - earlier.scheduled_for).total_seconds()))]
+        between = [
+            slots.get(earlier.scheduled_for + timedelta(seconds=k))
+            for k in range(1, round((later.scheduled_for - earlier.scheduled_for).total_seconds()))
+        ]
         assert between and all(run is not None and run.status == RunStatus.SKIPPED for run in between), (
             "a slot while the task ran was neither skipped nor sent"
         )
         assert all(run.reason.startswith("overlap: the previous run (") for run in between), [r.reason for r in between]
         # skipped only while it ran: the first slot after it finished is sent (judged up to half a second early)
         assert later.scheduled_for - earlier.completed_at < timedelta(seconds=1) + ON_TIME
-    assert SchedulerJob.objects.get(pk=job.pk).skipped_count == SchedulerRun.objects.filter(
-        job=job, status=RunStatus.SKIPPED
-    ).count()
+    assert (
+        SchedulerJob.objects.get(pk=job.pk).skipped_count
+        == SchedulerRun.objects.filter(job=job, status=RunStatus.SKIPPED).count()
+    )
 
 
 def test_buffer_one_holds_one_slot_and_sends_it_right_after_the_running_task_finishes(deployment: Deployment) -> None:
@@ -83,8 +91,9 @@ def test_buffer_one_holds_one_slot_and_sends_it_right_after_the_running_task_fin
     skipped = list(SchedulerRun.objects.filter(job=job, status=RunStatus.SKIPPED).values_list("reason", flat=True))
     paused = [reason for reason in skipped if reason == "overlap: the job was paused while the slot was held"]
     assert len(paused) <= 1  # the slot held when the test paused the job
-    assert skipped != paused and all("already waits for the previous run" in reason for reason in skipped
-                                      if reason not in paused)
+    assert skipped != paused and all(
+        "already waits for the previous run" in reason for reason in skipped if reason not in paused
+    )
     slots = sorted(SchedulerRun.objects.filter(job=job).values_list("scheduled_for", flat=True))
     assert all(later - earlier == timedelta(seconds=1) for earlier, later in pairwise(slots)), (
         "a slot has no run: each is sent, held and sent later with its own time, or skipped"

@@ -9,8 +9,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp
-from django_taskiq_beat import overview
+from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, overview
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 
 pytestmark = pytest.mark.django_db
@@ -18,11 +17,21 @@ pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 12, 2, 10, 30, tzinfo=UTC)
 
 
-def run(job: SchedulerJob, slot: datetime, status: str = RunStatus.DISPATCHED, outcome: str = "",
-        lag: float | None = 0.005, error: str | None = None) -> SchedulerRun:
+def run(
+    job: SchedulerJob,
+    slot: datetime,
+    status: str = RunStatus.DISPATCHED,
+    outcome: str = "",
+    lag: float | None = 0.005,
+    error: str | None = None,
+) -> SchedulerRun:
     sent = status == RunStatus.DISPATCHED
     return SchedulerRun.objects.create(
-        job=job, scheduled_for=slot, status=status, outcome=outcome, error=error,
+        job=job,
+        scheduled_for=slot,
+        status=status,
+        outcome=outcome,
+        error=error,
         dispatched_at=slot + timedelta(seconds=lag) if sent and lag is not None else None,
         finished_at=slot + timedelta(seconds=1) if status != RunStatus.PENDING else None,
     )
@@ -106,7 +115,8 @@ def test_failing_most_ranks_jobs_by_failed_runs_with_their_latest_error(app: Sch
     run(once, now - timedelta(hours=30), outcome="failed")  # outside the window
     ranked = overview.failing_most(now)
     assert [(f.job.pk, f.failed, f.job.last_failure) for f in ranked] == [
-        ("often", 3, "ValueError: 1"), ("once", 1, "ConnectionError")
+        ("often", 3, "ValueError: 1"),
+        ("once", 1, "ConnectionError"),
     ]
 
 

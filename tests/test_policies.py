@@ -18,8 +18,8 @@ from django_taskiq_beat import (
     SchedulePolicy,
     SchedulerApp,
     SchedulerValidationError,
+    claims,
 )
-from django_taskiq_beat import claims
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.policies import MAX_CATCH_UP_SLOTS, jitter_delay
 from django_taskiq_beat.sync import sync_declared
@@ -33,19 +33,22 @@ RETRY = claims.RetryPolicy(5, 300)
 # -- the policy object --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({"misfire_grace_seconds": -1}, "misfire_grace_seconds"),
-    ({"misfire_grace_seconds": float("nan")}, "misfire_grace_seconds"),
-    ({"misfire_grace_seconds": "60"}, "misfire_grace_seconds"),
-    ({"catch_up": "sometimes"}, "catch_up"),
-    ({"catch_up": None}, "catch_up"),
-    ({"jitter_seconds": -0.5}, "jitter_seconds"),
-    ({"jitter_seconds": 10**9}, "jitter_seconds"),
-    ({"jitter_seconds": True}, "jitter_seconds"),
-    ({"pause_after_failures": 0}, "pause_after_failures"),
-    ({"pause_after_failures": 2.5}, "pause_after_failures"),
-    ({"pause_after_failures": 2**31}, "pause_after_failures"),
-])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"misfire_grace_seconds": -1}, "misfire_grace_seconds"),
+        ({"misfire_grace_seconds": float("nan")}, "misfire_grace_seconds"),
+        ({"misfire_grace_seconds": "60"}, "misfire_grace_seconds"),
+        ({"catch_up": "sometimes"}, "catch_up"),
+        ({"catch_up": None}, "catch_up"),
+        ({"jitter_seconds": -0.5}, "jitter_seconds"),
+        ({"jitter_seconds": 10**9}, "jitter_seconds"),
+        ({"jitter_seconds": True}, "jitter_seconds"),
+        ({"pause_after_failures": 0}, "pause_after_failures"),
+        ({"pause_after_failures": 2.5}, "pause_after_failures"),
+        ({"pause_after_failures": 2**31}, "pause_after_failures"),
+    ],
+)
 def test_bad_policy_values_are_refused_naming_the_field(values: dict[str, Any], field: str) -> None:
     with pytest.raises(SchedulerValidationError) as refused:
         SchedulePolicy(**values)
@@ -81,7 +84,9 @@ def test_schedule_and_upsert_store_the_policy_and_a_policy_change_keeps_the_slot
 # -- applied by the claim ------------------------------------------------------------------------------------
 
 
-def down_for_45_s(app: SchedulerApp, policy: SchedulePolicy | None = None, trigger: Any = EVERY_10_S) -> tuple[SchedulerJob, datetime]:
+def down_for_45_s(
+    app: SchedulerApp, policy: SchedulePolicy | None = None, trigger: Any = EVERY_10_S
+) -> tuple[SchedulerJob, datetime]:
     """A job whose engine was away: the claim runs 45.5 s after the job's anchor, 4 slots later."""
     job = app.single(task="system.echo").schedule(trigger, policy=policy)
     anchor = job.created_at.replace(microsecond=0)
@@ -93,7 +98,9 @@ def claim(now: datetime) -> claims.Claim:
 
 
 def runs_of(job: SchedulerJob) -> list[tuple[datetime, str, str | None]]:
-    return list(SchedulerRun.objects.filter(job=job).order_by("scheduled_for").values_list("scheduled_for", "status", "reason"))
+    return list(
+        SchedulerRun.objects.filter(job=job).order_by("scheduled_for").values_list("scheduled_for", "status", "reason")
+    )
 
 
 def test_by_default_one_run_goes_for_the_latest_missed_slot_and_the_grid_goes_on(app: SchedulerApp) -> None:
@@ -133,14 +140,19 @@ def test_slots_missed_by_more_than_the_grace_are_skipped_runs_with_a_reason(app:
     result = claim(now)
     assert [dispatch.scheduled_for for dispatch in result.dispatches] == [anchor + timedelta(seconds=40)]
     assert [skip.reason for skip in result.skips] == [
-        "missed by 36 s (misfire grace 12 s)", "missed by 26 s (misfire grace 12 s)",
+        "missed by 36 s (misfire grace 12 s)",
+        "missed by 26 s (misfire grace 12 s)",
         "missed by 16 s (misfire grace 12 s)",
     ]
     assert [status for _, status, _ in runs_of(job)] == [RunStatus.SKIPPED] * 3 + [RunStatus.PENDING]
     stored = SchedulerJob.objects.get(pk=job.pk)
     assert (stored.skipped_count, stored.next_run_at) == (3, anchor + timedelta(seconds=50))
-    assert SchedulerRun.objects.get(job=job, status=RunStatus.SKIPPED, scheduled_for=anchor + timedelta(seconds=10)
-                                    ).finished_at is not None
+    assert (
+        SchedulerRun.objects.get(
+            job=job, status=RunStatus.SKIPPED, scheduled_for=anchor + timedelta(seconds=10)
+        ).finished_at
+        is not None
+    )
 
 
 def test_with_latest_a_slot_later_than_the_grace_is_skipped_and_nothing_is_sent(app: SchedulerApp) -> None:
@@ -164,7 +176,7 @@ def test_a_one_off_found_later_than_its_grace_is_skipped_and_finished(app: Sched
 
 
 def test_a_slot_within_the_grace_is_sent(app: SchedulerApp) -> None:
-    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=6))
+    _, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=6))
     (dispatch,) = claim(now).dispatches
     assert now - dispatch.scheduled_for == timedelta(seconds=5.5)
 
@@ -177,7 +189,9 @@ def test_jitter_delays_each_send_in_range_the_same_for_every_engine_and_keeps_th
     assert len(set(delays)) == len(delays)  # spread, not one offset for all
     assert delays == [jitter_delay(job.pk, dispatch.scheduled_for, 8) for dispatch in dispatches]
     anchor = job.created_at.replace(microsecond=0)
-    assert [dispatch.scheduled_for for dispatch in dispatches] == [anchor + timedelta(seconds=s) for s in (10, 20, 30, 40)]
+    assert [dispatch.scheduled_for for dispatch in dispatches] == [
+        anchor + timedelta(seconds=s) for s in (10, 20, 30, 40)
+    ]
     assert claim(now + timedelta(minutes=1)).dispatches[0].send_at is not None
     without = app.single(task="system.echo").schedule(EVERY_10_S)
     assert jitter_delay(without.pk, anchor, 0) == timedelta(0)
@@ -216,14 +230,20 @@ def test_the_admin_form_sets_the_policy_shows_it_in_words_and_names_a_bad_value(
 
     from tests.test_admin import ADD, errors_of, form_data
 
-    response = admin_client.post(ADD, form_data(job_id="p", misfire_grace_seconds="90", catch_up="all",
-                                                jitter_seconds="2.5", pause_after_failures="4"))
+    response = admin_client.post(
+        ADD,
+        form_data(
+            job_id="p", misfire_grace_seconds="90", catch_up="all", jitter_seconds="2.5", pause_after_failures="4"
+        ),
+    )
     assert response.status_code == 302, errors_of(response)
     assert SchedulePolicy.of(SchedulerJob.objects.get(pk="p")) == SchedulePolicy(
         misfire_grace_seconds=90, catch_up="all", jitter_seconds=2.5, pause_after_failures=4
     )
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_change", args=[quote("p")])).content.decode()
-    assert 'name="misfire_grace_seconds" value="90.0"' in page and "missed after 90 s; every missed slot is sent" in page
+    assert (
+        'name="misfire_grace_seconds" value="90.0"' in page and "missed after 90 s; every missed slot is sent" in page
+    )
     response = admin_client.post(ADD, form_data(job_id="q", misfire_grace_seconds="-5"))
     assert "misfire_grace_seconds" in errors_of(response) and not SchedulerJob.objects.filter(pk="q").exists()
 
@@ -231,7 +251,7 @@ def test_the_admin_form_sets_the_policy_shows_it_in_words_and_names_a_bad_value(
 def test_skipped_runs_show_their_reason_in_the_run_history(admin_client: Any, app: SchedulerApp) -> None:
     from django.urls import reverse
 
-    job, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
+    _, now = down_for_45_s(app, SchedulePolicy(misfire_grace_seconds=3))
     claim(now)
     page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_changelist"), {"status__exact": "skipped"})
     text = page.content.decode()
@@ -248,7 +268,9 @@ def test_the_engine_counts_skipped_slots_and_exports_them_as_a_metric(app: Sched
 
     job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(misfire_grace_seconds=1))
     back = timedelta(seconds=25)  # as if no engine had run for its last two slots
-    SchedulerJob.objects.filter(pk=job.pk).update(created_at=F("created_at") - back, next_run_at=F("next_run_at") - back)
+    SchedulerJob.objects.filter(pk=job.pk).update(
+        created_at=F("created_at") - back, next_run_at=F("next_run_at") - back
+    )
     async_to_sync(app.engine.run_once)()
     assert app.get_health_snapshot().skipped_slot_count == 1
     assert build_registry(app).get_sample_value("taskiq_beat_skipped_slots_total") == 1
@@ -354,7 +376,9 @@ def test_the_admin_form_names_a_missing_outcome_middleware(admin_client: Any, mo
 
     monkeypatch.setattr("django_taskiq_beat.builders.reports_outcomes", lambda broker: False)
     response = admin_client.post(ADD, form_data(job_id="p", pause_after_failures="3"))
-    assert response.status_code == 200 and "RunOutcomeMiddleware" in " ".join(errors_of(response)["pause_after_failures"])
+    assert response.status_code == 200 and "RunOutcomeMiddleware" in " ".join(
+        errors_of(response)["pause_after_failures"]
+    )
 
 
 def test_a_limit_set_while_the_job_already_fails_pauses_it_at_the_next_failure(app: SchedulerApp) -> None:

@@ -33,7 +33,9 @@ def app() -> SchedulerApp:
 def away_for_ten_slots(job_id: str, policy: SchedulePolicy) -> SchedulerJob:
     app().single(task="test.record").schedule(EVERY_SECOND, job_id=job_id, policy=policy)
     back = timedelta(seconds=10)
-    SchedulerJob.objects.filter(pk=job_id).update(created_at=F("created_at") - back, next_run_at=F("next_run_at") - back)
+    SchedulerJob.objects.filter(pk=job_id).update(
+        created_at=F("created_at") - back, next_run_at=F("next_run_at") - back
+    )
     return SchedulerJob.objects.get(pk=job_id)
 
 
@@ -41,12 +43,15 @@ def test_after_an_outage_all_sends_every_slot_latest_one_and_the_grace_skips_the
     engines: EngineFactory, sinks: Sinks
 ) -> None:
     every = away_for_ten_slots("all", SchedulePolicy(catch_up="all"))
-    latest = away_for_ten_slots("latest", SchedulePolicy())
-    graced = away_for_ten_slots("graced", SchedulePolicy(catch_up="all", misfire_grace_seconds=3.5))
+    away_for_ten_slots("latest", SchedulePolicy())
+    away_for_ten_slots("graced", SchedulePolicy(catch_up="all", misfire_grace_seconds=3.5))
     started = timezone.now()
     engines("engine-catch-up")
-    wait_until(lambda: len(sinks.messages("all")) >= 10 and sinks.messages("latest") and sinks.messages("graced"),
-               timeout=20, what="the catch-up sends")
+    wait_until(
+        lambda: len(sinks.messages("all")) >= 10 and sinks.messages("latest") and sinks.messages("graced"),
+        timeout=20,
+        what="the catch-up sends",
+    )
     anchor = every.created_at.replace(microsecond=0)
     missed = [slot for slot in (anchor + timedelta(seconds=k) for k in range(1, 12)) if slot <= started]
     assert len(missed) >= 9
@@ -66,27 +71,49 @@ def test_after_an_outage_all_sends_every_slot_latest_one_and_the_grace_skips_the
 
 
 def test_jitter_sends_each_slot_its_own_delay_after_the_slot(engines: EngineFactory, sinks: Sinks) -> None:
-    job = app().single(task="test.record").schedule(
-        PeriodicSchedule(interval=IntervalTrigger(seconds=2)), job_id="jittered", policy=SchedulePolicy(jitter_seconds=1.5)
+    job = (
+        app()
+        .single(task="test.record")
+        .schedule(
+            PeriodicSchedule(interval=IntervalTrigger(seconds=2)),
+            job_id="jittered",
+            policy=SchedulePolicy(jitter_seconds=1.5),
+        )
     )
     engines("engine-jitter")
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).count() >= 4, timeout=20,
-               what="four jittered sends")
-    runs = SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).values_list("scheduled_for", "dispatched_at")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).count() >= 4,
+        timeout=20,
+        what="four jittered sends",
+    )
+    runs = SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).values_list(
+        "scheduled_for", "dispatched_at"
+    )
     for slot, dispatched_at in runs:
         expected = slot + jitter_delay(job.pk, slot, 1.5)
-        assert expected - timedelta(seconds=0.05) <= dispatched_at <= expected + timedelta(seconds=1), (slot, dispatched_at)
+        assert expected - timedelta(seconds=0.05) <= dispatched_at <= expected + timedelta(seconds=1), (
+            slot,
+            dispatched_at,
+        )
         assert (slot - job.created_at.replace(microsecond=0)) % timedelta(seconds=2) == timedelta(0)  # the grid is kept
 
 
 def test_sigterm_does_not_wait_out_a_jitter_the_waiting_send_goes_at_once(engines: EngineFactory, sinks: Sinks) -> None:
-    job = app().single(task="test.record").schedule(
-        PeriodicSchedule(interval=IntervalTrigger(seconds=1)), job_id="long-jitter",
-        policy=SchedulePolicy(jitter_seconds=3600),
+    job = (
+        app()
+        .single(task="test.record")
+        .schedule(
+            PeriodicSchedule(interval=IntervalTrigger(seconds=1)),
+            job_id="long-jitter",
+            policy=SchedulePolicy(jitter_seconds=3600),
+        )
     )
     engine = engines("engine-long-jitter")
-    wait_until(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.PENDING).exists(), timeout=15,
-               what="a claimed slot waiting out its jitter")
+    wait_until(
+        lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.PENDING).exists(),
+        timeout=15,
+        what="a claimed slot waiting out its jitter",
+    )
     stopped_at = timezone.now()
     engine.signal(signal.SIGTERM)
     assert engine.wait() == 0
@@ -97,7 +124,9 @@ def test_sigterm_does_not_wait_out_a_jitter_the_waiting_send_goes_at_once(engine
 
 
 def test_max_runs_stops_a_job_after_that_many_sends(engines: EngineFactory, sinks: Sinks) -> None:
-    job = app().single(task="test.record").schedule(EVERY_SECOND, job_id="three-times", policy=SchedulePolicy(max_runs=3))
+    job = (
+        app().single(task="test.record").schedule(EVERY_SECOND, job_id="three-times", policy=SchedulePolicy(max_runs=3))
+    )
     engines("engine-max-runs")
     wait_until(lambda: SchedulerJob.objects.get(pk=job.pk).state == "finished", timeout=15, what="the job to finish")
     time.sleep(1.5)  # a fourth slot would have come by now

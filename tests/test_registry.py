@@ -30,8 +30,11 @@ DEAD_AFTER = 0.5
 
 def make_app(broker: InMemoryBroker, scheduler_id: str = "live-engine", **overrides: Any) -> SchedulerApp:
     options: dict[str, Any] = {
-        "scheduler_id": scheduler_id, "default_timezone": "UTC", "sync_interval_seconds": 0.05,
-        "heartbeat_seconds": BEAT, "engine_dead_after_seconds": DEAD_AFTER,
+        "scheduler_id": scheduler_id,
+        "default_timezone": "UTC",
+        "sync_interval_seconds": 0.05,
+        "heartbeat_seconds": BEAT,
+        "engine_dead_after_seconds": DEAD_AFTER,
     }
     return SchedulerApp(broker=broker, config=SchedulerConfig(**{**options, **overrides}))
 
@@ -70,6 +73,7 @@ def status(run_id: str) -> str:
 
 # -- the engine's row -----------------------------------------------------------------------------------------
 
+
 def test_the_engine_writes_its_row_beats_with_its_counters_and_marks_it_stopped(
     broker: InMemoryBroker, recorder: Recorder
 ) -> None:
@@ -80,7 +84,10 @@ def test_the_engine_writes_its_row_beats_with_its_counters_and_marks_it_stopped(
         await eventually(lambda: SchedulerEngine.objects.filter(pk="live-engine").exists())
         first = await SchedulerEngine.objects.aget(pk="live-engine")
         assert (first.hostname, first.pid, first.version, first.stopped_at) == (
-            socket.gethostname(), os.getpid(), __version__, None
+            socket.gethostname(),
+            os.getpid(),
+            __version__,
+            None,
         )
         await app.single(task="system.echo").aschedule(OneOffSchedule(run_at=timezone.now()))
         await eventually(lambda: SchedulerEngine.objects.get(pk="live-engine").dispatched_count == 1)
@@ -121,6 +128,7 @@ def test_rows_of_engines_gone_for_a_week_are_deleted_by_the_cleanup(app: Schedul
 
 # -- runs of dead engines ---------------------------------------------------------------------------------------
 
+
 def test_pending_runs_of_dead_or_stopped_engines_are_sent_at_once_the_others_at_their_lease(
     broker: InMemoryBroker, recorder: Recorder
 ) -> None:
@@ -138,7 +146,9 @@ def test_pending_runs_of_dead_or_stopped_engines_are_sent_at_once_the_others_at_
 
     run(scenario)
     assert {claimer: status(run_id) for claimer, run_id in runs.items()} == {
-        "killed": RunStatus.DISPATCHED, "stopped": RunStatus.DISPATCHED, "slow": RunStatus.PENDING,
+        "killed": RunStatus.DISPATCHED,
+        "stopped": RunStatus.DISPATCHED,
+        "slow": RunStatus.PENDING,
         "no-row": RunStatus.PENDING,
     }
     assert recorder.names() == ["system.echo"] * 2
@@ -223,6 +233,7 @@ def test_an_engine_judges_others_only_after_its_own_heartbeats_have_been_on_time
 
 
 # -- claim conflicts -----------------------------------------------------------------------------------------------
+
 
 def test_a_slot_whose_run_another_writer_recorded_first_is_a_conflict_and_not_sent(
     app: SchedulerApp, recorder: Recorder

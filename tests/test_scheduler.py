@@ -43,6 +43,7 @@ def in_an_hour() -> OneOffSchedule:
 
 # -- the reference's test_scheduler.py --------------------------------------------------------
 
+
 def test_single_builder_creates_periodic_job(app: SchedulerApp, call: Call) -> None:
     builder = app.single(task="system.echo", metadata={"scope": "system"})
     job = call(builder, "schedule", PeriodicSchedule(interval=IntervalTrigger(seconds=10)))
@@ -55,7 +56,12 @@ def test_single_builder_creates_periodic_job(app: SchedulerApp, call: Call) -> N
 def test_single_builder_defaults_to_immediate_dispatch(app: SchedulerApp, call: Call, recorder: Recorder) -> None:
     job = call(app.single(task="system.echo", args=[1], kwargs={"label": "ping"}), "schedule")
     stored = SchedulerJob.objects.get(pk=job.id)
-    assert (stored.kind, stored.strategy, stored.is_enabled, stored.next_run_at) == ("one_off", "immediate", False, None)
+    assert (stored.kind, stored.strategy, stored.is_enabled, stored.next_run_at) == (
+        "one_off",
+        "immediate",
+        False,
+        None,
+    )
     assert stored.dispatch_count == 1
     assert stored.last_run_at is not None and stored.last_dispatched_task_id
     runs = list(SchedulerRun.objects.filter(job=stored))
@@ -110,8 +116,11 @@ def test_single_builder_upsert_creates_and_updates_job_without_duplicates(
     caplog.set_level(logging.INFO, logger="django_taskiq_beat.scheduler")
     first = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="system.echo")
     second = call(
-        app.single(task="system.echo"), "upsert", PeriodicSchedule(interval=IntervalTrigger(hours=2)),
-        job_id="system.echo", name="Echo every two hours",
+        app.single(task="system.echo"),
+        "upsert",
+        PeriodicSchedule(interval=IntervalTrigger(hours=2)),
+        job_id="system.echo",
+        name="Echo every two hours",
     )
     assert SchedulerJob.objects.count() == 1
     stored = SchedulerJob.objects.get()
@@ -139,7 +148,8 @@ def test_single_builder_supports_bulk_startup_sync(app: SchedulerApp, call: Call
     call(app.single(task="system.echo"), "upsert", HOURLY, job_id="system.metrics", name="Metrics")
     call(app.single(task="system.echo"), "upsert", HOURLY, job_id="system.metrics", name="Metrics v2")
     assert dict(SchedulerJob.objects.values_list("id", "name")) == {
-        "system.cleanup": "Cleanup", "system.metrics": "Metrics v2",
+        "system.cleanup": "Cleanup",
+        "system.metrics": "Metrics v2",
     }
 
 
@@ -151,7 +161,10 @@ def test_scheduler_app_logs_job_lifecycle(app: SchedulerApp, call: Call, caplog:
     app_records = [record for record in caplog.records if record.name == "django_taskiq_beat.app"]
     named = f"job {job.id}, task system.echo"
     assert [record.getMessage() for record in app_records] == [
-        f"Paused {named}.", f"Resumed {named}.", f"Marked {named} to run now.", f"Deleted {named} and its runs.",
+        f"Paused {named}.",
+        f"Resumed {named}.",
+        f"Marked {named} to run now.",
+        f"Deleted {named} and its runs.",
     ]
     assert {record.job_id for record in app_records} == {job.id}  # type: ignore[attr-defined]
 
@@ -181,6 +194,7 @@ def test_scheduler_resume_handles_naive_timestamps_stored_by_sqlite(app: Schedul
 
 # -- behaviours the reference leaves untested --------------------------------------------------
 
+
 def test_resume_of_a_paused_one_off_that_never_ran_fires_it(app: SchedulerApp, call: Call) -> None:
     past = OneOffSchedule(run_at=timezone.now() - timedelta(minutes=5))
     job = call(app.single(task="system.echo"), "schedule", past, is_enabled=False)
@@ -205,7 +219,9 @@ def test_record_runs_off_keeps_no_run_for_a_successful_immediate_dispatch(broker
     assert not SchedulerRun.objects.exists()
 
 
-def test_immediate_dispatch_sends_run_id_as_task_id_and_labels(app: SchedulerApp, broker: InMemoryBroker, call: Call) -> None:
+def test_immediate_dispatch_sends_run_id_as_task_id_and_labels(
+    app: SchedulerApp, broker: InMemoryBroker, call: Call
+) -> None:
     job = call(app.single(task="system.echo"), "schedule")
     run = SchedulerRun.objects.get(job=job)
     result = broker.result_backend.results[run.id]
@@ -231,12 +247,15 @@ def test_failed_immediate_dispatch_is_recorded_then_raised(
 
 # -- difference 5: upsert and resume respect what happened ----------------------------------------
 
+
 def test_upsert_keeps_an_operators_pause(app: SchedulerApp, call: Call) -> None:
     call(app.single(task="system.echo"), "upsert", HOURLY, job_id="nightly")
     call(app, "pause", "nightly")
     job = call(app.single(task="system.echo"), "upsert", HOURLY, job_id="nightly")
     assert (job.is_enabled, job.next_run_at) == (False, None)
-    changed = call(app.single(task="system.echo"), "upsert", PeriodicSchedule(interval=IntervalTrigger(hours=3)), job_id="nightly")
+    changed = call(
+        app.single(task="system.echo"), "upsert", PeriodicSchedule(interval=IntervalTrigger(hours=3)), job_id="nightly"
+    )
     assert (changed.is_enabled, changed.trigger_payload["interval"]["hours"]) == (False, 3)
 
 
@@ -274,11 +293,16 @@ def test_a_finished_one_off_given_only_the_zone_its_time_was_chosen_in_does_not_
     moment = timezone.now() - timedelta(minutes=1)
     call(app.single(task="system.echo"), "upsert", OneOffSchedule(run_at=moment), job_id="once")
     _finish("once")
-    zoned = call(app.single(task="system.echo"), "upsert", OneOffSchedule(run_at=moment, timezone="Asia/Tokyo"),
-                 job_id="once")
+    zoned = call(
+        app.single(task="system.echo"), "upsert", OneOffSchedule(run_at=moment, timezone="Asia/Tokyo"), job_id="once"
+    )
     assert (zoned.is_finished, zoned.next_run_at, zoned.trigger_payload["timezone"]) == (True, None, "Asia/Tokyo")
-    moved = call(app.single(task="system.echo"), "upsert",
-                 OneOffSchedule(run_at=moment + timedelta(hours=2), timezone="Asia/Tokyo"), job_id="once")
+    moved = call(
+        app.single(task="system.echo"),
+        "upsert",
+        OneOffSchedule(run_at=moment + timedelta(hours=2), timezone="Asia/Tokyo"),
+        job_id="once",
+    )
     assert moved.is_enabled and not moved.is_finished and moved.next_run_at > timezone.now()
 
 
@@ -299,6 +323,7 @@ def test_resume_of_an_immediate_job_leaves_it_finished(app: SchedulerApp, call: 
 
 # -- difference 6: an ended window finishes the job ------------------------------------------------
 
+
 def test_periodic_job_with_its_window_over_is_finished_not_inert(app: SchedulerApp, call: Call) -> None:
     ended = PeriodicSchedule(interval=IntervalTrigger(hours=1), end_at=timezone.now() - timedelta(minutes=1))
     job = call(app.single(task="system.echo"), "schedule", ended)
@@ -308,11 +333,14 @@ def test_periodic_job_with_its_window_over_is_finished_not_inert(app: SchedulerA
 
 def test_future_window_waits_for_start_at(app: SchedulerApp, call: Call) -> None:
     start = (timezone.now() + timedelta(days=1)).replace(microsecond=0)
-    job = call(app.single(task="system.echo"), "schedule", PeriodicSchedule(interval=IntervalTrigger(hours=1), start_at=start))
+    job = call(
+        app.single(task="system.echo"), "schedule", PeriodicSchedule(interval=IntervalTrigger(hours=1), start_at=start)
+    )
     assert job.next_run_at == start
 
 
 # -- difference 9 and contexts: atomic blocks -------------------------------------------------------
+
 
 def test_immediate_dispatch_inside_atomic_waits_for_commit(app: SchedulerApp, recorder: Recorder) -> None:
     with transaction.atomic():
@@ -332,9 +360,12 @@ def test_rolled_back_immediate_dispatch_never_sends(app: SchedulerApp, recorder:
 
 # -- configuration reaches the rows -----------------------------------------------------------------
 
+
 def test_cron_without_timezone_takes_default_timezone(broker: InMemoryBroker, call: Call) -> None:
     app = SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="Asia/Tokyo"))
-    job = call(app.single(task="system.echo"), "schedule", PeriodicSchedule(crontab=CrontabTrigger(minute="0", hour="9")))
+    job = call(
+        app.single(task="system.echo"), "schedule", PeriodicSchedule(crontab=CrontabTrigger(minute="0", hour="9"))
+    )
     assert job.trigger_payload["crontab"]["timezone"] == "Asia/Tokyo"
     assert job.next_run_at.astimezone(datetime.now().astimezone().tzinfo).minute == 0
     assert job.next_run_at.hour == 0  # 09:00 in Tokyo is 00:00 UTC
@@ -349,6 +380,7 @@ def test_app_without_config_reads_settings(broker: InMemoryBroker, settings: Any
 
 # -- bad input writes nothing ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("build", "field"),
     [
@@ -361,7 +393,9 @@ def test_app_without_config_reads_settings(broker: InMemoryBroker, settings: Any
         (lambda app: app.single(task="   "), "task"),
     ],
 )
-def test_bad_task_call_is_rejected_with_its_field(app: SchedulerApp, build: Callable[[SchedulerApp], Any], field: str) -> None:
+def test_bad_task_call_is_rejected_with_its_field(
+    app: SchedulerApp, build: Callable[[SchedulerApp], Any], field: str
+) -> None:
     with pytest.raises(SchedulerValidationError) as caught:
         build(app)
     assert caught.value.field == field
@@ -379,7 +413,9 @@ def test_bad_task_call_is_rejected_with_its_field(app: SchedulerApp, build: Call
         ("upsert", {"trigger": HOURLY, "job_id": "x", "is_enabled": 1}, "is_enabled"),
     ],
 )
-def test_bad_schedule_arguments_write_nothing(app: SchedulerApp, call: Call, method: str, arguments: dict[str, Any], field: str) -> None:
+def test_bad_schedule_arguments_write_nothing(
+    app: SchedulerApp, call: Call, method: str, arguments: dict[str, Any], field: str
+) -> None:
     call(app.single(task="system.echo"), "upsert", HOURLY, job_id="existing", name="kept")
     with pytest.raises(SchedulerValidationError) as caught:
         call(app.single(task="system.echo"), method, **arguments)
@@ -414,7 +450,10 @@ def test_schedule_with_a_taken_job_id_is_refused_and_changes_nothing(app: Schedu
     assert caught.value.field == "job_id"
     stored = SchedulerJob.objects.get(pk="dup")
     assert (stored.name, stored.task_name, stored.task_args, stored.next_run_at) == (
-        "first", "system.echo", [1], original.next_run_at
+        "first",
+        "system.echo",
+        [1],
+        original.next_run_at,
     )
 
 
@@ -477,6 +516,7 @@ def test_unchanged_upsert_writes_nothing(app: SchedulerApp, call: Call) -> None:
 
 
 # -- pause notes ---------------------------------------------------------------------------------------
+
 
 def test_pause_records_when_and_why_and_resume_clears_it(app: SchedulerApp, call: Call) -> None:
     job = call(app.single(task="system.echo"), "schedule", HOURLY)

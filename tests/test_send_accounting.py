@@ -40,9 +40,11 @@ def make_due(job_id: str) -> None:
 
 def shown(job_id: str) -> tuple[Any, ...]:
     """What the job says of its sends."""
-    return SchedulerJob.objects.filter(pk=job_id).values_list(
-        "dispatch_count", "last_dispatched_task_id", "last_run_at", "dispatch_failures", "last_error"
-    ).get()
+    return (
+        SchedulerJob.objects.filter(pk=job_id)
+        .values_list("dispatch_count", "last_dispatched_task_id", "last_run_at", "dispatch_failures", "last_error")
+        .get()
+    )
 
 
 def written_tables(monkeypatch: pytest.MonkeyPatch) -> list[str]:

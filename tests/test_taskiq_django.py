@@ -85,7 +85,10 @@ def test_rows_become_jobs_and_a_second_sync_changes_nothing(broker: InMemoryBrok
     assert {job.source for job in jobs.values()} == {JobSource.TASKIQ_DJANGO}
     nightly = jobs["taskiq-django:nightly"]
     assert (nightly.task_name, nightly.task_args, nightly.task_kwargs, nightly.task_labels) == (
-        "system.echo", [1], {"b": 2}, {"queue": "low"},
+        "system.echo",
+        [1],
+        {"b": 2},
+        {"queue": "low"},
     )
     assert (nightly.trigger.crontab.hour, nightly.trigger.crontab.timezone) == ("3", "Europe/Paris")
     assert nightly.declaration["origin"] == "taskiq-django's schedule 'nightly'"
@@ -93,7 +96,8 @@ def test_rows_become_jobs_and_a_second_sync_changes_nothing(broker: InMemoryBrok
     # No cron_offset: UTC, as taskiq's own scheduler reads it (not DEFAULT_TIMEZONE, unlike settings entries).
     assert jobs["taskiq-django:plain-cron"].trigger.crontab.timezone == "UTC"
     assert (jobs["taskiq-django:often"].task_name, jobs["taskiq-django:often"].trigger.interval.total_seconds) == (
-        "system.other", 30,
+        "system.other",
+        30,
     )
     assert jobs["taskiq-django:once"].next_run_at == datetime(2099, 6, 1, 12, 0, tzinfo=UTC)
     assert all(job.is_enabled and not job.is_finished for job in jobs.values())
@@ -127,10 +131,13 @@ def test_a_deleted_row_finishes_its_job_and_keeps_its_runs(broker: InMemoryBroke
 
 
 @requires_taskiq_django
-@pytest.mark.parametrize(("bad", "field", "says"), [
-    ({"task_name": "no.such.task"}, "task", "not registered"),
-    ({"interval": None, "cron": "0 25 * * *"}, "cron", "hour='25'"),
-])
+@pytest.mark.parametrize(
+    ("bad", "field", "says"),
+    [
+        ({"task_name": "no.such.task"}, "task", "not registered"),
+        ({"interval": None, "cron": "0 25 * * *"}, "cron", "hour='25'"),
+    ],
+)
 def test_a_bad_row_is_an_error_naming_it_the_others_are_synced_and_its_job_is_kept(
     broker: InMemoryBroker, bad: dict[str, Any], field: str, says: str
 ) -> None:
@@ -146,11 +153,15 @@ def test_a_bad_row_is_an_error_naming_it_the_others_are_synced_and_its_job_is_ke
     assert str(error).startswith("taskiq-django's schedule 'bad': ") and says in str(error)
     assert (error.field, error.job_id) == (field, "taskiq-django:bad")
     assert {item.job_id: item.change for item in report.changes} == {
-        "taskiq-django:good": "updated", "taskiq-django:new": "created",
+        "taskiq-django:good": "updated",
+        "taskiq-django:new": "created",
     }
     job = SchedulerJob.objects.get(pk="taskiq-django:bad")  # not finished: a bad row must not stop a job
     assert (job.is_enabled, job.is_finished, job.task_name, job.trigger.interval.total_seconds) == (
-        True, False, "system.echo", 60,
+        True,
+        False,
+        "system.echo",
+        60,
     )
 
 
@@ -173,7 +184,9 @@ def engine(tmp_path: Path) -> Iterator[EngineProcess]:
     sink = tmp_path / "sink.txt"
     sink.touch()
     process = EngineProcess(
-        "engine-taskiq-django", tmp_path, {"SYNC_INTERVAL_SECONDS": 0.5, "IMPORT_TASKIQ_DJANGO": True},
+        "engine-taskiq-django",
+        tmp_path,
+        {"SYNC_INTERVAL_SECONDS": 0.5, "IMPORT_TASKIQ_DJANGO": True},
         TEST_SINK=str(sink),
     )
     yield process
@@ -190,14 +203,20 @@ def test_run_taskiq_beat_makes_a_row_a_job_at_start_and_sends_it_on_its_slots(
     engine.start()
     assert "Declared job taskiq-django:every-second created" in engine.log()
     job = SchedulerJob.objects.get(pk="taskiq-django:every-second")
-    assert (job.source, job.task_name, job.trigger.interval.total_seconds) == (JobSource.TASKIQ_DJANGO, "test.record", 1)
+    assert (job.source, job.task_name, job.trigger.interval.total_seconds) == (
+        JobSource.TASKIQ_DJANGO,
+        "test.record",
+        1,
+    )
 
     sink = tmp_path / "sink.txt"
     wait_until(lambda: len(sink.read_text().split()) >= 2, timeout=15, what="two sends of the row's job")
     engine.signal(signal.SIGTERM)
     assert engine.wait() == 0
     sent = Counter(sink.read_text().split())
-    dispatched = set(SchedulerRun.objects.filter(job_id=job.pk, status=RunStatus.DISPATCHED).values_list("id", flat=True))
+    dispatched = set(
+        SchedulerRun.objects.filter(job_id=job.pk, status=RunStatus.DISPATCHED).values_list("id", flat=True)
+    )
     assert set(sent) <= dispatched and set(sent.values()) == {1}  # each run sent once, all of the row's job
 
 
@@ -222,7 +241,9 @@ def test_requested_and_installed_is_no_check_error() -> None:
 def test_requested_but_not_installed_the_sync_reports_it_and_finishes_none_of_its_jobs(broker: InMemoryBroker) -> None:
     app = SchedulerApp(broker=broker, config=SchedulerConfig(default_timezone="UTC"))
     app.single(task="system.echo").upsert_as(
-        JobSource.TASKIQ_DJANGO, PeriodicSchedule(interval=IntervalTrigger(seconds=30)), "taskiq-django:kept",
+        JobSource.TASKIQ_DJANGO,
+        PeriodicSchedule(interval=IntervalTrigger(seconds=30)),
+        "taskiq-django:kept",
         declaration={"origin": "taskiq-django's schedule 'kept'"},
     )
     with override_settings(INSTALLED_APPS=WITHOUT_TASKIQ_DJANGO):

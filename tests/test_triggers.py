@@ -1,6 +1,7 @@
 """Triggers: the reference's 11 scenarios, standard cron, windows, payloads and DST."""
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,7 +23,9 @@ def utc(*parts: int) -> datetime:
     return datetime(*parts, tzinfo=UTC)
 
 
-def fire_times(trigger: PeriodicSchedule, start: datetime, end: datetime, anchor: datetime | None = None) -> list[datetime]:
+def fire_times(
+    trigger: PeriodicSchedule, start: datetime, end: datetime, anchor: datetime | None = None
+) -> list[datetime]:
     """Every slot in (start, end], found the way the engine walks: from one slot to the next."""
     times, current = [], start
     while True:
@@ -34,8 +37,11 @@ def fire_times(trigger: PeriodicSchedule, start: datetime, end: datetime, anchor
 
 # -- the reference's test_triggers.py -------------------------------------------------
 
+
 def test_interval_trigger_get_next_run_at() -> None:
-    assert IntervalTrigger(seconds=5).next_after(utc(2026, 3, 18, 10, 0, 4), utc(2026, 3, 18, 10)) == utc(2026, 3, 18, 10, 0, 5)
+    assert IntervalTrigger(seconds=5).next_after(utc(2026, 3, 18, 10, 0, 4), utc(2026, 3, 18, 10)) == utc(
+        2026, 3, 18, 10, 0, 5
+    )
 
 
 def test_crontab_trigger_weekday_get_next_run_at() -> None:
@@ -44,7 +50,9 @@ def test_crontab_trigger_weekday_get_next_run_at() -> None:
 
 
 def test_crontab_every_seconds_get_next_run_at() -> None:
-    assert CrontabTrigger.every(seconds=5, timezone="UTC").next_after(utc(2026, 3, 18, 10, 0, 4)) == utc(2026, 3, 18, 10, 0, 5)
+    assert CrontabTrigger.every(seconds=5, timezone="UTC").next_after(utc(2026, 3, 18, 10, 0, 4)) == utc(
+        2026, 3, 18, 10, 0, 5
+    )
 
 
 def test_periodic_schedule_payload_roundtrip() -> None:
@@ -88,10 +96,13 @@ def test_crontab_uses_standard_day_of_month_or_day_of_week_semantics() -> None:
 
 
 def test_crontab_supports_range_step_syntax() -> None:
-    assert CrontabTrigger(minute="10-20/5", timezone="UTC").next_after(utc(2026, 3, 18, 10, 11)) == utc(2026, 3, 18, 10, 15)
+    assert CrontabTrigger(minute="10-20/5", timezone="UTC").next_after(utc(2026, 3, 18, 10, 11)) == utc(
+        2026, 3, 18, 10, 15
+    )
 
 
 # -- standard cron (difference 4) ---------------------------------------------------------
+
 
 @pytest.mark.parametrize("sunday", ["0", "7", "sun", "SUN"])
 def test_day_of_week_zero_seven_and_names_are_sunday(sunday: str) -> None:
@@ -142,6 +153,7 @@ def test_every_rejects_bad_arguments(arguments: dict[str, object]) -> None:
 
 # -- windows and grids -----------------------------------------------------------------------
 
+
 def test_interval_grid_is_anchored_to_created_at_truncated_to_seconds() -> None:
     anchor = datetime(2026, 3, 18, 10, 0, 0, 700_000, tzinfo=UTC)
     trigger = IntervalTrigger(seconds=10)
@@ -170,6 +182,7 @@ def test_slot_exactly_at_end_at_fires_and_nothing_after() -> None:
 
 # -- payloads ---------------------------------------------------------------------------------
 
+
 def test_payload_formats_match_the_reference() -> None:
     one_off = OneOffSchedule(run_at=datetime(2026, 3, 18, 12, tzinfo=BERLIN))
     assert one_off.to_payload() == {"run_at": "2026-03-18T11:00:00+00:00"}
@@ -181,14 +194,22 @@ def test_payload_formats_match_the_reference() -> None:
         "strategy": "crontab",
         "interval": None,
         "crontab": {
-            "second": "0", "minute": "*/5", "hour": "*", "day_of_month": "*",
-            "month_of_year": "*", "day_of_week": "*", "timezone": "Europe/Berlin",
+            "second": "0",
+            "minute": "*/5",
+            "hour": "*",
+            "day_of_month": "*",
+            "month_of_year": "*",
+            "day_of_week": "*",
+            "timezone": "Europe/Berlin",
         },
         "start_at": "2026-03-18T11:00:00+00:00",
         "end_at": None,
     }
     assert PeriodicSchedule(interval=IntervalTrigger(hours=2)).to_payload()["interval"] == {
-        "seconds": None, "minutes": None, "hours": 2, "days": None,
+        "seconds": None,
+        "minutes": None,
+        "hours": 2,
+        "days": None,
     }
 
 
@@ -240,6 +261,7 @@ def test_a_one_off_with_an_unknown_zone_names_the_field_stored_or_given(zone: ob
 
 # -- validation -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("arguments", "field"),
     [
@@ -261,9 +283,17 @@ def test_invalid_interval_names_the_field(arguments: dict[str, object], field: s
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("second", "60"), ("minute", "61"), ("hour", "24"), ("day_of_month", "0"),
-        ("month_of_year", "13"), ("day_of_week", "8"), ("minute", "abc"), ("hour", "5-30"),
-        ("minute", ""), ("minute", "1 2"), ("hour", None),
+        ("second", "60"),
+        ("minute", "61"),
+        ("hour", "24"),
+        ("day_of_month", "0"),
+        ("month_of_year", "13"),
+        ("day_of_week", "8"),
+        ("minute", "abc"),
+        ("hour", "5-30"),
+        ("minute", ""),
+        ("minute", "1 2"),
+        ("hour", None),
     ],
 )
 def test_invalid_cron_field_names_the_field_and_value(field: str, value: object) -> None:
@@ -311,6 +341,7 @@ def test_window_must_be_ordered_and_trigger_unique() -> None:
 
 # -- DST (difference 4) -------------------------------------------------------------------------
 
+
 def _daily_0230_berlin() -> PeriodicSchedule:
     return PeriodicSchedule(crontab=CrontabTrigger(minute="30", hour="2", timezone="Europe/Berlin"))
 
@@ -319,7 +350,10 @@ def test_fixed_time_runs_once_on_spring_forward_day_at_first_valid_instant() -> 
     # 2026-03-29: at 02:00 CET the clocks jump to 03:00 CEST; 02:30 does not exist.
     times = fire_times(_daily_0230_berlin(), utc(2026, 3, 27, 12), utc(2026, 3, 31, 12))
     assert [t.astimezone(BERLIN).replace(tzinfo=None) for t in times] == [
-        datetime(2026, 3, 28, 2, 30), datetime(2026, 3, 29, 3, 0), datetime(2026, 3, 30, 2, 30), datetime(2026, 3, 31, 2, 30),
+        datetime(2026, 3, 28, 2, 30),
+        datetime(2026, 3, 29, 3, 0),
+        datetime(2026, 3, 30, 2, 30),
+        datetime(2026, 3, 31, 2, 30),
     ]
     assert times[1] == utc(2026, 3, 29, 1, 0)
 
@@ -343,12 +377,10 @@ def test_fixed_time_asked_during_the_repeated_hour_does_not_fire_again() -> None
     ],
     ids=["cron", "interval"],
 )
-@pytest.mark.parametrize(
-    "day", [utc(2026, 3, 28, 22), utc(2026, 10, 24, 22)], ids=["spring-forward", "fall-back"]
-)
+@pytest.mark.parametrize("day", [utc(2026, 3, 28, 22), utc(2026, 10, 24, 22)], ids=["spring-forward", "fall-back"])
 def test_every_fifteen_minutes_neither_bursts_nor_skips(schedule: PeriodicSchedule, day: datetime) -> None:
     times = fire_times(schedule, day, day + timedelta(hours=6), anchor=day)
-    gaps = {later - earlier for earlier, later in zip(times, times[1:], strict=False)}
+    gaps = {later - earlier for earlier, later in pairwise(times)}
     assert gaps == {timedelta(minutes=15)}
     assert len(times) == 6 * 4
 
@@ -356,9 +388,19 @@ def test_every_fifteen_minutes_neither_bursts_nor_skips(schedule: PeriodicSchedu
 def test_wildcard_hour_follows_absolute_time_through_both_changes() -> None:
     hourly = PeriodicSchedule(crontab=CrontabTrigger(minute="30", timezone="Europe/Berlin"))
     spring = fire_times(hourly, utc(2026, 3, 28, 23), utc(2026, 3, 29, 3))
-    assert spring == [utc(2026, 3, 28, 23, 30), utc(2026, 3, 29, 0, 30), utc(2026, 3, 29, 1, 30), utc(2026, 3, 29, 2, 30)]
+    assert spring == [
+        utc(2026, 3, 28, 23, 30),
+        utc(2026, 3, 29, 0, 30),
+        utc(2026, 3, 29, 1, 30),
+        utc(2026, 3, 29, 2, 30),
+    ]
     autumn = fire_times(hourly, utc(2026, 10, 24, 23), utc(2026, 10, 25, 3))
-    assert autumn == [utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 25, 1, 30), utc(2026, 10, 25, 2, 30)]
+    assert autumn == [
+        utc(2026, 10, 24, 23, 30),
+        utc(2026, 10, 25, 0, 30),
+        utc(2026, 10, 25, 1, 30),
+        utc(2026, 10, 25, 2, 30),
+    ]
 
 
 def test_every_minute_within_skipped_hour_runs_once_at_its_end() -> None:

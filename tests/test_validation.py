@@ -7,7 +7,8 @@ and lone surrogates are database errors unless refused first.
 """
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta, timezone as fixed_zone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import timezone as fixed_zone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -68,10 +69,18 @@ def refused(action: Callable[[], Any], field: str | None = None) -> SchedulerVal
 
 # -- intervals and times at the edges -------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("unit", "value"),
-    [("seconds", 1e300), ("seconds", 10**12), ("seconds", 1e-9), ("seconds", 10**400), ("days", 1e300),
-     ("minutes", -(10**400)), ("hours", 10**399)],
+    [
+        ("seconds", 1e300),
+        ("seconds", 10**12),
+        ("seconds", 1e-9),
+        ("seconds", 10**400),
+        ("days", 1e300),
+        ("minutes", -(10**400)),
+        ("hours", 10**399),
+    ],
 )
 def test_interval_extremes_are_refused(unit: str, value: float) -> None:
     refused(lambda: IntervalTrigger(**{unit: value}), unit)
@@ -117,6 +126,7 @@ def test_purge_runs_refuses_a_cutoff_past_the_calendar(app: SchedulerApp) -> Non
 
 
 # -- JSON: depth, key collisions, text, size --------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("arguments", "field"),
@@ -173,9 +183,12 @@ def test_a_value_whose_repr_fails_still_makes_a_message(app: SchedulerApp) -> No
 
 # -- text: ids, names, descriptions, task names, timezones ------------------------------------------
 
+
 @pytest.mark.parametrize("text", [NUL, SURROGATE])
 @pytest.mark.parametrize("field", ["job_id", "name", "description"])
-def test_nul_and_lone_surrogates_are_refused(app: SchedulerApp, stored: SchedulerJob, call: Any, field: str, text: str) -> None:
+def test_nul_and_lone_surrogates_are_refused(
+    app: SchedulerApp, stored: SchedulerJob, call: Any, field: str, text: str
+) -> None:
     refused(lambda: call(app.single(task="system.echo"), "schedule", HOURLY, **{field: text}), field)
     if field == "job_id":
         refused(lambda: call(app.single(task="system.echo"), "upsert", HOURLY, job_id=text), field)
@@ -210,20 +223,26 @@ def test_manage_py_check_reports_a_bad_timezone_as_e002(settings: Any, zone: str
     from django.core.management.base import SystemCheckError
 
     settings.TASKIQ_BEAT = {"BROKER": "testproject.tasks:broker", "DEFAULT_TIMEZONE": zone}
-    with pytest.raises(SystemCheckError, match="django_taskiq_beat.E002"):
+    with pytest.raises(SystemCheckError, match=r"django_taskiq_beat.E002"):
         call_command("check")
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("claim_ttl_seconds", 10**15), ("sync_interval_seconds", 1e300), ("dispatch_batch_size", 10**400),
-     ("run_history_retention_days", 10**9), ("scheduler_id", NUL)],
+    [
+        ("claim_ttl_seconds", 10**15),
+        ("sync_interval_seconds", 1e300),
+        ("dispatch_batch_size", 10**400),
+        ("run_history_retention_days", 10**9),
+        ("scheduler_id", NUL),
+    ],
 )
 def test_config_extremes_are_refused(field: str, value: Any) -> None:
     refused(lambda: SchedulerConfig(**{field: value}), field)
 
 
 # -- arguments the task cannot take -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("task", "args", "kwargs", "field"),
@@ -243,8 +262,9 @@ def test_arguments_the_task_cannot_take_are_refused_when_scheduling(
 
     app = get_scheduler_app()  # the demo project's tasks
     refused(lambda: app.single(task=task, args=args, kwargs=kwargs).schedule(HOURLY), field)
-    refused(lambda: app.chain(steps=[ChainStep(task=task, args=args, kwargs=kwargs)]).schedule(HOURLY),
-            f"steps[0].{field}")
+    refused(
+        lambda: app.chain(steps=[ChainStep(task=task, args=args, kwargs=kwargs)]).schedule(HOURLY), f"steps[0].{field}"
+    )
 
 
 def test_arguments_the_task_can_take_are_kept(app: SchedulerApp) -> None:
@@ -256,6 +276,7 @@ def test_arguments_the_task_can_take_are_kept(app: SchedulerApp) -> None:
 
 
 # -- cron length ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "build",
@@ -277,6 +298,7 @@ def test_every_minute_listed_is_still_a_valid_cron_field() -> None:
 
 # -- taken ids ---------------------------------------------------------------------------------------
 
+
 def test_upsert_still_changes_an_existing_job(app: SchedulerApp, stored: SchedulerJob) -> None:
     changed = app.single(task="system.other").upsert(HOURLY, job_id="kept", name="changed")
     assert (changed.name, changed.task_name) == ("changed", "system.other")
@@ -284,6 +306,7 @@ def test_upsert_still_changes_an_existing_job(app: SchedulerApp, stored: Schedul
 
 
 # -- found by review: objects that answer otherwise than the value they hold ------------------------
+
 
 class RaisingZone(tzinfo):
     def utcoffset(self, dt: datetime | None) -> timedelta:
@@ -355,7 +378,9 @@ def test_host_dependent_and_placeholder_zones_are_refused(zone: str) -> None:
     refused(lambda: CrontabTrigger(timezone=zone), "timezone")
 
 
-@pytest.mark.parametrize(("field", "value"), [("minute", "R"), ("hour", "H"), ("minute", "1,r"), ("minute", "H(0-29)/5")])
+@pytest.mark.parametrize(
+    ("field", "value"), [("minute", "R"), ("hour", "H"), ("minute", "1,r"), ("minute", "H(0-29)/5")]
+)
 def test_random_and_hashed_cron_values_are_refused(field: str, value: str) -> None:
     refused(lambda: CrontabTrigger(**{field: value}), field)
 
@@ -392,8 +417,9 @@ def test_an_immediate_dispatch_is_recorded_through_a_database_blip(
 def test_a_huge_unexpected_keyword_makes_a_short_message() -> None:
     from django_taskiq_beat import get_scheduler_app
 
-    refused(lambda: get_scheduler_app().single(task="demo.greet", kwargs={"x" * 10_000_000: 1}).schedule(HOURLY),
-            "kwargs")
+    refused(
+        lambda: get_scheduler_app().single(task="demo.greet", kwargs={"x" * 10_000_000: 1}).schedule(HOURLY), "kwargs"
+    )
 
 
 @pytest.mark.parametrize("key", [None, 1, 1.5, True])

@@ -38,4 +38,6 @@ def test_banner_names_the_version_and_what_it_runs_on(app: SchedulerApp) -> None
     RunCommand(stdout=out)._print_banner(app, "tests.process_broker:broker", None)
     lines = out.getvalue().splitlines()
     assert lines[:2] == [f"django-taskiq-beat {__version__} engine", f"  versions : {RUNTIME}"]
-    assert lines[2].startswith("  database : ") and lines[3] == "  broker   : InMemoryBroker (tests.process_broker:broker)"
+    assert (
+        lines[2].startswith("  database : ") and lines[3] == "  broker   : InMemoryBroker (tests.process_broker:broker)"
+    )

@@ -21,24 +21,31 @@ from django_taskiq_beat.describe import local_time, short_time
 from django_taskiq_beat.models import JobState, RunOutcome, RunStatus, SchedulerRun
 
 UNKNOWN_COLOUR = "#9e9e9e"  # a status or outcome written by a newer version or behind the app's back
-RUN_COLOURS = {
-    RunStatus.DISPATCHED: "#2e7d32", RunStatus.FAILED: "#c62828", RunStatus.PENDING: "#9e9e9e",
+RUN_COLOURS: dict[str, str] = {
+    RunStatus.DISPATCHED: "#2e7d32",
+    RunStatus.FAILED: "#c62828",
+    RunStatus.PENDING: "#9e9e9e",
     RunStatus.SKIPPED: "#f9a825",
 }
 WAITING_COLOUR = "#78909c"  # a pending run held for the previous one (overlap="buffer_one")
-OUTCOME_COLOURS = {
-    RunOutcome.UNKNOWN: "#9e9e9e", RunOutcome.RUNNING: "#1565c0", RunOutcome.RETRYING: "#ef6c00",
-    RunOutcome.SUCCEEDED: "#2e7d32", RunOutcome.FAILED: "#c62828",
+OUTCOME_COLOURS: dict[str, str] = {
+    RunOutcome.UNKNOWN: "#9e9e9e",
+    RunOutcome.RUNNING: "#1565c0",
+    RunOutcome.RETRYING: "#ef6c00",
+    RunOutcome.SUCCEEDED: "#2e7d32",
+    RunOutcome.FAILED: "#c62828",
 }
 STATE_COLOURS = {
-    JobState.ACTIVE: "#2e7d32", JobState.FAILING: "#c62828", JobState.PAUSED: "#ef6c00", JobState.FINISHED: "#616161",
+    JobState.ACTIVE: "#2e7d32",
+    JobState.FAILING: "#c62828",
+    JobState.PAUSED: "#ef6c00",
+    JobState.FINISHED: "#616161",
 }
 
 
 def change_url(model: type[Any], pk: str) -> str:
     """The admin page of a row, its id quoted as the admin quotes ids ('/', '_', '%' ...)."""
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[quote(pk)])
-
 
 
 class SafeChangeList(ChangeList):
@@ -121,7 +128,9 @@ def duration_text(run: SchedulerRun) -> str:
     if run.started_at is None or run.outcome != RunOutcome.RUNNING:
         return "–"
     if timezone.now() - run.started_at > timedelta(seconds=get_scheduler_app().config.stale_run_seconds):
-        return format_html('<strong style="color: #c62828">stale</strong>: running since {}', local_time(run.started_at))
+        return format_html(
+            '<strong style="color: #c62828">stale</strong>: running since {}', local_time(run.started_at)
+        )
     return f"running since {local_time(run.started_at)}"
 
 
@@ -140,13 +149,27 @@ def sparkline(runs: list[SchedulerRun]) -> str:
             seconds = max((run.dispatched_at - run.scheduled_for).total_seconds(), 0.001)
             height = 3 + (min(math.log10(seconds), _SPARK_HIGH) - _SPARK_LOW) / (_SPARK_HIGH - _SPARK_LOW) * 21
             lag = f"lag {lag_text(run)}"
-        bars.append(format_html(
-            '<rect x="{}" y="{}" width="4" height="{}" fill="{}" data-outcome="{}"><title>{}: {}, {}</title></rect>',
-            index * 5, f"{24 - height:.1f}", f"{height:.1f}", colour, label, local_time(run.scheduled_for), label, lag,
-        ))
-    return format_html('<svg class="tb-sparkline" width="{}" height="24" viewBox="0 0 {} 24" role="img"'
-                       ' aria-label="lag and outcome of the latest runs">{}</svg>',
-                       len(bars) * 5, len(bars) * 5, mark_safe("".join(bars)))
+        bars.append(
+            format_html(
+                '<rect x="{}" y="{}" width="4" height="{}" fill="{}" data-outcome="{}">'
+                "<title>{}: {}, {}</title></rect>",
+                index * 5,
+                f"{24 - height:.1f}",
+                f"{height:.1f}",
+                colour,
+                label,
+                local_time(run.scheduled_for),
+                label,
+                lag,
+            )
+        )
+    return format_html(
+        '<svg class="tb-sparkline" width="{}" height="24" viewBox="0 0 {} 24" role="img"'
+        ' aria-label="lag and outcome of the latest runs">{}</svg>',
+        len(bars) * 5,
+        len(bars) * 5,
+        mark_safe("".join(bars)),
+    )
 
 
 def dead_after() -> timedelta:

@@ -11,7 +11,6 @@ from django_taskiq_beat.admin.common import WrittenByTheSchedulerAdmin, dead_aft
 from django_taskiq_beat.describe import relative_time
 from django_taskiq_beat.models import DatabaseNow, EngineState, SchedulerEngine
 
-
 _ENGINE_COLOURS = {EngineState.ALIVE: "#2e7d32", EngineState.DEAD: "#c62828", EngineState.STOPPED: "#616161"}
 
 
@@ -42,8 +41,18 @@ class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
     search_fields = ("id", "hostname")
     ordering = ("-heartbeat_at",)
     readonly_fields = (
-        "id", "state_badge", "hostname", "pid", "version", "heartbeat", "started", "stopped", "dispatched_count",
-        "failed_dispatch_count", "recovered_run_count", "claim_conflict_count",
+        "id",
+        "state_badge",
+        "hostname",
+        "pid",
+        "version",
+        "heartbeat",
+        "started",
+        "stopped",
+        "dispatched_count",
+        "failed_dispatch_count",
+        "recovered_run_count",
+        "claim_conflict_count",
     )
     fields = readonly_fields
 
@@ -62,8 +71,11 @@ class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
     @admin.display(description="counts")
     def counters(self, engine: SchedulerEngine) -> str:
         return format_html(
-            "{} sent<br><small>{} failed · {} recovered · {} conflicts</small>", engine.dispatched_count,
-            engine.failed_dispatch_count, engine.recovered_run_count, engine.claim_conflict_count,
+            "{} sent<br><small>{} failed · {} recovered · {} conflicts</small>",
+            engine.dispatched_count,
+            engine.failed_dispatch_count,
+            engine.recovered_run_count,
+            engine.claim_conflict_count,
         )
 
     @admin.display(description="started", ordering="started_at")
@@ -76,4 +88,6 @@ class SchedulerEngineAdmin(WrittenByTheSchedulerAdmin):
 
     @admin.display(description="last heartbeat", ordering="heartbeat_at")
     def heartbeat(self, engine: SchedulerEngine) -> str:
-        return format_html("{}<br><small>{}</small>", list_time(engine.heartbeat_at), relative_time(engine.heartbeat_at))
+        return format_html(
+            "{}<br><small>{}</small>", list_time(engine.heartbeat_at), relative_time(engine.heartbeat_at)
+        )

@@ -38,9 +38,9 @@ from django_taskiq_beat.app import get_scheduler_app
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.describe import (
     declaration_text,
-    job_label,
     describe_schedule,
     dicts_in,
+    job_label,
     local_time,
     next_fire_times,
     relative_time,
@@ -99,21 +99,72 @@ class SchedulerJobAdmin(SafeListAdmin):
     list_per_page = 50
     actions = ("pause_jobs", "resume_jobs", "run_jobs_now", "backfill_jobs")
     readonly_fields = (
-        "id", "name", "description", "task_name", "schedule", "state_badge", "last_outcome_text", "pause_text",
-        "next_run", "next_fire_times_preview",
-        "is_enabled", "source", "declared_in", "policy", "skipped_count", "task_args", "task_kwargs", "task_labels",
+        "id",
+        "name",
+        "description",
+        "task_name",
+        "schedule",
+        "state_badge",
+        "last_outcome_text",
+        "pause_text",
+        "next_run",
+        "next_fire_times_preview",
+        "is_enabled",
+        "source",
+        "declared_in",
+        "policy",
+        "skipped_count",
+        "task_args",
+        "task_kwargs",
+        "task_labels",
         "metadata_payload",
-        "chain_steps", "last_run_at", "last_error",
-        "last_dispatched_task_id", "dispatch_count", "dispatch_failures", "finished_at", "created_at", "updated_at",
-        "runs_sparkline", "recent_runs_table",
+        "chain_steps",
+        "last_run_at",
+        "last_error",
+        "last_dispatched_task_id",
+        "dispatch_count",
+        "dispatch_failures",
+        "finished_at",
+        "created_at",
+        "updated_at",
+        "runs_sparkline",
+        "recent_runs_table",
     )
     fieldsets = (
-        (None, {"fields": ("id", "name", "description", "task_name", "schedule", "state_badge", "last_outcome_text",
-                           "pause_text", "is_enabled", "source", "declared_in")}),
+        (
+            None,
+            {
+                "fields": (
+                    "id",
+                    "name",
+                    "description",
+                    "task_name",
+                    "schedule",
+                    "state_badge",
+                    "last_outcome_text",
+                    "pause_text",
+                    "is_enabled",
+                    "source",
+                    "declared_in",
+                )
+            },
+        ),
         ("Timing", {"fields": ("next_run", "next_fire_times_preview", "policy", "last_run_at", "finished_at")}),
         ("What is sent", {"fields": ("task_args", "task_kwargs", "task_labels", "chain_steps", "metadata_payload")}),
-        ("Dispatch", {"fields": ("dispatch_count", "dispatch_failures", "skipped_count", "last_error",
-                                 "last_dispatched_task_id", "created_at", "updated_at")}),
+        (
+            "Dispatch",
+            {
+                "fields": (
+                    "dispatch_count",
+                    "dispatch_failures",
+                    "skipped_count",
+                    "last_error",
+                    "last_dispatched_task_id",
+                    "created_at",
+                    "updated_at",
+                )
+            },
+        ),
         ("Recent runs", {"fields": ("runs_sparkline", "recent_runs_table")}),
     )
 
@@ -122,7 +173,8 @@ class SchedulerJobAdmin(SafeListAdmin):
             silent_for = dead_after()
             if not live_engines(silent_for):
                 self.message_user(
-                    request, f"No scheduler engine is alive (none has sent a heartbeat in the last"
+                    request,
+                    f"No scheduler engine is alive (none has sent a heartbeat in the last"
                     f" {silent_for.total_seconds():g} s): nothing is being sent. Start manage.py run_taskiq_beat.",
                     messages.WARNING,
                 )
@@ -136,22 +188,71 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     form = SchedulerJobForm
     edit_fieldsets = (
-        (None, {"fields": (
-            "name", "description", "job_id", "task", "task_name", "args", "kwargs", "labels", "is_enabled",
-        )}),
-        ("Schedule", {"fields": (
-            "schedule_type", ("interval_every", "interval_unit"), "cron_expression",
-            ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"), "timezone", "run_at",
-            ("start_at", "end_at"),
-        )}),
-        ("Policy", {"fields": (
-            "overlap", "misfire_grace_seconds", "catch_up", "jitter_seconds", "max_runs", "pause_after_failures",
-        )}),
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "description",
+                    "job_id",
+                    "task",
+                    "task_name",
+                    "args",
+                    "kwargs",
+                    "labels",
+                    "is_enabled",
+                )
+            },
+        ),
+        (
+            "Schedule",
+            {
+                "fields": (
+                    "schedule_type",
+                    ("interval_every", "interval_unit"),
+                    "cron_expression",
+                    ("second", "minute", "hour", "day_of_month", "month_of_year", "day_of_week"),
+                    "timezone",
+                    "run_at",
+                    ("start_at", "end_at"),
+                )
+            },
+        ),
+        (
+            "Policy",
+            {
+                "fields": (
+                    "overlap",
+                    "misfire_grace_seconds",
+                    "catch_up",
+                    "jitter_seconds",
+                    "max_runs",
+                    "pause_after_failures",
+                )
+            },
+        ),
     )
     status_fieldsets = (
-        ("Status", {"fields": ("state_badge", "last_outcome_text", "pause_text", "next_run", "next_fire_times_preview",
-                               "policy", "last_run_at", "finished_at", "dispatch_count", "dispatch_failures",
-                               "skipped_count", "last_error", "last_dispatched_task_id")}),
+        (
+            "Status",
+            {
+                "fields": (
+                    "state_badge",
+                    "last_outcome_text",
+                    "pause_text",
+                    "next_run",
+                    "next_fire_times_preview",
+                    "policy",
+                    "last_run_at",
+                    "finished_at",
+                    "dispatch_count",
+                    "dispatch_failures",
+                    "skipped_count",
+                    "last_error",
+                    "last_dispatched_task_id",
+                )
+            },
+        ),
         ("Recent runs", {"fields": ("runs_sparkline", "recent_runs_table")}),
     )
 
@@ -170,16 +271,23 @@ class SchedulerJobAdmin(SafeListAdmin):
             job = self.get_object(request, unquote(object_id))  # ids are quoted in URLs, as change_view does
             problem = job is not None and trigger_problem(job)
             if job is not None and job.is_declared:
-                where = (f"This job is declared in code, in {declaration_text(job)}" if job.declaration is not None
-                         else f"This job was declared in code and is {declaration_text(job)}")
+                where = (
+                    f"This job is declared in code, in {declaration_text(job)}"
+                    if job.declaration is not None
+                    else f"This job was declared in code and is {declaration_text(job)}"
+                )
                 self.message_user(
-                    request, f"{where}: change it there, and the next sync (run_taskiq_beat's start, or manage.py"
-                    " taskiq_beat sync) applies it. Pause, resume and run now work here.", messages.INFO,
+                    request,
+                    f"{where}: change it there, and the next sync (run_taskiq_beat's start, or manage.py"
+                    " taskiq_beat sync) applies it. Pause, resume and run now work here.",
+                    messages.INFO,
                 )
             if problem:
                 self.message_user(
-                    request, f"The stored schedule of this job cannot be read ({problem}). Choose a schedule and"
-                    " save to replace it.", messages.WARNING,
+                    request,
+                    f"The stored schedule of this job cannot be read ({problem}). Choose a schedule and"
+                    " save to replace it.",
+                    messages.WARNING,
                 )
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -195,12 +303,13 @@ class SchedulerJobAdmin(SafeListAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: SchedulerJob | None = None) -> Any:
         if self._shown_read_only(request, obj):
             return self.readonly_fields
-        return () if obj is None else tuple(
-            field for _, options in self.status_fieldsets for field in options["fields"]
+        return (
+            () if obj is None else tuple(field for _, options in self.status_fieldsets for field in options["fields"])
         )
 
-    def get_form(self, request: HttpRequest, obj: SchedulerJob | None = None, change: bool = False,
-                 **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: SchedulerJob | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
         if self._shown_read_only(request, obj):
             return super().get_form(request, obj, change=change, **{**kwargs, "fields": (), "form": ModelForm})
         form = super().get_form(request, obj, change=change, **kwargs)
@@ -265,8 +374,9 @@ class SchedulerJobAdmin(SafeListAdmin):
             return "–"
         moment = job.next_run_at
         relative = relative_time(moment)
-        return format_html("{}<br><small>{}</small>", list_time(moment), relative if moment > timezone.now()
-                           else f"due {relative}")
+        return format_html(
+            "{}<br><small>{}</small>", list_time(moment), relative if moment > timezone.now() else f"due {relative}"
+        )
 
     @admin.display(description="last run")
     def last_run(self, job: SchedulerJob) -> str:
@@ -279,16 +389,25 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     @admin.display(description=f"last {RECENT_RUNS} runs", ordering="dispatch_count")
     def recent_runs_strip(self, job: SchedulerJob) -> str:
-        """The latest runs as coloured bars, oldest left (hover: outcome, time, reason); under them, the sends so far."""
+        """The latest runs as coloured bars, oldest left (hover: outcome, time, reason); under them, the sends so
+        far."""
         cells = format_html_join(
-            "", '<span title="{} {}{}" style="display:inline-block;width:4px;height:14px;margin-right:1px;background:{}">'
-                '</span>',
-            ((run_colour_and_label(run)[1], local_time(run.scheduled_for), f": {run.reason}" if run.reason else "",
-              run_colour_and_label(run)[0])
-             for run in reversed(_recent(job))),
+            "",
+            '<span title="{} {}{}" style="display:inline-block;width:4px;height:14px;margin-right:1px;background:{}">'
+            "</span>",
+            (
+                (
+                    run_colour_and_label(run)[1],
+                    local_time(run.scheduled_for),
+                    f": {run.reason}" if run.reason else "",
+                    run_colour_and_label(run)[0],
+                )
+                for run in reversed(_recent(job))
+            ),
         )
-        return format_html('<span style="white-space: nowrap">{}</span><br><small>{} sent</small>', cells,
-                           job.dispatch_count)
+        return format_html(
+            '<span style="white-space: nowrap">{}</span><br><small>{} sent</small>', cells, job.dispatch_count
+        )
 
     @admin.display(description="next five fire times")
     def next_fire_times_preview(self, job: SchedulerJob) -> str:
@@ -326,9 +445,18 @@ class SchedulerJobAdmin(SafeListAdmin):
         if job.task_name != CHAIN_ORCHESTRATOR_TASK_NAME:
             return "–"
         rows = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((index, step.get("task_name"), step.get("args"), step.get("kwargs"), step.get("max_attempts") or "default")
-             for index, step in enumerate(dicts_in(job.task_kwargs, "steps"))),
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    index,
+                    step.get("task_name"),
+                    step.get("args"),
+                    step.get("kwargs"),
+                    step.get("max_attempts") or "default",
+                )
+                for index, step in enumerate(dicts_in(job.task_kwargs, "steps"))
+            ),
         )
         return format_html(
             "<table><tr><th>#</th><th>task</th><th>args</th><th>kwargs</th><th>attempts</th></tr>{}</table>", rows
@@ -342,17 +470,30 @@ class SchedulerJobAdmin(SafeListAdmin):
         if not runs:
             return "No runs yet."
         rows = format_html_join(
-            "", '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td>'
-                "<td>{}</td></tr>",
-            ((change_url(SchedulerRun, run.pk), local_time(run.scheduled_for), *run_colour_and_label(run),
-              local_time(run.dispatched_at) if run.dispatched_at else "–", lag_text(run), duration_text(run),
-              run.error or run.reason or "")
-             for run in runs),
+            "",
+            '<tr><td><a href="{}">{}</a></td><td style="color: {}">{}</td><td>{}</td><td>{}</td><td>{}</td>'
+            "<td>{}</td></tr>",
+            (
+                (
+                    change_url(SchedulerRun, run.pk),
+                    local_time(run.scheduled_for),
+                    *run_colour_and_label(run),
+                    local_time(run.dispatched_at) if run.dispatched_at else "–",
+                    lag_text(run),
+                    duration_text(run),
+                    run.error or run.reason or "",
+                )
+                for run in runs
+            ),
         )
-        history = reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
+        history = (
+            reverse("admin:django_taskiq_beat_schedulerrun_changelist") + "?" + urlencode({"job__id__exact": job.pk})
+        )
         return format_html(
             "<table><tr><th>scheduled for</th><th>outcome</th><th>dispatched at</th><th>lag</th><th>duration</th>"
-            '<th>error or reason</th></tr>{}</table><p><a href="{}">All runs of this job</a></p>', rows, history,
+            '<th>error or reason</th></tr>{}</table><p><a href="{}">All runs of this job</a></p>',
+            rows,
+            history,
         )
 
     # -- actions: through SchedulerApp --------------------------------------------------------------
@@ -374,8 +515,11 @@ class SchedulerJobAdmin(SafeListAdmin):
         if problems:
             more = f"; and {len(problems) - _LISTED_PROBLEMS} more" if len(problems) > _LISTED_PROBLEMS else ""
             self.message_user(
-                request, f"{len(problems)} job{'' if len(problems) == 1 else 's'} could not be changed: "
-                + "; ".join(problems[:_LISTED_PROBLEMS]) + more, messages.ERROR,
+                request,
+                f"{len(problems)} job{'' if len(problems) == 1 else 's'} could not be changed: "
+                + "; ".join(problems[:_LISTED_PROBLEMS])
+                + more,
+                messages.ERROR,
             )
         return count
 
@@ -398,16 +542,27 @@ class SchedulerJobAdmin(SafeListAdmin):
     def backfill_jobs(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> HttpResponse | None:
         """Ask for a range, then send each past slot in it (``SchedulerApp.backfill``)."""
         default_timezone = get_scheduler_app().config.default_timezone
+        assert default_timezone is not None  # SchedulerConfig resolved it (TIME_ZONE when None)
         form = BackfillForm(request.POST if "apply" in request.POST else None, default_timezone=default_timezone)
         if form.is_valid():
-            self._report(request, "Backfilled", self._apply(
-                request, queryset, "backfill", form.cleaned_data["start"], form.cleaned_data["end"]
-            ))
+            self._report(
+                request,
+                "Backfilled",
+                self._apply(request, queryset, "backfill", form.cleaned_data["start"], form.cleaned_data["end"]),
+            )
             return None
-        return TemplateResponse(request, "admin/django_taskiq_beat/backfill.html", {
-            **self.admin_site.each_context(request), "title": "Backfill scheduler jobs", "opts": self.model._meta,
-            "form": form, "jobs": queryset, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        })
+        return TemplateResponse(
+            request,
+            "admin/django_taskiq_beat/backfill.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Backfill scheduler jobs",
+                "opts": self.model._meta,
+                "form": form,
+                "jobs": queryset,
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            },
+        )
 
     def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
         """The jobs with the number of their runs, not every run: a job may have a million.
@@ -416,18 +571,27 @@ class SchedulerJobAdmin(SafeListAdmin):
         """
         jobs = list(objs)
         runs = dict(
-            SchedulerRun.objects.filter(job__in=[job.pk for job in jobs]).values_list("job").annotate(Count("id"))
+            SchedulerRun.objects.filter(job__in=[job.pk for job in jobs])
+            .values_list("job")
+            .annotate(Count("id"))
             .order_by()
         )
-        listed = []
+        listed: list[Any] = []  # an object, then the list of what goes with it
         for job in jobs:
-            listed.append(format_html(
-                '{}: <a href="{}">{}</a>', capfirst(SchedulerJob._meta.verbose_name), change_url(SchedulerJob, job.pk),
-                str(job),
-            ))
+            listed.append(
+                format_html(
+                    '{}: <a href="{}">{}</a>',
+                    capfirst(SchedulerJob._meta.verbose_name),
+                    change_url(SchedulerJob, job.pk),
+                    str(job),
+                )
+            )
             if runs.get(job.pk):
                 listed.append([f"its {runs[job.pk]} scheduler run{'' if runs[job.pk] == 1 else 's'} (run history)"])
-        counts = {SchedulerJob._meta.verbose_name_plural: len(jobs), SchedulerRun._meta.verbose_name_plural: sum(runs.values())}
+        counts = {
+            SchedulerJob._meta.verbose_name_plural: len(jobs),
+            SchedulerRun._meta.verbose_name_plural: sum(runs.values()),
+        }
         return listed, counts, set(), []
 
     def delete_model(self, request: HttpRequest, obj: SchedulerJob) -> None:

@@ -17,7 +17,6 @@ from django_taskiq_beat.admin.common import (
 from django_taskiq_beat.describe import dicts_in, job_label
 from django_taskiq_beat.models import SchedulerJob, SchedulerRun
 
-
 _SHORT_ERROR = 60
 
 
@@ -33,10 +32,25 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
     date_hierarchy = "scheduled_for"
     ordering = ("-scheduled_for",)
     readonly_fields = (
-        "id", "job_link", "status_badge", "scheduled_for", "dispatched_at", "finished_at", "lag", "broker_task_id",
-        "outcome_badge", "started_at", "completed_at", "duration_text", "error", "reason", "claimed_by",
+        "id",
+        "job_link",
+        "status_badge",
+        "scheduled_for",
+        "dispatched_at",
+        "finished_at",
+        "lag",
+        "broker_task_id",
+        "outcome_badge",
+        "started_at",
+        "completed_at",
+        "duration_text",
+        "error",
+        "reason",
+        "claimed_by",
         "lease_expires_at",
-        "chain_progress", "created_at", "updated_at",
+        "chain_progress",
+        "created_at",
+        "updated_at",
     )
     fields = readonly_fields
 
@@ -62,8 +76,11 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, run: SchedulerRun) -> str:
-        return format_html('<strong style="color: {}">{}</strong>', OUTCOME_COLOURS.get(run.outcome, UNKNOWN_COLOUR),
-                           run.get_outcome_display())
+        return format_html(
+            '<strong style="color: {}">{}</strong>',
+            OUTCOME_COLOURS.get(run.outcome, UNKNOWN_COLOUR),
+            run.get_outcome_display(),
+        )
 
     @admin.display(description="duration")
     def duration_text(self, run: SchedulerRun) -> str:
@@ -86,13 +103,19 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
         if not isinstance(progress, dict) or not progress:
             return "–"
         rows = format_html_join(
-            "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((index, step.get("task_name"), step.get("status"), step.get("attempts"), step.get("error") or "")
-             for index, step in enumerate(dicts_in(progress, "steps"))),
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (index, step.get("task_name"), step.get("status"), step.get("attempts"), step.get("error") or "")
+                for index, step in enumerate(dicts_in(progress, "steps"))
+            ),
         )
         outcome = progress.get("error") or progress.get("result") or ""
         return format_html(
             "<p>{} (chain attempt {})</p><table><tr><th>#</th><th>task</th><th>status</th><th>attempts</th>"
             "<th>error</th></tr>{}</table><p>{}</p>",
-            progress.get("status"), progress.get("chain_attempt"), rows, outcome,
+            progress.get("status"),
+            progress.get("chain_attempt"),
+            rows,
+            outcome,
         )

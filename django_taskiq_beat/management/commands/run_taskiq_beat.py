@@ -37,15 +37,21 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--broker", help="The broker as 'package.module:broker' (default: TASKIQ_BEAT['BROKER']).")
         parser.add_argument(
-            "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+            "--log-level",
+            default="INFO",
+            choices=["DEBUG", "INFO", "WARNING", "ERROR"],
             help="Level of the django_taskiq_beat loggers (default INFO).",
         )
         parser.add_argument(
-            "--metrics-port", type=_port, metavar="PORT",
+            "--metrics-port",
+            type=_port,
+            metavar="PORT",
             help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the 'metrics' extra).",
         )
         parser.add_argument(
-            "--metrics-host", default=DEFAULT_METRICS_HOST, metavar="HOST",
+            "--metrics-host",
+            default=DEFAULT_METRICS_HOST,
+            metavar="HOST",
             help=f"The address --metrics-port listens on (default {DEFAULT_METRICS_HOST}: all interfaces).",
         )
 
@@ -93,9 +99,7 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
         broker_startup: asyncio.Task[None] | None = None
         try:
             await app.start()
-            broker_startup = asyncio.create_task(
-                start_broker_until_up(app.broker, app.config.dispatch_timeout_seconds)
-            )
+            broker_startup = asyncio.create_task(start_broker_until_up(app.broker, app.config.dispatch_timeout_seconds))
             await stop.wait()
         finally:
             if broker_startup is not None:

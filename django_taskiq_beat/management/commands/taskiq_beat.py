@@ -50,8 +50,13 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
         add("status", "Engines and their heartbeats, jobs by state, what is due and overdue.")
         health = add("health", "Exit 0 when healthy, 1 (saying why) otherwise: for Kubernetes and Docker probes.")
         overdue_after = OVERDUE_AFTER.total_seconds()
-        health.add_argument("--max-lag", type=_seconds, default=overdue_after, metavar="SECONDS",
-                            help=f"Unhealthy when an enabled job is overdue by more than this (default {overdue_after:g}).")
+        health.add_argument(
+            "--max-lag",
+            type=_seconds,
+            default=overdue_after,
+            metavar="SECONDS",
+            help=f"Unhealthy when an enabled job is overdue by more than this (default {overdue_after:g}).",
+        )
         listing = add("list", "The jobs, soonest first.")
         listing.add_argument("--state", choices=JobState.values, help="Only jobs in this state.")
         listing.add_argument("--task", metavar="NAME", help="Only jobs of this task.")
@@ -60,8 +65,10 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
         pause = add("pause", "Pause jobs until they are resumed.", json_output=False)
         pause.add_argument("job_ids", nargs="+", metavar="JOB_ID")
         pause.add_argument("--note", help="Why; shown with the job until it is resumed.")
-        for name, text in (("resume", "Resume paused jobs on their next slot from now."),
-                           ("run-now", "Make jobs due at once; then they go on as before.")):
+        for name, text in (
+            ("resume", "Resume paused jobs on their next slot from now."),
+            ("run-now", "Make jobs due at once; then they go on as before."),
+        ):
             add(name, text, json_output=False).add_argument("job_ids", nargs="+", metavar="JOB_ID")
         delete = add("delete", "Delete jobs and their run history.", json_output=False)
         delete.add_argument("job_ids", nargs="+", metavar="JOB_ID")
@@ -69,7 +76,8 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
         purge = add("purge-runs", "Delete the run history of runs that finished long enough ago.")
         purge.add_argument("--older-than", type=_days, required=True, metavar="DAYS")
         add("sync", "Bring declared schedules into the database.").add_argument(
-            "--dry-run", action="store_true", help="Say what would change, change nothing.")
+            "--dry-run", action="store_true", help="Say what would change, change nothing."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:

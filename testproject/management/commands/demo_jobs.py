@@ -20,13 +20,17 @@ class Command(BaseCommand):
         )
         app.single(task="demo.greet", args=["Django"]).upsert(
             PeriodicSchedule(crontab=CrontabTrigger.from_expression("* * * * *")),
-            job_id="demo.greet", name="Greeting every minute",
+            job_id="demo.greet",
+            name="Greeting every minute",
         )
         if not SchedulerJob.objects.filter(pk="demo.add.once").exists():
             app.single(task="demo.add", args=[2, 3]).schedule(
                 OneOffSchedule(run_at=timezone.now() + timedelta(seconds=10)),
-                job_id="demo.add.once", name="Add once, 10 s after the first start",
+                job_id="demo.add.once",
+                name="Add once, 10 s after the first start",
             )
         for job in SchedulerJob.objects.order_by("id"):
             next_run = job.next_run_at.isoformat(timespec="seconds") if job.next_run_at else "-"
-            self.stdout.write(f"{job.id:<16} {job.task_name:<16} {job.strategy:<9} next: {next_run}  runs: {job.dispatch_count}")
+            self.stdout.write(
+                f"{job.id:<16} {job.task_name:<16} {job.strategy:<9} next: {next_run}  runs: {job.dispatch_count}"
+            )
