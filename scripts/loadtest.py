@@ -227,7 +227,7 @@ def raw_sql_limit(size: int, batch_size: int) -> int:
     at = connection.ops.adapt_datetimefield_value
     lock = " FOR UPDATE SKIP LOCKED" if connection.features.has_select_for_update_skip_locked else ""
     started, sent = time.perf_counter(), 0
-    with connection.cursor() as cursor:
+    with _driver_cursor() as cursor:
         while True:
             now = at(timezone.now())
             with transaction.atomic():
@@ -264,6 +264,19 @@ def raw_sql_limit(size: int, batch_size: int) -> int:
                 )
             sent += len(job_ids)
     return round(sent / (time.perf_counter() - started))
+
+
+def _driver_cursor() -> Any:
+    """The driver's cursor: on PostgreSQL, psycopg's own, which binds parameters on the server as the engine's
+    statements do (Django's renders each into the SQL text in Python, which a raw limit must not count)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def steady(arguments: argparse.Namespace) -> None:
