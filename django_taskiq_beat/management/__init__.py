@@ -21,5 +21,5 @@ def runtime_versions() -> str:
 
 
 def version_text() -> str:
-    """``django-taskiq-beat 0.1.0 (Django 5.2.8, taskiq 0.12.1, Python 3.11.7)``: what ``--version`` prints."""
+    """``django-taskiq-beat 0.2.0 (Django 5.2.8, taskiq 0.12.1, Python 3.11.7)``: what ``--version`` prints."""
     return f"django-taskiq-beat {__version__} ({runtime_versions()})"
