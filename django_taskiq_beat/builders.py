@@ -336,6 +336,10 @@ class ScheduleBuilder:
                     claimed_by=self.app.config.scheduler_id,
                     lease_expires_at=job.created_at + timedelta(seconds=self.app.config.claim_ttl_seconds),
                 )
+                # Counted now, as an engine's claim counts its sends: an engine that re-sends the run (this
+                # process died first) counts nothing more, and a failed send still counts, as in taskiq-beat.
+                job.dispatch_count, job.last_run_at, job.last_dispatched_task_id = 1, job.created_at, pending_run.id
+                job.save(update_fields=["dispatch_count", "last_run_at", "last_dispatched_task_id"])
                 if in_outer_transaction:
                     transaction.on_commit(
                         partial(self._dispatch_now, job, pending_run, raise_errors=False), robust=True
@@ -556,9 +560,7 @@ class ScheduleBuilder:
         run.error = logs.describe_error(error) if error else None
         job.last_run_at, job.updated_at, job.finished_at = dispatched_at, now, now
         job.last_error = run.error
-        job.dispatch_count += 1
-        if error is None:
-            job.last_dispatched_task_id = run.id
+        job.last_dispatched_task_id = None if error else run.id  # counted when its run was written (``_create``)
         with transaction.atomic():
             job.save(
                 update_fields=[

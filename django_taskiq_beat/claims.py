@@ -73,11 +73,17 @@ class Dispatch:
     send_at: datetime | None = None  # later than the slot by the job's jitter; None: at the slot
     counted: bool = False  # took one of the job's remaining_runs: a failed send gives it back for its retry
     late_on_purpose: bool = False  # a backfilled or held slot: its lag is not the engine's (no lag metric)
-    # Already counted on its job as sent (by the claim that first took it): only a failed send writes the job.
+    # Already counted on its job as sent (by the claim, or the immediate dispatch, that wrote its run): a send
+    # that goes through writes the job only to end a streak of failed sends (``failures``).
     counted_as_sent: bool = False
-    # The job's last_run_at and last_dispatched_task_id before this claim wrote this send there; a failed
-    # send puts them back. None: this claim did not write them (a run taken over from a dead engine).
+    # What the job showed as its last send (last_run_at, last_dispatched_task_id) before this one: a failed send
+    # that the job still shows puts it back. None: not known here (a run taken over from a dead engine).
     previous: tuple[datetime | None, str | None] | None = None
+
+    @property
+    def shown_at(self) -> datetime:
+        """The job's ``last_run_at`` for this send: when it goes, at its slot or after its jitter."""
+        return self.send_at or self.scheduled_for
 
 
 @dataclass(frozen=True)
@@ -437,6 +443,7 @@ def claim_due(
                         previous=previous,
                     )
                 )
+                previous = (max(now, dispatches[-1].shown_at), run_id)  # what the job shows once this one is counted
                 if overlap is not None:
                     overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
             advanced.append((job.id, next_run_at, job.dispatch_failures, remaining))
@@ -479,16 +486,17 @@ def claim_due(
                     None if next_run_at else now_value,
                     now_value,
                     None,
-                    0 if sent else dispatch_failures,
+                    dispatch_failures,
                     skipped[job_id],
                     remaining,
                     len(sent),
-                    _time(max(now, latest.scheduled_for)) if latest else None,
+                    _time(max(now, latest.shown_at)) if latest else None,
                     latest.run_id if latest else None,
                 )
             )
-        # The sends are counted here, as if they will go through: ``record`` writes the job again only for a
-        # failed one, taking its count back and putting back what it had shown as the job's last send.
+        # The sends are counted here, as if they will go through: ``record`` writes the job again for a failed
+        # one, taking its count back and putting back what it had shown as the job's last send, and for one
+        # that ends a streak of failed sends, which stays on the job (error, count, backoff) until then.
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -512,7 +520,8 @@ def claim_due(
                 ("updated_at", "v.updated_at"),
                 (
                     "last_error",
-                    "CASE WHEN v.sent > 0 THEN NULL ELSE COALESCE(v.last_error, scheduler_job.last_error) END",
+                    "CASE WHEN v.sent > 0 AND v.dispatch_failures = 0 THEN NULL"
+                    " ELSE COALESCE(v.last_error, scheduler_job.last_error) END",
                 ),
                 ("dispatch_failures", "v.dispatch_failures"),
                 ("skipped_count", _added("skipped_count", "v.skipped")),
@@ -784,7 +793,8 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     """Store the outcomes on their runs, and on their jobs where the claim did not: failed slots get a retry.
 
     A send that went through writes its job only if no claim counted it (a backfilled or held
-    slot); a failed one always does, taking back what its claim wrote there.
+    slot), or to end the job's streak of failed sends; a failed one always does, taking back
+    what its claim wrote there.
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -797,7 +807,7 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
         if outcome.error is not None:
             failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
-        elif not outcome.dispatch.counted_as_sent:
+        elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
             sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
         bulk.update_from_values(
@@ -810,15 +820,15 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             ),
             (
                 ("dispatch_count", _added("dispatch_count", "v.sent")),
-                ("last_run_at", "v.last_run_at"),
-                ("last_dispatched_task_id", "v.last_dispatched_task_id"),
+                ("last_run_at", "COALESCE(v.last_run_at, scheduler_job.last_run_at)"),
+                (
+                    "last_dispatched_task_id",
+                    "COALESCE(v.last_dispatched_task_id, scheduler_job.last_dispatched_task_id)",
+                ),
                 ("last_error", "NULL"),
                 ("dispatch_failures", "0"),
             ),
-            [
-                (job_id, len(job_outcomes), _time(job_outcomes[-1].dispatched_at), job_outcomes[-1].dispatch.run_id)
-                for job_id, job_outcomes in sent.items()
-            ],
+            [_sent(job_outcomes, _time) for job_outcomes in sent.values()],
         )
         bulk.update_from_values(
             "scheduler_job",
@@ -831,7 +841,6 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
                 ("now", "timestamptz"),
                 ("refund", "integer"),
                 ("uncount", "integer"),
-                ("failures", "integer"),
                 ("run_id", "varchar"),
                 ("previous_run_at", "timestamptz"),
                 ("previous_task_id", "varchar"),
@@ -916,20 +925,12 @@ def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> 
 # comes after ``last_run_at`` and ``updated_at`` last.
 _UNCHANGED = "scheduler_job.updated_at = v.claimed_at"
 _STILL_SHOWN = "scheduler_job.last_dispatched_task_id = v.run_id"
-# The claim reset the failures in a row to 0, expecting the send to go through: count on from the larger.
-_FAILURES_BEFORE = (
-    "CASE WHEN scheduler_job.dispatch_failures > v.failures THEN scheduler_job.dispatch_failures ELSE v.failures END"
-)
 _RETRY = (
     (
         "dispatch_count",
         "CASE WHEN scheduler_job.dispatch_count > v.uncount THEN scheduler_job.dispatch_count - v.uncount ELSE 0 END",
     ),
-    (
-        "dispatch_failures",
-        f"CASE WHEN {_FAILURES_BEFORE} > {MAX_COUNT} - v.failed THEN {MAX_COUNT}"
-        f" ELSE {_FAILURES_BEFORE} + v.failed END",
-    ),
+    ("dispatch_failures", _added("dispatch_failures", "v.failed")),
     ("last_error", "v.last_error"),
     ("last_run_at", f"CASE WHEN {_STILL_SHOWN} THEN v.previous_run_at ELSE scheduler_job.last_run_at END"),
     (
@@ -951,11 +952,25 @@ _RETRY = (
 )
 
 
+def _sent(job_outcomes: list[Outcome], _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """One job's sends that went through, oldest first, as a row for ``record``: those no claim counted are
+    counted and the latest of them shown; any of them ends the job's streak of failed sends."""
+    uncounted = [outcome for outcome in job_outcomes if not outcome.dispatch.counted_as_sent]
+    latest = uncounted[-1] if uncounted else None
+    return (
+        job_outcomes[0].dispatch.job_id,
+        len(uncounted),
+        _time(latest.dispatched_at) if latest else None,
+        latest.dispatch.run_id if latest else None,
+    )
+
+
 def _retry(
     job_outcomes: list[Outcome], now: datetime, retry: RetryPolicy, _time: Callable[[datetime | None], Any]
 ) -> tuple[Any, ...]:
     """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version,
-    and only its latest send can still be shown as the job's last."""
+    and only its latest send can still be shown as the job's last: the job then shows the send before it that did
+    not fail here, if that is known."""
     latest = max(
         (outcome.dispatch for outcome in job_outcomes),
         key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for),
@@ -965,7 +980,11 @@ def _retry(
     retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
     refund = sum(outcome.dispatch.counted for outcome in job_outcomes)  # their retry is the same scheduled send
     uncount = sum(outcome.dispatch.counted_as_sent for outcome in job_outcomes)
-    previous_run_at, previous_task_id = latest.previous or (None, None)
+    failed_here = {outcome.dispatch.run_id: outcome.dispatch for outcome in job_outcomes}
+    previous = latest.previous
+    while previous is not None and previous[1] in failed_here:  # a catch-up's earlier slots, failed as well
+        previous = failed_here[previous[1]].previous
+    previous_run_at, previous_task_id = previous or (None, None)
     return (
         latest.job_id,
         _time(latest.claimed_at),
@@ -975,8 +994,7 @@ def _retry(
         _time(now),
         refund,
         uncount,
-        min(latest.failures, MAX_COUNT),
-        latest.run_id if latest.previous else None,
+        latest.run_id if previous is not None else None,
         _time(previous_run_at),
         previous_task_id,
     )

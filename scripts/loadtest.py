@@ -332,7 +332,7 @@ def scale(arguments: argparse.Namespace) -> None:
     from django.db import connection
     from django.utils import timezone
 
-    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.models import SchedulerRun
 
     clear()
     insert_jobs(
@@ -373,11 +373,11 @@ def scale(arguments: argparse.Namespace) -> None:
         # A job created by another process, due at once: how long until this engine sends it?
         created = await asyncio.to_thread(_schedule_from_another_process)
         for _ in range(1000):
-            job = await SchedulerJob.objects.filter(pk="scale.probe", dispatch_count=1).afirst()
-            if job is not None:
+            sent = await SchedulerRun.objects.filter(job_id="scale.probe", status="dispatched").afirst()
+            if sent is not None:
                 break
             await asyncio.sleep(0.01)
-        result["first_dispatch_s"] = round((job.last_run_at - created).total_seconds(), 3) if job else None
+        result["first_dispatch_s"] = round((sent.dispatched_at - created).total_seconds(), 3) if sent else None
         await app.stop()
         return result
 

@@ -12,7 +12,16 @@ import pytest
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
-from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, bulk, claims
+from django_taskiq_beat import (
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    SchedulePolicy,
+    SchedulerApp,
+    bulk,
+    claims,
+)
+from django_taskiq_beat.builders import ScheduleBuilder
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.test_engine import break_broker, make_config, run
 
@@ -27,9 +36,10 @@ def app(broker: InMemoryBroker) -> SchedulerApp:
     return SchedulerApp(broker=broker, config=make_config())
 
 
-def hourly(app: SchedulerApp, job_id: str = "hourly") -> SchedulerJob:
+def hourly(app: SchedulerApp, job_id: str = "hourly", policy: SchedulePolicy | None = None) -> SchedulerJob:
     """An hourly job created four hours ago: its grid has past slots to backfill."""
-    app.single(task="system.echo").upsert(PeriodicSchedule(interval=IntervalTrigger(hours=1)), job_id=job_id)
+    trigger = PeriodicSchedule(interval=IntervalTrigger(hours=1))
+    app.single(task="system.echo").upsert(trigger, job_id=job_id, policy=policy)
     SchedulerJob.objects.filter(pk=job_id).update(created_at=timezone.now() - timedelta(hours=4))
     return SchedulerJob.objects.get(pk=job_id)
 
@@ -78,7 +88,7 @@ def test_the_claim_counts_each_send_on_its_job(app: SchedulerApp) -> None:
     for dispatch in claim.dispatches:
         count, task_id, last_run_at, failures, error = shown(dispatch.job_id)
         assert (count, task_id, failures, error) == (1, dispatch.run_id, 0, None)
-        assert last_run_at == max(before, dispatch.scheduled_for)
+        assert last_run_at == max(before, dispatch.shown_at)
         assert dispatch.counted_as_sent and dispatch.previous == (None, None)
 
 
@@ -181,3 +191,87 @@ def test_a_failed_backfilled_slot_takes_back_nothing(app: SchedulerApp) -> None:
     (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     claims.record(failed([orphan], now), now, True, RETRY)
     assert shown(job.id)[:3] == before[:3]
+
+
+def test_a_streak_of_failed_sends_stays_on_the_job_until_a_send_goes_through(
+    app: SchedulerApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim leaves the streak (count, error, and so the backoff) alone: a send in flight may fail too, and
+    an engine that re-sends it after a crash reads the streak from the job."""
+    hourly(app)
+    SchedulerJob.objects.filter(pk="hourly").update(dispatch_failures=2, last_error="ConnectionError: boom")
+    make_due("hourly")
+    (claimed,) = claims.claim_due("dead-engine", timezone.now(), 10, timedelta(seconds=-1), RETRY).dispatches
+    count, task_id, _, failures, error = shown("hourly")
+    assert (count, task_id, failures, error) == (1, claimed.run_id, 2, "ConnectionError: boom")
+    (resent,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    assert (resent.run_id, resent.failures, resent.counted_as_sent) == (claimed.run_id, 2, True)
+    tables = written_tables(monkeypatch)
+    now = timezone.now()
+    claims.record(sent([resent], now), now, True, RETRY)
+    assert tables == ["scheduler_job", "scheduler_run"]  # the streak ends: the job is written
+    assert shown("hourly")[:2] + shown("hourly")[3:] == (1, claimed.run_id, 0, None)
+
+
+def test_a_failed_retry_backs_off_from_the_whole_streak(app: SchedulerApp) -> None:
+    hourly(app)
+    SchedulerJob.objects.filter(pk="hourly").update(dispatch_failures=5)
+    make_due("hourly")
+    (dispatch,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    now = timezone.now()
+    claims.record(failed([dispatch], now), now, True, RETRY)
+    job = SchedulerJob.objects.get(pk="hourly")
+    assert job.dispatch_failures == 6
+    assert job.next_run_at == now + RETRY.delay(6)  # 5 s doubled five times, capped at 300 s
+
+
+def test_a_catch_up_whose_latest_slot_fails_shows_the_last_one_that_went_through(app: SchedulerApp) -> None:
+    hourly(app, policy=SchedulePolicy(catch_up="all"))
+    SchedulerJob.objects.filter(pk="hourly").update(next_run_at=timezone.now() - timedelta(hours=3, minutes=1))
+    dispatches = sorted(
+        claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches, key=lambda d: d.scheduled_for
+    )
+    assert len(dispatches) >= 4  # the missed slots, each its own send
+    *went_through, third, latest = dispatches
+    assert shown("hourly")[:2] == (len(dispatches), latest.run_id)
+    now = timezone.now()
+    claims.record([*sent(went_through, now), *failed([third, latest], now)], now, True, RETRY)
+    count, task_id, _, failures, _ = shown("hourly")
+    assert (count, task_id, failures) == (len(went_through), went_through[-1].run_id, 2)
+
+
+def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerApp) -> None:
+    hourly(app)
+    make_due("hourly")
+    assert run(app.engine.run_once) == 1
+    before = shown("hourly")
+    make_due("hourly")
+    (earlier,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    make_due("hourly")
+    (later,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    now = timezone.now()
+    claims.record(failed([earlier, later], now), now, True, RETRY)
+    assert shown("hourly")[:3] == before[:3]
+
+
+def test_a_jittered_send_shows_its_own_time(app: SchedulerApp) -> None:
+    hourly(app, policy=SchedulePolicy(jitter_seconds=3000))
+    make_due("hourly")
+    claimed_at = timezone.now()
+    (dispatch,) = claims.claim_due("engine-a", claimed_at, 10, LEASE, RETRY).dispatches
+    assert dispatch.send_at is not None and dispatch.send_at > claimed_at
+    assert shown("hourly")[2] == dispatch.send_at
+
+
+def test_an_immediate_send_is_counted_once_when_an_engine_sends_it_for_a_process_that_died(
+    app: SchedulerApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ScheduleBuilder, "_dispatch_now", lambda *args, **kwargs: None)  # the web process dies here
+    job = app.single(task="system.echo").schedule()
+    (run_id,) = SchedulerRun.objects.filter(job=job).values_list("id", flat=True)
+    assert shown(job.id)[:2] == (1, run_id)
+    lease_expired = timezone.now() + timedelta(seconds=app.config.claim_ttl_seconds + 1)
+    (resent,) = claims.claim_expired("engine-a", lease_expired, 10, LEASE, RETRY).dispatches
+    claims.record(sent([resent], lease_expired), lease_expired, True, RETRY)
+    assert shown(job.id)[:2] == (1, run_id)
+    assert SchedulerRun.objects.get(pk=run_id).status == RunStatus.DISPATCHED
