@@ -145,7 +145,6 @@ def test_banner_names_version_database_broker_and_jobs(engines: EngineFactory, a
     assert "jobs     : 2 total, 2 enabled" in log
 
 
-
 def sent_run(job_id: str) -> bool:
     """The job's run is recorded as sent (its claim counted it on the job before the send)."""
     return SchedulerRun.objects.filter(job_id=job_id, status=RunStatus.DISPATCHED).exists()
