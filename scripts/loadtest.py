@@ -108,20 +108,21 @@ def insert_jobs(
         else OneOffSchedule(run_at=next_run_at)
     )
     columns = {} if policy is None else {**policy.columns(), "remaining_runs": policy.max_runs}
-    rows = [
-        SchedulerJob(
-            task_name="load.noop",
-            kind=kind,
-            strategy=trigger.strategy,
-            trigger_payload=trigger.to_payload(),
-            next_run_at=next_run_at,
-            created_at=next_run_at - timedelta(seconds=interval_seconds or 0) if kind == "periodic" else now,
-            updated_at=now,
-            **columns,
-        )
-        for _ in range(count)
-    ]
-    SchedulerJob.objects.bulk_create(rows, batch_size=2000)
+    for chunk in range(0, count, 50_000):  # a million rows' model instances would not fit in this process
+        rows = [
+            SchedulerJob(
+                task_name="load.noop",
+                kind=kind,
+                strategy=trigger.strategy,
+                trigger_payload=trigger.to_payload(),
+                next_run_at=next_run_at,
+                created_at=next_run_at - timedelta(seconds=interval_seconds or 0) if kind == "periodic" else now,
+                updated_at=now,
+                **columns,
+            )
+            for _ in range(min(50_000, count - chunk))
+        ]
+        SchedulerJob.objects.bulk_create(rows, batch_size=2000)
 
 
 def clear() -> None:
@@ -416,6 +417,67 @@ def scale(arguments: argparse.Namespace) -> None:
     report(_named("scale", arguments), arguments.db, [async_to_sync(drive)()])
 
 
+def idle(arguments: argparse.Namespace) -> None:
+    """Many enabled jobs, none due, and a ``run_taskiq_beat`` process measured from outside: its own CPU and
+    memory (``/proc``), not this script's, which holds the rows it inserted; then a job created here, due at once."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_taskiq_beat import OneOffSchedule, get_scheduler_app
+    from django_taskiq_beat.models import SchedulerRun
+
+    clear()
+    started = time.perf_counter()
+    insert_jobs(arguments.jobs, "periodic", timezone.now() + timedelta(days=1), interval_seconds=86400)
+    setup = time.perf_counter() - started
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE")  # as autovacuum would have, long before a million jobs idle
+    with tempfile.TemporaryDirectory() as directory:
+        engine = _start_engine("load-idle", Path(directory) / "sink.txt")
+        try:
+            time.sleep(10)  # startup: migrations check, declared jobs' sync, the first ticks
+            rss_start, ticks_start, wall_start = _rss_mb(engine.pid), _cpu_ticks(engine.pid), time.monotonic()
+            time.sleep(arguments.seconds)
+            cpu = (_cpu_ticks(engine.pid) - ticks_start) / os.sysconf("SC_CLK_TCK")
+            wall, rss_end = time.monotonic() - wall_start, _rss_mb(engine.pid)
+            job = get_scheduler_app().single(task="load.noop").schedule(OneOffSchedule(run_at=timezone.now()))
+            deadline, sent = time.monotonic() + 30, None
+            while sent is None and time.monotonic() < deadline:
+                sent = SchedulerRun.objects.filter(job=job, status="dispatched").first()
+                time.sleep(0.01)
+        finally:
+            engine.send_signal(signal.SIGTERM)
+            engine.wait(timeout=60)
+    report(
+        "idle",
+        arguments.db,
+        [
+            {
+                "jobs": arguments.jobs,
+                "setup_s": round(setup),
+                "idle_s": arguments.seconds,
+                "cpu_percent_of_core": round(100 * cpu / wall, 2),
+                "rss_mb_start": rss_start,
+                "rss_mb_end": rss_end,
+                "new_job_sent_s": round((sent.dispatched_at - job.created_at).total_seconds(), 3) if sent else None,
+            }
+        ],
+    )
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def _named(scenario: str, arguments: argparse.Namespace) -> str:
     return f"{scenario}-policies" if arguments.policies else scenario
 
@@ -581,7 +643,7 @@ def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["burst", "steady", "scale", "multi", "dashboard"])
+    parser.add_argument("scenario", choices=["burst", "steady", "scale", "idle", "multi", "dashboard"])
     parser.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -597,7 +659,14 @@ def main() -> None:
     arguments = parser.parse_args()
     with database(arguments.db) as env:
         setup_django(env)
-        scenarios = {"burst": burst, "steady": steady, "scale": scale, "multi": multi, "dashboard": dashboard}
+        scenarios = {
+            "burst": burst,
+            "steady": steady,
+            "scale": scale,
+            "idle": idle,
+            "multi": multi,
+            "dashboard": dashboard,
+        }
         scenarios[arguments.scenario](arguments)
 
 
