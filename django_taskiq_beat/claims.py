@@ -82,8 +82,9 @@ class Dispatch:
 
     @property
     def shown_at(self) -> datetime:
-        """The job's ``last_run_at`` for this send: when it goes, at its slot or after its jitter."""
-        return self.send_at or self.scheduled_for
+        """The job's ``last_run_at`` for this send: when it goes, at its slot or after its jitter, or at once
+        when claimed later than that."""
+        return max(self.claimed_at, self.send_at or self.scheduled_for)
 
 
 @dataclass(frozen=True)
@@ -443,7 +444,7 @@ def claim_due(
                         previous=previous,
                     )
                 )
-                previous = (max(now, dispatches[-1].shown_at), run_id)  # what the job shows once this one is counted
+                previous = (dispatches[-1].shown_at, run_id)  # what the job shows once this one is counted
                 if overlap is not None:
                     overlap.add(slot, RunStatus.PENDING, RunOutcome.UNKNOWN, scheduler_id)
             advanced.append((job.id, next_run_at, job.dispatch_failures, remaining))
@@ -490,7 +491,7 @@ def claim_due(
                     skipped[job_id],
                     remaining,
                     len(sent),
-                    _time(max(now, latest.shown_at)) if latest else None,
+                    _time(latest.shown_at) if latest else None,
                     latest.run_id if latest else None,
                 )
             )

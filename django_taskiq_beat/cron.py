@@ -34,10 +34,13 @@ def follows_absolute_time(expression: str) -> bool:
     return hours == ["*"] or hours == _ALL_HOURS
 
 
+@lru_cache(maxsize=4096)
 def next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime | None:
     """The first instant strictly after ``after`` that the expression fires at (UTC).
 
-    None when there is none before the end of the calendar (year 9999).
+    None when there is none before the end of the calendar (year 9999). Remembered: the jobs of a
+    claim that share an expression and a slot (every job on ``0 * * * *`` at the top of the hour)
+    ask the same question, and croniter takes about 0.2 ms to answer it.
     """
     try:
         return _next_fire_time(expression, zone, after)

@@ -150,7 +150,10 @@ class BeatEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stop_signal: asyncio.Future[None] | None = None  # done once stop() begins
-        self._delayed: set[asyncio.Task[None]] = set()  # sends waiting out their jitter, apart from the ticks
+        self._delayed: set[asyncio.Task[int]] = set()  # sends waiting out their jitter, apart from the ticks
+        # Claimed batches being sent and recorded. Within start() they outlive the tick that claimed them, so a
+        # batch claimed ahead waits for its slot while the next ticks claim the next slots.
+        self._in_flight: set[asyncio.Task[int]] = set()
         self._stopping = False
         self._next_due_at: datetime | None = None
         # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
@@ -202,6 +205,7 @@ class BeatEngine:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._stop_signal = self._loop.create_future()
+        self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)  # shared by batches of every tick
         self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
         self._runner.add_done_callback(self._report_crash)
         self._heartbeat.start()
@@ -286,8 +290,9 @@ class BeatEngine:
                 ticks.failed(exc, timeout)
                 await self._reset_connection()
             await self._sleep(timeout)
-        while self._delayed:  # sends waiting out a jitter, cut short by the stop signal: sent now, stored below
-            await asyncio.gather(*self._delayed)
+        # Batches claimed ahead wait for their slot; sends waiting out a jitter are cut short by the stop signal.
+        while self._delayed or self._in_flight:
+            await asyncio.gather(*self._delayed, *self._in_flight)
         await self._record_at_stop()
         await self._reset_connection()
 
@@ -334,7 +339,8 @@ class BeatEngine:
     async def run_once(self) -> int:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
         await _orm(close_old_connections)
-        self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)  # shared by a tick's batches
+        if self._stop_signal is None:  # run_once on its own, maybe in an event loop of its own
+            self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)
         await self._record_leftovers()
         self._counters.sync_count += 1
         self._counters.last_sync_at = timezone.now()
@@ -383,14 +389,20 @@ class BeatEngine:
         """Claim batch after batch without waiting for their sends.
 
         A batch claimed ahead of its slot waits for it in the background while the
-        next batch is claimed, so a burst goes out on time. At most
-        ``_MAX_BATCHES_IN_FLIGHT`` batches are claimed and not yet recorded, and none
-        once a batch's outcomes could not be stored.
+        next batch is claimed, so a burst goes out on time; within ``start()`` the tick
+        ends without waiting for it, so the next tick claims the next slots meanwhile.
+        At most ``_MAX_BATCHES_IN_FLIGHT`` batches are claimed and not yet recorded, and
+        none is claimed once a batch's outcomes could not be stored. ``run_once`` on its
+        own returns once its batches are recorded, and raises their errors.
         """
-        in_flight: set[asyncio.Task[int]] = set()
         sent = 0
         try:
             while not self._stopping and not self._unrecorded:
+                if len(self._in_flight) >= _MAX_BATCHES_IN_FLIGHT:
+                    done, _ = await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+                    self._in_flight -= done
+                    sent += sum(task.result() for task in done)
+                    continue  # it may have failed to store its outcomes: claim nothing more then
                 claim = await _orm(
                     claims.claim_due,
                     self.config.scheduler_id,
@@ -414,19 +426,32 @@ class BeatEngine:
                     )
                 ready = self._send_jittered_later(claim.dispatches)
                 if ready:
-                    in_flight.add(asyncio.create_task(self._send_and_record(ready)))
+                    self._start_batch(ready)
                 if claim.row_count < self.config.dispatch_batch_size:
                     break
-                if len(in_flight) >= _MAX_BATCHES_IN_FLIGHT:
-                    done, in_flight = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                    sent += sum(task.result() for task in done)
         finally:  # whatever happened to a claim, what was claimed is sent and recorded
-            results = await asyncio.gather(*in_flight, return_exceptions=True)
+            results = await asyncio.gather(*self._batches_to_await(), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
             sent += result
         return sent
+
+    def _batches_to_await(self) -> set[asyncio.Task[int]]:
+        """``run_once`` on its own waits for every batch it claimed; within ``start()`` they go on by themselves."""
+        if self._stop_signal is not None:
+            return set()
+        waiting, self._in_flight = self._in_flight, set()
+        return waiting
+
+    def _start_batch(self, dispatches: list[claims.Dispatch]) -> None:
+        """Send and record a claimed batch in a task of its own: see ``_dispatch_due``."""
+        if self._stop_signal is None:  # awaited by _dispatch_due, which raises its error
+            self._in_flight.add(asyncio.create_task(self._send_and_record(dispatches)))
+            return
+        task = asyncio.create_task(self._send_in_background(dispatches))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     def _report_failures(self, claim: claims.Claim) -> None:
         """Rows that cannot be sent (unreadable, wrong types, a corrupt trigger): an operator must fix the data."""
@@ -454,21 +479,25 @@ class BeatEngine:
             waits = dispatch.send_at is not None and dispatch.send_at > dispatch.scheduled_for + self._ahead
             (later if waits else ready).append(dispatch)
         if later:
-            task = asyncio.create_task(self._send_later(later))
+            task = asyncio.create_task(self._send_in_background(later))
             self._delayed.add(task)
             task.add_done_callback(self._delayed.discard)
         return ready
 
-    async def _send_later(self, dispatches: list[claims.Dispatch]) -> None:
+    async def _send_in_background(self, dispatches: list[claims.Dispatch]) -> int:
+        """Send and record apart from the ticks; a failure to store is said here, and left to the next tick,
+        which comes at once and then backs off as any failed tick."""
         try:
-            await self._send_and_record(dispatches)
+            return await self._send_and_record(dispatches)
         except Exception as exc:  # their outcomes wait in _unrecorded: the next tick stores them, or says why not
             logger.warning(
-                "Storing the outcomes of %s sent after their jitter failed: %s; trying again at the next tick.",
-                logs.count(len(dispatches), "run"),
+                "Storing the outcomes of %s failed: %s; trying again at the next tick.",
+                logs.count(len(dispatches), "send"),
                 logs.error_text(exc),
                 exc_info=logs.traceback_at_debug(logger, exc),
             )
+            self.wake()
+            return 0
 
     async def _wait_out_jitter(self, send_at: datetime) -> None:
         """Wait until the jittered send time; a stop cuts it short, so SIGTERM never waits out a jitter."""
@@ -536,8 +565,13 @@ class BeatEngine:
         claimed. Only a stop gives up on them (``_record_at_stop``).
         """
         if self._unrecorded:
-            await self._store(self._unrecorded)
-            self._unrecorded = []
+            # Taken out first: a batch in the background may add its own while these are stored.
+            waiting, self._unrecorded = self._unrecorded, []
+            try:
+                await self._store(waiting)
+            except BaseException:
+                self._unrecorded[:0] = waiting
+                raise
 
     async def _record_at_stop(self) -> None:
         """Keep trying to store what was sent for one lease; after that other engines send those runs anyway."""

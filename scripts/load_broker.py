@@ -15,13 +15,15 @@ class NullBroker(AsyncBroker):
     def __init__(self) -> None:
         super().__init__()
         self.sent = 0
-        self._sink = os.environ.get("LOAD_SINK")
+        sink = os.environ.get("LOAD_SINK")
+        # One unbuffered append per send: nothing is lost if the process is killed, and no open() per send,
+        # which took a sixth of an engine's time at 1,700 sends a second.
+        self._sink = os.open(sink, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if sink else None
 
     async def kick(self, message: BrokerMessage) -> None:
         self.sent += 1
-        if self._sink:
-            with open(self._sink, "a", encoding="utf-8") as sink:
-                sink.write(message.task_id + "\n")
+        if self._sink is not None:
+            os.write(self._sink, f"{message.task_id}\n".encode())
 
     async def listen(self):  # type: ignore[no-untyped-def]
         raise RuntimeError("The load-test broker only sends.")

@@ -4,6 +4,7 @@
     python scripts/loadtest.py steady --db postgres --jobs 1000 --seconds 20
     python scripts/loadtest.py scale  --db sqlite --jobs 100000
     python scripts/loadtest.py multi  --db postgres --jobs 5000 --engines 3
+    python scripts/loadtest.py cron   --db postgres --jobs 100000 --engines 3 [--top-of-minute]
     python scripts/loadtest.py burst  --db sqlite --sizes 1000 --policies   (every job with LOAD_POLICY)
     python scripts/loadtest.py dashboard --db postgres --jobs 100000 --runs 1000000
 
@@ -96,32 +97,61 @@ def insert_jobs(
     count: int, kind: str, next_run_at: datetime, interval_seconds: int | None = None, policy: Any = None
 ) -> None:
     """Write job rows in bulk, as an application's startup sync or an import would; ``policy`` on each."""
-    from django.utils import timezone
-
     from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule
     from django_taskiq_beat.models import SchedulerJob
 
-    now = timezone.now()
     trigger = (
         PeriodicSchedule(interval=IntervalTrigger(seconds=interval_seconds))
         if kind == "periodic"
         else OneOffSchedule(run_at=next_run_at)
     )
     columns = {} if policy is None else {**policy.columns(), "remaining_runs": policy.max_runs}
-    for chunk in range(0, count, 50_000):  # a million rows' model instances would not fit in this process
-        rows = [
-            SchedulerJob(
-                task_name="load.noop",
-                kind=kind,
-                strategy=trigger.strategy,
-                trigger_payload=trigger.to_payload(),
-                next_run_at=next_run_at,
-                created_at=next_run_at - timedelta(seconds=interval_seconds or 0) if kind == "periodic" else now,
-                updated_at=now,
-                **columns,
-            )
-            for _ in range(min(50_000, count - chunk))
-        ]
+    created_at = next_run_at - timedelta(seconds=interval_seconds) if interval_seconds else None
+
+    def row(_index: int) -> SchedulerJob:
+        return _job_row(trigger, next_run_at, created_at=created_at, **columns)
+
+    _bulk_insert(count, row)
+
+
+def insert_cron_jobs(count: int, first_minute: datetime, spread: bool) -> None:
+    """Jobs on one-minute crons, first due in ``first_minute``: job i at second i % 60, or all at second 0."""
+    from django_taskiq_beat import CrontabTrigger, PeriodicSchedule
+
+    triggers = [PeriodicSchedule(crontab=CrontabTrigger(second=str(second), timezone="UTC")) for second in range(60)]
+
+    def row(index: int) -> Any:
+        second = index % 60 if spread else 0
+        return _job_row(triggers[second], first_minute + timedelta(seconds=second))
+
+    _bulk_insert(count, row)
+
+
+def _job_row(trigger: Any, next_run_at: datetime, created_at: datetime | None = None, **columns: Any) -> Any:
+    from django.utils import timezone
+
+    from django_taskiq_beat.models import SchedulerJob
+    from django_taskiq_beat.triggers import trigger_kind
+
+    now = timezone.now()
+    return SchedulerJob(
+        task_name="load.noop",
+        kind=trigger_kind(trigger),
+        strategy=trigger.strategy,
+        trigger_payload=trigger.to_payload(),
+        next_run_at=next_run_at,
+        created_at=created_at or now,
+        updated_at=now,
+        **columns,
+    )
+
+
+def _bulk_insert(count: int, row: Any) -> None:
+    """``row(i)`` for i in range(count), 50,000 model instances at a time: a million would not fit in this process."""
+    from django_taskiq_beat.models import SchedulerJob
+
+    for chunk in range(0, count, 50_000):
+        rows = [row(index) for index in range(chunk, min(chunk + 50_000, count))]
         SchedulerJob.objects.bulk_create(rows, batch_size=2000)
 
 
@@ -434,7 +464,7 @@ def idle(arguments: argparse.Namespace) -> None:
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE")  # as autovacuum would have, long before a million jobs idle
     with tempfile.TemporaryDirectory() as directory:
-        engine = _start_engine("load-idle", Path(directory) / "sink.txt")
+        engine = _start_engine("load-idle", Path(directory) / "sink.txt", CLAIM_AHEAD_SECONDS=0)
         try:
             time.sleep(10)  # startup: migrations check, declared jobs' sync, the first ticks
             rss_start, ticks_start, wall_start = _rss_mb(engine.pid), _cpu_ticks(engine.pid), time.monotonic()
@@ -513,7 +543,8 @@ def multi(arguments: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as directory:
             sink = Path(directory) / "sink.txt"
             sink.touch()
-            processes = [_start_engine(f"load-{n}", sink) for n in range(engine_count)]
+            # No claiming ahead: it would hide the throughput measured.
+            processes = [_start_engine(f"load-{n}", sink, CLAIM_AHEAD_SECONDS=0) for n in range(engine_count)]
             due = timezone.now() + timedelta(seconds=3)
             insert_jobs(arguments.jobs, "one_off", due)
             deadline = time.monotonic() + 120
@@ -542,6 +573,94 @@ def multi(arguments: argparse.Namespace) -> None:
             }
         )
     report("multi", arguments.db, rows)
+
+
+def cron(arguments: argparse.Namespace) -> None:
+    """N jobs on one-minute crons, job i at second i % 60 (N/60 slots a second) or, with ``--top-of-minute``, all
+    at second 0; run by one ``run_taskiq_beat`` process, then by ``--engines``, each with the default settings
+    but ``--batch-size`` (claiming 0.5 s ahead unless ``--claim-ahead`` is given). Measured over ``--minutes``
+    whole minutes after a minute of warm-up."""
+    from django.db import connection
+    from django.utils import timezone
+
+    from django_taskiq_beat.models import SchedulerRun
+
+    settings: dict[str, Any] = {"DISPATCH_BATCH_SIZE": arguments.batch_size}
+    if arguments.claim_ahead is not None:
+        settings["CLAIM_AHEAD_SECONDS"] = arguments.claim_ahead
+    rows = []
+    for engine_count in sorted({1, arguments.engines}):
+        clear()
+        # The first slots fall in the minute after the rows are written (about 5,000 rows a second here).
+        first_minute = _whole_minute_after(timezone.now() + timedelta(seconds=arguments.jobs / 5000 + 10))
+        insert_cron_jobs(arguments.jobs, first_minute, spread=not arguments.top_of_minute)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("ANALYZE")
+        window_start = first_minute + timedelta(minutes=1)
+        window_end = window_start + timedelta(minutes=arguments.minutes)
+        in_window = SchedulerRun.objects.filter(
+            status="dispatched", scheduled_for__gte=window_start, scheduled_for__lt=window_end
+        )
+        expected = arguments.jobs * arguments.minutes
+        with tempfile.TemporaryDirectory() as directory:
+            sink = Path(directory) / "sink.txt"
+            sink.touch()
+            engines = [_start_engine(f"load-{n}", sink, **settings) for n in range(engine_count)]
+            try:
+                time.sleep(max((window_start - timezone.now()).total_seconds(), 0))
+                engine_ticks, machine_ticks = _cpu_ticks_of(engines), _machine_busy_ticks()
+                wall = time.monotonic()
+                time.sleep(max((window_end - timezone.now()).total_seconds(), 0))
+                wall = time.monotonic() - wall
+                engine_cpu = _cpu_ticks_of(engines) - engine_ticks
+                machine_cpu = _machine_busy_ticks() - machine_ticks
+                deadline = time.monotonic() + 120  # the last minute's slots may still be going out
+                while in_window.count() < expected and time.monotonic() < deadline:
+                    time.sleep(1)
+            finally:
+                for engine in engines:
+                    engine.send_signal(signal.SIGTERM)
+                for engine in engines:
+                    engine.wait(timeout=60)
+            sends = Counter(sink.read_text().split())
+        lag = percentiles(
+            [(d - s).total_seconds() * 1000 for s, d in in_window.values_list("scheduled_for", "dispatched_at")]
+        )
+        per_core = 100 / os.sysconf("SC_CLK_TCK") / wall
+        rows.append(
+            {
+                "engines": engine_count,
+                "jobs": arguments.jobs,
+                "slots_per_s": round(arguments.jobs / 60),
+                "minutes": arguments.minutes,
+                "dispatched": in_window.count(),
+                "expected": expected,
+                "duplicate_sends": sum(count - 1 for count in sends.values()),
+                "lag_p50_ms": lag["p50"],
+                "lag_p95_ms": lag["p95"],
+                "lag_max_ms": lag["max"],
+                "engines_cpu_percent": round(engine_cpu * per_core),
+                "machine_cpu_percent": round(machine_cpu * per_core),  # of os.cpu_count() cores: the database, mostly
+            }
+        )
+    report("cron-top-of-minute" if arguments.top_of_minute else "cron", arguments.db, rows)
+
+
+def _whole_minute_after(instant: datetime) -> datetime:
+    return instant.replace(second=0, microsecond=0) + timedelta(minutes=1)
+
+
+def _cpu_ticks_of(processes: list[subprocess.Popen[bytes]]) -> int:
+    return sum(_cpu_ticks(process.pid) for process in processes)
+
+
+def _machine_busy_ticks() -> int:
+    """CPU ticks all cores have spent busy since boot (``/proc/stat``): the engines, the database server, the rest."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(n) for n in Path("/proc/stat").read_text().split()[1:9]
+    )
+    return user + nice + system + irq + softirq + steal
 
 
 def dashboard(arguments: argparse.Namespace) -> None:
@@ -620,16 +739,10 @@ def dashboard(arguments: argparse.Namespace) -> None:
     )
 
 
-def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "LOAD_SINK": str(sink),
-        # No claiming ahead: it would hide the throughput this scenario measures.
-        "TASKIQ_BEAT_OPTIONS": json.dumps(
-            {"BROKER": "scripts.load_broker:broker", "SCHEDULER_ID": name, "CLAIM_AHEAD_SECONDS": 0}
-        ),
-    }
+def _start_engine(name: str, sink: Path, **settings: Any) -> subprocess.Popen[bytes]:
+    """A ``run_taskiq_beat`` process with these ``TASKIQ_BEAT`` settings (the others default)."""
+    options = {"BROKER": "scripts.load_broker:broker", "SCHEDULER_ID": name, **settings}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOAD_SINK": str(sink), "TASKIQ_BEAT_OPTIONS": json.dumps(options)}
     return subprocess.Popen(
         [sys.executable, str(REPO / "testproject" / "manage.py"), "run_taskiq_beat", "--log-level", "WARNING"],
         env=env,
@@ -643,7 +756,7 @@ def _start_engine(name: str, sink: Path) -> subprocess.Popen[bytes]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["burst", "steady", "scale", "idle", "multi", "dashboard"])
+    parser.add_argument("scenario", choices=["burst", "steady", "scale", "idle", "multi", "cron", "dashboard"])
     parser.add_argument("--db", choices=["sqlite", "postgres", "mariadb"], default="sqlite")
     parser.add_argument("--sizes", type=lambda text: [int(n) for n in text.split(",")], default=[1000, 10000])
     parser.add_argument("--jobs", type=int, default=1000)
@@ -653,6 +766,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--lead-ms", type=int, default=250)
     parser.add_argument("--policies", action="store_true", help="burst, scale: every job has load_policy()")
+    parser.add_argument("--minutes", type=int, default=2, help="cron: whole minutes measured, after one of warm-up")
+    parser.add_argument("--top-of-minute", action="store_true", help="cron: every job at second 0")
+    parser.add_argument("--claim-ahead", type=float, help="cron: the engines' CLAIM_AHEAD_SECONDS (default: theirs)")
     parser.add_argument("--runs", type=int, default=1_000_000, help="dashboard: runs in the history")
     parser.add_argument("--days", type=float, default=7.0, help="dashboard: the history spans this many days")
     parser.add_argument("--repeat", type=int, default=7, help="dashboard: renders timed")
@@ -665,6 +781,7 @@ def main() -> None:
             "scale": scale,
             "idle": idle,
             "multi": multi,
+            "cron": cron,
             "dashboard": dashboard,
         }
         scenarios[arguments.scenario](arguments)

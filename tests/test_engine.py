@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connection
 from django.utils import timezone
 from taskiq import InMemoryBroker
@@ -464,6 +464,46 @@ def test_without_claim_ahead_a_future_slot_waits(broker: InMemoryBroker, recorde
     assert run(app.engine.run_once) == 0 and recorder.calls == []
 
 
+def test_a_batch_claimed_ahead_holds_up_no_tick(broker: InMemoryBroker, recorder: Recorder) -> None:
+    """Within start() a batch waits for its slot apart from the tick that claimed it: a job due sooner, created
+    meanwhile, is claimed by the next tick and sent at its own slot, not after the earlier batch's."""
+    app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=2.5, idle_sleep_seconds=0.05))
+    later = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=2.5)))
+
+    async def scenario() -> None:
+        await app.start()
+        while not await SchedulerRun.objects.filter(job=later).aexists():  # claimed, waiting for its slot
+            await asyncio.sleep(0.01)
+        slot = timezone.now() + timedelta(milliseconds=500)
+        sooner = await sync_to_async(app.single(task="system.echo").schedule)(OneOffSchedule(run_at=slot))
+        while not await SchedulerRun.objects.filter(job=sooner, status=RunStatus.DISPATCHED).aexists():
+            await asyncio.sleep(0.01)
+        assert not await SchedulerRun.objects.filter(job=later, status=RunStatus.DISPATCHED).aexists()
+        await app.stop()
+
+    run(scenario)
+    sooner_run, later_run = SchedulerRun.objects.order_by("scheduled_for")
+    assert sooner_run.dispatched_at - sooner_run.scheduled_for < timedelta(seconds=1)
+    assert later_run.status == RunStatus.DISPATCHED and later_run.dispatched_at >= later_run.scheduled_for
+    assert len(recorder.calls) == 2
+
+
+def test_stop_sends_and_stores_a_batch_waiting_for_its_slot(broker: InMemoryBroker, recorder: Recorder) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=1))
+    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=1)))
+
+    async def scenario() -> None:
+        await app.start()
+        while not await SchedulerRun.objects.filter(job=job).aexists():
+            await asyncio.sleep(0.01)
+        await app.stop()
+
+    run(scenario)
+    sent = SchedulerRun.objects.get(job=job)
+    assert (sent.status, sent.dispatched_at >= sent.scheduled_for) == (RunStatus.DISPATCHED, True)
+    assert recorder.names() == ["system.echo"]
+
+
 def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
     app = SchedulerApp(broker=broker, config=make_config(record_runs=False))
     job = due_one_off(app)
@@ -734,6 +774,28 @@ def test_sent_outcomes_wait_for_the_database_and_keep_their_leases(
     assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
     assert job_columns(job.id, "dispatch_count") == (1,)
     assert not [message for message in caplog.messages if "Giving up" in message]
+
+
+@pytest.mark.parametrize("store_fails", [False, True])
+def test_outcomes_a_background_batch_adds_while_leftovers_are_stored_are_kept(
+    app: SchedulerApp, monkeypatch: pytest.MonkeyPatch, store_fails: bool
+) -> None:
+    """A batch sending in the background may fail to store its outcomes while a tick stores earlier ones: its
+    outcomes must stay to be stored (their runs stay held until then), whether the tick's store succeeds or not."""
+    engine = app.engine
+    earlier, meanwhile = ["earlier outcome"], ["outcome added meanwhile"]
+    engine._unrecorded = list(earlier)
+
+    async def store(outcomes: list[Any]) -> None:
+        await asyncio.sleep(0)
+        engine._unrecorded.extend(meanwhile)
+        if store_fails:
+            raise ConnectionError("database away")
+
+    monkeypatch.setattr(engine, "_store", store)
+    with pytest.raises(ConnectionError) if store_fails else contextlib.nullcontext():
+        run(engine._record_leftovers)
+    assert engine._unrecorded == (earlier + meanwhile if store_fails else meanwhile)
 
 
 def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
