@@ -34,14 +34,19 @@ def follows_absolute_time(expression: str) -> bool:
     return hours == ["*"] or hours == _ALL_HOURS
 
 
-@lru_cache(maxsize=4096)
 def next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime | None:
     """The first instant strictly after ``after`` that the expression fires at (UTC).
 
-    None when there is none before the end of the calendar (year 9999). Remembered: the jobs of a
-    claim that share an expression and a slot (every job on ``0 * * * *`` at the top of the hour)
-    ask the same question, and croniter takes about 0.2 ms to answer it.
+    None when there is none before the end of the calendar (year 9999).
     """
+    return _remembered_next_fire_time(expression, zone, after.astimezone(UTC))
+
+
+@lru_cache(maxsize=4096)
+def _remembered_next_fire_time(expression: str, zone: ZoneInfo, after: datetime) -> datetime | None:
+    """Remembered: the jobs of a claim that share an expression and a slot (every job on ``0 * * * *`` at the
+    top of the hour) ask the same question, and croniter takes about 0.2 ms to answer it. ``after`` is in UTC:
+    local times one hour apart in a repeated hour (``fold``) compare equal, and would share an answer."""
     try:
         return _next_fire_time(expression, zone, after)
     except (ValueError, OverflowError):  # croniter's CroniterBadDateError, or "year 10000 is out of range"

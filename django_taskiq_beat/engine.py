@@ -223,6 +223,8 @@ class BeatEngine:
         try:
             await self._runner
         finally:
+            # Batches a crashed runner left going: sent and stored before their leases and the heartbeat stop.
+            await asyncio.gather(*self._delayed, *self._in_flight, return_exceptions=True)
             self._runner = self._stop_signal = None
             if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
                 self._keeper.cancel()
@@ -401,7 +403,7 @@ class BeatEngine:
                 if len(self._in_flight) >= _MAX_BATCHES_IN_FLIGHT:
                     done, _ = await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
                     self._in_flight -= done
-                    sent += sum(task.result() for task in done)
+                    sent += _sent_or_raise(await asyncio.gather(*done, return_exceptions=True))
                     continue  # it may have failed to store its outcomes: claim nothing more then
                 claim = await _orm(
                     claims.claim_due,
@@ -431,11 +433,7 @@ class BeatEngine:
                     break
         finally:  # whatever happened to a claim, what was claimed is sent and recorded
             results = await asyncio.gather(*self._batches_to_await(), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            sent += result
-        return sent
+        return sent + _sent_or_raise(results)
 
     def _batches_to_await(self) -> set[asyncio.Task[int]]:
         """``run_once`` on its own waits for every batch it claimed; within ``start()`` they go on by themselves."""
@@ -723,6 +721,14 @@ class BeatEngine:
         for cleanup in (self._run_cleanup, self._job_cleanup, self._engine_cleanup):
             if cleanup.is_due():
                 await cleanup.run()
+
+
+def _sent_or_raise(results: list[int | BaseException]) -> int:
+    """The slots the finished batches sent, or the first error among them (each one read, so none goes unseen)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return sum(result for result in results if isinstance(result, int))
 
 
 def _job(dispatch: claims.Dispatch) -> str:

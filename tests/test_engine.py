@@ -504,6 +504,27 @@ def test_stop_sends_and_stores_a_batch_waiting_for_its_slot(broker: InMemoryBrok
     assert recorder.names() == ["system.echo"]
 
 
+def test_stop_after_the_runner_crashed_still_sends_and_stores_its_batches(
+    broker: InMemoryBroker, recorder: Recorder
+) -> None:
+    app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=1))
+    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=1)))
+
+    async def scenario() -> None:
+        await app.start()
+        while not await SchedulerRun.objects.filter(job=job).aexists():
+            await asyncio.sleep(0.01)
+        runner = app.engine._runner
+        assert runner is not None
+        runner.cancel()  # the runner dies while its batch waits for its slot
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.stop()
+
+    run(scenario)
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+    assert recorder.names() == ["system.echo"]
+
+
 def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
     app = SchedulerApp(broker=broker, config=make_config(record_runs=False))
     job = due_one_off(app)

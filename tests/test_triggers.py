@@ -369,6 +369,15 @@ def test_fixed_time_asked_during_the_repeated_hour_does_not_fire_again() -> None
     assert _daily_0230_berlin().next_after(utc(2026, 10, 25, 1, 10), utc(2026, 1, 1)) == utc(2026, 10, 26, 1, 30)
 
 
+def test_the_two_passes_through_a_repeated_hour_get_their_own_next_fire_time() -> None:
+    """Next fire times are remembered; 02:10 CEST and 02:10 CET, an hour apart, compare equal in Python."""
+    berlin = ZoneInfo("Europe/Berlin")
+    first_pass, second_pass = (datetime(2026, 10, 25, 2, 10, tzinfo=berlin, fold=fold) for fold in (0, 1))
+    trigger = CrontabTrigger.from_expression("*/15 * * * *", "Europe/Berlin")
+    assert trigger.next_after(first_pass) == utc(2026, 10, 25, 0, 15)
+    assert trigger.next_after(second_pass) == utc(2026, 10, 25, 1, 15)
+
+
 @pytest.mark.parametrize(
     "schedule",
     [
