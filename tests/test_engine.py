@@ -488,25 +488,11 @@ def test_a_batch_claimed_ahead_holds_up_no_tick(broker: InMemoryBroker, recorder
     assert len(recorder.calls) == 2
 
 
-def test_stop_sends_and_stores_a_batch_waiting_for_its_slot(broker: InMemoryBroker, recorder: Recorder) -> None:
-    app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=1))
-    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=1)))
-
-    async def scenario() -> None:
-        await app.start()
-        while not await SchedulerRun.objects.filter(job=job).aexists():
-            await asyncio.sleep(0.01)
-        await app.stop()
-
-    run(scenario)
-    sent = SchedulerRun.objects.get(job=job)
-    assert (sent.status, sent.dispatched_at >= sent.scheduled_for) == (RunStatus.DISPATCHED, True)
-    assert recorder.names() == ["system.echo"]
-
-
-def test_stop_after_the_runner_crashed_still_sends_and_stores_its_batches(
-    broker: InMemoryBroker, recorder: Recorder
+@pytest.mark.parametrize("runner_crashed", [False, True], ids=["stopped", "runner-crashed"])
+def test_stop_sends_and_stores_a_batch_waiting_for_its_slot(
+    broker: InMemoryBroker, recorder: Recorder, runner_crashed: bool
 ) -> None:
+    """Also when the runner died first: its batch is sent and stored before the leases and the heartbeat stop."""
     app = SchedulerApp(broker=broker, config=make_config(claim_ahead_seconds=1))
     job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=1)))
 
@@ -516,12 +502,14 @@ def test_stop_after_the_runner_crashed_still_sends_and_stores_its_batches(
             await asyncio.sleep(0.01)
         runner = app.engine._runner
         assert runner is not None
-        runner.cancel()  # the runner dies while its batch waits for its slot
+        if runner_crashed:
+            runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await app.stop()
 
     run(scenario)
-    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+    sent = SchedulerRun.objects.get(job=job)
+    assert (sent.status, sent.dispatched_at >= sent.scheduled_for) == (RunStatus.DISPATCHED, True)
     assert recorder.names() == ["system.echo"]
 
 
