@@ -447,9 +447,7 @@ class BeatEngine:
         if self._stop_signal is None:  # awaited by _dispatch_due, which raises its error
             self._in_flight.add(asyncio.create_task(self._send_and_record(dispatches)))
             return
-        task = asyncio.create_task(self._send_in_background(dispatches))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        self._send_apart(dispatches, self._in_flight)
 
     def _report_failures(self, claim: claims.Claim) -> None:
         """Rows that cannot be sent (unreadable, wrong types, a corrupt trigger): an operator must fix the data."""
@@ -477,10 +475,14 @@ class BeatEngine:
             waits = dispatch.send_at is not None and dispatch.send_at > dispatch.scheduled_for + self._ahead
             (later if waits else ready).append(dispatch)
         if later:
-            task = asyncio.create_task(self._send_in_background(later))
-            self._delayed.add(task)
-            task.add_done_callback(self._delayed.discard)
+            self._send_apart(later, self._delayed)
         return ready
+
+    def _send_apart(self, dispatches: list[claims.Dispatch], tasks: set[asyncio.Task[int]]) -> None:
+        """Send and record in a task of its own, kept in ``tasks`` until done (a stop waits for it)."""
+        task = asyncio.create_task(self._send_in_background(dispatches))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     async def _send_in_background(self, dispatches: list[claims.Dispatch]) -> int:
         """Send and record apart from the ticks; a failure to store is said here, and left to the next tick,

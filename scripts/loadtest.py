@@ -540,11 +540,8 @@ def multi(arguments: argparse.Namespace) -> None:
     rows = []
     for engine_count in sorted({1, arguments.engines}):
         clear()
-        with tempfile.TemporaryDirectory() as directory:
-            sink = Path(directory) / "sink.txt"
-            sink.touch()
-            # No claiming ahead: it would hide the throughput measured.
-            processes = [_start_engine(f"load-{n}", sink, CLAIM_AHEAD_SECONDS=0) for n in range(engine_count)]
+        # No claiming ahead: it would hide the throughput measured.
+        with _engine_processes(engine_count, CLAIM_AHEAD_SECONDS=0) as (_, sends):
             due = timezone.now() + timedelta(seconds=3)
             insert_jobs(arguments.jobs, "one_off", due)
             deadline = time.monotonic() + 120
@@ -552,11 +549,6 @@ def multi(arguments: argparse.Namespace) -> None:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            for process in processes:
-                process.wait(timeout=60)
-            sends = Counter(sink.read_text().split())
         runs = list(SchedulerRun.objects.filter(status="dispatched").values_list("scheduled_for", "dispatched_at"))
         span = (max(d for _, d in runs) - due).total_seconds() if runs else float("inf")
         lost = SchedulerJob.objects.exclude(runs__status="dispatched").count()
@@ -603,27 +595,17 @@ def cron(arguments: argparse.Namespace) -> None:
             status="dispatched", scheduled_for__gte=window_start, scheduled_for__lt=window_end
         )
         expected = arguments.jobs * arguments.minutes
-        with tempfile.TemporaryDirectory() as directory:
-            sink = Path(directory) / "sink.txt"
-            sink.touch()
-            engines = [_start_engine(f"load-{n}", sink, **settings) for n in range(engine_count)]
-            try:
-                time.sleep(max((window_start - timezone.now()).total_seconds(), 0))
-                engine_ticks, machine_ticks = _cpu_ticks_of(engines), _machine_busy_ticks()
-                wall = time.monotonic()
-                time.sleep(max((window_end - timezone.now()).total_seconds(), 0))
-                wall = time.monotonic() - wall
-                engine_cpu = _cpu_ticks_of(engines) - engine_ticks
-                machine_cpu = _machine_busy_ticks() - machine_ticks
-                deadline = time.monotonic() + 120  # the last minute's slots may still be going out
-                while in_window.count() < expected and time.monotonic() < deadline:
-                    time.sleep(1)
-            finally:
-                for engine in engines:
-                    engine.send_signal(signal.SIGTERM)
-                for engine in engines:
-                    engine.wait(timeout=60)
-            sends = Counter(sink.read_text().split())
+        with _engine_processes(engine_count, **settings) as (engines, sends):
+            time.sleep(max((window_start - timezone.now()).total_seconds(), 0))
+            engine_ticks, machine_ticks = _cpu_ticks_of(engines), _machine_busy_ticks()
+            wall = time.monotonic()
+            time.sleep(max((window_end - timezone.now()).total_seconds(), 0))
+            wall = time.monotonic() - wall
+            engine_cpu = _cpu_ticks_of(engines) - engine_ticks
+            machine_cpu = _machine_busy_ticks() - machine_ticks
+            deadline = time.monotonic() + 120  # the last minute's slots may still be going out
+            while in_window.count() < expected and time.monotonic() < deadline:
+                time.sleep(1)
         lag = percentiles(
             [(d - s).total_seconds() * 1000 for s, d in in_window.values_list("scheduled_for", "dispatched_at")]
         )
@@ -737,6 +719,25 @@ def dashboard(arguments: argparse.Namespace) -> None:
             }
         ],
     )
+
+
+@contextlib.contextmanager
+def _engine_processes(count: int, **settings: Any) -> Iterator[tuple[list[subprocess.Popen[bytes]], Counter[str]]]:
+    """``count`` engine processes sharing one broker sink, stopped (SIGTERM) on leaving; the counter is then
+    filled with the task ids sent, each as many times as it was sent."""
+    sends: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as directory:
+        sink = Path(directory) / "sink.txt"
+        sink.touch()
+        processes = [_start_engine(f"load-{n}", sink, **settings) for n in range(count)]
+        try:
+            yield processes, sends
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                process.wait(timeout=60)
+            sends.update(sink.read_text().split())
 
 
 def _start_engine(name: str, sink: Path, **settings: Any) -> subprocess.Popen[bytes]:
