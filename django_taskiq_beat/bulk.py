@@ -42,6 +42,15 @@ def begin_write() -> None:
             cursor.execute("UPDATE scheduler_job SET id = id WHERE 0 = 1")
 
 
+def writes_side_by_side() -> bool:
+    """Whether a second connection of this process can write while the first one does.
+
+    Not on SQLite: it has one writer at a time, so a second connection would only wait
+    for the first one's lock.
+    """
+    return connection.vendor != "sqlite"
+
+
 _SYNC_LOCK_KEY = 0x7A5B_5C01  # any constant: the lock's name among the project's advisory locks
 _SYNC_LOCK_WAIT_SECONDS = 3600
 

@@ -30,8 +30,9 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 from taskiq import AsyncBroker
 
-from django_taskiq_beat import claims, logs, registry
+from django_taskiq_beat import bulk, claims, logs, registry
 from django_taskiq_beat.conf import SchedulerConfig
+from django_taskiq_beat.dbthread import DatabaseThread
 from django_taskiq_beat.sending import send_task
 
 logger = logging.getLogger("django_taskiq_beat.engine")
@@ -187,6 +188,8 @@ class BeatEngine:
             "heartbeat_before",
         )
         self._heartbeat = registry.Heartbeat(config, self._heartbeat_counts)
+        # Stores outcomes and renews leases on a connection of its own while the tick's thread claims.
+        self._writer = DatabaseThread(f"taskiq-beat-writer-{config.scheduler_id}")
         # Called with the lag (seconds from slot to send) of each slot the broker took; ``metrics`` sets it.
         self.send_lag_observer: Callable[[float], None] | None = None
 
@@ -206,6 +209,8 @@ class BeatEngine:
         self._wake = asyncio.Event()
         self._stop_signal = self._loop.create_future()
         self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)  # shared by batches of every tick
+        if bulk.writes_side_by_side():
+            self._writer.start()
         self._runner = asyncio.create_task(self._run(), name=f"taskiq-beat-engine-{self.config.scheduler_id}")
         self._runner.add_done_callback(self._report_crash)
         self._heartbeat.start()
@@ -228,6 +233,7 @@ class BeatEngine:
             self._runner = self._stop_signal = None
             if self._keeper is not None:  # nothing is held any more: stored, or given up at stop
                 self._keeper.cancel()
+            await self._writer.close()
             await self._heartbeat.stop()  # beats until here: others leave what it holds alone
         logger.info("Scheduler engine stopped.")
 
@@ -606,12 +612,12 @@ class BeatEngine:
         """
         now = timezone.now()
         try:
-            await _orm(claims.record, outcomes, now, self.config.record_runs, self._retry)
+            await self._write(claims.record, outcomes, now, self.config.record_runs, self._retry)
         except claims.STORE_DATA_ERRORS:
             logger.warning(
                 "The database refused a batch of send outcomes for its values; storing them one by one.", exc_info=True
             )
-            for outcome in await _orm(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
+            for outcome in await self._write(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
                 logger.error(
                     "The outcome of the send of job %s (run %s) cannot be stored; the run is sent again after its"
                     " lease.",
@@ -620,6 +626,15 @@ class BeatEngine:
                     extra={**_job_extra(outcome.dispatch), "run_id": outcome.dispatch.run_id},
                 )
         self._release(outcomes)
+
+    async def _write(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """Outcomes and lease renewals go to the writer's thread where it runs, so they wait for no claim.
+
+        Where it does not (SQLite, ``run_once`` on its own) they take the tick's thread.
+        """
+        if self._writer.is_running:
+            return await self._writer(function, *args, **kwargs)
+        return await _orm(function, *args, **kwargs)
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
@@ -643,7 +658,7 @@ class BeatEngine:
         while self._held:
             await asyncio.sleep(self._renew_seconds)
             try:
-                missed = await _orm(
+                missed = await self._write(
                     claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
                 )
             except Exception as exc:

@@ -23,21 +23,16 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
-
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from typing import Any
 
 from django_taskiq_beat import logs
 from django_taskiq_beat.conf import SchedulerConfig
+from django_taskiq_beat.dbthread import DatabaseThread
 from django_taskiq_beat.models import DatabaseNow, SchedulerEngine
 
 logger = logging.getLogger("django_taskiq_beat.engine")
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 RETENTION_DAYS = 7  # rows of engines stopped or dead longer ago than this are deleted by the engine's cleanup
 
 
@@ -72,16 +67,6 @@ def delete_engines_silent_since(cutoff: datetime) -> int:
     return deleted
 
 
-def _in_own_connection(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-    """Run on the heartbeat's thread: a connection past its age or broken is replaced first, and closed on error."""
-    close_old_connections()
-    try:
-        return function(*args, **kwargs)
-    except Exception:
-        connection.close()
-        raise
-
-
 class Heartbeat:
     """Keeps this engine's row alive and knows whether this engine may judge other engines' heartbeats."""
 
@@ -91,33 +76,32 @@ class Heartbeat:
         self._on_time = 2 * config.heartbeat_seconds  # the longest gap between beats of a connected engine
         self._dead_after = timedelta(seconds=config.engine_dead_after_seconds)
         self._counts = counts
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = DatabaseThread(f"taskiq-beat-heartbeat-{self.engine_id}")
         self._task: asyncio.Task[None] | None = None
         self._connected_since: float | None = None  # monotonic: since when the beats have been on time
         self._last_beat = 0.0
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"taskiq-beat-heartbeat-{self.engine_id}")
+        self._thread.start()
         self._connected_since = None
         self._task = asyncio.create_task(self._beat_until_stopped(), name=f"taskiq-beat-heartbeat-{self.engine_id}")
 
     async def stop(self) -> None:
         """Stop beating and mark the row stopped; with the database away the row is left to look dead."""
-        if self._task is None or self._executor is None:
+        if self._task is None:
             return
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         try:
-            await self._call(mark_stopped, self.engine_id, self._counts())
-            await self._call(lambda: connection.close())  # the heartbeat thread's connection, looked up there
+            await self._thread(mark_stopped, self.engine_id, self._counts())
         except Exception as exc:
             logger.warning(
                 "Could not mark this engine stopped (%s); it counts as dead once its heartbeat is old.",
                 logs.error_text(exc),
             )
         finally:
-            self._executor.shutdown(wait=False)
+            await self._thread.close()
 
     def disconnected(self) -> None:
         """The database failed this engine (a tick or a lease renewal): stop judging others for a while."""
@@ -135,7 +119,7 @@ class Heartbeat:
         beats = logs.Outage(logger, "Scheduler engine heartbeat")
         while True:
             try:
-                await self._call(beat, self.engine_id, self._counts(), starting)
+                await self._thread(beat, self.engine_id, self._counts(), starting)
             except Exception as exc:
                 beats.failed(exc, self._interval)
             else:
@@ -149,8 +133,3 @@ class Heartbeat:
         if self._connected_since is None or now - self._last_beat > self._on_time:
             self._connected_since = now
         self._last_beat = now
-
-    async def _call(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        return await sync_to_async(_in_own_connection, thread_sensitive=False, executor=self._executor)(
-            function, *args, **kwargs
-        )

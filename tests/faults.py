@@ -10,11 +10,7 @@ from contextlib import contextmanager
 
 from django.db import connection
 
-# What the engine's log shows when its session is cut.
-SESSION_CUT = {
-    "postgresql": ("terminating connection due to administrator command",),
-    "mysql": ("Connection was killed", "Lost connection", "server has gone away"),
-}
+# What the engine's log shows when the server refuses writes.
 WRITES_REFUSED = {"postgresql": "read-only transaction", "mysql": "--read-only option"}
 
 

@@ -7,6 +7,7 @@ ORM thread, so these tests commit for real (``transaction=True``).
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -511,6 +512,50 @@ def test_stop_sends_and_stores_a_batch_waiting_for_its_slot(
     sent = SchedulerRun.objects.get(job=job)
     assert (sent.status, sent.dispatched_at >= sent.scheduled_for) == (RunStatus.DISPATCHED, True)
     assert recorder.names() == ["system.echo"]
+
+
+def test_outcomes_are_stored_while_the_next_claim_runs_where_the_database_takes_two_writers(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within start() on PostgreSQL and MariaDB a batch's outcomes go through a connection of their own, so they do
+    not wait for the tick's next claim; SQLite has one writer, so there they wait for it."""
+    app = SchedulerApp(broker=broker, config=make_config(dispatch_batch_size=1))
+    first, second = due_one_off(app), due_one_off(app)
+    real_claim_due, claims_made = claims.claim_due, [0]
+    claiming, release = threading.Event(), threading.Event()
+
+    def slow_second_claim(*args: Any, **kwargs: Any) -> claims.Claim:
+        claims_made[0] += 1
+        if claims_made[0] == 2:  # the first batch (one slot) is being sent and stored meanwhile
+            claiming.set()
+            release.wait(10)
+        return real_claim_due(*args, **kwargs)
+
+    def stored_status(job: SchedulerJob) -> str:
+        """Read through a connection of its own: the tick's thread is busy."""
+        try:
+            return SchedulerRun.objects.get(job=job).status
+        finally:
+            connection.close()
+
+    async def scenario() -> bool:
+        await app.start()
+        while not claiming.is_set():
+            await asyncio.sleep(0.01)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            if await sync_to_async(stored_status, thread_sensitive=False)(first) == RunStatus.DISPATCHED:
+                break
+            await asyncio.sleep(0.05)
+        stored_while_claiming = await sync_to_async(stored_status, thread_sensitive=False)(first)
+        release.set()
+        await app.stop()
+        return stored_while_claiming == RunStatus.DISPATCHED
+
+    monkeypatch.setattr(claims, "claim_due", slow_second_claim)
+    assert run(scenario) is (connection.vendor != "sqlite")
+    assert [stored_status(job) for job in (first, second)] == [RunStatus.DISPATCHED] * 2
+    assert len(recorder.calls) == 2
 
 
 def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:

@@ -366,18 +366,19 @@ def cut_off_role() -> Iterator[str]:
 
 
 @contextmanager
-def cut_off(engine: EngineProcess, role: str) -> Iterator[None]:
+def cut_off(engine: EngineProcess, role: str) -> Iterator[list[int]]:
     """Cut the engine's connections again and again, and refuse its new ones, until the block ends.
 
-    Terminating backends alone is no outage: a new connection commits within a millisecond or
-    two, before the next terminate finds it.
+    Yields the count of sessions cut so far. Terminating backends alone is no outage: a new
+    connection commits within a millisecond or two, before the next terminate finds it.
     """
     done = threading.Event()
+    cuts = [0]
 
     def cut() -> None:
         try:
             while not done.wait(0.02):
-                faults.cut_sessions(engine.name)
+                cuts[0] += faults.cut_sessions(engine.name)
         finally:
             connection.close()  # this thread's own connection
 
@@ -385,7 +386,7 @@ def cut_off(engine: EngineProcess, role: str) -> Iterator[None]:
     cutter = threading.Thread(target=cut)
     cutter.start()
     try:
-        yield
+        yield cuts
     finally:
         done.set()
         cutter.join()
@@ -427,9 +428,11 @@ def test_connections_cut_again_and_again_cost_no_repeated_send(
 ) -> None:
     engine = engines("engine-cut-off", SLOW_BATCH, send_delay=0.1, database_user=cut_off_role)
     job_ids = sending_a_batch(engine, app, sink)
-    with cut_off(engine, cut_off_role):
+    with cut_off(engine, cut_off_role) as cuts:
         time.sleep(OUTAGE_SECONDS)
-        assert any(message in engine.log() for message in faults.SESSION_CUT[connection.vendor]), engine.log()
+    # Live sessions were cut mid-batch. Which error the engine then logs depends on the connection that meets
+    # the cut first: a health check (CONN_HEALTH_CHECKS) replaces a cut connection, and meets the refused login.
+    assert cuts[0] > 0
     assert_sent_once(job_ids, sink)
     assert_outage_logged_briefly(engine)
 
