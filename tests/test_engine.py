@@ -830,6 +830,34 @@ def test_sent_outcomes_wait_for_the_database_and_keep_their_leases(
     assert not [message for message in caplog.messages if "Giving up" in message]
 
 
+def test_a_batch_whose_outcomes_are_refused_says_so_once_and_the_next_tick_stores_them_at_once(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch sent in the background whose store fails wakes the loop: its outcomes are stored as soon as the
+    database takes them, not at the next sync 30 s later, and the refusal is one WARNING, not one per retry."""
+    app = SchedulerApp(broker=broker, config=make_config(idle_sleep_seconds=0.05))
+    refuse_records(monkeypatch, seconds=0.3)
+    job = due_one_off(app)
+
+    async def scenario() -> float:
+        await app.start()
+        started = time.monotonic()
+        while not await SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).aexists():
+            if time.monotonic() - started > 10:
+                break
+            await asyncio.sleep(0.05)
+        stored_after = time.monotonic() - started
+        await app.stop()
+        return stored_after
+
+    assert run(scenario) < 5
+    refused = (
+        "Storing the outcomes of 1 send failed: OperationalError: database is locked; trying again at the next tick."
+    )
+    assert caplog.messages.count(refused) == 1
+    assert recorder.names() == ["system.echo"]
+
+
 @pytest.mark.parametrize("store_fails", [False, True])
 def test_outcomes_a_background_batch_adds_while_leftovers_are_stored_are_kept(
     app: SchedulerApp, monkeypatch: pytest.MonkeyPatch, store_fails: bool
