@@ -1002,7 +1002,7 @@ def _retry(
 
 
 # Cleanups delete a chunk per call, so that between chunks the engine's database thread is free for its
-# claims and lease renewals: the first purge of a long history must not hold it for minutes.
+# claims (and, on SQLite, its lease renewals): the first purge of a long history must not hold it for minutes.
 _RUN_DELETE_CHUNK = 5000
 _JOB_DELETE_CHUNK = 500
 

@@ -23,8 +23,14 @@ _R = TypeVar("_R")
 
 
 def _in_own_connection(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-    """A connection past its age or broken is replaced first, and closed on error."""
-    close_old_connections()
+    """A connection that failed is closed, so the next call opens a new one.
+
+    With ``CONN_MAX_AGE = 0`` (Django's default: close at the end of each request) the
+    connection is kept between calls, which are many and small, not requests; with a
+    maximum age, one past it (or unusable) is replaced first, as Django does per request.
+    """
+    if connection.settings_dict["CONN_MAX_AGE"] != 0:
+        close_old_connections()
     try:
         return function(*args, **kwargs)
     except Exception:
@@ -48,7 +54,8 @@ class DatabaseThread:
         return self._executor is not None
 
     def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        if self._executor is None:  # started again without close() (a crashed runner): keep the thread
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
 
     async def __call__(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
         assert self._executor is not None, "DatabaseThread called before start()"

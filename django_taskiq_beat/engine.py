@@ -237,6 +237,12 @@ class BeatEngine:
             await self._heartbeat.stop()  # beats until here: others leave what it holds alone
         logger.info("Scheduler engine stopped.")
 
+    @property
+    def _started(self) -> bool:
+        """From ``start()`` to the end of ``stop()``: batches and jittered sends then go on apart from the ticks.
+        Outside it (``run_once`` on its own) everything is sent and recorded within the call."""
+        return self._stop_signal is not None
+
     def wake(self) -> None:
         """Re-check the database now (a job changed); safe from any thread."""
         if self._loop is None or self._wake is None or self._loop.is_closed():
@@ -347,7 +353,7 @@ class BeatEngine:
     async def run_once(self) -> int:
         """One tick: re-send orphaned runs, send every due slot, clean up. Returns slots sent."""
         await _orm(close_old_connections)
-        if self._stop_signal is None:  # run_once on its own, maybe in an event loop of its own
+        if not self._started:  # run_once on its own, maybe in an event loop of its own
             self._send_limit = asyncio.Semaphore(self.config.dispatch_concurrency)
         await self._record_leftovers()
         self._counters.sync_count += 1
@@ -443,14 +449,14 @@ class BeatEngine:
 
     def _batches_to_await(self) -> set[asyncio.Task[int]]:
         """``run_once`` on its own waits for every batch it claimed; within ``start()`` they go on by themselves."""
-        if self._stop_signal is not None:
+        if self._started:
             return set()
         waiting, self._in_flight = self._in_flight, set()
         return waiting
 
     def _start_batch(self, dispatches: list[claims.Dispatch]) -> None:
         """Send and record a claimed batch in a task of its own: see ``_dispatch_due``."""
-        if self._stop_signal is None:  # awaited by _dispatch_due, which raises its error
+        if not self._started:  # awaited by _dispatch_due, which raises its error
             self._in_flight.add(asyncio.create_task(self._send_and_record(dispatches)))
             return
         self._send_apart(dispatches, self._in_flight)
@@ -473,7 +479,7 @@ class BeatEngine:
         Their runs are held (leases renewed) like any claimed run; a stop sends them at once.
         Outside ``start()`` (``run_once``) everything is sent within the call.
         """
-        if self._stop_signal is None:
+        if not self._started:
             return dispatches
         ready: list[claims.Dispatch] = []
         later: list[claims.Dispatch] = []
@@ -628,9 +634,10 @@ class BeatEngine:
         self._release(outcomes)
 
     async def _write(self, function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        """Outcomes and lease renewals go to the writer's thread where it runs, so they wait for no claim.
+        """Outcomes and lease renewals go to the writer's thread where it runs, so they do not queue behind the
+        tick's claims (a record that writes a job row still waits for a claim holding that row's lock).
 
-        Where it does not (SQLite, ``run_once`` on its own) they take the tick's thread.
+        Where it does not run (SQLite, ``run_once`` on its own) they take the tick's thread.
         """
         if self._writer.is_running:
             return await self._writer(function, *args, **kwargs)
@@ -664,7 +671,8 @@ class BeatEngine:
             except Exception as exc:
                 renewals.failed(exc, self._renew_seconds)
                 self._heartbeat.disconnected()
-                await self._reset_connection()
+                if not self._writer.is_running:  # the writer has closed its own connection already
+                    await self._reset_connection()
                 continue
             renewals.succeeded()
             self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran

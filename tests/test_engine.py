@@ -28,6 +28,7 @@ from django_taskiq_beat import (
     claims,
     logs,
 )
+from django_taskiq_beat.dbthread import DatabaseThread
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, Recorder, store_raw
 
@@ -540,22 +541,55 @@ def test_outcomes_are_stored_while_the_next_claim_runs_where_the_database_takes_
 
     async def scenario() -> bool:
         await app.start()
-        while not claiming.is_set():
-            await asyncio.sleep(0.01)
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
-            if await sync_to_async(stored_status, thread_sensitive=False)(first) == RunStatus.DISPATCHED:
-                break
-            await asyncio.sleep(0.05)
-        stored_while_claiming = await sync_to_async(stored_status, thread_sensitive=False)(first)
-        release.set()
-        await app.stop()
+        try:
+            assert await asyncio.to_thread(claiming.wait, 10), "the second claim never started"
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:
+                if await sync_to_async(stored_status, thread_sensitive=False)(first) == RunStatus.DISPATCHED:
+                    break
+                await asyncio.sleep(0.05)
+            stored_while_claiming = await sync_to_async(stored_status, thread_sensitive=False)(first)
+        finally:
+            release.set()
+            await app.stop()
         return stored_while_claiming == RunStatus.DISPATCHED
 
     monkeypatch.setattr(claims, "claim_due", slow_second_claim)
     assert run(scenario) is (connection.vendor != "sqlite")
     assert [stored_status(job) for job in (first, second)] == [RunStatus.DISPATCHED] * 2
     assert len(recorder.calls) == 2
+
+
+@pytest.mark.parametrize("max_age", [0, 60], ids=["CONN_MAX_AGE=0", "CONN_MAX_AGE=60"])
+def test_a_database_thread_keeps_its_connection_between_calls_and_replaces_it_after_an_error(
+    monkeypatch: pytest.MonkeyPatch, max_age: int
+) -> None:
+    """Also with Django's default CONN_MAX_AGE = 0: the writer's calls (a store per batch) are not requests, and a
+    new connection for each would cost a connect per batch."""
+    monkeypatch.setitem(connection.settings_dict, "CONN_MAX_AGE", max_age)
+    thread = DatabaseThread("test-database-thread")
+
+    def current() -> Any:
+        connection.ensure_connection()
+        return connection.connection  # kept by the test, so a new one cannot reuse its id
+
+    def failing() -> None:
+        connection.ensure_connection()
+        raise ValueError("a statement failed")
+
+    async def scenario() -> list[Any]:
+        thread.start()
+        try:
+            seen = [await thread(current), await thread(current)]
+            with pytest.raises(ValueError):
+                await thread(failing)
+            return [*seen, await thread(current)]
+        finally:
+            await thread.close()
+
+    first, second, after_the_error = run(scenario)
+    assert first is second
+    assert after_the_error is not first
 
 
 def test_record_runs_off_keeps_no_history(broker: InMemoryBroker) -> None:
