@@ -38,7 +38,8 @@ def _in_own_connection(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.
         raise
 
 
-def _close_connection() -> None:
+def close_connection() -> None:
+    """Close this thread's connection (Django keeps one per thread)."""
     connection.close()
 
 
@@ -68,7 +69,7 @@ class DatabaseThread:
         if self._executor is None:
             return
         try:
-            await self(_close_connection)
+            await self(close_connection)
         except Exception as exc:  # the connection is unusable either way; it must not keep the engine from stopping
             logger.warning("Closing the %s thread's database connection failed: %s", self.name, logs.error_text(exc))
         finally:

@@ -26,13 +26,13 @@ from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, connection
+from django.db import close_old_connections
 from django.utils import timezone
 from taskiq import AsyncBroker
 
 from django_taskiq_beat import bulk, claims, logs, registry
 from django_taskiq_beat.conf import SchedulerConfig
-from django_taskiq_beat.dbthread import DatabaseThread
+from django_taskiq_beat.dbthread import DatabaseThread, close_connection
 from django_taskiq_beat.sending import send_task
 
 logger = logging.getLogger("django_taskiq_beat.engine")
@@ -129,10 +129,6 @@ class _Counters:
 async def _orm(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """Run ORM code in Django's async ORM thread, never on the event loop."""
     return await sync_to_async(function)(*args, **kwargs)
-
-
-def _close_connection() -> None:
-    connection.close()
 
 
 class BeatEngine:
@@ -342,7 +338,7 @@ class BeatEngine:
 
     async def _reset_connection(self) -> None:
         try:
-            await _orm(_close_connection)
+            await _orm(close_connection)
         except Exception as exc:
             logger.warning(
                 "Closing the database connection failed: %s",

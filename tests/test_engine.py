@@ -543,12 +543,12 @@ def test_outcomes_are_stored_while_the_next_claim_runs_where_the_database_takes_
         await app.start()
         try:
             assert await asyncio.to_thread(claiming.wait, 10), "the second claim never started"
+            read_apart = sync_to_async(stored_status, thread_sensitive=False)
             deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:
-                if await sync_to_async(stored_status, thread_sensitive=False)(first) == RunStatus.DISPATCHED:
+            while (stored_while_claiming := await read_apart(first)) != RunStatus.DISPATCHED:
+                if time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.05)
-            stored_while_claiming = await sync_to_async(stored_status, thread_sensitive=False)(first)
         finally:
             release.set()
             await app.stop()
