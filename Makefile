@@ -55,12 +55,13 @@ lint: $(BIN)/.lint-installed
 	$(BIN)/mypy
 
 # The whole matrix by default; CI leaves out py311-django52, which `make test` has just run
-# (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2).
+# (Django 6 needs Python 3.12, so Python 3.11's venv always has Django 5.2). The environments run side by
+# side, one per core (each with its own SQLite file and ports); each prints its output when it ends.
 TOX_ENVS ?= py311-django52,py312-django60,py313-django61
 
 tox: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet tox
-	$(BIN)/tox run -e $(TOX_ENVS)
+	$(BIN)/tox run-parallel --parallel-no-spinner -e $(TOX_ENVS)
 
 clean:
 	rm -rf $(VENV) .tox testproject/demo.sqlite3 site dist
