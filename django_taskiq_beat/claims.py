@@ -113,7 +113,9 @@ class Outcome:
 class Claim:
     dispatches: list[Dispatch]
     row_count: int  # rows taken, including those that failed before sending
-    failures: list[Outcome]  # rows that failed before sending (recorded, retry scheduled), never sent
+    # Rows that failed before sending, never sent: recorded with a retry by ``claim_due``; left to the caller's
+    # ``record`` by ``claim_expired``, which has claimed their runs.
+    failures: list[Outcome]
     conflicts: int = 0  # slots whose run another writer had recorded first (the unique key on job and slot)
     skips: list[Unsent] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
     held: list[Unsent] = field(default_factory=list)  # slots waiting for their job's previous run (``buffer_one``)
@@ -152,6 +154,10 @@ class UnusableRowError(ValueError):
 def _read(rows: QuerySet[Any], fields: Sequence[str], limit: int | None) -> list[tuple[Any, ...]]:
     """The first ``limit`` rows' ``fields`` (None: all), in one query.
 
+    Every read of locked ``rows`` here selects the key too: Django's ``FOR UPDATE OF`` names only tables with a
+    selected column, and without it a read of a joined job's columns would lock (or, skipping locked rows, miss)
+    the job rows as well.
+
     Only if a stored value cannot be converted are the rows read one by one, a value that
     cannot be read becoming None, so that one bad row costs only itself (``_require_types``
     reports it). On PostgreSQL the conversion fails in the client after the server ran the
@@ -170,7 +176,7 @@ def _read_row(row: QuerySet[Any], fields: Sequence[str]) -> tuple[Any, ...]:
 
 
 def _read_value(row: QuerySet[Any], field: str) -> Any:
-    return read_or(row.values_list(field, flat=True).get, lambda _: None)
+    return read_or(lambda: row.values_list("pk", field).get()[1], lambda _: None)
 
 
 def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], types: Mapping[str, type]) -> None:
@@ -178,7 +184,7 @@ def _require_types(rows: QuerySet[Any], key: str, values: Mapping[str, Any], typ
     wrong = [name for name, kind in types.items() if not isinstance(values[name], kind)]
     if not wrong:
         return
-    stored = rows.filter(pk=key).values_list(*(Cast(name, TextField()) for name in wrong)).get()
+    stored = rows.filter(pk=key).values_list("pk", *(Cast(name, TextField()) for name in wrong)).get()[1:]
     raise UnusableRowError(
         "; ".join(
             f"{name} holds {text!r}, not a {types[name].__name__}" for name, text in zip(wrong, stored, strict=True)
@@ -645,7 +651,6 @@ def claim_expired(
     now: datetime,
     limit: int,
     lease: timedelta,
-    retry: RetryPolicy,
     engines_dead_after: timedelta | None = None,
     stale: timedelta = _STALE_RUN,
 ) -> Claim:
@@ -657,7 +662,12 @@ def claim_expired(
     for its lease. A slot held by ``overlap="buffer_one"`` is free once its job has no other
     unfinished run, unless the job is paused. A run keeps its jitter: one claimed early goes at
     its time. A run that cannot be sent (its job's stored arguments unreadable or of the
-    wrong type) is recorded failed, with a retry as for a failed send, instead of failing the tick.
+    wrong type) is claimed too and returned as a failure, for the caller to ``record`` (a failed
+    run and a retry, as for a failed send) instead of failing the tick.
+
+    Nothing here writes a job: ``record`` writes jobs before runs, as every writer does, and
+    doing that while this transaction holds run locks could deadlock with a writer of
+    outcomes (the engine's own, on its connection of its own).
     """
     free = Q(lease_expires_at__lt=now) | _released(now, stale)
     if engines_dead_after is not None:
@@ -725,12 +735,11 @@ def claim_expired(
                     counted_as_sent=not first_send,
                 )
             )
-        if dispatches:
-            SchedulerRun.objects.filter(id__in=[dispatch.run_id for dispatch in dispatches]).update(
+        taken = [dispatch.run_id for dispatch in dispatches] + [outcome.dispatch.run_id for outcome in unsendable]
+        if taken:
+            SchedulerRun.objects.filter(id__in=taken).update(
                 claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
             )
-        if unsendable:
-            record(unsendable, now, True, retry)
     claimants = {run.id: run.claimed_by for run in runs}
     return Claim(
         dispatches,

@@ -362,7 +362,6 @@ class BeatEngine:
             timezone.now(),
             self.config.dispatch_batch_size,
             self._lease,
-            self._retry,
             self._heartbeat.dead_after(),
             self._stale,
         )
@@ -390,6 +389,9 @@ class BeatEngine:
         ready = self._send_jittered_later(orphans.dispatches)
         if ready:
             sent += await self._send_and_record(ready)
+        if orphans.failures:  # claimed, not recorded: stored as a failed send's outcome is
+            self._hold([outcome.dispatch for outcome in orphans.failures])
+            await self._store_or_keep(orphans.failures)
         sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
@@ -546,11 +548,7 @@ class BeatEngine:
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
         self._observe_send_lags(outcomes)
-        try:
-            await self._store(outcomes)
-        except Exception:
-            self._unrecorded.extend(outcomes)  # kept until stored: see _record_leftovers
-            raise
+        await self._store_or_keep(outcomes)
         return sent
 
     def _observe_send_lags(self, outcomes: list[claims.Outcome]) -> None:
@@ -564,6 +562,14 @@ class BeatEngine:
                     observe((outcome.dispatched_at - outcome.dispatch.scheduled_for).total_seconds())
         except Exception:
             logger.exception("The send lag observer failed.")
+
+    async def _store_or_keep(self, outcomes: list[claims.Outcome]) -> None:
+        """Store outcomes of held runs; while the database is away they are kept until stored (_record_leftovers)."""
+        try:
+            await self._store(outcomes)
+        except Exception:
+            self._unrecorded.extend(outcomes)
+            raise
 
     async def _record_leftovers(self) -> None:
         """Store the outcomes an earlier store could not; raises while the database is away.

@@ -9,13 +9,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
@@ -785,6 +786,55 @@ def test_pending_run_of_a_job_with_unreadable_arguments_is_recorded_failed(
     )
     assert (last_error, failures, enabled) == (failed.error, 1, True)  # retried, as a failed send is
     assert before + timedelta(seconds=4) < next_run_at < timezone.now() + timedelta(seconds=6)
+
+
+@contextlib.contextmanager
+def job_locked_elsewhere(job_id: str) -> Iterator[BaseDatabaseWrapper]:
+    """Another session holds the job row's lock, as a record in progress does; waiting for it fails after 2 s."""
+    if connection.vendor != "postgresql":
+        pytest.skip(
+            "PostgreSQL: MariaDB's SKIP LOCKED also skips a run whose job row is locked (no FOR UPDATE OF), and"
+            " SQLite has no row locks"
+        )
+    writer = connections.create_connection(DEFAULT_DB_ALIAS)
+    writer.set_autocommit(False)
+    try:
+        with writer.cursor() as cursor:
+            cursor.execute("SELECT id FROM scheduler_job WHERE id = %s FOR UPDATE", [job_id])
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '2s'")  # waiting for the job's lock fails instead of hanging
+        yield writer
+    finally:
+        writer.rollback()
+        writer.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+
+
+def test_taking_over_a_run_that_cannot_be_sent_writes_no_job_while_it_holds_run_locks(app: SchedulerApp) -> None:
+    """The take-over claims the run and leaves its failure to ``record``, after the claim has committed: a claim
+    that wrote the job while holding the run's lock could deadlock with a writer of outcomes, which takes jobs
+    first (the engine's own writer, on its own connection). Its types are checked without locking the job."""
+    job, orphan = dead_engines_claim(app)
+    store_raw("scheduler_job", job.id, "task_args", '"abc"')
+    with job_locked_elsewhere(job.id) as writer:
+        claim = claims.claim_expired("engine-a", timezone.now(), 10, timedelta(seconds=30))
+        with writer.cursor() as cursor:  # the claim has committed: the run's lock is free
+            cursor.execute("SELECT claimed_by FROM scheduler_run WHERE id = %s FOR UPDATE NOWAIT", [orphan.run_id])
+            assert cursor.fetchone() == ("engine-a",)
+    (failure,) = claim.failures
+    assert claim.dispatches == [] and failure.dispatch.run_id == orphan.run_id and "task_args holds" in failure.error
+    claims.record(claim.failures, timezone.now(), True, claims.RetryPolicy(5, 300))
+    assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.FAILED
+
+
+def test_taking_over_a_run_reads_an_unreadable_job_value_without_locking_the_job(app: SchedulerApp) -> None:
+    """A value read one by one (the row's values could not all be converted) does not lock, or skip, its job."""
+    job, orphan = dead_engines_claim(app)
+    store_raw("scheduler_job", job.id, "next_run_at", UNREADABLE_TIMES[connection.vendor][0])
+    with job_locked_elsewhere(job.id):
+        (resent,) = claims.claim_expired("engine-a", timezone.now(), 10, timedelta(seconds=30)).dispatches
+    assert (resent.run_id, resent.next_slot) == (orphan.run_id, None)
 
 
 def test_pending_run_of_a_job_with_an_unreadable_slot_is_sent(app: SchedulerApp, recorder: Recorder) -> None:

@@ -49,7 +49,7 @@ def claim(now: datetime) -> claims.Claim:
 
 
 def release(now: datetime) -> claims.Claim:
-    return claims.claim_expired("engine-a", now, 256, timedelta(minutes=1), RETRY)
+    return claims.claim_expired("engine-a", now, 256, timedelta(minutes=1))
 
 
 def send(result: claims.Claim, now: datetime) -> list[str]:

@@ -171,7 +171,7 @@ def test_backfilled_slots_are_counted_when_they_are_sent(app: SchedulerApp, monk
     job = hourly(app)
     now = timezone.now()
     assert app.backfill(job.id, now - timedelta(hours=3, minutes=30), now - timedelta(minutes=1)) == 3
-    orphans = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY)
+    orphans = claims.claim_expired("engine-a", timezone.now(), 10, LEASE)
     assert len(orphans.dispatches) == 3 and not any(d.counted_as_sent for d in orphans.dispatches)
     assert shown(job.id)[0] == 0
     tables = written_tables(monkeypatch)
@@ -188,7 +188,7 @@ def test_a_failed_backfilled_slot_takes_back_nothing(app: SchedulerApp) -> None:
     before = shown(job.id)
     now = timezone.now()
     assert app.backfill(job.id, now - timedelta(hours=2, minutes=30), now - timedelta(hours=1, minutes=30)) == 1
-    (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE).dispatches
     claims.record(failed([orphan], now), now, True, RETRY)
     assert shown(job.id)[:3] == before[:3]
 
@@ -204,7 +204,7 @@ def test_a_streak_of_failed_sends_stays_on_the_job_until_a_send_goes_through(
     (claimed,) = claims.claim_due("dead-engine", timezone.now(), 10, timedelta(seconds=-1), RETRY).dispatches
     count, task_id, _, failures, error = shown("hourly")
     assert (count, task_id, failures, error) == (1, claimed.run_id, 2, "ConnectionError: boom")
-    (resent,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    (resent,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE).dispatches
     assert (resent.run_id, resent.failures, resent.counted_as_sent) == (claimed.run_id, 2, True)
     tables = written_tables(monkeypatch)
     now = timezone.now()
@@ -271,7 +271,7 @@ def test_an_immediate_send_is_counted_once_when_an_engine_sends_it_for_a_process
     (run_id,) = SchedulerRun.objects.filter(job=job).values_list("id", flat=True)
     assert shown(job.id)[:2] == (1, run_id)
     lease_expired = timezone.now() + timedelta(seconds=app.config.claim_ttl_seconds + 1)
-    (resent,) = claims.claim_expired("engine-a", lease_expired, 10, LEASE, RETRY).dispatches
+    (resent,) = claims.claim_expired("engine-a", lease_expired, 10, LEASE).dispatches
     claims.record(sent([resent], lease_expired), lease_expired, True, RETRY)
     assert shown(job.id)[:2] == (1, run_id)
     assert SchedulerRun.objects.get(pk=run_id).status == RunStatus.DISPATCHED
