@@ -47,7 +47,7 @@ from django_taskiq_beat.policies import (
     OVERLAP_BUFFER_ONE,
     jitter_delay,
 )
-from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_row
+from django_taskiq_beat.triggers import PeriodicSchedule, trigger_from_text
 
 _T = TypeVar("_T")
 _D = TypeVar("_D")
@@ -221,7 +221,7 @@ def _lock_for_claiming(queryset: QuerySet[Any]) -> QuerySet[Any]:
 
 
 _DUE_TYPES = {
-    "trigger_payload": dict,
+    "trigger_text": str,
     "task_args": list,
     "task_kwargs": dict,
     "next_run_at": datetime,
@@ -241,7 +241,7 @@ class _DueJob:
     task_name: str
     kind: str
     strategy: str
-    trigger_payload: Any
+    trigger_text: str  # ``trigger_payload`` as its JSON text: decoded once per distinct payload (``trigger_from_text``)
     task_args: list[Any]
     task_kwargs: dict[str, Any]
     next_run_at: datetime
@@ -359,7 +359,7 @@ def claim_due(
             SchedulerJob.objects.due(now + ahead)
             .filter(Q(overlap=OVERLAP_ALLOW) | Q(next_run_at__lte=now))
             .order_by("next_run_at")
-            .annotate(busy=_busy(now, stale))
+            .annotate(busy=_busy(now, stale), trigger_text=Cast("trigger_payload", TextField()))
         )
         locked = _lock_for_claiming(due)
         jobs = [_DueJob(*row) for row in _read(locked, _DUE_FIELDS, limit)]
@@ -595,7 +595,7 @@ def _slots(job: _DueJob, now: datetime) -> tuple[list[datetime], datetime | None
     latest ``MAX_CATCH_UP_SLOTS`` with ``"all"``. Walking a long outage's slots stops after
     ``_MAX_SLOTS_WALKED``; the job then goes on from now.
     """
-    trigger = trigger_from_row(job.kind, job.strategy, job.trigger_payload)
+    trigger = trigger_from_text(job.kind, job.strategy, job.trigger_text)
     if job.kind != JobKind.PERIODIC:
         return [job.next_run_at], None
     assert isinstance(trigger, PeriodicSchedule)

@@ -436,9 +436,20 @@ def trigger_from_row(kind: str, strategy: str, payload: Any) -> Trigger:
     return _trigger_from_json(kind, strategy, key)
 
 
+def trigger_from_text(kind: str, strategy: str, payload_json: str) -> Trigger:
+    """``trigger_from_row`` for the ``trigger_payload`` column read as its JSON text, as a claim reads it.
+
+    The text is the cache key as it is: no decoding of every row's payload, then encoding it again.
+    """
+    return _trigger_from_json(kind, strategy, payload_json)
+
+
 @lru_cache(maxsize=8192)
 def _trigger_from_json(kind: str, strategy: str, payload_json: str) -> Trigger:
-    payload = json.loads(payload_json)
+    try:
+        payload = json.loads(payload_json)
+    except (ValueError, RecursionError):
+        raise SchedulerValidationError("trigger_payload", payload_json, "Not JSON.") from None
     if strategy == "immediate":
         return ImmediateDispatch.from_payload(payload)
     if kind == "one_off":

@@ -1,5 +1,6 @@
 """Triggers: the reference's 11 scenarios, standard cron, windows, payloads and DST."""
 
+import json
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -14,7 +15,7 @@ from django_taskiq_beat import (
     PeriodicSchedule,
     SchedulerValidationError,
 )
-from django_taskiq_beat.triggers import trigger_from_row
+from django_taskiq_beat.triggers import trigger_from_row, trigger_from_text
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -224,7 +225,16 @@ def test_payload_formats_match_the_reference() -> None:
     ],
 )
 def test_trigger_round_trips_through_row_columns(kind: str, strategy: str, trigger: object) -> None:
-    assert trigger_from_row(kind, strategy, trigger.to_payload()) == trigger  # type: ignore[attr-defined]
+    payload = trigger.to_payload()  # type: ignore[attr-defined]
+    assert trigger_from_row(kind, strategy, payload) == trigger
+    assert trigger_from_text(kind, strategy, json.dumps(payload, indent=1)) == trigger  # the column read as text
+
+
+@pytest.mark.parametrize("text", ["{", "[" * 5000 + "]" * 5000, "NaN-ish"])
+def test_payload_text_that_is_not_json_raises_a_named_error(text: str) -> None:
+    with pytest.raises(SchedulerValidationError) as caught:
+        trigger_from_text("periodic", "interval", text)
+    assert (caught.value.field, caught.value.problem) == ("trigger_payload", "Not JSON.")
 
 
 @pytest.mark.parametrize(
