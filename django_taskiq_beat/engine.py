@@ -20,7 +20,7 @@ stopped or stopped beating is re-sent at once, without waiting for its lease.
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -387,11 +387,8 @@ class BeatEngine:
                 extra={"run_count": orphans.released},
             )
         ready = self._send_jittered_later(orphans.dispatches)
-        if ready:
-            sent += await self._send_and_record(ready)
-        if orphans.failures:  # claimed, not recorded: stored as a failed send's outcome is
-            self._hold([outcome.dispatch for outcome in orphans.failures])
-            await self._store_or_keep(orphans.failures)
+        if ready or orphans.failures:
+            sent += await self._send_and_record(ready, unsendable=orphans.failures)
         sent += await self._dispatch_due()
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
@@ -533,8 +530,15 @@ class BeatEngine:
                     extra={**extra, "run_id": slot.run_id},
                 )
 
-    async def _send_and_record(self, dispatches: list[claims.Dispatch]) -> int:
-        self._hold(dispatches)
+    async def _send_and_record(
+        self, dispatches: list[claims.Dispatch], unsendable: Sequence[claims.Outcome] = ()
+    ) -> int:
+        """Send a claimed batch and store its outcomes; returns how many went.
+
+        ``unsendable``: runs a take-over claimed and found it cannot send (``claim_expired``'s failures), held and
+        stored with the batch's outcomes, so that they too are kept until the database takes them.
+        """
+        self._hold([*dispatches, *(outcome.dispatch for outcome in unsendable)])
         self._counters.claimed_job_count += len(dispatches)
         self._counters.last_dispatch_started_at = timezone.now()
         logger.debug(
@@ -548,7 +552,11 @@ class BeatEngine:
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
         self._observe_send_lags(outcomes)
-        await self._store_or_keep(outcomes)
+        try:
+            await self._store([*unsendable, *outcomes])
+        except Exception:
+            self._unrecorded.extend([*unsendable, *outcomes])  # kept until stored: see _record_leftovers
+            raise
         return sent
 
     def _observe_send_lags(self, outcomes: list[claims.Outcome]) -> None:
@@ -562,14 +570,6 @@ class BeatEngine:
                     observe((outcome.dispatched_at - outcome.dispatch.scheduled_for).total_seconds())
         except Exception:
             logger.exception("The send lag observer failed.")
-
-    async def _store_or_keep(self, outcomes: list[claims.Outcome]) -> None:
-        """Store outcomes of held runs; while the database is away they are kept until stored (_record_leftovers)."""
-        try:
-            await self._store(outcomes)
-        except Exception:
-            self._unrecorded.extend(outcomes)
-            raise
 
     async def _record_leftovers(self) -> None:
         """Store the outcomes an earlier store could not; raises while the database is away.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import DEFAULT_DB_ALIAS, OperationalError, connection, connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from taskiq import InMemoryBroker
@@ -826,6 +826,25 @@ def test_taking_over_a_run_that_cannot_be_sent_writes_no_job_while_it_holds_run_
     assert claim.dispatches == [] and failure.dispatch.run_id == orphan.run_id and "task_args holds" in failure.error
     claims.record(claim.failures, timezone.now(), True, claims.RetryPolicy(5, 300))
     assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.FAILED
+
+
+def test_a_taken_over_run_that_cannot_be_sent_keeps_its_failure_until_the_database_stores_it(
+    app: SchedulerApp, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its failure is stored as a failed send's outcome is: refused, it is kept and stored by the next tick, while
+    its run stays claimed by this engine (no engine takes it over again and logs it twice)."""
+    job, orphan = dead_engines_claim(app)
+    store_raw("scheduler_job", job.id, "task_args", 12345 if connection.vendor == "sqlite" else '"abc"')
+    refuse_records(monkeypatch, seconds=0.2)
+    with pytest.raises(OperationalError):
+        run(app.engine.run_once)
+    assert SchedulerRun.objects.get(pk=orphan.run_id).claimed_by == app.config.scheduler_id
+    time.sleep(0.2)
+    assert run(app.engine.run_once) == 0 and recorder.calls == []
+    failed = SchedulerRun.objects.get(pk=orphan.run_id)
+    assert (failed.status, failed.claimed_by) == (RunStatus.FAILED, None) and "task_args holds" in failed.error
+    assert job_columns(job.id, "dispatch_failures") == (1,)
+    assert len([message for message in caplog.messages if "cannot be sent" in message]) == 1
 
 
 def test_taking_over_a_run_reads_an_unreadable_job_value_without_locking_the_job(app: SchedulerApp) -> None:
