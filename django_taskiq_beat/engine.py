@@ -539,6 +539,16 @@ class BeatEngine:
         stored with the batch's outcomes, so that they too are kept until the database takes them.
         """
         self._hold([*dispatches, *(outcome.dispatch for outcome in unsendable)])
+        outcomes = await self._send_counted(dispatches) if dispatches else []
+        try:
+            await self._store([*unsendable, *outcomes])
+        except Exception:
+            self._unrecorded.extend([*unsendable, *outcomes])  # kept until stored: see _record_leftovers
+            raise
+        return sum(outcome.error is None for outcome in outcomes)
+
+    async def _send_counted(self, dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
+        """Send a batch, counted in the health snapshot, its lags handed to ``send_lag_observer``."""
         self._counters.claimed_job_count += len(dispatches)
         self._counters.last_dispatch_started_at = timezone.now()
         logger.debug(
@@ -552,12 +562,7 @@ class BeatEngine:
         self._counters.dispatched_job_count += sent
         self._counters.failed_dispatch_count += len(outcomes) - sent
         self._observe_send_lags(outcomes)
-        try:
-            await self._store([*unsendable, *outcomes])
-        except Exception:
-            self._unrecorded.extend([*unsendable, *outcomes])  # kept until stored: see _record_leftovers
-            raise
-        return sent
+        return outcomes
 
     def _observe_send_lags(self, outcomes: list[claims.Outcome]) -> None:
         """Hand each sent slot's lag to ``send_lag_observer``; its error is logged and costs the engine nothing."""

@@ -833,6 +833,7 @@ def test_a_taken_over_run_that_cannot_be_sent_keeps_its_failure_until_the_databa
 ) -> None:
     """Its failure is stored as a failed send's outcome is: refused, it is kept and stored by the next tick, while
     its run stays claimed by this engine (no engine takes it over again and logs it twice)."""
+    caplog.set_level(logging.DEBUG, logger="django_taskiq_beat.engine")
     job, orphan = dead_engines_claim(app)
     store_raw("scheduler_job", job.id, "task_args", 12345 if connection.vendor == "sqlite" else '"abc"')
     refuse_records(monkeypatch, seconds=0.2)
@@ -845,6 +846,8 @@ def test_a_taken_over_run_that_cannot_be_sent_keeps_its_failure_until_the_databa
     assert (failed.status, failed.claimed_by) == (RunStatus.FAILED, None) and "task_args holds" in failed.error
     assert job_columns(job.id, "dispatch_failures") == (1,)
     assert len([message for message in caplog.messages if "cannot be sent" in message]) == 1
+    assert not [message for message in caplog.messages if "Dispatching" in message]  # no batch was sent
+    assert app.get_health_snapshot().last_dispatch_started_at is None
 
 
 def test_taking_over_a_run_reads_an_unreadable_job_value_without_locking_the_job(app: SchedulerApp) -> None:

@@ -230,7 +230,7 @@ def test_trigger_round_trips_through_row_columns(kind: str, strategy: str, trigg
     assert trigger_from_text(kind, strategy, json.dumps(payload, indent=1)) == trigger  # the column read as text
 
 
-@pytest.mark.parametrize("text", ["{", "[" * 5000 + "]" * 5000, "NaN-ish"])
+@pytest.mark.parametrize("text", ["{", '{"interval": ', "NaN-ish", ""])
 def test_payload_text_that_is_not_json_raises_a_named_error(text: str) -> None:
     with pytest.raises(SchedulerValidationError) as caught:
         trigger_from_text("periodic", "interval", text)
