@@ -799,12 +799,12 @@ def _added(column: str, amount: str) -> str:
     )
 
 
-def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> None:
+def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy, scheduler_id: str) -> None:
     """Store the outcomes on their runs, and on their jobs where the claim did not: failed slots get a retry.
 
     A send that went through writes its job only if no claim counted it (a backfilled or held
     slot), or to end the job's streak of failed sends; a failed one always does, taking back
-    what its claim wrote there.
+    what its claim wrote there, unless its run is no longer ``scheduler_id``'s (``_still_claimed``).
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -812,6 +812,7 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     each other's locks in opposite orders.
     """
     _time = _time_adapter()
+    outcomes = _still_claimed(outcomes, scheduler_id)
     sent: dict[str, list[Outcome]] = {}
     failed: dict[str, list[Outcome]] = {}
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
@@ -861,11 +862,30 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
         _settle_runs(outcomes, record_runs)
 
 
+def _still_claimed(outcomes: list[Outcome], scheduler_id: str) -> list[Outcome]:
+    """The outcomes without the failed sends whose runs another engine has taken over or settled since.
+
+    A run stays claimed by the engine that claimed (or took over) it until it is settled, which
+    clears the claim. An engine that stalled past its leases (a database away longer than a lease)
+    may find, once it can store again, that another engine has taken its runs and sent them: its
+    failures must then neither mark those runs failed nor count on their jobs and retry them (a
+    one-off would go out again). Its sends that went through are stored all the same: they happened.
+    Not guarded: a take-over between this read and the writes (milliseconds, of a lease renewed meanwhile).
+    """
+    failures = [outcome.dispatch.run_id for outcome in outcomes if outcome.error is not None]
+    if not failures:
+        return outcomes
+    mine = set(SchedulerRun.objects.filter(id__in=failures, claimed_by=scheduler_id).values_list("id", flat=True))
+    return [outcome for outcome in outcomes if outcome.error is None or outcome.dispatch.run_id in mine]
+
+
 STORE_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
 """What storing raises because of the values, not because the database is away: trying again fails alike."""
 
 
-def record_each(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy) -> list[Outcome]:
+def record_each(
+    outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy, scheduler_id: str
+) -> list[Outcome]:
     """Store outcomes one at a time, after the database refused a batch for its values.
 
     An outcome whose job cannot be updated still has its run settled, so it is not sent
@@ -874,7 +894,7 @@ def record_each(outcomes: list[Outcome], now: datetime, record_runs: bool, retry
     refused = []
     for outcome in outcomes:
         try:
-            record([outcome], now, record_runs, retry)
+            record([outcome], now, record_runs, retry, scheduler_id)
         except STORE_DATA_ERRORS:
             try:
                 with transaction.atomic():

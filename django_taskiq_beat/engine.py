@@ -625,12 +625,17 @@ class BeatEngine:
         """
         now = timezone.now()
         try:
-            await self._write(claims.record, outcomes, now, self.config.record_runs, self._retry)
+            await self._write(
+                claims.record, outcomes, now, self.config.record_runs, self._retry, self.config.scheduler_id
+            )
         except claims.STORE_DATA_ERRORS:
             logger.warning(
                 "The database refused a batch of send outcomes for its values; storing them one by one.", exc_info=True
             )
-            for outcome in await self._write(claims.record_each, outcomes, now, self.config.record_runs, self._retry):
+            stored_apart = await self._write(
+                claims.record_each, outcomes, now, self.config.record_runs, self._retry, self.config.scheduler_id
+            )
+            for outcome in stored_apart:
                 logger.error(
                     "The outcome of the send of job %s (run %s) cannot be stored; the run is sent again after its"
                     " lease.",

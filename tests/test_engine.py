@@ -685,7 +685,9 @@ def test_retry_survives_an_unchanged_upsert_during_the_send(app: SchedulerApp) -
     app.single(task="system.echo").upsert(once, job_id="deploy-synced")  # a deploy's startup sync, meanwhile
     (dispatch,) = claim.dispatches
     now = timezone.now()
-    claims.record([claims.Outcome(dispatch, now, now, "ConnectionError: boom")], now, True, claims.RetryPolicy(5, 300))
+    claims.record(
+        [claims.Outcome(dispatch, now, now, "ConnectionError: boom")], now, True, claims.RetryPolicy(5, 300), "engine-a"
+    )
     job = SchedulerJob.objects.get(pk="deploy-synced")
     assert job.is_enabled and not job.is_finished and job.next_run_at > now
 
@@ -700,7 +702,7 @@ def test_two_outcomes_of_one_job_count_twice(app: SchedulerApp) -> None:
         claims.Outcome(claims.Dispatch(run.id, job.id, job.task_name, [], {}, now, run.scheduled_for), now, now, None)
         for run in runs
     ]
-    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
+    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300), "engine-a")
     assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 2
 
 
@@ -824,7 +826,7 @@ def test_taking_over_a_run_that_cannot_be_sent_writes_no_job_while_it_holds_run_
             assert cursor.fetchone() == ("engine-a",)
     (failure,) = claim.failures
     assert claim.dispatches == [] and failure.dispatch.run_id == orphan.run_id and "task_args holds" in failure.error
-    claims.record(claim.failures, timezone.now(), True, claims.RetryPolicy(5, 300))
+    claims.record(claim.failures, timezone.now(), True, claims.RetryPolicy(5, 300), "engine-a")
     assert SchedulerRun.objects.get(pk=orphan.run_id).status == RunStatus.FAILED
 
 
@@ -878,7 +880,7 @@ def test_outcomes_are_stored_when_the_job_row_became_unreadable(app: SchedulerAp
         claims.Outcome(dispatch, now, now, None if dispatch.job_id == sent.id else "ConnectionError: boom")
         for dispatch in claim.dispatches
     ]
-    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300))
+    claims.record(outcomes, now, True, claims.RetryPolicy(5, 300), "engine-a")
     assert job_columns(sent.id, "dispatch_count", "dispatch_failures") == (1, 0)
     assert job_columns(failing.id, "dispatch_failures", "last_error", "is_enabled") == (
         1,

@@ -54,7 +54,9 @@ def release(now: datetime) -> claims.Claim:
 
 def send(result: claims.Claim, now: datetime) -> list[str]:
     """Record the claim's slots as sent, as the engine does after ``kiq``; returns their run ids."""
-    claims.record([claims.Outcome(dispatch, now, now, None) for dispatch in result.dispatches], now, True, RETRY)
+    claims.record(
+        [claims.Outcome(dispatch, now, now, None) for dispatch in result.dispatches], now, True, RETRY, "engine-a"
+    )
     return [dispatch.run_id for dispatch in result.dispatches]
 
 

@@ -354,11 +354,11 @@ def test_a_failed_send_gives_its_run_back_so_the_retry_is_sent(app: SchedulerApp
     job = app.single(task="system.echo").schedule(EVERY_10_S, policy=SchedulePolicy(max_runs=1))
     now = job.created_at.replace(microsecond=0) + timedelta(seconds=10.5)
     (dispatch,) = claim(now).dispatches
-    claims.record([claims.Outcome(dispatch, now, now, "ConnectionError: broker down")], now, True, RETRY)
+    claims.record([claims.Outcome(dispatch, now, now, "ConnectionError: broker down")], now, True, RETRY, "engine-a")
     stored = SchedulerJob.objects.get(pk=job.pk)
     assert (stored.remaining_runs, stored.is_enabled) == (1, True)
     (retry,) = claim(stored.next_run_at + timedelta(milliseconds=1)).dispatches
-    claims.record([claims.Outcome(retry, now, now, None)], now, True, RETRY)
+    claims.record([claims.Outcome(retry, now, now, None)], now, True, RETRY, "engine-a")
     stored = SchedulerJob.objects.get(pk=job.pk)
     assert (stored.remaining_runs, stored.dispatch_count, stored.state) == (0, 1, "finished")
 

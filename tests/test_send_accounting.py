@@ -100,7 +100,7 @@ def test_sends_that_went_through_write_their_runs_and_not_their_jobs(
     claim = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY)
     tables = written_tables(monkeypatch)
     now = timezone.now()
-    claims.record(sent(claim.dispatches, now), now, True, RETRY)
+    claims.record(sent(claim.dispatches, now), now, True, RETRY, "engine-a")
     assert tables == ["scheduler_run"]
     assert {run.status for run in SchedulerRun.objects.all()} == {RunStatus.DISPATCHED}
     assert [shown(job_id)[:2] for job_id in ("a", "b", "c")] == [
@@ -149,10 +149,10 @@ def test_a_failed_send_no_longer_shown_leaves_the_later_send_shown(app: Schedule
     (later,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     assert later.previous is not None and later.previous[1] == earlier.run_id
     now = timezone.now()
-    claims.record(failed([earlier], now), now, True, RETRY)
+    claims.record(failed([earlier], now), now, True, RETRY, "engine-a")
     count, task_id, _, failures, _ = shown("hourly")
     assert (count, task_id, failures) == (1, later.run_id, 1)
-    claims.record(sent([later], now), now, True, RETRY)
+    claims.record(sent([later], now), now, True, RETRY, "engine-a")
     assert shown("hourly")[:2] == (1, later.run_id)
 
 
@@ -163,7 +163,7 @@ def test_a_count_never_goes_below_zero(app: SchedulerApp) -> None:
     (dispatch,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     SchedulerJob.objects.filter(pk="hourly").update(dispatch_count=0)
     now = timezone.now()
-    claims.record(failed([dispatch], now), now, True, RETRY)
+    claims.record(failed([dispatch], now), now, True, RETRY, "engine-a")
     assert shown("hourly")[0] == 0
 
 
@@ -175,7 +175,7 @@ def test_backfilled_slots_are_counted_when_they_are_sent(app: SchedulerApp, monk
     assert len(orphans.dispatches) == 3 and not any(d.counted_as_sent for d in orphans.dispatches)
     assert shown(job.id)[0] == 0
     tables = written_tables(monkeypatch)
-    claims.record(sent(orphans.dispatches, now), now, True, RETRY)
+    claims.record(sent(orphans.dispatches, now), now, True, RETRY, "engine-a")
     assert tables == ["scheduler_job", "scheduler_run"]
     latest = max(orphans.dispatches, key=lambda dispatch: dispatch.scheduled_for)
     assert shown(job.id)[:2] == (3, latest.run_id)
@@ -189,7 +189,7 @@ def test_a_failed_backfilled_slot_takes_back_nothing(app: SchedulerApp) -> None:
     now = timezone.now()
     assert app.backfill(job.id, now - timedelta(hours=2, minutes=30), now - timedelta(hours=1, minutes=30)) == 1
     (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE).dispatches
-    claims.record(failed([orphan], now), now, True, RETRY)
+    claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
     assert shown(job.id)[:3] == before[:3]
 
 
@@ -208,7 +208,7 @@ def test_a_streak_of_failed_sends_stays_on_the_job_until_a_send_goes_through(
     assert (resent.run_id, resent.failures, resent.counted_as_sent) == (claimed.run_id, 2, True)
     tables = written_tables(monkeypatch)
     now = timezone.now()
-    claims.record(sent([resent], now), now, True, RETRY)
+    claims.record(sent([resent], now), now, True, RETRY, "engine-a")
     assert tables == ["scheduler_job", "scheduler_run"]  # the streak ends: the job is written
     assert shown("hourly")[:2] + shown("hourly")[3:] == (1, claimed.run_id, 0, None)
 
@@ -219,7 +219,7 @@ def test_a_failed_retry_backs_off_from_the_whole_streak(app: SchedulerApp) -> No
     make_due("hourly")
     (dispatch,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     now = timezone.now()
-    claims.record(failed([dispatch], now), now, True, RETRY)
+    claims.record(failed([dispatch], now), now, True, RETRY, "engine-a")
     job = SchedulerJob.objects.get(pk="hourly")
     assert job.dispatch_failures == 6
     assert job.next_run_at == now + RETRY.delay(6)  # 5 s doubled five times, capped at 300 s
@@ -235,7 +235,7 @@ def test_a_catch_up_whose_latest_slot_fails_shows_the_last_one_that_went_through
     *went_through, third, latest = dispatches
     assert shown("hourly")[:2] == (len(dispatches), latest.run_id)
     now = timezone.now()
-    claims.record([*sent(went_through, now), *failed([third, latest], now)], now, True, RETRY)
+    claims.record([*sent(went_through, now), *failed([third, latest], now)], now, True, RETRY, "engine-a")
     count, task_id, _, failures, _ = shown("hourly")
     assert (count, task_id, failures) == (len(went_through), went_through[-1].run_id, 2)
 
@@ -250,7 +250,7 @@ def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerAp
     make_due("hourly")
     (later,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     now = timezone.now()
-    claims.record(failed([earlier, later], now), now, True, RETRY)
+    claims.record(failed([earlier, later], now), now, True, RETRY, "engine-a")
     assert shown("hourly")[:3] == before[:3]
 
 
@@ -272,6 +272,50 @@ def test_an_immediate_send_is_counted_once_when_an_engine_sends_it_for_a_process
     assert shown(job.id)[:2] == (1, run_id)
     lease_expired = timezone.now() + timedelta(seconds=app.config.claim_ttl_seconds + 1)
     (resent,) = claims.claim_expired("engine-a", lease_expired, 10, LEASE).dispatches
-    claims.record(sent([resent], lease_expired), lease_expired, True, RETRY)
+    claims.record(sent([resent], lease_expired), lease_expired, True, RETRY, "engine-a")
     assert shown(job.id)[:2] == (1, run_id)
     assert SchedulerRun.objects.get(pk=run_id).status == RunStatus.DISPATCHED
+
+
+@pytest.mark.parametrize("resent_first", [False, True], ids=["before-the-resend", "after-the-resend"])
+def test_a_failed_send_of_a_run_taken_over_since_is_left_to_the_engine_that_took_it(
+    app: SchedulerApp, resent_first: bool
+) -> None:
+    """An engine stalled past its lease (a database away longer than that) stores its failed send late: the engine
+    that took the run over sends it, and the late failure must neither mark the run failed nor retry the job."""
+    app.single(task="system.echo").upsert(OneOffSchedule(run_at=timezone.now()), job_id="once")
+    (stalled,) = claims.claim_due("engine-a", timezone.now(), 10, timedelta(seconds=-1), RETRY).dispatches
+    claimed = SchedulerJob.objects.filter(pk="once").values_list("next_run_at", "is_enabled").get()
+    (resent,) = claims.claim_expired("engine-b", timezone.now(), 10, LEASE).dispatches
+    assert resent.run_id == stalled.run_id
+    now = timezone.now()
+    if resent_first:
+        claims.record(sent([resent], now), now, True, RETRY, "engine-b")
+    claims.record(failed([stalled], now), now, True, RETRY, "engine-a")
+    if not resent_first:
+        run = SchedulerRun.objects.get(pk=resent.run_id)
+        assert (run.status, run.claimed_by, run.error) == (RunStatus.PENDING, "engine-b", None)
+        claims.record(sent([resent], now), now, True, RETRY, "engine-b")
+    run = SchedulerRun.objects.get(pk=resent.run_id)
+    assert (run.status, run.claimed_by, run.error) == (RunStatus.DISPATCHED, None, None)
+    assert shown("once")[:2] + shown("once")[3:] == (1, resent.run_id, 0, None)
+    assert SchedulerJob.objects.filter(pk="once").values_list("next_run_at", "is_enabled").get() == claimed
+
+
+def test_a_failed_send_of_a_run_still_claimed_is_stored_with_the_sends_that_went_through(app: SchedulerApp) -> None:
+    """Only the failures whose runs another engine took are left out of a batch; the rest is stored as ever."""
+    for job_id in ("kept", "taken", "went"):
+        app.single(task="system.echo").upsert(OneOffSchedule(run_at=timezone.now()), job_id=job_id)
+    dispatches = {d.job_id: d for d in claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches}
+    SchedulerRun.objects.filter(pk=dispatches["taken"].run_id).update(claimed_by="engine-b")
+    now = timezone.now()
+    claims.record(
+        [*failed([dispatches["kept"], dispatches["taken"]], now), *sent([dispatches["went"]], now)],
+        now,
+        True,
+        RETRY,
+        "engine-a",
+    )
+    statuses = dict(SchedulerRun.objects.values_list("job_id", "status"))
+    assert statuses == {"kept": RunStatus.FAILED, "taken": RunStatus.PENDING, "went": RunStatus.DISPATCHED}
+    assert shown("kept")[3] == 1 and shown("taken")[3] == 0
