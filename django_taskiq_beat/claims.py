@@ -799,12 +799,15 @@ def _added(column: str, amount: str) -> str:
     )
 
 
-def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy, scheduler_id: str) -> None:
+def record(
+    outcomes: list[Outcome], now: datetime, record_runs: bool, retry: RetryPolicy, scheduler_id: str
+) -> list[Outcome]:
     """Store the outcomes on their runs, and on their jobs where the claim did not: failed slots get a retry.
 
     A send that went through writes its job only if no claim counted it (a backfilled or held
     slot), or to end the job's streak of failed sends; a failed one always does, taking back
-    what its claim wrote there, unless its run is no longer ``scheduler_id``'s (``_still_claimed``).
+    what its claim wrote there. Returns the failed sends left out because another engine has
+    taken their runs over since (``_taken_over``).
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -812,15 +815,16 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
     each other's locks in opposite orders.
     """
     _time = _time_adapter()
-    outcomes = _still_claimed(outcomes, scheduler_id)
-    sent: dict[str, list[Outcome]] = {}
-    failed: dict[str, list[Outcome]] = {}
-    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
-        if outcome.error is not None:
-            failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
-        elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
-            sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
+        left = _taken_over(outcomes, scheduler_id)
+        outcomes = [outcome for outcome in outcomes if outcome.dispatch.run_id not in left]
+        sent: dict[str, list[Outcome]] = {}
+        failed: dict[str, list[Outcome]] = {}
+        for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
+            if outcome.error is not None:
+                failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
+            elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
+                sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -860,23 +864,34 @@ def record(outcomes: list[Outcome], now: datetime, record_runs: bool, retry: Ret
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
         _settle_runs(outcomes, record_runs)
+    return list(left.values())
 
 
-def _still_claimed(outcomes: list[Outcome], scheduler_id: str) -> list[Outcome]:
-    """The outcomes without the failed sends whose runs another engine has taken over or settled since.
+def _taken_over(outcomes: list[Outcome], scheduler_id: str) -> dict[str, Outcome]:
+    """The failed sends, by run, whose runs are no longer ``scheduler_id``'s: another engine has taken them over,
+    or settled them. Call it in the transaction that stores the rest.
 
     A run stays claimed by the engine that claimed (or took over) it until it is settled, which
     clears the claim. An engine that stalled past its leases (a database away longer than a lease)
     may find, once it can store again, that another engine has taken its runs and sent them: its
     failures must then neither mark those runs failed nor count on their jobs and retry them (a
     one-off would go out again). Its sends that went through are stored all the same: they happened.
-    Not guarded: a take-over between this read and the writes (milliseconds, of a lease renewed meanwhile).
+
+    The failed sends' jobs, then their runs still claimed, are locked before they are written, in
+    the order every writer takes (jobs first): a take-over, which locks runs and skips locked
+    ones, cannot come between this read and the writes.
     """
-    failures = [outcome.dispatch.run_id for outcome in outcomes if outcome.error is not None]
+    failures = {outcome.dispatch.run_id: outcome for outcome in outcomes if outcome.error is not None}
     if not failures:
-        return outcomes
-    mine = set(SchedulerRun.objects.filter(id__in=failures, claimed_by=scheduler_id).values_list("id", flat=True))
-    return [outcome for outcome in outcomes if outcome.error is None or outcome.dispatch.run_id in mine]
+        return {}
+    bulk.begin_write()  # SQLite: no other writer between the read and the writes
+    for chunk in bulk.chunks(sorted({outcome.dispatch.job_id for outcome in failures.values()})):
+        list(SchedulerJob.objects.select_for_update().filter(pk__in=chunk).order_by("pk").values_list("pk"))
+    mine: set[str] = set()
+    for chunk in bulk.chunks(sorted(failures)):
+        runs = SchedulerRun.objects.select_for_update().filter(pk__in=chunk, claimed_by=scheduler_id).order_by("pk")
+        mine.update(runs.values_list("pk", flat=True))
+    return {run_id: outcome for run_id, outcome in failures.items() if run_id not in mine}
 
 
 STORE_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError)

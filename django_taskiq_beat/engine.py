@@ -625,9 +625,10 @@ class BeatEngine:
         """
         now = timezone.now()
         try:
-            await self._write(
+            left = await self._write(
                 claims.record, outcomes, now, self.config.record_runs, self._retry, self.config.scheduler_id
             )
+            self._drop_lost({outcome.dispatch.run_id for outcome in left} & self._held)  # not seen by a renewal yet
         except claims.STORE_DATA_ERRORS:
             logger.warning(
                 "The database refused a batch of send outcomes for its values; storing them one by one.", exc_info=True

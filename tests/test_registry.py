@@ -245,10 +245,12 @@ def test_a_slot_whose_run_another_writer_recorded_first_is_a_conflict_and_not_se
     assert SchedulerRun.objects.filter(job=job).count() == 1
 
 
+@pytest.mark.parametrize("stuck_send", ["goes-through", "fails"])
 def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_held_them(
-    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, stuck_send: str
 ) -> None:
-    """A stuck engine that another engine found dead: both send, and the stuck one counts the conflict."""
+    """A stuck engine that another engine found dead: both send, and the stuck one counts the conflict. If the stuck
+    engine's send then fails, the run stays sent and its one-off job done: no failed run, and no retry."""
     stuck_broker = InMemoryBroker(await_inplace=True)
     released = asyncio.Event()
 
@@ -260,6 +262,8 @@ def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_he
 
     async def stuck_kick(message: Any) -> None:
         await released.wait()
+        if stuck_send == "fails":
+            raise ConnectionError("broker down")
         await real_kick(message)
 
     monkeypatch.setattr(stuck_broker, "kick", stuck_kick)
@@ -279,8 +283,13 @@ def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_he
         await live.stop()
 
     run(scenario)
-    assert recorder.names() == ["system.echo", "stuck.echo"]  # at-least-once: the same run id twice
+    sends = ["system.echo", "stuck.echo"] if stuck_send == "goes-through" else ["system.echo"]
+    assert recorder.names() == sends  # at-least-once: the same run id twice
     assert live.get_health_snapshot().recovered_run_count == 1
+    assert stuck.get_health_snapshot().claim_conflict_count == 1
     # The job counts runs sent, as its claim did: the second send of the same run shows as the stuck engine's
     # conflict and the live engine's recovered run, not as another send of the job.
-    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == 1
+    stored = SchedulerJob.objects.get(pk=job.pk)
+    assert (stored.dispatch_count, stored.dispatch_failures, stored.last_error) == (1, 0, None)
+    assert (stored.next_run_at, stored.is_enabled) == (None, False)
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
