@@ -534,7 +534,7 @@ def _schedule_from_another_process() -> datetime:
 def multi(arguments: argparse.Namespace) -> None:
     """One engine, then several engine processes, on the same burst: duplicates, losses, throughput, lag.
 
-    The engines run before the jobs are written, and the jobs fall due a few seconds after the write ends, as
+    The engines are running before the jobs are written, and the jobs fall due a few seconds after the write ends, as
     jobs scheduled ahead do: each engine has seen them (``SYNC_INTERVAL_SECONDS``) by the time it may claim
     them. No claiming ahead unless ``--claim-ahead`` is given: it would hide the throughput, though it is
     what a running engine does by default (0.5 s), and what its lag then is."""
@@ -749,6 +749,7 @@ def _engine_processes(count: int, **settings: Any) -> Iterator[tuple[list[subpro
         sink.touch()
         processes = [_start_engine(f"load-{n}", sink, **settings) for n in range(count)]
         try:
+            _wait_until_running(processes)
             yield processes, sends
         finally:
             for process in processes:
@@ -756,6 +757,18 @@ def _engine_processes(count: int, **settings: Any) -> Iterator[tuple[list[subpro
             for process in processes:
                 process.wait(timeout=60)
             sends.update(sink.read_text().split())
+
+
+def _wait_until_running(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Until each engine process has registered as running (three starting together take about 3 s here)."""
+    from django_taskiq_beat.models import SchedulerEngine
+
+    pids = [process.pid for process in processes]
+    deadline = time.monotonic() + 60
+    while SchedulerEngine.objects.filter(pid__in=pids, stopped_at__isnull=True).count() < len(pids):
+        if time.monotonic() > deadline or any(process.poll() is not None for process in processes):
+            raise SystemExit("An engine process did not start.")
+        time.sleep(0.1)
 
 
 def _start_engine(name: str, sink: Path, **settings: Any) -> subprocess.Popen[bytes]:
