@@ -16,7 +16,7 @@ of its run and none of its job; only a failed send writes the job again (``recor
 """
 
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -815,16 +815,22 @@ def record(
     each other's locks in opposite orders.
     """
     _time = _time_adapter()
+    sent: dict[str, list[Outcome]] = {}
+    failed: dict[str, list[Outcome]] = {}
+    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
+        if outcome.error is not None:
+            failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
+        elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
+            sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
-        left = _taken_over(outcomes, scheduler_id)
-        outcomes = [outcome for outcome in outcomes if outcome.dispatch.run_id not in left]
-        sent: dict[str, list[Outcome]] = {}
-        failed: dict[str, list[Outcome]] = {}
-        for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
-            if outcome.error is not None:
-                failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
-            elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
-                sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
+        left = _taken_over(failed, sent.keys(), scheduler_id)
+        if left:
+            outcomes = [outcome for outcome in outcomes if outcome.dispatch.run_id not in left]
+            failed = {
+                job_id: kept
+                for job_id, job_outcomes in failed.items()
+                if (kept := [outcome for outcome in job_outcomes if outcome.dispatch.run_id not in left])
+            }
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -867,9 +873,12 @@ def record(
     return list(left.values())
 
 
-def _taken_over(outcomes: list[Outcome], scheduler_id: str) -> dict[str, Outcome]:
-    """The failed sends, by run, whose runs are no longer ``scheduler_id``'s: another engine has taken them over,
-    or settled them. Call it in the transaction that stores the rest.
+def _taken_over(
+    failed: Mapping[str, list[Outcome]], also_written: Iterable[str], scheduler_id: str
+) -> dict[str, Outcome]:
+    """The failed sends (``failed``: by job), by run, whose runs are no longer ``scheduler_id``'s: another engine
+    has taken them over, or settled them. Call it in the transaction that stores the rest, which writes the jobs
+    of ``failed`` and ``also_written``.
 
     A run stays claimed by the engine that claimed (or took over) it until it is settled, which
     clears the claim. An engine that stalled past its leases (a database away longer than a lease)
@@ -877,15 +886,15 @@ def _taken_over(outcomes: list[Outcome], scheduler_id: str) -> dict[str, Outcome
     failures must then neither mark those runs failed nor count on their jobs and retry them (a
     one-off would go out again). Its sends that went through are stored all the same: they happened.
 
-    The failed sends' jobs, then their runs still claimed, are locked before they are written, in
-    the order every writer takes (jobs first): a take-over, which locks runs and skips locked
-    ones, cannot come between this read and the writes.
+    Every job the store writes, then the failed sends' runs still claimed, are locked before they are
+    written, in the order every writer takes (jobs first): a take-over, which locks runs and skips
+    locked ones, cannot come between this read and the writes.
     """
-    failures = {outcome.dispatch.run_id: outcome for outcome in outcomes if outcome.error is not None}
+    failures = {outcome.dispatch.run_id: outcome for job_outcomes in failed.values() for outcome in job_outcomes}
     if not failures:
         return {}
     bulk.begin_write()  # SQLite: no other writer between the read and the writes
-    for chunk in bulk.chunks(sorted({outcome.dispatch.job_id for outcome in failures.values()})):
+    for chunk in bulk.chunks(sorted({*failed, *also_written})):
         list(SchedulerJob.objects.select_for_update().filter(pk__in=chunk).order_by("pk").values_list("pk"))
     mine: set[str] = set()
     for chunk in bulk.chunks(sorted(failures)):
