@@ -234,3 +234,55 @@ def test_missing_time_zone_tables_are_a_warning_on_mariadb(settings: Any) -> Non
             cursor.execute("INSERT INTO mysql.time_zone_name (Name, Time_zone_id) VALUES (%s, %s)", [zone, zone_id])
     settings.TIME_ZONE = "Europe/Berlin"
     assert "django_taskiq_beat.W002" not in database_checks()
+
+
+def sqlite_only() -> Any:
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: the other databases lock rows, so a transaction that read can still write")
+    return connection
+
+
+def test_sqlite_without_immediate_transactions_is_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    options = sqlite_only().settings_dict["OPTIONS"]
+    for mode in (None, "deferred"):
+        monkeypatch.setitem(options, "transaction_mode", mode)
+        message = next(message for message in run_checks() if message.id == "django_taskiq_beat.W003")
+        assert f"DATABASES['default'] is SQLite with transaction_mode {mode!r}" in message.msg
+        assert "'database is locked'" in message.msg and '"transaction_mode": "IMMEDIATE"' in message.hint
+    for mode in ("IMMEDIATE", "exclusive"):
+        monkeypatch.setitem(options, "transaction_mode", mode)
+        assert "django_taskiq_beat.W003" not in check_ids()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_sqlite_a_request_that_read_waits_for_an_engines_write_instead_of_failing() -> None:
+    """The admin's add view reads, then writes, in one transaction: an engine's write committed in between
+    made its write fail at once ("database is locked") before the demo project took the write lock first."""
+    import sqlite3
+    import threading
+
+    from django.db import transaction
+
+    from django_taskiq_beat import IntervalTrigger, PeriodicSchedule
+    from django_taskiq_beat.models import SchedulerJob
+
+    path = sqlite_only().settings_dict["NAME"]
+    every_hour = PeriodicSchedule(interval=IntervalTrigger(hours=1))
+    engines_job = get_scheduler_app().single(task="demo.heartbeat").schedule(every_hour, name="Engine's")
+
+    def engine_writes() -> None:
+        engine = sqlite3.connect(path, timeout=10, isolation_level=None)
+        engine.execute("UPDATE scheduler_job SET dispatch_count = 7 WHERE id = ?", [engines_job.id])
+        engine.close()
+
+    engine = threading.Thread(target=engine_writes)
+    with transaction.atomic():
+        assert SchedulerJob.objects.count() == 1
+        engine.start()
+        engine.join(0.5)  # deferred transactions: the engine's write is committed by now
+        get_scheduler_app().single(task="demo.heartbeat").schedule(every_hour, name="From a request")
+    engine.join()
+    assert SchedulerJob.objects.get(id=engines_job.id).dispatch_count == 7
+    assert SchedulerJob.objects.filter(name="From a request").exists()
