@@ -20,10 +20,12 @@ from typing import Any, TypeVar
 from django.db import DatabaseError, connection, transaction
 
 ServerBindingCursor: type[Any] | None
-try:
+NativeTimestamptzLoader: type[Any] | None
+try:  # Django uses psycopg 3 whenever it is installed
     from psycopg import Cursor as ServerBindingCursor
+    from psycopg.types.datetime import TimestamptzLoader as NativeTimestamptzLoader
 except ImportError:  # psycopg2, or no PostgreSQL driver at all
-    ServerBindingCursor = None
+    ServerBindingCursor = NativeTimestamptzLoader = None
 
 _ROWS_PER_STATEMENT = 500  # keeps SQLite under its 32,766 bound parameters
 _T = TypeVar("_T")
@@ -93,6 +95,27 @@ def chunks(items: Sequence[_T]) -> Iterator[Sequence[_T]]:
     """Slices small enough for one statement's bound parameters."""
     for start in range(0, len(items), _ROWS_PER_STATEMENT):
         yield items[start : start + _ROWS_PER_STATEMENT]
+
+
+@contextmanager
+def native_timestamps() -> Iterator[None]:
+    """Within it, this thread's queries read ``timestamptz`` with psycopg's own loader (PostgreSQL, psycopg 3).
+
+    Django registers a Python subclass of it, there to make times naive when ``USE_TZ`` is off,
+    and psycopg then calls Python for every value: about 10 µs each, a fifth of a claim's time
+    in Python. With ``USE_TZ`` on (which the engine requires) Django keeps the session in UTC,
+    and psycopg's loader gives the same aware UTC datetimes.
+    """
+    if connection.vendor != "postgresql" or NativeTimestamptzLoader is None:
+        yield
+        return
+
+    def load_natively(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        context["cursor"].cursor.adapters.register_loader("timestamptz", NativeTimestamptzLoader)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(load_natively):
+        yield
 
 
 def _server_binding() -> bool:

@@ -353,7 +353,7 @@ def claim_due(
     unreadable or of the wrong type) gets a failed run and a retry with backoff instead; the rest
     of the batch goes on.
     """
-    with transaction.atomic():
+    with transaction.atomic(), bulk.native_timestamps():
         # An overlap job is not claimed ahead: whether its previous run has finished is judged when its slot is due.
         due = (
             SchedulerJob.objects.due(now + ahead)
@@ -673,7 +673,7 @@ def claim_expired(
     if engines_dead_after is not None:
         gone = SchedulerEngine.objects.gone(DatabaseNow(), engines_dead_after).exclude(pk=scheduler_id)
         free |= Q(claimed_by__in=gone.values("pk"))
-    with transaction.atomic():
+    with transaction.atomic(), bulk.native_timestamps():
         expired = (
             SchedulerRun.objects.filter(free, status=RunStatus.PENDING)
             .order_by("lease_expires_at", "scheduled_for")  # a backfill's runs, oldest first
