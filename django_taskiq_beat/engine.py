@@ -156,6 +156,7 @@ class BeatEngine:
         # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
         # the keeper renews their leases. Memory is bounded: nothing new is claimed while outcomes wait.
         self._held: set[str] = set()
+        self._leases_until = 0.0  # (monotonic) every held run's lease holds until then, as far as this engine knows
         self._unrecorded: list[claims.Outcome] = []
         self._keeper: asyncio.Task[None] | None = None
         self._send_limit: asyncio.Semaphore | None = None
@@ -356,6 +357,8 @@ class BeatEngine:
         self._counters.last_sync_at = timezone.now()
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
         sent = 0
+        if self._held and time.monotonic() > self._leases_until - self._lease.total_seconds() / 2:
+            await self._renew_leases()  # back from an outage: the take-over below must not find them expired
         orphans = await _orm(
             claims.claim_expired,
             self.config.scheduler_id,
@@ -658,6 +661,8 @@ class BeatEngine:
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
+        if not self._held:  # claimed a moment ago: their leases are as fresh as they come
+            self._leases_until = time.monotonic() + self._lease.total_seconds()
         self._held.update(dispatch.run_id for dispatch in dispatches)
         if self._keeper is None or self._keeper.done():
             name = f"taskiq-beat-leases-{self.config.scheduler_id}"
@@ -678,9 +683,7 @@ class BeatEngine:
         while self._held:
             await asyncio.sleep(self._renew_seconds)
             try:
-                missed = await self._write(
-                    claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
-                )
+                await self._renew_leases()
             except Exception as exc:
                 renewals.failed(exc, self._renew_seconds)
                 self._heartbeat.disconnected()
@@ -688,7 +691,19 @@ class BeatEngine:
                     await self._reset_connection()
                 continue
             renewals.succeeded()
-            self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
+
+    async def _renew_leases(self) -> None:
+        """Extend the lease of every held run; those no longer this engine's are dropped as claim conflicts.
+
+        Also called by a tick before it takes over expired runs when the renewals may have failed for half a
+        lease (an outage): this engine's own runs, claimed ahead or being sent, must not look abandoned to it.
+        """
+        renewing_at = time.monotonic()
+        missed = await self._write(
+            claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
+        )
+        self._leases_until = renewing_at + self._lease.total_seconds()
+        self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
 
     def _drop_lost(self, lost: set[str]) -> None:
         """Runs another engine took over: claim conflicts, and no longer this engine's to renew."""

@@ -293,3 +293,33 @@ def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_he
     assert (stored.dispatch_count, stored.dispatch_failures, stored.last_error) == (1, 0, None)
     assert (stored.next_run_at, stored.is_enabled) == (None, False)
     assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+
+
+def test_an_engine_back_from_an_outage_longer_than_its_leases_does_not_take_its_own_runs_over(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its renewals were refused for longer than a lease, so the run it holds (claimed ahead, waiting for its
+    slot) has an expired lease: its own take-over must not claim that run again and send it a second time."""
+    app = make_app(broker, scheduler_id="engine-a", claim_ttl_seconds=1, claim_ahead_seconds=5)
+    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=3)))
+    renew = claims.extend_leases
+
+    def refused(*args: Any, **kwargs: Any) -> set[str]:
+        raise OperationalError("the database refuses writes")
+
+    async def scenario() -> None:
+        await app.start()
+        await eventually(lambda: SchedulerRun.objects.filter(job=job, claimed_by="engine-a").exists())
+        monkeypatch.setattr(claims, "extend_leases", refused)
+        await eventually(lambda: SchedulerRun.objects.filter(job=job, lease_expires_at__lt=timezone.now()).exists())
+        await asyncio.sleep(0.3)  # ticks go on meanwhile: their claims work, only renewals are refused
+        monkeypatch.setattr(claims, "extend_leases", renew)
+        await eventually(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists())
+        await asyncio.sleep(0.3)
+        await app.stop()
+
+    run(scenario)
+    assert recorder.names() == ["system.echo"]
+    health = app.get_health_snapshot()
+    assert (health.recovered_run_count, health.claim_conflict_count) == (0, 0)
+    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
