@@ -90,28 +90,6 @@ def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[Check
     ]
 
 
-@register(Tags.compatibility)
-def check_sqlite_transaction_mode(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """On SQLite a transaction that read before another process committed cannot write at all: with
-    Django's default (deferred) transactions, an admin save fails at random while an engine writes."""
-    alias = scheduler_database()
-    connection = connections[alias]
-    if connection.vendor != "sqlite":
-        return []
-    mode = connection.settings_dict["OPTIONS"].get("transaction_mode")
-    if str(mode).upper() in ("IMMEDIATE", "EXCLUSIVE"):
-        return []
-    return [
-        Warning(
-            f"DATABASES[{alias!r}] is SQLite with transaction_mode {mode!r}: a web request that reads and then writes"
-            " fails with 'database is locked', without waiting, whenever an engine wrote in between.",
-            hint=f'Add "transaction_mode": "IMMEDIATE" to DATABASES[{alias!r}]["OPTIONS"]: each transaction then'
-            " takes the write lock when it begins, and waits its turn.",
-            id="django_taskiq_beat.W003",
-        )
-    ]
-
-
 @register(Tags.database)
 def check_database_version(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Versions that Django accepts but that lack what the engine needs: ``SKIP LOCKED`` (MariaDB 10.6),

@@ -188,7 +188,7 @@ TEMPLATES = [{
 }]
 DATABASES = {"default": {
     "ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3",
-    "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"},
+    "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;"},
 }}
 USE_TZ = True
 TIME_ZONE = "UTC"

@@ -63,12 +63,9 @@ def _database(url: str | None) -> dict[str, object]:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "testproject" / "demo.sqlite3")),
             # WAL: readers do not block the writer, and a commit needs no fsync of the database file.
-            # IMMEDIATE: a transaction takes the write lock when it begins, so a web request that reads
-            # and then writes waits for an engine's write instead of failing with "database is locked".
             # The tests shorten how long a write waits for another writer's lock (Python's default: 5 s).
             "OPTIONS": {
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
                 "timeout": float(os.environ.get("SQLITE_TIMEOUT_SECONDS", "5")),
             },
             # A file, not memory: the tests start engine processes on the test database.

@@ -5,16 +5,20 @@ SQLite and on PostgreSQL (``make test``), where NUL bytes and some dates are dat
 """
 
 import re
+import sqlite3
+import threading
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.admin.options import ModelAdmin
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from django_taskiq_beat import ChainStep, IntervalTrigger, PeriodicSchedule, SchedulerApp, get_scheduler_app
+from django_taskiq_beat.forms import SchedulerJobForm
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.test_admin import ADD, JOBS, RUNS, errors_of, form_data, job_change_url, post_action
 
@@ -389,3 +393,69 @@ def test_an_unreadable_row_is_refused_by_the_api_and_can_still_be_deleted(app: S
             operation("bad-row")
     app.delete("bad-row")
     assert not SchedulerJob.objects.filter(pk="bad-row").exists()
+
+
+class EngineCommitsMeanwhile:
+    """An engine process that commits a write while a view runs, right after ``owner.method`` has returned."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, database: str) -> None:
+        self.monkeypatch, self.database = monkeypatch, database
+        self.engine: threading.Thread | None = None
+
+    def _writes(self) -> None:
+        engine = sqlite3.connect(self.database, timeout=10, isolation_level=None)
+        engine.execute("UPDATE scheduler_job SET dispatch_count = dispatch_count + 1 WHERE id = 'engines'")
+        engine.close()
+
+    def after(self, owner: Any, method: str) -> None:
+        real = getattr(owner, method)
+
+        def then_the_engine_commits(*args: Any, **kwargs: Any) -> Any:
+            result = real(*args, **kwargs)
+            if self.engine is None:
+                self.engine = threading.Thread(target=self._writes)
+                self.engine.start()
+                self.engine.join(0.5)  # if the view holds no write lock, the engine's write is committed by now
+            return result
+
+        self.monkeypatch.setattr(owner, method, then_the_engine_commits)
+
+    def wrote(self) -> bool:
+        assert self.engine is not None, "the view never got where the engine writes"
+        self.engine.join()
+        return SchedulerJob.objects.get(pk="engines").dispatch_count == 1
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("view", ["add", "change", "delete"])
+def test_on_sqlite_a_save_waits_for_an_engines_write_instead_of_failing(
+    admin_client: Client, app: SchedulerApp, monkeypatch: pytest.MonkeyPatch, view: str
+) -> None:
+    """Django runs these views in one transaction that reads before it writes; SQLite refuses the write of a
+    transaction that read before another process committed ("database is locked", at once)."""
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite only: the other databases lock rows, so a transaction that read can still write")
+    engine = EngineCommitsMeanwhile(monkeypatch, connection.settings_dict["NAME"])
+    every_hour = PeriodicSchedule(interval=IntervalTrigger(hours=1))
+    app.single(task="demo.heartbeat").upsert(every_hour, job_id="engines")
+    job = app.single(task="demo.heartbeat").upsert(every_hour, job_id="edited")
+    if view == "add":
+        engine.after(SchedulerJobForm, "clean")
+        response = admin_client.post(ADD, form_data(job_id="added"))
+        assert response.status_code == 302, errors_of(response)
+        assert SchedulerJob.objects.filter(pk="added").exists()
+    elif view == "change":
+        engine.after(ModelAdmin, "get_object")
+        response = admin_client.post(job_change_url(job), form_data(job_id="edited", name="Renamed"))
+        assert response.status_code == 302, errors_of(response)
+        assert SchedulerJob.objects.get(pk="edited").name == "Renamed"
+    else:
+        engine.after(ModelAdmin, "get_object")
+        response = admin_client.post(
+            reverse("admin:django_taskiq_beat_schedulerjob_delete", args=["edited"]), {"post": "yes"}
+        )
+        assert response.status_code == 302
+        assert not SchedulerJob.objects.filter(pk="edited").exists()
+    assert engine.wrote()

@@ -5,12 +5,15 @@ through raw row edits, so the rules of the API and the engine's wake-ups apply.
 Everything shown is escaped (``format_html``).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
+from django.db import router, transaction
 from django.db.models import Count, F, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -35,6 +38,7 @@ from django_taskiq_beat.admin.common import (
     sparkline,
 )
 from django_taskiq_beat.app import get_scheduler_app
+from django_taskiq_beat.bulk import begin_write
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
 from django_taskiq_beat.describe import (
     declaration_text,
@@ -290,6 +294,22 @@ class SchedulerJobAdmin(SafeListAdmin):
                     messages.WARNING,
                 )
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def changeform_view(
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        with _write_lock_first(request):
+            return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        with _write_lock_first(request):
+            return super().delete_view(request, object_id, extra_context)
 
     def _shown_read_only(self, request: HttpRequest, obj: SchedulerJob | None) -> bool:
         """A chain, or any job to a user who may not change it: every column, nothing to edit."""
@@ -599,6 +619,23 @@ class SchedulerJobAdmin(SafeListAdmin):
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerJob]) -> None:
         self._apply(request, queryset, "delete")
+
+
+@contextmanager
+def _write_lock_first(request: HttpRequest) -> Iterator[None]:
+    """A POST's transaction, holding SQLite's write lock before the view reads anything.
+
+    Django runs the add, change and delete views in one transaction that reads (the job, the
+    form's checks) before it writes. On SQLite a transaction that read before another process
+    committed (an engine does at every tick) cannot write at all: "database is locked", at once.
+    With the lock taken first, the view waits for the engine's write instead.
+    """
+    if request.method != "POST":
+        yield
+        return
+    with transaction.atomic(using=router.db_for_write(SchedulerJob)):
+        begin_write()
+        yield
 
 
 def _policy_words(job: SchedulerJob) -> str:
