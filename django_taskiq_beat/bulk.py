@@ -103,15 +103,18 @@ def native_timestamps() -> Iterator[None]:
 
     Django registers a Python subclass of it, there to make times naive when ``USE_TZ`` is off,
     and psycopg then calls Python for every value: about 10 µs each, a fifth of a claim's time
-    in Python. With ``USE_TZ`` on (which the engine requires) Django keeps the session in UTC,
-    and psycopg's loader gives the same aware UTC datetimes.
+    in Python. With ``USE_TZ`` on (which the engine requires) both read the session's time zone,
+    which Django sets, and give the same aware datetimes. A cursor that is not psycopg's (a
+    wrapping backend) keeps its own loaders.
     """
     if connection.vendor != "postgresql" or NativeTimestamptzLoader is None:
         yield
         return
 
     def load_natively(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-        context["cursor"].cursor.adapters.register_loader("timestamptz", NativeTimestamptzLoader)
+        adapters = getattr(context["cursor"].cursor, "adapters", None)
+        if adapters is not None:
+            adapters.register_loader("timestamptz", NativeTimestamptzLoader)
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(load_natively):

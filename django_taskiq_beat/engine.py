@@ -156,7 +156,9 @@ class BeatEngine:
         # Runs claimed by this engine whose outcome is not stored yet (claimed ahead, being sent, sent):
         # the keeper renews their leases. Memory is bounded: nothing new is claimed while outcomes wait.
         self._held: set[str] = set()
-        self._leases_until = 0.0  # (monotonic) every held run's lease holds until then, as far as this engine knows
+        # Every held run's lease holds until then, as far as this engine knows: the database's clock is not read,
+        # so this is the wall clock its claims and renewals wrote (monotonic time stops while a host is suspended).
+        self._leases_until = timezone.now()
         self._unrecorded: list[claims.Outcome] = []
         self._keeper: asyncio.Task[None] | None = None
         self._send_limit: asyncio.Semaphore | None = None
@@ -357,17 +359,7 @@ class BeatEngine:
         self._counters.last_sync_at = timezone.now()
         logger.debug("Scheduler engine synced jobs from storage.", extra={"next_due_at": self._next_due_at})
         sent = 0
-        if self._held and time.monotonic() > self._leases_until - self._lease.total_seconds() / 2:
-            await self._renew_leases()  # back from an outage: the take-over below must not find them expired
-        orphans = await _orm(
-            claims.claim_expired,
-            self.config.scheduler_id,
-            timezone.now(),
-            self.config.dispatch_batch_size,
-            self._lease,
-            self._heartbeat.dead_after(),
-            self._stale,
-        )
+        orphans = await self._take_over_expired()
         self._report_failures(orphans)
         recovered = len(orphans.dispatches) - orphans.backfills - orphans.released
         if recovered:
@@ -396,6 +388,32 @@ class BeatEngine:
         await self._clean_up()
         self._next_due_at = await _orm(claims.next_due_at)
         return sent
+
+    async def _take_over_expired(self) -> claims.Claim:
+        """Claim runs of dead engines, runs whose lease expired, backfilled runs and held slots now free.
+
+        When this engine's renewals may have failed for half a lease (an outage), its own held runs'
+        leases are renewed first, so that it does not take them over and send them twice; if that
+        fails too, nothing is taken over this tick (the lease keeper reports the failure).
+        """
+        if self._held and timezone.now() > self._leases_until - self._lease / 2:
+            try:
+                await self._renew_leases()
+            except Exception as exc:
+                logger.debug(
+                    "Taking over no expired run this tick: renewing this engine's leases failed: %s",
+                    logs.error_text(exc),
+                )
+                return claims.Claim([], 0, [])
+        return await _orm(
+            claims.claim_expired,
+            self.config.scheduler_id,
+            timezone.now(),
+            self.config.dispatch_batch_size,
+            self._lease,
+            self._heartbeat.dead_after(),
+            self._stale,
+        )
 
     async def _dispatch_due(self) -> int:
         """Claim batch after batch without waiting for their sends.
@@ -661,8 +679,8 @@ class BeatEngine:
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
-        if not self._held:  # claimed a moment ago: their leases are as fresh as they come
-            self._leases_until = time.monotonic() + self._lease.total_seconds()
+        if not self._held and dispatches:  # a take-over's claimed_at is older than its lease: renewed sooner
+            self._leases_until = min(dispatch.claimed_at for dispatch in dispatches) + self._lease
         self._held.update(dispatch.run_id for dispatch in dispatches)
         if self._keeper is None or self._keeper.done():
             name = f"taskiq-beat-leases-{self.config.scheduler_id}"
@@ -698,11 +716,9 @@ class BeatEngine:
         Also called by a tick before it takes over expired runs when the renewals may have failed for half a
         lease (an outage): this engine's own runs, claimed ahead or being sent, must not look abandoned to it.
         """
-        renewing_at = time.monotonic()
-        missed = await self._write(
-            claims.extend_leases, self.config.scheduler_id, list(self._held), timezone.now() + self._lease
-        )
-        self._leases_until = renewing_at + self._lease.total_seconds()
+        until = timezone.now() + self._lease
+        missed = await self._write(claims.extend_leases, self.config.scheduler_id, list(self._held), until)
+        self._leases_until = until
         self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
 
     def _drop_lost(self, lost: set[str]) -> None:

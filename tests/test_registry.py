@@ -295,11 +295,13 @@ def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_he
     assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
 
 
-def test_an_engine_back_from_an_outage_longer_than_its_leases_does_not_take_its_own_runs_over(
-    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("renewals", ["refused", "held up"])
+def test_an_engine_whose_renewals_stopped_for_longer_than_its_leases_does_not_take_its_own_runs_over(
+    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, renewals: str
 ) -> None:
-    """Its renewals were refused for longer than a lease, so the run it holds (claimed ahead, waiting for its
-    slot) has an expired lease: its own take-over must not claim that run again and send it a second time."""
+    """The run it holds (claimed ahead, waiting for its slot) is past its lease: its own take-over must not claim
+    that run again and send it a second time. Refused renewals: it takes nothing over meanwhile. Renewals held up
+    (the lease keeper stalled behind a slow writer): the tick renews the leases itself first."""
     app = make_app(broker, scheduler_id="engine-a", claim_ttl_seconds=1, claim_ahead_seconds=5)
     job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=3)))
     renew = claims.extend_leases
@@ -307,13 +309,17 @@ def test_an_engine_back_from_an_outage_longer_than_its_leases_does_not_take_its_
     def refused(*args: Any, **kwargs: Any) -> set[str]:
         raise OperationalError("the database refuses writes")
 
+    if renewals == "held up":
+        monkeypatch.setattr(app.engine, "_renew_seconds", 3600)
+
     async def scenario() -> None:
         await app.start()
         await eventually(lambda: SchedulerRun.objects.filter(job=job, claimed_by="engine-a").exists())
-        monkeypatch.setattr(claims, "extend_leases", refused)
-        await eventually(lambda: SchedulerRun.objects.filter(job=job, lease_expires_at__lt=timezone.now()).exists())
-        await asyncio.sleep(0.3)  # ticks go on meanwhile: their claims work, only renewals are refused
-        monkeypatch.setattr(claims, "extend_leases", renew)
+        if renewals == "refused":
+            monkeypatch.setattr(claims, "extend_leases", refused)
+            await eventually(lambda: SchedulerRun.objects.filter(job=job, lease_expires_at__lt=timezone.now()).exists())
+            await asyncio.sleep(0.3)  # ticks go on meanwhile: their claims work, only renewals are refused
+            monkeypatch.setattr(claims, "extend_leases", renew)
         await eventually(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists())
         await asyncio.sleep(0.3)
         await app.stop()
