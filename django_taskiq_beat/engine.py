@@ -392,19 +392,13 @@ class BeatEngine:
     async def _take_over_expired(self) -> claims.Claim:
         """Claim runs of dead engines, runs whose lease expired, backfilled runs and held slots now free.
 
-        When this engine's renewals may have failed for half a lease (an outage), its own held runs'
-        leases are renewed first, so that it does not take them over and send them twice; if that
-        fails too, nothing is taken over this tick (the lease keeper reports the failure).
+        Not while this engine's own held runs may be past their leases (its renewals failed, or fell
+        behind, for half a lease: an outage): it would take them over too, and send them twice. The
+        lease keeper renews them, and a later tick takes over.
         """
         if self._held and timezone.now() > self._leases_until - self._lease / 2:
-            try:
-                await self._renew_leases()
-            except Exception as exc:
-                logger.debug(
-                    "Taking over no expired run this tick: renewing this engine's leases failed: %s",
-                    logs.error_text(exc),
-                )
-                return claims.Claim([], 0, [])
+            logger.debug("Taking over no expired run this tick: this engine's own leases are not renewed yet.")
+            return claims.Claim([], 0, [])
         return await _orm(
             claims.claim_expired,
             self.config.scheduler_id,
@@ -679,8 +673,11 @@ class BeatEngine:
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
-        if not self._held and dispatches:  # a take-over's claimed_at is older than its lease: renewed sooner
-            self._leases_until = min(dispatch.claimed_at for dispatch in dispatches) + self._lease
+        if dispatches:
+            # Leased from their claim's time (a take-over's claimed_at is older than its lease, and another host's
+            # clock may be ahead: never later than now), so ``_leases_until`` errs early, never late.
+            leased = min(min(dispatch.claimed_at for dispatch in dispatches), timezone.now()) + self._lease
+            self._leases_until = min(self._leases_until, leased) if self._held else leased
         self._held.update(dispatch.run_id for dispatch in dispatches)
         if self._keeper is None or self._keeper.done():
             name = f"taskiq-beat-leases-{self.config.scheduler_id}"
@@ -711,14 +708,11 @@ class BeatEngine:
             renewals.succeeded()
 
     async def _renew_leases(self) -> None:
-        """Extend the lease of every held run; those no longer this engine's are dropped as claim conflicts.
-
-        Also called by a tick before it takes over expired runs when the renewals may have failed for half a
-        lease (an outage): this engine's own runs, claimed ahead or being sent, must not look abandoned to it.
-        """
-        until = timezone.now() + self._lease
-        missed = await self._write(claims.extend_leases, self.config.scheduler_id, list(self._held), until)
-        self._leases_until = until
+        """Extend the lease of every held run; those no longer this engine's are dropped as claim conflicts."""
+        until, renewing = timezone.now() + self._lease, set(self._held)
+        missed = await self._write(claims.extend_leases, self.config.scheduler_id, list(renewing), until)
+        # Runs held meanwhile kept their claim's lease (``_hold`` lowered the mark for them).
+        self._leases_until = until if self._held <= renewing else min(until, self._leases_until)
         self._drop_lost(missed & self._held)  # not among them: runs recorded while the renewal ran
 
     def _drop_lost(self, lost: set[str]) -> None:

@@ -299,11 +299,11 @@ def test_runs_another_engine_took_over_are_claim_conflicts_of_the_engine_that_he
 def test_an_engine_whose_renewals_stopped_for_longer_than_its_leases_does_not_take_its_own_runs_over(
     broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, renewals: str
 ) -> None:
-    """The run it holds (claimed ahead, waiting for its slot) is past its lease: its own take-over must not claim
-    that run again and send it a second time. Refused renewals: it takes nothing over meanwhile. Renewals held up
-    (the lease keeper stalled behind a slow writer): the tick renews the leases itself first."""
+    """The run it holds (claimed ahead, waiting for its slot) is past its lease, its renewals refused by the
+    database or held up (its lease keeper stalled): its own take-over must not claim that run again and send it a
+    second time. Its ticks go on meanwhile, and a job due then is sent."""
     app = make_app(broker, scheduler_id="engine-a", claim_ttl_seconds=1, claim_ahead_seconds=5)
-    job = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=3)))
+    held = app.single(task="system.echo").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=3)))
     renew = claims.extend_leases
 
     def refused(*args: Any, **kwargs: Any) -> set[str]:
@@ -312,20 +312,23 @@ def test_an_engine_whose_renewals_stopped_for_longer_than_its_leases_does_not_ta
     if renewals == "held up":
         monkeypatch.setattr(app.engine, "_renew_seconds", 3600)
 
+    def sent(job: SchedulerJob) -> bool:
+        return SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists()
+
     async def scenario() -> None:
         await app.start()
-        await eventually(lambda: SchedulerRun.objects.filter(job=job, claimed_by="engine-a").exists())
+        await eventually(lambda: SchedulerRun.objects.filter(job=held, claimed_by="engine-a").exists())
         if renewals == "refused":
             monkeypatch.setattr(claims, "extend_leases", refused)
-            await eventually(lambda: SchedulerRun.objects.filter(job=job, lease_expires_at__lt=timezone.now()).exists())
-            await asyncio.sleep(0.3)  # ticks go on meanwhile: their claims work, only renewals are refused
-            monkeypatch.setattr(claims, "extend_leases", renew)
-        await eventually(lambda: SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).exists())
+        await eventually(lambda: SchedulerRun.objects.filter(job=held, lease_expires_at__lt=timezone.now()).exists())
+        now = await asyncio.to_thread(app.single(task="system.other").schedule, OneOffSchedule(run_at=timezone.now()))
+        await eventually(lambda: sent(now))
+        monkeypatch.setattr(claims, "extend_leases", renew)
+        await eventually(lambda: sent(held))
         await asyncio.sleep(0.3)
         await app.stop()
 
     run(scenario)
-    assert recorder.names() == ["system.echo"]
+    assert sorted(recorder.names()) == ["system.echo", "system.other"]
     health = app.get_health_snapshot()
-    assert (health.recovered_run_count, health.claim_conflict_count) == (0, 0)
-    assert SchedulerRun.objects.get(job=job).status == RunStatus.DISPATCHED
+    assert (health.recovered_run_count, health.claim_conflict_count, health.failed_tick_count) == (0, 0, 0)
