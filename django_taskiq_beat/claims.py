@@ -79,6 +79,8 @@ class Dispatch:
     # What the job showed as its last send (last_run_at, last_dispatched_task_id) before this one: a failed send
     # that the job still shows puts it back. None: not known here (a run taken over from a dead engine).
     previous: tuple[datetime | None, str | None] | None = None
+    # When a take-over leased it (its ``claimed_at`` is then the first claim's); None: leased at ``claimed_at``.
+    leased_at: datetime | None = None
 
     @property
     def shown_at(self) -> datetime:
@@ -711,6 +713,7 @@ def claim_expired(
                     run.job_name,
                     next_slot,
                     counted_as_sent=not first_send,
+                    leased_at=now,
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
@@ -733,6 +736,7 @@ def claim_expired(
                     send_at if send_at > now else None,
                     late_on_purpose=first_send,
                     counted_as_sent=not first_send,
+                    leased_at=now,
                 )
             )
         taken = [dispatch.run_id for dispatch in dispatches] + [outcome.dispatch.run_id for outcome in unsendable]

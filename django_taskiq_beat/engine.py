@@ -674,9 +674,10 @@ class BeatEngine:
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
         if dispatches:
-            # Leased from their claim's time (a take-over's claimed_at is older than its lease, and another host's
-            # clock may be ahead: never later than now), so ``_leases_until`` errs early, never late.
-            leased = min(min(dispatch.claimed_at for dispatch in dispatches), timezone.now()) + self._lease
+            # Leased when claimed, or taken over; never later than now (a claim's time may come from another
+            # host's clock), so ``_leases_until`` errs early, never late.
+            claimed = min(dispatch.leased_at or dispatch.claimed_at for dispatch in dispatches)
+            leased = min(claimed, timezone.now()) + self._lease
             self._leases_until = min(self._leases_until, leased) if self._held else leased
         self._held.update(dispatch.run_id for dispatch in dispatches)
         if self._keeper is None or self._keeper.done():

@@ -155,6 +155,28 @@ def test_pending_runs_of_dead_or_stopped_engines_are_sent_at_once_the_others_at_
     assert app.get_health_snapshot().recovered_run_count == 2
 
 
+def test_a_busy_engine_takes_over_a_dead_engines_runs_batch_after_batch(
+    broker: InMemoryBroker, recorder: Recorder
+) -> None:
+    """While it holds runs of its own (one claimed ahead here), runs it has taken over count as leased when it took
+    them, not when the dead engine claimed them: the next batch of them is taken at the next tick, not after the
+    next lease renewal (CLAIM_TTL_SECONDS / 10, 6 s by default)."""
+    app = make_app(broker, dispatch_batch_size=1, claim_ahead_seconds=10)
+    engine_row("killed", heartbeat_at=timezone.now() - timedelta(hours=1))
+    orphans = [claimed_by("killed", app) for _ in range(3)]
+    SchedulerRun.objects.filter(pk__in=orphans).update(created_at=timezone.now() - timedelta(minutes=10))
+    ahead = app.single(task="system.other").schedule(OneOffSchedule(run_at=timezone.now() + timedelta(seconds=5)))
+
+    async def scenario() -> None:
+        await app.start()
+        await eventually(lambda: SchedulerRun.objects.filter(job=ahead).exists())  # held until its slot
+        await eventually(lambda: all(status(run_id) == RunStatus.DISPATCHED for run_id in orphans), timeout=3)
+        await app.stop()
+
+    run(scenario)
+    assert app.get_health_snapshot().recovered_run_count == 3
+
+
 def test_an_immediate_dispatch_left_pending_waits_for_its_lease(
     broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
