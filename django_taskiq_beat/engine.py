@@ -673,11 +673,8 @@ class BeatEngine:
 
     def _hold(self, dispatches: list[claims.Dispatch]) -> None:
         """Keep these runs' leases renewed until their outcomes are stored."""
-        if dispatches:
-            # Leased when claimed, or taken over; never later than now (a claim's time may come from another
-            # host's clock), so ``_leases_until`` errs early, never late.
-            claimed = min(dispatch.leased_at or dispatch.claimed_at for dispatch in dispatches)
-            leased = min(claimed, timezone.now()) + self._lease
+        if dispatches:  # leased when this engine claimed them, or took them over: its clock, before now
+            leased = min(dispatch.leased_at or dispatch.claimed_at for dispatch in dispatches) + self._lease
             self._leases_until = min(self._leases_until, leased) if self._held else leased
         self._held.update(dispatch.run_id for dispatch in dispatches)
         if self._keeper is None or self._keeper.done():
