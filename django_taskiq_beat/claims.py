@@ -83,6 +83,12 @@ class Dispatch:
     leased_at: datetime | None = None
 
     @property
+    def retried_in_its_run(self) -> bool:
+        """A slot no claim counted (backfilled, or held for its previous run) is not the job's next slot: a failed
+        send of it is retried by its own run going back to pending (``record``), not by moving the job's slot."""
+        return not self.counted_as_sent
+
+    @property
     def shown_at(self) -> datetime:
         """The job's ``last_run_at`` for this send: when it goes, at its slot or after its jitter, or at once
         when claimed later than that."""
@@ -142,6 +148,13 @@ class RetryPolicy:
         """
         retry_at = failed_at + self.delay(failures)
         return retry_at if next_slot is None or retry_at < next_slot else next_slot
+
+    def send_again_at(self, outcome: Outcome) -> datetime:
+        """When ``outcome``'s failed send is tried again: a scheduled slot never after the job's next one, a slot
+        retried in its run (``Dispatch.retried_in_its_run``) whenever its backoff says."""
+        dispatch = outcome.dispatch
+        next_slot = None if dispatch.retried_in_its_run else dispatch.next_slot
+        return self.retry_at(outcome.finished_at, dispatch.failures + 1, next_slot)
 
 
 def _time_adapter() -> Callable[[datetime | None], Any]:
@@ -810,8 +823,9 @@ def record(
 
     A send that went through writes its job only if no claim counted it (a backfilled or held
     slot), or to end the job's streak of failed sends; a failed one always does, taking back
-    what its claim wrote there. Returns the failed sends left out because another engine has
-    taken their runs over since (``_taken_over``).
+    what its claim wrote there. A failed backfilled or held slot is retried in its own run,
+    pending again until its backoff has passed (``Dispatch.retried_in_its_run``). Returns the
+    failed sends left out because another engine has taken their runs over since (``_taken_over``).
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -873,7 +887,7 @@ def record(
             _RETRY,
             [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
         )
-        _settle_runs(outcomes, record_runs)
+        _settle_runs(outcomes, record_runs, retry)
     return list(left.values())
 
 
@@ -926,17 +940,30 @@ def record_each(
         except STORE_DATA_ERRORS:
             try:
                 with transaction.atomic():
-                    _settle_runs([outcome], record_runs)
+                    _settle_runs([outcome], record_runs, retry)
             except STORE_DATA_ERRORS:
                 refused.append(outcome)
     return refused
 
 
-def _settle_runs(outcomes: list[Outcome], record_runs: bool) -> None:
-    """Mark the runs sent or failed and release their leases (or drop them without run history)."""
+# A worker may already have reported the task's own error, with its outcome: a sent run keeps it. Otherwise the
+# run shows its send's error, none once a retry has gone through.
+_RUN_ERROR = (
+    f"CASE WHEN scheduler_run.outcome = '{RunOutcome.UNKNOWN}' THEN v.error"
+    " ELSE COALESCE(v.error, scheduler_run.error) END"
+)
+
+
+def _settle_runs(outcomes: list[Outcome], record_runs: bool, retry: RetryPolicy) -> None:
+    """Mark the runs sent or failed and release their leases (or drop them without run history); a failed
+    backfilled or held slot's run goes back to pending, its lease running out when its retry is due, for
+    ``claim_expired`` to take it again then."""
+    again = [outcome for outcome in outcomes if outcome.error is not None and outcome.dispatch.retried_in_its_run]
     if not record_runs:
-        SchedulerRun.objects.filter(id__in=[outcome.dispatch.run_id for outcome in outcomes]).delete()
-        return
+        pending = {outcome.dispatch.run_id for outcome in again}
+        settled = [outcome.dispatch.run_id for outcome in outcomes if outcome.dispatch.run_id not in pending]
+        SchedulerRun.objects.filter(id__in=settled).delete()
+        outcomes = again
     _time = _time_adapter()
     bulk.update_from_values(
         "scheduler_run",
@@ -947,32 +974,45 @@ def _settle_runs(outcomes: list[Outcome], record_runs: bool) -> None:
             ("finished_at", "timestamptz"),
             ("broker_task_id", "varchar"),
             ("error", "text"),
+            ("claimed_by", "varchar"),
+            ("lease_expires_at", "timestamptz"),
+            ("updated_at", "timestamptz"),
         ),
-        # A worker may already have reported the task's own error: a sent run keeps it.
         (
             ("status", "v.status"),
             ("dispatched_at", "v.dispatched_at"),
             ("finished_at", "v.finished_at"),
             ("broker_task_id", "v.broker_task_id"),
-            ("error", "COALESCE(v.error, scheduler_run.error)"),
-            ("claimed_by", "NULL"),
-            ("lease_expires_at", "NULL"),
-            ("updated_at", "v.finished_at"),
+            ("error", _RUN_ERROR),
+            ("claimed_by", "v.claimed_by"),
+            ("lease_expires_at", "v.lease_expires_at"),
+            ("updated_at", "v.updated_at"),
         ),
-        [_finished_run(outcome, _time) for outcome in outcomes],
+        [_settled_run(outcome, retry, _time) for outcome in outcomes],
     )
 
 
-def _finished_run(outcome: Outcome, _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
-    failed = outcome.error is not None
-    return (
-        outcome.dispatch.run_id,
-        RunStatus.FAILED if failed else RunStatus.DISPATCHED,
-        _time(outcome.dispatched_at),
-        _time(outcome.finished_at),
-        None if failed else outcome.dispatch.run_id,
-        outcome.error,
-    )
+def _settled_run(outcome: Outcome, retry: RetryPolicy, _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """A run's row for ``_settle_runs``: sent, failed, or pending again with its lease ending at its retry."""
+    dispatch, finished_at = outcome.dispatch, _time(outcome.finished_at)
+    if outcome.error is None:
+        sent_at, task_id = _time(outcome.dispatched_at), dispatch.run_id
+        return (dispatch.run_id, RunStatus.DISPATCHED, sent_at, finished_at, task_id, None, None, None, finished_at)
+    if dispatch.retried_in_its_run:
+        retry_at = _time(retry.send_again_at(outcome))
+        return (
+            dispatch.run_id,
+            RunStatus.PENDING,
+            None,
+            None,
+            None,
+            outcome.error,
+            BACKFILL_CLAIMANT,
+            retry_at,
+            finished_at,
+        )
+    tried_at = _time(outcome.dispatched_at)
+    return (dispatch.run_id, RunStatus.FAILED, tried_at, finished_at, None, outcome.error, None, None, finished_at)
 
 
 # A failed send counts and shows its error on the job, and takes back what its claim wrote there: the
@@ -1028,12 +1068,13 @@ def _retry(
 ) -> tuple[Any, ...]:
     """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version,
     and only its latest send can still be shown as the job's last: the job then shows the send before it that did
-    not fail here, if that is known."""
-    latest = max(
-        (outcome.dispatch for outcome in job_outcomes),
-        key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for),
-    )
+    not fail here, if that is known. Slots retried in their runs only count on the job (no version: no retry)."""
     failed = len(job_outcomes)
+    scheduled = [outcome.dispatch for outcome in job_outcomes if not outcome.dispatch.retried_in_its_run]
+    if not scheduled:
+        job_id, error = job_outcomes[0].dispatch.job_id, job_outcomes[-1].error
+        return (job_id, None, failed, error, None, _time(now), 0, 0, None, None, None)
+    latest = max(scheduled, key=lambda dispatch: (dispatch.claimed_at, dispatch.scheduled_for))
     # From the latest failure, as the engine's log line computes it; the cap at the next slot is the SQL's.
     retry_at = job_outcomes[-1].finished_at + retry.delay(latest.failures + failed)
     refund = sum(outcome.dispatch.counted for outcome in job_outcomes)  # their retry is the same scheduled send

@@ -771,11 +771,11 @@ class BeatEngine:
         return claims.Outcome(dispatch, dispatched_at, timezone.now(), None)
 
     def _retry_text(self, outcome: claims.Outcome) -> str:
-        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job, and which try in a row that
-        is."""
+        """``retry at 14:03:05 UTC, attempt 3``: when ``claims.record`` retries the job (or the run), and which try
+        in a row that is."""
         dispatch = outcome.dispatch
-        retry_at = self._retry.retry_at(outcome.finished_at, dispatch.failures + 1, dispatch.next_slot)
-        its_slot = " (its next slot)" if retry_at == dispatch.next_slot else ""
+        retry_at = self._retry.send_again_at(outcome)
+        its_slot = " (its next slot)" if retry_at == dispatch.next_slot and not dispatch.retried_in_its_run else ""
         return f"retry at {logs.when(retry_at)}{its_slot}, attempt {dispatch.failures + 2}"
 
     async def _clean_up(self) -> None:

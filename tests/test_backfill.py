@@ -3,6 +3,7 @@
 Idempotent per slot; more than 1,000 slots refused; in the admin as an action that asks for the range.
 """
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db.models import F
 from django.utils import timezone
+from taskiq import InMemoryBroker
 
 from django_taskiq_beat import (
     IntervalTrigger,
@@ -18,8 +20,11 @@ from django_taskiq_beat import (
     SchedulePolicy,
     SchedulerApp,
     SchedulerValidationError,
+    logs,
 )
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from tests.conftest import Recorder
+from tests.test_engine import break_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,6 +52,28 @@ def test_backfill_writes_a_run_per_past_slot_and_an_engine_sends_each_once(app: 
     assert (stored.dispatch_count, stored.remaining_runs, stored.state) == (5, 3, "active")  # backfills don't count
     assert call(app, "backfill", job.pk, start - timedelta(minutes=2), end) == 2  # only the slots without a run
     assert SchedulerRun.objects.filter(job=job).count() == 7
+
+
+def test_an_engine_sends_a_backfilled_slot_again_after_a_failed_send(
+    app: SchedulerApp, broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """The retry is the run's own, after the backoff: not capped at the job's next slot, which is not its."""
+    job = an_hour_old(app)
+    start = job.created_at.replace(microsecond=0) + timedelta(minutes=10)
+    assert app.backfill(job.pk, start, start + timedelta(seconds=30)) == 1
+    SchedulerJob.objects.filter(pk=job.pk).update(next_run_at=timezone.now() + timedelta(seconds=2))
+    break_broker(broker, monkeypatch, failures=1)
+    with caplog.at_level(logging.WARNING, logger="django_taskiq_beat"):
+        assert async_to_sync(app.engine.run_once)() == 0
+    (run,) = SchedulerRun.objects.filter(job=job)
+    assert run.status == RunStatus.PENDING and "ConnectionError: boom" in (run.error or "")
+    assert run.lease_expires_at is not None and run.lease_expires_at > timezone.now() + timedelta(seconds=3)
+    assert f"retry at {logs.when(run.lease_expires_at)}, attempt 2." in caplog.text  # its own time, not the job's
+
+    SchedulerRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())  # the backoff has passed
+    assert async_to_sync(app.engine.run_once)() == 1
+    run.refresh_from_db()
+    assert (run.status, run.error, len(recorder.calls)) == (RunStatus.DISPATCHED, None, 1)
 
 
 def test_backfill_sends_only_past_slots_and_a_one_off_its_own(app: SchedulerApp) -> None:

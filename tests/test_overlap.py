@@ -236,6 +236,26 @@ def test_buffer_one_holds_the_next_slot_skips_later_ones_and_sends_it_once_the_r
     assert SchedulerJob.objects.get(pk=job.pk).skipped_count == 1
 
 
+def test_a_released_slot_whose_send_fails_is_sent_again_after_its_backoff(app: SchedulerApp) -> None:
+    """Its job has moved on to its next slot, which keeps its time and waits behind the retry (one at a time)."""
+    job, run_id = running_first_run(app, BUFFER_ONE)
+    [held] = claim(slot(job, 20.1)).held
+    _mark_finished(run_id, "succeeded", slot(job, 20.2), None)
+    [released] = release(slot(job, 20.5)).dispatches
+    failure = claims.Outcome(released, None, slot(job, 20.5), "ConnectionError: boom")
+    claims.record([failure], slot(job, 20.5), True, RETRY, "engine-a")
+    assert runs_of(job)[1] == (slot(job, 20), RunStatus.PENDING, claims.BACKFILL_CLAIMANT, held.reason)
+    assert SchedulerJob.objects.get(pk=job.pk).next_run_at == slot(job, 30)
+
+    assert release(slot(job, 25)).dispatches == []  # its backoff: 5 s from the failure
+    [next_slot] = claim(slot(job, 30.1)).held
+    assert next_slot.reason == f"held until the previous run ({when(slot(job, 20))}, not sent yet) finishes"
+    [again] = release(slot(job, 25.6)).dispatches
+    assert (again.run_id, again.scheduled_for) == (held.run_id, slot(job, 20))
+    send(claims.Claim([again], 1, []), slot(job, 25.6))
+    assert runs_of(job)[1][:2] == (slot(job, 20), RunStatus.DISPATCHED)
+
+
 def test_the_released_slot_holds_the_next_one_in_turn(app: SchedulerApp) -> None:
     job, run_id = running_first_run(app, BUFFER_ONE)
     claim(slot(job, 20.1))

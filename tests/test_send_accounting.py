@@ -195,6 +195,39 @@ def test_a_failed_backfilled_slot_takes_back_nothing(app: SchedulerApp) -> None:
     assert shown(job.id)[:3] == before[:3]
 
 
+@pytest.mark.parametrize("record_runs", [True, False])
+def test_a_failed_backfilled_slot_is_sent_again_in_its_own_run_after_its_backoff(
+    app: SchedulerApp, record_runs: bool
+) -> None:
+    """The job's schedule has moved on past the slot, so the run itself waits for the retry (pending, its lease
+    ending then), kept even without run history; the failure counts on the job as any other."""
+    job = hourly(app)
+    start = timezone.now() - timedelta(hours=2, minutes=30)
+    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    now = timezone.now()
+    (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
+    claims.record(failed([orphan], now), now, record_runs, RETRY, "engine-a")
+    waiting = SchedulerRun.objects.values_list("status", "claimed_by", "lease_expires_at", "error", "finished_at")
+    assert waiting.get(pk=orphan.run_id) == (
+        RunStatus.PENDING,
+        claims.BACKFILL_CLAIMANT,
+        now + RETRY.delay(1),
+        "ConnectionError: boom",
+        None,
+    )
+    assert shown(job.id)[3:] == (1, "ConnectionError: boom")
+    assert SchedulerJob.objects.get(pk=job.id).next_run_at == job.next_run_at  # the job's own slot is untouched
+
+    assert claims.claim_expired("engine-a", now + timedelta(seconds=4), 10, LEASE).dispatches == []
+    later = now + timedelta(seconds=6)
+    (again,) = claims.claim_expired("engine-a", later, 10, LEASE).dispatches
+    assert (again.run_id, again.failures, again.counted_as_sent) == (orphan.run_id, 1, False)
+    claims.record(sent([again], later), later, record_runs, RETRY, "engine-a")
+    stored = SchedulerRun.objects.filter(pk=orphan.run_id).values_list("status", "error", "broker_task_id")
+    assert list(stored) == ([(RunStatus.DISPATCHED, None, orphan.run_id)] if record_runs else [])
+    assert shown(job.id)[:2] + shown(job.id)[3:] == (1, orphan.run_id, 0, None)
+
+
 def test_a_streak_of_failed_sends_stays_on_the_job_until_a_send_goes_through(
     app: SchedulerApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
