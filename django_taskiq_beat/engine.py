@@ -553,8 +553,18 @@ class BeatEngine:
         ``unsendable``: runs a take-over claimed and found it cannot send (``claim_expired``'s failures), held and
         stored with the batch's outcomes, so that they too are kept until the database takes them.
         """
-        self._hold([*dispatches, *(outcome.dispatch for outcome in unsendable)])
-        outcomes = await self._send_counted(dispatches) if dispatches else []
+        held = [*dispatches, *(outcome.dispatch for outcome in unsendable)]
+        self._hold(held)
+        try:
+            outcomes = await self._send_counted(dispatches) if dispatches else []
+        except Exception:  # no send raises (its error is its outcome): a fault of the engine's own
+            logger.exception(
+                "Sending a batch of %s failed; their runs are sent again once their leases expire.",
+                logs.count(len(held), "slot"),
+                extra={"run_count": len(held)},
+            )
+            self._held.difference_update(dispatch.run_id for dispatch in held)  # held unsent, they would wait for stop
+            return 0
         try:
             await self._store([*unsendable, *outcomes])
         except Exception:
