@@ -81,12 +81,13 @@ class Dispatch:
     previous: tuple[datetime | None, str | None] | None = None
     # When a take-over leased it (its ``claimed_at`` is then the first claim's); None: leased at ``claimed_at``.
     leased_at: datetime | None = None
+    # A backfilled or held slot is not its job's next slot: a failed send puts its run back to pending, under this
+    # claimant, until its backoff has passed (``record``). None: the job is retried (its next slot moves).
+    retry_as: str | None = None
 
     @property
     def retried_in_its_run(self) -> bool:
-        """A slot no claim counted (backfilled, or held for its previous run) is not the job's next slot: a failed
-        send of it is retried by its own run going back to pending (``record``), not by moving the job's slot."""
-        return not self.counted_as_sent
+        return self.retry_as is not None
 
     @property
     def shown_at(self) -> datetime:
@@ -684,7 +685,12 @@ def claim_expired(
     doing that while this transaction holds run locks could deadlock with a writer of
     outcomes (the engine's own, on its connection of its own).
     """
-    free = Q(lease_expires_at__lt=now) | _released(now, stale)
+    # A held slot goes by its own rules (``_released``), also while it waits for a retry; a paused job's
+    # backfilled slots wait for its resume.
+    lapsed = (
+        Q(lease_expires_at__lt=now) & ~Q(claimed_by=WAITING_CLAIMANT) & (~Q(claimed_by=BACKFILL_CLAIMANT) | _NOT_PAUSED)
+    )
+    free = lapsed | _released(now, stale)
     if engines_dead_after is not None:
         gone = SchedulerEngine.objects.gone(DatabaseNow(), engines_dead_after).exclude(pk=scheduler_id)
         free |= Q(claimed_by__in=gone.values("pk"))
@@ -709,11 +715,14 @@ def claim_expired(
         for run in runs:
             next_slot = _or(run.next_run_at, datetime, None)
             first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)  # no claim counted it as sent
+            retry_as = run.claimed_by if first_send else None
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
                 # Never sent: what is recorded is the run, its job, the claim's version (if unreadable,
-                # ``now``, which matches no job, so no retry) and the failure count.
+                # ``now``, which matches no job, so no retry) and the failure count. A run whose own
+                # columns are unusable is not retried either: no API can mend it.
+                own_columns_usable = isinstance(run.created_at, datetime) and isinstance(run.scheduled_for, datetime)
                 claim = Dispatch(
                     run.id,
                     run.job_id,
@@ -727,6 +736,7 @@ def claim_expired(
                     next_slot,
                     counted_as_sent=not first_send,
                     leased_at=now,
+                    retry_as=retry_as if own_columns_usable else None,
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
@@ -750,6 +760,7 @@ def claim_expired(
                     late_on_purpose=first_send,
                     counted_as_sent=not first_send,
                     leased_at=now,
+                    retry_as=retry_as,
                 )
             )
         taken = [dispatch.run_id for dispatch in dispatches] + [outcome.dispatch.run_id for outcome in unsendable]
@@ -767,14 +778,17 @@ def claim_expired(
     )
 
 
+_NOT_PAUSED = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
+
+
 def _released(now: datetime, stale: timedelta) -> Q:
-    """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones."""
-    held = Q(claimed_by=WAITING_CLAIMANT, lease_expires_at__isnull=True)
-    not_paused = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
+    """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones; one whose
+    send failed once its retry is due (its lease)."""
+    held = Q(claimed_by=WAITING_CLAIMANT) & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
     for condition in _unfinished(now, stale):
         others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
         held &= ~Exists(others)  # type: ignore[assignment]  # django-stubs: Q & takes only a Q (Q & Exists is a Q)
-    return held & not_paused
+    return held & _NOT_PAUSED
 
 
 def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:
@@ -946,10 +960,10 @@ def record_each(
     return refused
 
 
-# A worker may already have reported the task's own error, with its outcome: a sent run keeps it. Otherwise the
+# A worker may already have reported the task's own error (failed, or retrying): a sent run keeps it. Otherwise the
 # run shows its send's error, none once a retry has gone through.
 _RUN_ERROR = (
-    f"CASE WHEN scheduler_run.outcome = '{RunOutcome.UNKNOWN}' THEN v.error"
+    f"CASE WHEN scheduler_run.outcome IN ('{RunOutcome.UNKNOWN}', '{RunOutcome.RUNNING}') THEN v.error"
     " ELSE COALESCE(v.error, scheduler_run.error) END"
 )
 
@@ -998,7 +1012,7 @@ def _settled_run(outcome: Outcome, retry: RetryPolicy, _time: Callable[[datetime
     if outcome.error is None:
         sent_at, task_id = _time(outcome.dispatched_at), dispatch.run_id
         return (dispatch.run_id, RunStatus.DISPATCHED, sent_at, finished_at, task_id, None, None, None, finished_at)
-    if dispatch.retried_in_its_run:
+    if dispatch.retry_as is not None:
         retry_at = _time(retry.send_again_at(outcome))
         return (
             dispatch.run_id,
@@ -1007,7 +1021,7 @@ def _settled_run(outcome: Outcome, retry: RetryPolicy, _time: Callable[[datetime
             None,
             None,
             outcome.error,
-            BACKFILL_CLAIMANT,
+            dispatch.retry_as,
             retry_at,
             finished_at,
         )

@@ -110,6 +110,7 @@ def _run_data(run: SchedulerRun) -> dict[str, Any]:
         "error": run.error,
         "reason": run.reason,
         "held": run.is_held,
+        "awaits_retry": run.awaits_retry,
     }
 
 
@@ -256,7 +257,7 @@ def show(app: SchedulerApp, options: dict[str, Any], out: Output) -> int:
         (
             (
                 local_time(run.scheduled_for),
-                "waiting" if run.is_held else run.status,
+                run.shown_status,
                 run.outcome or "–",
                 _ago(run.dispatched_at, now),
                 (run.error or run.reason or "")[:80],

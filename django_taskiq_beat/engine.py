@@ -553,18 +553,8 @@ class BeatEngine:
         ``unsendable``: runs a take-over claimed and found it cannot send (``claim_expired``'s failures), held and
         stored with the batch's outcomes, so that they too are kept until the database takes them.
         """
-        held = [*dispatches, *(outcome.dispatch for outcome in unsendable)]
-        self._hold(held)
-        try:
-            outcomes = await self._send_counted(dispatches) if dispatches else []
-        except Exception:  # no send raises (its error is its outcome): a fault of the engine's own
-            logger.exception(
-                "Sending a batch of %s failed; their runs are sent again once their leases expire.",
-                logs.count(len(held), "slot"),
-                extra={"run_count": len(held)},
-            )
-            self._held.difference_update(dispatch.run_id for dispatch in held)  # held unsent, they would wait for stop
-            return 0
+        self._hold([*dispatches, *(outcome.dispatch for outcome in unsendable)])
+        outcomes = await self._send_counted(dispatches) if dispatches else []
         try:
             await self._store([*unsendable, *outcomes])
         except Exception:
@@ -740,13 +730,17 @@ class BeatEngine:
         assert limit is not None
 
         async def send(dispatch: claims.Dispatch) -> claims.Outcome:
-            early = (dispatch.scheduled_for - timezone.now()).total_seconds()
-            if early > 0:  # claimed ahead of its slot: at most CLAIM_AHEAD_SECONDS
-                await asyncio.sleep(early)
-            if dispatch.send_at is not None:
-                await self._wait_out_jitter(dispatch.send_at)
-            async with limit:
-                return await self._send(dispatch)
+            try:
+                early = (dispatch.scheduled_for - timezone.now()).total_seconds()
+                if early > 0:  # claimed ahead of its slot: at most CLAIM_AHEAD_SECONDS
+                    await asyncio.sleep(early)
+                if dispatch.send_at is not None:
+                    await self._wait_out_jitter(dispatch.send_at)
+                async with limit:
+                    return await self._send(dispatch)
+            except Exception as exc:  # a fault of the engine's own (a send's error is its outcome): this slot's alone
+                logger.exception("Sending job %s failed unexpectedly.", _job(dispatch), extra=_send_extra(dispatch))
+                return claims.Outcome(dispatch, None, timezone.now(), logs.describe_error(exc))
 
         return list(await asyncio.gather(*(send(dispatch) for dispatch in dispatches)))
 

@@ -10,7 +10,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_taskiq_beat.bulk import begin_write
-from django_taskiq_beat.conf import WAITING_CLAIMANT
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT
 from django_taskiq_beat.exceptions import SchedulerValidationError
 from django_taskiq_beat.payloads import MAX_COUNT
 from django_taskiq_beat.triggers import Trigger, next_slot, trigger_from_row
@@ -399,7 +399,19 @@ class SchedulerRun(models.Model):
     @property
     def is_held(self) -> bool:
         """A slot its job's ``overlap="buffer_one"`` holds until the previous run finishes ("waiting")."""
-        return self.status == RunStatus.PENDING and self.claimed_by == WAITING_CLAIMANT
+        return self.status == RunStatus.PENDING and self.claimed_by == WAITING_CLAIMANT and not self.awaits_retry
+
+    @property
+    def awaits_retry(self) -> bool:
+        """A backfilled or held slot whose send failed, pending again until its retry is due ("retry pending")."""
+        unclaimed = self.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)
+        return self.status == RunStatus.PENDING and unclaimed and self.error is not None
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the admin and the CLI say it: ``waiting`` and ``retry pending`` for the pending runs that
+        wait for something else than an engine."""
+        return "waiting" if self.is_held else "retry pending" if self.awaits_retry else self.get_status_display()
 
     @property
     def duration(self) -> timedelta | None:

@@ -491,35 +491,29 @@ def test_a_batch_claimed_ahead_holds_up_no_tick(broker: InMemoryBroker, recorder
     assert len(recorder.calls) == 2
 
 
-def test_a_batch_whose_sending_fails_unexpectedly_is_let_go_and_sent_again_after_its_lease(
-    broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_a_fault_of_the_engine_while_sending_one_slot_fails_that_slot_alone(
+    app: SchedulerApp, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A fault of the engine's own while it sends a batch (no send raises) must not leave the batch's runs held, their
-    leases renewed, until the engine stops: they are let go and sent again once their leases expire."""
-    app = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, sync_interval_seconds=0.2))
-    job = due_one_off(app)
-    real_send_all, calls = app.engine._send_all, [0]
+    """No send raises (its error is its outcome); a fault of the engine's own must cost its slot only: a failed run
+    retried as any, the rest of the batch sent and stored once, nothing held unsent or sent twice."""
+    first, second = due_one_off(app), due_one_off(app, task="system.other")
+    real_send = app.engine._send
 
-    async def faulty_first(dispatches: list[claims.Dispatch]) -> list[claims.Outcome]:
-        calls[0] += 1
-        if calls[0] == 1:
+    async def faulty_first(dispatch: claims.Dispatch) -> claims.Outcome:
+        if dispatch.job_id == first.pk:
             raise RuntimeError("a bug")
-        return await real_send_all(dispatches)
+        return await real_send(dispatch)
 
-    monkeypatch.setattr(app.engine, "_send_all", faulty_first)
-
-    async def scenario() -> None:
-        await app.start()
-        deadline = time.monotonic() + 15
-        while not await SchedulerRun.objects.filter(job=job, status=RunStatus.DISPATCHED).aexists():
-            assert time.monotonic() < deadline, "the run was never sent again"
-            await asyncio.sleep(0.05)
-        await app.stop()
-
+    monkeypatch.setattr(app.engine, "_send", faulty_first)
     with caplog.at_level(logging.ERROR, logger="django_taskiq_beat"):
-        run(scenario)
-    assert calls[0] == 2 and recorder.names() == ["system.echo"]
-    assert "Sending a batch of 1 slot failed; their runs are sent again once their leases expire." in caplog.text
+        assert run(app.engine.run_once) == 1
+    assert f"Sending job {first.pk}, task system.echo" in caplog.text and "failed unexpectedly" in caplog.text
+    failed = SchedulerRun.objects.get(job=first)
+    assert (failed.status, failed.error) == (RunStatus.FAILED, "RuntimeError: a bug")
+    assert SchedulerRun.objects.get(job=second).status == RunStatus.DISPATCHED
+    retried = SchedulerJob.objects.get(pk=first.pk)
+    assert retried.is_enabled and retried.dispatch_failures == 1 and retried.next_run_at is not None
+    assert recorder.names() == ["system.other"] and app.engine._held == set()
 
 
 @pytest.mark.parametrize("runner_crashed", [False, True], ids=["stopped", "runner-crashed"])
@@ -1022,7 +1016,7 @@ def test_outcomes_a_background_batch_adds_while_leftovers_are_stored_are_kept(
 def test_stop_keeps_trying_to_store_for_one_lease_then_gives_up(
     broker: InMemoryBroker, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, sync_interval_seconds=0.2))
+    app = SchedulerApp(broker=broker, config=make_config(claim_ttl_seconds=1, idle_sleep_seconds=0.05))
     refuse_records(monkeypatch, seconds=3600)
     job = due_one_off(app)
 

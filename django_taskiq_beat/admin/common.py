@@ -101,10 +101,11 @@ def run_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
 
 
 def status_colour_and_label(run: SchedulerRun) -> tuple[str, str]:
-    """The dispatch status; ``waiting`` for a pending run held until the previous one finishes."""
+    """The dispatch status (``SchedulerRun.shown_status``); a held run in grey, one that awaits a retry as failed."""
     if run.is_held:
-        return WAITING_COLOUR, "waiting"
-    return RUN_COLOURS.get(run.status, UNKNOWN_COLOUR), run.get_status_display()
+        return WAITING_COLOUR, run.shown_status
+    status = RunStatus.FAILED if run.awaits_retry else run.status
+    return RUN_COLOURS.get(status, UNKNOWN_COLOUR), run.shown_status
 
 
 def lag_text(run: SchedulerRun) -> str:
