@@ -155,8 +155,9 @@ class SchedulerApp:
 
         Idempotent per slot: a slot that has a run already (sent, failed, skipped or backfilled
         before) is left alone. Returns how many runs it wrote; an engine sends them within
-        ``SYNC_INTERVAL_SECONDS``. Backfilled sends do not count against ``max_runs``. More than
-        1,000 slots raise ``SchedulerValidationError``.
+        ``SYNC_INTERVAL_SECONDS`` (a paused job's once it is resumed), each failed send again after
+        a backoff. Backfilled sends do not count against ``max_runs``. More than 1,000 slots raise
+        ``SchedulerValidationError``.
         """
         start, end = require_aware(start, "start"), require_aware(end, "end")
         if end <= start:

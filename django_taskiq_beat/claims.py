@@ -81,13 +81,9 @@ class Dispatch:
     previous: tuple[datetime | None, str | None] | None = None
     # When a take-over leased it (its ``claimed_at`` is then the first claim's); None: leased at ``claimed_at``.
     leased_at: datetime | None = None
-    # A backfilled or held slot is not its job's next slot: a failed send puts its run back to pending, under this
-    # claimant, until its backoff has passed (``record``). None: the job is retried (its next slot moves).
-    retry_as: str | None = None
-
-    @property
-    def retried_in_its_run(self) -> bool:
-        return self.retry_as is not None
+    # A backfilled slot of an active job: not its job's next slot, so a failed send puts its run back to pending
+    # until its backoff has passed (``record``), where the job's retry would move its next slot.
+    retried_in_its_run: bool = False
 
     @property
     def shown_at(self) -> datetime:
@@ -657,6 +653,7 @@ class _ExpiredRun:
     task_labels: dict[str, Any]
     jitter_seconds: float
     claimed_by: str | None
+    job_enabled: bool
 
 
 _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
@@ -685,11 +682,7 @@ def claim_expired(
     doing that while this transaction holds run locks could deadlock with a writer of
     outcomes (the engine's own, on its connection of its own).
     """
-    # A held slot goes by its own rules (``_released``), also while it waits for a retry; a paused job's
-    # backfilled slots wait for its resume.
-    lapsed = (
-        Q(lease_expires_at__lt=now) & ~Q(claimed_by=WAITING_CLAIMANT) & (~Q(claimed_by=BACKFILL_CLAIMANT) | _NOT_PAUSED)
-    )
+    lapsed = Q(lease_expires_at__lt=now) & (~Q(claimed_by=BACKFILL_CLAIMANT) | _NOT_PAUSED)  # backfills: not paused
     free = lapsed | _released(now, stale)
     if engines_dead_after is not None:
         gone = SchedulerEngine.objects.gone(DatabaseNow(), engines_dead_after).exclude(pk=scheduler_id)
@@ -707,6 +700,7 @@ def claim_expired(
                 next_run_at=F("job__next_run_at"),
                 task_labels=F("job__task_labels"),
                 jitter_seconds=F("job__jitter_seconds"),
+                job_enabled=F("job__is_enabled"),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -715,7 +709,8 @@ def claim_expired(
         for run in runs:
             next_slot = _or(run.next_run_at, datetime, None)
             first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)  # no claim counted it as sent
-            retry_as = run.claimed_by if first_send else None
+            # A finished job's backfill is sent once: nothing could stop its retries (a pause leaves it finished).
+            retried_in_its_run = run.claimed_by == BACKFILL_CLAIMANT and run.job_enabled is True
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
@@ -736,7 +731,7 @@ def claim_expired(
                     next_slot,
                     counted_as_sent=not first_send,
                     leased_at=now,
-                    retry_as=retry_as if own_columns_usable else None,
+                    retried_in_its_run=retried_in_its_run and own_columns_usable,
                 )
                 unsendable.append(Outcome(claim, None, now, describe_error(exc)))
                 continue
@@ -760,13 +755,16 @@ def claim_expired(
                     late_on_purpose=first_send,
                     counted_as_sent=not first_send,
                     leased_at=now,
-                    retry_as=retry_as,
+                    retried_in_its_run=retried_in_its_run,
                 )
             )
         taken = [dispatch.run_id for dispatch in dispatches] + [outcome.dispatch.run_id for outcome in unsendable]
         if taken:
+            # A backfilled run shows its failed send's error until it is tried again. The error first: MariaDB and
+            # MySQL let later assignments see earlier ones.
+            error = Case(When(claimed_by=BACKFILL_CLAIMANT, then=Value(None)), default=F("error"))
             SchedulerRun.objects.filter(id__in=taken).update(
-                claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
+                error=error, claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
             )
     claimants = {run.id: run.claimed_by for run in runs}
     return Claim(
@@ -782,9 +780,8 @@ _NOT_PAUSED = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
 
 
 def _released(now: datetime, stale: timedelta) -> Q:
-    """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones; one whose
-    send failed once its retry is due (its lease)."""
-    held = Q(claimed_by=WAITING_CLAIMANT) & (Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now))
+    """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones."""
+    held = Q(claimed_by=WAITING_CLAIMANT, lease_expires_at__isnull=True)
     for condition in _unfinished(now, stale):
         others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
         held &= ~Exists(others)  # type: ignore[assignment]  # django-stubs: Q & takes only a Q (Q & Exists is a Q)
@@ -837,9 +834,9 @@ def record(
 
     A send that went through writes its job only if no claim counted it (a backfilled or held
     slot), or to end the job's streak of failed sends; a failed one always does, taking back
-    what its claim wrote there. A failed backfilled or held slot is retried in its own run,
-    pending again until its backoff has passed (``Dispatch.retried_in_its_run``). Returns the
-    failed sends left out because another engine has taken their runs over since (``_taken_over``).
+    what its claim wrote there. A failed backfilled slot is retried in its own run, pending
+    again until its backoff has passed (``Dispatch.retried_in_its_run``). Returns the failed
+    sends left out because another engine has taken their runs over since (``_taken_over``).
 
     Set-based SQL only, no model instance: a job row with a value the ORM cannot read
     cannot stop its outcome from being stored. Jobs are written before runs, as a claim, a
@@ -960,17 +957,9 @@ def record_each(
     return refused
 
 
-# A worker may already have reported the task's own error (failed, or retrying): a sent run keeps it. Otherwise the
-# run shows its send's error, none once a retry has gone through.
-_RUN_ERROR = (
-    f"CASE WHEN scheduler_run.outcome IN ('{RunOutcome.UNKNOWN}', '{RunOutcome.RUNNING}') THEN v.error"
-    " ELSE COALESCE(v.error, scheduler_run.error) END"
-)
-
-
 def _settle_runs(outcomes: list[Outcome], record_runs: bool, retry: RetryPolicy) -> None:
     """Mark the runs sent or failed and release their leases (or drop them without run history); a failed
-    backfilled or held slot's run goes back to pending, its lease running out when its retry is due, for
+    backfilled slot's run goes back to pending, its lease running out when its retry is due, for
     ``claim_expired`` to take it again then."""
     again = [outcome for outcome in outcomes if outcome.error is not None and outcome.dispatch.retried_in_its_run]
     if not record_runs:
@@ -992,12 +981,13 @@ def _settle_runs(outcomes: list[Outcome], record_runs: bool, retry: RetryPolicy)
             ("lease_expires_at", "timestamptz"),
             ("updated_at", "timestamptz"),
         ),
+        # A worker may already have reported the task's own error: a sent run keeps it.
         (
             ("status", "v.status"),
             ("dispatched_at", "v.dispatched_at"),
             ("finished_at", "v.finished_at"),
             ("broker_task_id", "v.broker_task_id"),
-            ("error", _RUN_ERROR),
+            ("error", "COALESCE(v.error, scheduler_run.error)"),
             ("claimed_by", "v.claimed_by"),
             ("lease_expires_at", "v.lease_expires_at"),
             ("updated_at", "v.updated_at"),
@@ -1012,7 +1002,7 @@ def _settled_run(outcome: Outcome, retry: RetryPolicy, _time: Callable[[datetime
     if outcome.error is None:
         sent_at, task_id = _time(outcome.dispatched_at), dispatch.run_id
         return (dispatch.run_id, RunStatus.DISPATCHED, sent_at, finished_at, task_id, None, None, None, finished_at)
-    if dispatch.retry_as is not None:
+    if dispatch.retried_in_its_run:
         retry_at = _time(retry.send_again_at(outcome))
         return (
             dispatch.run_id,
@@ -1021,7 +1011,7 @@ def _settled_run(outcome: Outcome, retry: RetryPolicy, _time: Callable[[datetime
             None,
             None,
             outcome.error,
-            dispatch.retry_as,
+            BACKFILL_CLAIMANT,
             retry_at,
             finished_at,
         )

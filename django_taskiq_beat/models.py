@@ -399,13 +399,12 @@ class SchedulerRun(models.Model):
     @property
     def is_held(self) -> bool:
         """A slot its job's ``overlap="buffer_one"`` holds until the previous run finishes ("waiting")."""
-        return self.status == RunStatus.PENDING and self.claimed_by == WAITING_CLAIMANT and not self.awaits_retry
+        return self.status == RunStatus.PENDING and self.claimed_by == WAITING_CLAIMANT
 
     @property
     def awaits_retry(self) -> bool:
-        """A backfilled or held slot whose send failed, pending again until its retry is due ("retry pending")."""
-        unclaimed = self.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)
-        return self.status == RunStatus.PENDING and unclaimed and self.error is not None
+        """A backfilled slot whose send failed, pending again until its retry is due ("retry pending")."""
+        return self.status == RunStatus.PENDING and self.claimed_by == BACKFILL_CLAIMANT and self.error is not None
 
     @property
     def shown_status(self) -> str:

@@ -3,13 +3,17 @@
 Idempotent per slot; more than 1,000 slots refused; in the admin as an action that asks for the range.
 """
 
+import json
 import logging
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.management import call_command
 from django.db.models import F
+from django.urls import reverse
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
@@ -74,6 +78,26 @@ def test_an_engine_sends_a_backfilled_slot_again_after_a_failed_send(
     assert async_to_sync(app.engine.run_once)() == 1
     run.refresh_from_db()
     assert (run.status, run.error, len(recorder.calls)) == (RunStatus.DISPATCHED, None, 1)
+
+
+def test_a_backfilled_slot_awaiting_its_retry_shows_as_retry_pending_in_the_admin_and_the_cli(
+    app: SchedulerApp, broker: InMemoryBroker, monkeypatch: pytest.MonkeyPatch, admin_client: Any
+) -> None:
+    job = an_hour_old(app)
+    start = job.created_at.replace(microsecond=0) + timedelta(minutes=10)
+    assert app.backfill(job.pk, start, start + timedelta(seconds=30)) == 1
+    break_broker(broker, monkeypatch)
+    async_to_sync(app.engine.run_once)()
+    history = admin_client.get(reverse("admin:django_taskiq_beat_schedulerrun_changelist")).content.decode()
+    assert ">retry pending</strong>" in history
+    page = admin_client.get(reverse("admin:django_taskiq_beat_schedulerjob_change", args=[job.pk])).content.decode()
+    assert '<td style="color: #c62828">retry pending</td>' in page and "ConnectionError: boom" in page
+    out = StringIO()
+    call_command("taskiq_beat", "show", job.pk, stdout=out)
+    assert "retry pending" in out.getvalue() and "ConnectionError: boom" in out.getvalue()
+    out = StringIO()
+    call_command("taskiq_beat", "show", job.pk, "--json", stdout=out)
+    assert [run["awaits_retry"] for run in json.loads(out.getvalue())["recent_runs"]] == [True]
 
 
 def test_backfill_sends_only_past_slots_and_a_one_off_its_own(app: SchedulerApp) -> None:

@@ -224,7 +224,7 @@ def test_a_failed_backfilled_slot_is_sent_again_in_its_own_run_after_its_backoff
     later = now + timedelta(seconds=6)
     (again,) = claims.claim_expired("engine-a", later, 10, LEASE).dispatches
     assert (again.run_id, again.failures, again.counted_as_sent) == (orphan.run_id, 1, False)
-    _mark_running(again.run_id, later)  # the worker is quicker than the store: the send's error goes all the same
+    _mark_running(again.run_id, later)  # the worker is quicker than the store: the failed send's error is gone
     claims.record(sent([again], later), later, record_runs, RETRY, "engine-a")
     stored = SchedulerRun.objects.filter(pk=orphan.run_id).values_list("status", "error", "broker_task_id")
     assert list(stored) == ([(RunStatus.DISPATCHED, None, orphan.run_id)] if record_runs else [])
@@ -247,6 +247,19 @@ def test_a_paused_jobs_backfilled_slots_wait_for_its_resume(app: SchedulerApp) -
     app.resume(job.id)
     (again,) = claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches
     assert again.run_id == orphan.run_id
+
+
+def test_a_finished_jobs_backfilled_slot_is_sent_once(app: SchedulerApp) -> None:
+    """A job no longer declared is finished, often with its task gone: a pause would not stop retries of it."""
+    job = hourly(app)
+    start = timezone.now() - timedelta(hours=2, minutes=30)
+    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
+    now = timezone.now()
+    (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
+    assert not orphan.retried_in_its_run
+    claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
+    assert SchedulerRun.objects.values_list("status", flat=True).get(pk=orphan.run_id) == RunStatus.FAILED
 
 
 @pytest.mark.parametrize(("table", "column", "retried"), [("job", "task_args", True), ("run", "created_at", False)])
