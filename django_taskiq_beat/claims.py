@@ -26,7 +26,7 @@ from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, 
 from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk, logs
-from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT, SchedulerConfig
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, BACKFILLED, WAITING_CLAIMANT, SchedulerConfig
 from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
     DatabaseNow,
@@ -653,6 +653,7 @@ class _ExpiredRun:
     task_labels: dict[str, Any]
     jitter_seconds: float
     claimed_by: str | None
+    reason: str | None  # a held or backfilled slot's, kept when an engine claims it (``backfill``)
     job_enabled: bool
 
 
@@ -708,9 +709,11 @@ def claim_expired(
         dispatches, unsendable = [], []
         for run in runs:
             next_slot = _or(run.next_run_at, datetime, None)
-            first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT)  # no claim counted it as sent
+            # A held or backfilled slot, also one whose engine died: no claim counted it as sent.
+            first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT) or run.reason is not None
+            backfilled = run.claimed_by == BACKFILL_CLAIMANT or run.reason == BACKFILLED
             # A finished job's backfill is sent once: nothing could stop its retries (a pause leaves it finished).
-            retried_in_its_run = run.claimed_by == BACKFILL_CLAIMANT and run.job_enabled is True
+            retried_in_its_run = backfilled and run.job_enabled is True
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:
@@ -790,15 +793,29 @@ def _released(now: datetime, stale: timedelta) -> Q:
 
 def backfill(job_id: str, slots: list[datetime], now: datetime) -> int:
     """Write a pending run for each slot that has no run yet (whatever became of it): the next engine
-    sends them, as it sends a dead engine's runs. Returns how many runs it wrote."""
+    sends them, as it sends a dead engine's runs. Returns how many runs it wrote.
+
+    Its ``reason`` says it was backfilled, for the history and for ``claim_expired``, which reads
+    from it how to send the run (late on purpose, counted on its job when sent, retried in its run)
+    after an engine that claimed it has died, ``claimed_by`` then naming that engine.
+    """
     _time = _time_adapter()
+    columns = ("id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "reason")
     written = bulk.insert_ignoring_conflicts(
         "scheduler_run",
-        _run_columns(
-            "id", "job_id", "scheduled_for", "status", "claimed_by", "lease_expires_at", "created_at", "updated_at"
-        ),
+        _run_columns(*columns, "created_at", "updated_at"),
         [
-            (new_id(), job_id, _time(slot), RunStatus.PENDING, BACKFILL_CLAIMANT, _time(now), _time(now), _time(now))
+            (
+                new_id(),
+                job_id,
+                _time(slot),
+                RunStatus.PENDING,
+                BACKFILL_CLAIMANT,
+                _time(now),
+                BACKFILLED,
+                _time(now),
+                _time(now),
+            )
             for slot in slots
         ],
     )

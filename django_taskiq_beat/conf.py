@@ -16,6 +16,8 @@ from django_taskiq_beat.triggers import resolve_timezone
 BACKFILL_CLAIMANT = "backfill"
 """``claimed_by`` of a run a backfill wrote: its lease has expired already, so the next engine sends it (its
 job not paused). Also of one whose send failed: its lease expires when its retry is due."""
+BACKFILLED = "backfilled"
+"""``reason`` of a run a backfill wrote, kept when an engine claims it."""
 WAITING_CLAIMANT = "waiting"
 """``claimed_by`` of a slot its job's ``overlap="buffer_one"`` holds (no lease): sent once the previous run finishes."""
 _NOT_ENGINES = (BACKFILL_CLAIMANT, WAITING_CLAIMANT)

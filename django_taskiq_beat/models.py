@@ -359,7 +359,11 @@ class SchedulerRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     broker_task_id = models.CharField(max_length=255, null=True, blank=True)
     error = models.TextField(null=True, blank=True)
-    reason = models.TextField(null=True, blank=True, help_text="Why a skipped run was not sent.")
+    reason = models.TextField(
+        null=True,
+        blank=True,
+        help_text="Why a skipped run was not sent, or a held one waits; 'backfilled' for a backfill's.",
+    )
     claimed_by = models.CharField(max_length=128, null=True, blank=True)
     lease_expires_at = models.DateTimeField(
         null=True, blank=True, help_text="A pending run whose lease has expired is re-sent by any engine."

@@ -231,6 +231,30 @@ def test_a_failed_backfilled_slot_is_sent_again_in_its_own_run_after_its_backoff
     assert shown(job.id)[:2] + shown(job.id)[3:] == (1, orphan.run_id, 0, None)
 
 
+@pytest.mark.parametrize("outcome", ["sent", "failed"])
+def test_a_backfilled_run_taken_over_from_a_dead_engine_is_still_sent_as_a_backfill(
+    app: SchedulerApp, outcome: str
+) -> None:
+    """Its reason keeps what ``claimed_by`` no longer says once an engine has claimed it: not counted by a claim (so
+    counted when it goes), late on purpose, and retried in its run."""
+    job = hourly(app)
+    start = timezone.now() - timedelta(hours=2, minutes=30)
+    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    (first,) = claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1)).dispatches
+    assert SchedulerRun.objects.values_list("reason", flat=True).get(pk=first.run_id) == "backfilled"
+    now = timezone.now()
+    (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
+    assert orphan.run_id == first.run_id
+    assert (orphan.counted_as_sent, orphan.late_on_purpose, orphan.retried_in_its_run) == (False, True, True)
+    if outcome == "sent":
+        claims.record(sent([orphan], now), now, True, RETRY, "engine-a")
+        assert shown(job.id)[:2] == (1, orphan.run_id)
+    else:
+        claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
+        stored = SchedulerRun.objects.values_list("status", "claimed_by").get(pk=orphan.run_id)
+        assert stored == (RunStatus.PENDING, claims.BACKFILL_CLAIMANT) and shown(job.id)[0] == 0
+
+
 def test_a_paused_jobs_backfilled_slots_wait_for_its_resume(app: SchedulerApp) -> None:
     """Their retries too: pausing a job whose backfilled send keeps failing stops it."""
     job = hourly(app)
