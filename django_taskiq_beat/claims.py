@@ -654,7 +654,7 @@ class _ExpiredRun:
     jitter_seconds: float
     claimed_by: str | None
     reason: str | None  # a held or backfilled slot's, kept when an engine claims it (``backfill``)
-    job_enabled: bool
+    job_finished_at: datetime | None
 
 
 _EXPIRED_FIELDS = tuple(field.name for field in fields(_ExpiredRun))
@@ -701,7 +701,7 @@ def claim_expired(
                 next_run_at=F("job__next_run_at"),
                 task_labels=F("job__task_labels"),
                 jitter_seconds=F("job__jitter_seconds"),
-                job_enabled=F("job__is_enabled"),
+                job_finished_at=F("job__finished_at"),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -712,8 +712,9 @@ def claim_expired(
             # A held or backfilled slot, also one whose engine died: no claim counted it as sent.
             first_send = run.claimed_by in (BACKFILL_CLAIMANT, WAITING_CLAIMANT) or run.reason is not None
             backfilled = run.claimed_by == BACKFILL_CLAIMANT or run.reason == BACKFILLED
-            # A finished job's backfill is sent once: nothing could stop its retries (a pause leaves it finished).
-            retried_in_its_run = backfilled and run.job_enabled is True
+            # A finished job's backfill is sent once: nothing could stop its retries (a pause leaves it finished). A
+            # paused job's goes back to pending, and waits for its resume.
+            retried_in_its_run = backfilled and run.job_finished_at is None
             try:
                 _require_types(locked, run.id, vars(run), _EXPIRED_TYPES)
             except UnusableRowError as exc:

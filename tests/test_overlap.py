@@ -253,6 +253,19 @@ def test_a_released_slot_whose_send_fails_is_not_sent_again_the_jobs_next_slot_c
     assert [dispatch.scheduled_for for dispatch in claim(slot(job, 30.1)).dispatches] == [slot(job, 30)]
 
 
+def test_a_released_slot_taken_over_from_a_dead_engine_is_counted_when_it_is_sent(app: SchedulerApp) -> None:
+    """Its reason keeps what its dead engine's claim no longer says: no claim counted it."""
+    job, run_id = running_first_run(app, BUFFER_ONE)
+    claim(slot(job, 20.1))
+    _mark_finished(run_id, "succeeded", slot(job, 20.2), None)
+    claims.claim_expired("dead-engine", slot(job, 20.5), 256, timedelta(seconds=-1))
+    [orphan] = release(slot(job, 21)).dispatches
+    assert (orphan.counted_as_sent, orphan.late_on_purpose, orphan.retried_in_its_run) == (False, True, False)
+    count = SchedulerJob.objects.get(pk=job.pk).dispatch_count
+    send(claims.Claim([orphan], 1, []), slot(job, 21))
+    assert SchedulerJob.objects.get(pk=job.pk).dispatch_count == count + 1
+
+
 def test_the_released_slot_holds_the_next_one_in_turn(app: SchedulerApp) -> None:
     job, run_id = running_first_run(app, BUFFER_ONE)
     claim(slot(job, 20.1))

@@ -255,6 +255,26 @@ def test_a_backfilled_run_taken_over_from_a_dead_engine_is_still_sent_as_a_backf
         assert stored == (RunStatus.PENDING, claims.BACKFILL_CLAIMANT) and shown(job.id)[0] == 0
 
 
+def test_a_paused_jobs_backfilled_run_taken_over_from_a_dead_engine_waits_after_a_failed_send(
+    app: SchedulerApp,
+) -> None:
+    """Taken over during the pause (its dead engine's claim names no backfill), a failed send puts it back among the
+    backfills that a pause holds, rather than lose the slot."""
+    job = hourly(app)
+    start = timezone.now() - timedelta(hours=2, minutes=30)
+    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1))
+    app.pause(job.id)
+    now = timezone.now()
+    (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
+    assert orphan.retried_in_its_run
+    claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
+    assert claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches == []
+    app.resume(job.id)
+    (again,) = claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches
+    assert again.run_id == orphan.run_id
+
+
 def test_a_paused_jobs_backfilled_slots_wait_for_its_resume(app: SchedulerApp) -> None:
     """Their retries too: pausing a job whose backfilled send keeps failing stops it."""
     job = hourly(app)
