@@ -674,8 +674,9 @@ def claim_expired(
     that claimed it has stopped or has not beaten for that long (the database's clock). A run
     claimed by a process with no engine row (an immediate dispatch from a web process) waits
     for its lease. A slot held by ``overlap="buffer_one"`` is free once its job has no other
-    unfinished run, unless the job is paused. A run keeps its jitter: one claimed early goes at
-    its time. A run that cannot be sent (its job's stored arguments unreadable or of the
+    unfinished run, unless the job is paused; a backfilled one (or one waiting for its retry)
+    once its lease has expired, unless the job is paused. A run keeps its jitter: one claimed
+    early goes at its time. A run that cannot be sent (its job's stored arguments unreadable or of the
     wrong type) is claimed too and returned as a failure, for the caller to ``record`` (a failed
     run and a retry, as for a failed send) instead of failing the tick.
 
