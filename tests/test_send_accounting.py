@@ -48,6 +48,22 @@ def hourly(app: SchedulerApp, job_id: str = "hourly", policy: SchedulePolicy | N
     return SchedulerJob.objects.get(pk=job_id)
 
 
+def backfilled_once(app: SchedulerApp) -> SchedulerJob:
+    """An hourly job with one past slot backfilled: a pending run that the next take-over sends."""
+    job = hourly(app)
+    start = timezone.now() - timedelta(hours=2, minutes=30)
+    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    return job
+
+
+def waits_for_resume(app: SchedulerApp, job_id: str, at: datetime) -> claims.Dispatch:
+    """The paused job's backfilled run: not taken over at ``at``, then taken over once the job is resumed."""
+    assert claims.claim_expired("engine-a", at, 10, LEASE).dispatches == []
+    app.resume(job_id)
+    (dispatch,) = claims.claim_expired("engine-a", at, 10, LEASE).dispatches
+    return dispatch
+
+
 def make_due(job_id: str) -> None:
     SchedulerJob.objects.filter(pk=job_id).update(next_run_at=timezone.now() - timedelta(milliseconds=1))
 
@@ -203,9 +219,7 @@ def test_a_failed_backfilled_slot_is_sent_again_in_its_own_run_after_its_backoff
 ) -> None:
     """The job's schedule has moved on past the slot, so the run itself waits for the retry (pending, its lease
     ending then), kept even without run history; the failure counts on the job as any other."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     now = timezone.now()
     (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
     claims.record(failed([orphan], now), now, record_runs, RETRY, "engine-a")
@@ -237,9 +251,7 @@ def test_a_backfilled_run_taken_over_from_a_dead_engine_is_still_sent_as_a_backf
 ) -> None:
     """Its reason keeps what ``claimed_by`` no longer says once an engine has claimed it: not counted by a claim (so
     counted when it goes), late on purpose, and retried in its run."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     (first,) = claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1)).dispatches
     assert SchedulerRun.objects.values_list("reason", flat=True).get(pk=first.run_id) == "backfilled"
     now = timezone.now()
@@ -260,44 +272,30 @@ def test_a_paused_jobs_backfilled_run_taken_over_from_a_dead_engine_waits_after_
 ) -> None:
     """Taken over during the pause (its dead engine's claim names no backfill), a failed send puts it back among the
     backfills that a pause holds, rather than lose the slot."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1))
     app.pause(job.id)
     now = timezone.now()
     (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
     assert orphan.retried_in_its_run
     claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
-    assert claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches == []
-    app.resume(job.id)
-    (again,) = claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches
-    assert again.run_id == orphan.run_id
+    assert waits_for_resume(app, job.id, now + timedelta(minutes=10)).run_id == orphan.run_id
 
 
 def test_a_paused_jobs_backfilled_slots_wait_for_its_resume(app: SchedulerApp) -> None:
     """Their retries too: pausing a job whose backfilled send keeps failing stops it."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     app.pause(job.id)
-    assert claims.claim_expired("engine-a", timezone.now(), 10, LEASE).dispatches == []
-    app.resume(job.id)
-    (orphan,) = claims.claim_expired("engine-a", timezone.now(), 10, LEASE).dispatches
+    orphan = waits_for_resume(app, job.id, timezone.now())
     now = timezone.now()
     claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
     app.pause(job.id)
-    assert claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches == []
-    app.resume(job.id)
-    (again,) = claims.claim_expired("engine-a", now + timedelta(minutes=10), 10, LEASE).dispatches
-    assert again.run_id == orphan.run_id
+    assert waits_for_resume(app, job.id, now + timedelta(minutes=10)).run_id == orphan.run_id
 
 
 def test_a_finished_jobs_backfilled_slot_is_sent_once(app: SchedulerApp) -> None:
     """A job no longer declared is finished, often with its task gone: a pause would not stop retries of it."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
     now = timezone.now()
     (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
@@ -311,9 +309,7 @@ def test_a_backfilled_slot_that_cannot_be_sent_is_retried_unless_its_own_run_is_
     app: SchedulerApp, table: str, column: str, retried: bool
 ) -> None:
     """A job's columns can be mended through the API or the admin; a run's cannot, so its retries would never end."""
-    job = hourly(app)
-    start = timezone.now() - timedelta(hours=2, minutes=30)
-    assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    job = backfilled_once(app)
     run_id = SchedulerRun.objects.values_list("pk", flat=True).get(job_id=job.id)
     if table == "job":  # SQLite: a number in a JSON text column cannot be decoded; elsewhere not a list
         store_raw("scheduler_job", job.id, column, 12345 if connection.vendor == "sqlite" else '"abc"')
