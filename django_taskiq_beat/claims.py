@@ -16,7 +16,7 @@ of its run and none of its job; only a failed send writes the job again (``recor
 """
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -674,21 +674,22 @@ def claim_expired(
     that claimed it has stopped or has not beaten for that long (the database's clock). A run
     claimed by a process with no engine row (an immediate dispatch from a web process) waits
     for its lease. A slot held by ``overlap="buffer_one"`` is free once its job has no other
-    unfinished run, unless the job is paused; a backfilled one (or one waiting for its retry)
-    once its lease has expired, unless the job is paused. A run keeps its jitter: one claimed
-    early goes at its time. A run that cannot be sent (its job's stored arguments unreadable or of the
-    wrong type) is claimed too and returned as a failure, for the caller to ``record`` (a failed
-    run and a retry, as for a failed send) instead of failing the tick.
+    unfinished run, unless the job is paused. A backfilled run (or one waiting for its retry)
+    waits for its paused job's resume, even when the engine that claimed it has died. A run
+    keeps its jitter: one claimed early goes at its time. A run that cannot be sent (its job's
+    stored arguments unreadable or of the wrong type) is claimed too and returned as a failure,
+    for the caller to ``record`` (a failed run and a retry, as for a failed send) instead of
+    failing the tick.
 
     Nothing here writes a job: ``record`` writes jobs before runs, as every writer does, and
     doing that while this transaction holds run locks could deadlock with a writer of
     outcomes (the engine's own, on its connection of its own).
     """
-    lapsed = Q(lease_expires_at__lt=now) & (~Q(claimed_by=BACKFILL_CLAIMANT) | _NOT_PAUSED)  # backfills: not paused
-    free = lapsed | _released(now, stale)
+    lapsed = Q(lease_expires_at__lt=now)
     if engines_dead_after is not None:
         gone = SchedulerEngine.objects.gone(DatabaseNow(), engines_dead_after).exclude(pk=scheduler_id)
-        free |= Q(claimed_by__in=gone.values("pk"))
+        lapsed |= Q(claimed_by__in=gone.values("pk"))
+    free = lapsed & (~_BACKFILLED | _NOT_PAUSED) | _released(now, stale)
     with transaction.atomic(), bulk.native_timestamps():
         expired = (
             SchedulerRun.objects.filter(free, status=RunStatus.PENDING)
@@ -782,6 +783,7 @@ def claim_expired(
 
 
 _NOT_PAUSED = Q(job__is_enabled=True) | Q(job__finished_at__isnull=False)
+_BACKFILLED = Q(claimed_by=BACKFILL_CLAIMANT) | Q(reason=BACKFILLED)  # also once an engine has claimed it
 
 
 def _released(now: datetime, stale: timedelta) -> Q:
@@ -871,7 +873,7 @@ def record(
         elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
             sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
-        left = _taken_over(failed, sent.keys(), scheduler_id)
+        left, counted_elsewhere = _taken_over(failed, sent, scheduler_id)
         if left:
             outcomes = [outcome for outcome in outcomes if outcome.dispatch.run_id not in left]
             failed = {
@@ -897,7 +899,7 @@ def record(
                 ("last_error", "NULL"),
                 ("dispatch_failures", "0"),
             ),
-            [_sent(job_outcomes, _time) for job_outcomes in sent.values()],
+            [_sent(job_outcomes, counted_elsewhere, _time) for job_outcomes in sent.values()],
         )
         bulk.update_from_values(
             "scheduler_job",
@@ -922,33 +924,47 @@ def record(
 
 
 def _taken_over(
-    failed: Mapping[str, list[Outcome]], also_written: Iterable[str], scheduler_id: str
-) -> dict[str, Outcome]:
-    """The failed sends (``failed``: by job), by run, whose runs are no longer ``scheduler_id``'s: another engine
-    has taken them over, or settled them. Call it in the transaction that stores the rest, which writes the jobs
-    of ``failed`` and ``also_written``.
+    failed: Mapping[str, list[Outcome]], sent: Mapping[str, list[Outcome]], scheduler_id: str
+) -> tuple[dict[str, Outcome], set[str]]:
+    """What another engine has done with these outcomes' runs (``failed`` and ``sent``: by job) since this one
+    claimed them. Returns the failed sends, by run, whose runs are no longer ``scheduler_id``'s (taken over, or
+    settled), and the sends no claim counted whose runs another engine has already stored as sent, counting them
+    (or deleted, without run history). Call it in the transaction that stores the rest, which writes their jobs.
 
     A run stays claimed by the engine that claimed (or took over) it until it is settled, which
     clears the claim. An engine that stalled past its leases (a database away longer than a lease)
     may find, once it can store again, that another engine has taken its runs and sent them: its
     failures must then neither mark those runs failed nor count on their jobs and retry them (a
     one-off would go out again). Its sends that went through are stored all the same: they happened.
+    A held or backfilled slot, which no claim counted, is counted once, by whichever engine stores
+    its send first, as a claimed slot is counted once by its claim.
 
-    Every job the store writes, then the failed sends' runs still claimed, are locked before they are
-    written, in the order every writer takes (jobs first): a take-over, which locks runs and skips
-    locked ones, cannot come between this read and the writes.
+    Every job the store writes, then those runs, are locked before they are written, in the order
+    every writer takes (jobs first): a take-over, which locks runs and skips locked ones, cannot
+    come between this read and the writes.
     """
     failures = {outcome.dispatch.run_id: outcome for job_outcomes in failed.values() for outcome in job_outcomes}
-    if not failures:
-        return {}
+    uncounted = {
+        outcome.dispatch.run_id
+        for job_outcomes in sent.values()
+        for outcome in job_outcomes
+        if not outcome.dispatch.counted_as_sent
+    }
+    if not failures and not uncounted:
+        return {}, set()
     bulk.begin_write()  # SQLite: no other writer between the read and the writes
-    for chunk in bulk.chunks(sorted({*failed, *also_written})):
+    for chunk in bulk.chunks(sorted({*failed, *sent})):
         list(SchedulerJob.objects.select_for_update().filter(pk__in=chunk).order_by("pk").values_list("pk"))
-    mine: set[str] = set()
-    for chunk in bulk.chunks(sorted(failures)):
-        runs = SchedulerRun.objects.select_for_update().filter(pk__in=chunk, claimed_by=scheduler_id).order_by("pk")
-        mine.update(runs.values_list("pk", flat=True))
-    return {run_id: outcome for run_id, outcome in failures.items() if run_id not in mine}
+    claimants: dict[str, str | None] = {}
+    statuses: dict[str, str] = {}
+    for chunk in bulk.chunks(sorted({*failures, *uncounted})):
+        runs = SchedulerRun.objects.select_for_update().filter(pk__in=chunk).order_by("pk")
+        for run_id, claimant, status in runs.values_list("pk", "claimed_by", "status"):
+            claimants[run_id], statuses[run_id] = claimant, status
+    left = {run_id: outcome for run_id, outcome in failures.items() if claimants.get(run_id) != scheduler_id}
+    gone = RunStatus.DISPATCHED  # without run history, settled (deleted): as sent, most likely
+    counted = {run_id for run_id in uncounted if statuses.get(run_id, gone) == RunStatus.DISPATCHED}
+    return left, counted
 
 
 STORE_DATA_ERRORS = (DataError, IntegrityError, ValueError, TypeError, OverflowError)
@@ -961,16 +977,19 @@ def record_each(
     """Store outcomes one at a time, after the database refused a batch for its values.
 
     An outcome whose job cannot be updated still has its run settled, so it is not sent
-    again; returns those whose run could not be settled either.
+    again (a failed send only while its run is still this engine's, as ``record`` does);
+    returns those whose run could not be settled either.
     """
     refused = []
     for outcome in outcomes:
         try:
             record([outcome], now, record_runs, retry, scheduler_id)
         except STORE_DATA_ERRORS:
+            failed = {outcome.dispatch.job_id: [outcome]} if outcome.error is not None else {}
             try:
                 with transaction.atomic():
-                    _settle_runs([outcome], record_runs, retry)
+                    if not _taken_over(failed, {}, scheduler_id)[0]:
+                        _settle_runs([outcome], record_runs, retry)
             except STORE_DATA_ERRORS:
                 refused.append(outcome)
     return refused
@@ -1073,10 +1092,17 @@ _RETRY = (
 )
 
 
-def _sent(job_outcomes: list[Outcome], _time: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
-    """One job's sends that went through, oldest first, as a row for ``record``: those no claim counted are
-    counted and the latest of them shown; any of them ends the job's streak of failed sends."""
-    uncounted = [outcome for outcome in job_outcomes if not outcome.dispatch.counted_as_sent]
+def _sent(
+    job_outcomes: list[Outcome], counted_elsewhere: set[str], _time: Callable[[datetime | None], Any]
+) -> tuple[Any, ...]:
+    """One job's sends that went through, oldest first, as a row for ``record``: those no claim counted, nor another
+    engine's store (``_taken_over``), are counted and the latest of them shown; any of them ends the job's streak
+    of failed sends."""
+    uncounted = [
+        outcome
+        for outcome in job_outcomes
+        if not outcome.dispatch.counted_as_sent and outcome.dispatch.run_id not in counted_elsewhere
+    ]
     latest = uncounted[-1] if uncounted else None
     return (
         job_outcomes[0].dispatch.job_id,

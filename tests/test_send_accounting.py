@@ -8,9 +8,10 @@ send) and counting the failure on from where it was.
 import threading
 from datetime import datetime, timedelta
 from typing import Any
+from unittest.mock import Mock
 
 import pytest
-from django.db import connection
+from django.db import DataError, connection
 from django.utils import timezone
 from taskiq import InMemoryBroker
 
@@ -28,6 +29,7 @@ from django_taskiq_beat.middleware import _mark_running
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import UNREADABLE_TIMES, store_raw
 from tests.test_engine import break_broker, make_config, run
+from tests.test_registry import engine_row
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -267,16 +269,32 @@ def test_a_backfilled_run_taken_over_from_a_dead_engine_is_still_sent_as_a_backf
         assert stored == (RunStatus.PENDING, claims.BACKFILL_CLAIMANT) and shown(job.id)[0] == 0
 
 
-def test_a_paused_jobs_backfilled_run_taken_over_from_a_dead_engine_waits_after_a_failed_send(
-    app: SchedulerApp,
+@pytest.mark.parametrize("lease", ["expired", "running"])
+def test_a_paused_jobs_backfilled_run_claimed_by_a_dead_engine_waits_for_its_resume(
+    app: SchedulerApp, lease: str
 ) -> None:
-    """Taken over during the pause (its dead engine's claim names no backfill), a failed send puts it back among the
-    backfills that a pause holds, rather than lose the slot."""
+    """Its claim names the dead engine, not the backfill: its reason tells the take-over, which finds the engine
+    dead by its lease or by its heartbeat."""
     job = backfilled_once(app)
-    claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1))
+    lease_left = timedelta(seconds=-1) if lease == "expired" else timedelta(minutes=10)
+    (first,) = claims.claim_expired("dead-engine", timezone.now(), 10, lease_left).dispatches
+    engine_row("dead-engine", heartbeat_at=timezone.now() - timedelta(minutes=5))
     app.pause(job.id)
     now = timezone.now()
+    assert claims.claim_expired("engine-a", now, 10, LEASE, engines_dead_after=timedelta(minutes=1)).dispatches == []
+    app.resume(job.id)
+    (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE, engines_dead_after=timedelta(minutes=1)).dispatches
+    assert (orphan.run_id, orphan.counted_as_sent, orphan.retried_in_its_run) == (first.run_id, False, True)
+
+
+def test_a_backfilled_run_taken_over_then_paused_waits_after_a_failed_send(app: SchedulerApp) -> None:
+    """Paused while its send is in flight: the failure puts it back among the backfills that a pause holds, rather
+    than lose the slot (its job is paused, not finished)."""
+    job = backfilled_once(app)
+    claims.claim_expired("dead-engine", timezone.now(), 10, timedelta(seconds=-1))
+    now = timezone.now()
     (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
+    app.pause(job.id)
     assert orphan.retried_in_its_run
     claims.record(failed([orphan], now), now, True, RETRY, "engine-a")
     assert waits_for_resume(app, job.id, now + timedelta(minutes=10)).run_id == orphan.run_id
@@ -432,6 +450,25 @@ def test_a_failed_send_of_a_run_taken_over_since_is_left_to_the_engine_that_took
     assert SchedulerJob.objects.filter(pk="once").values_list("next_run_at", "is_enabled").get() == claimed
 
 
+@pytest.mark.parametrize("record_runs", [True, False], ids=["history", "no-history"])
+@pytest.mark.parametrize("stalled_first", [False, True], ids=["taken-over-first", "stalled-first"])
+def test_a_backfilled_slot_sent_by_a_stalled_engine_and_by_the_one_that_took_it_over_is_counted_once(
+    app: SchedulerApp, record_runs: bool, stalled_first: bool
+) -> None:
+    """No claim counted it: whichever engine stores its send first counts it, as a claim counts a claimed slot once."""
+    job = backfilled_once(app)
+    (stalled,) = claims.claim_expired("engine-a", timezone.now(), 10, timedelta(seconds=-1)).dispatches
+    (resent,) = claims.claim_expired("engine-b", timezone.now(), 10, LEASE).dispatches
+    assert resent.run_id == stalled.run_id and not resent.counted_as_sent
+    now = timezone.now()
+    stores = [(stalled, "engine-a"), (resent, "engine-b")]
+    for dispatch, engine in stores if stalled_first else reversed(stores):
+        claims.record(sent([dispatch], now), now, record_runs, RETRY, engine)
+    assert shown(job.id)[0] == 1
+    if record_runs:
+        assert SchedulerRun.objects.get(pk=resent.run_id).status == RunStatus.DISPATCHED
+
+
 def test_only_the_failures_of_runs_taken_over_are_left_out_of_a_batch(app: SchedulerApp) -> None:
     """A failure of a run still claimed is stored, and so is every send that went through, even of a run taken over
     since: it happened."""
@@ -458,10 +495,16 @@ def test_only_the_failures_of_runs_taken_over_are_left_out_of_a_batch(app: Sched
 
 
 @pytest.mark.parametrize("record_runs", [True, False], ids=["history", "no-history"])
-def test_stored_one_by_one_a_failure_of_a_run_taken_over_is_left_out_too(app: SchedulerApp, record_runs: bool) -> None:
+@pytest.mark.parametrize("job_refused", [False, True], ids=["stored", "job-refused"])
+def test_stored_one_by_one_a_failure_of_a_run_taken_over_is_left_out_too(
+    app: SchedulerApp, monkeypatch: pytest.MonkeyPatch, record_runs: bool, job_refused: bool
+) -> None:
+    """Also where the database refuses its job's values, and the run alone is settled."""
     app.single(task="system.echo").upsert(OneOffSchedule(run_at=timezone.now()), job_id="once")
     (dispatch,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     SchedulerRun.objects.filter(pk=dispatch.run_id).update(claimed_by="engine-b")
+    if job_refused:
+        monkeypatch.setattr(claims, "record", Mock(side_effect=DataError("integer out of range")))
     now = timezone.now()
     assert claims.record_each(failed([dispatch], now), now, record_runs, RETRY, "engine-a") == []
     run = SchedulerRun.objects.get(pk=dispatch.run_id)  # still there, and the other engine's to send and settle
