@@ -342,9 +342,30 @@ PAUSED_WHILE_HELD = "the job was paused while the slot was held"
 
 def drop_held_slots(job_id: str, now: datetime, why: str) -> int:
     """The job's held slots become skipped runs, ``why`` their reason; returns how many (see ``SchedulerJob``'s)."""
-    return SchedulerRun.objects.filter(job_id=job_id, status=RunStatus.PENDING, claimed_by=WAITING_CLAIMANT).update(
+    return SchedulerRun.objects.filter(HELD, job_id=job_id).update(
         status=RunStatus.SKIPPED, reason=f"overlap: {why}", claimed_by=None, finished_at=now, updated_at=now
     )
+
+
+HELD = models.Q(status=RunStatus.PENDING, claimed_by=WAITING_CLAIMANT)
+"""A slot its job's ``overlap="buffer_one"`` holds until the previous run finishes: shown as "waiting"."""
+AWAITING_RETRY = models.Q(status=RunStatus.PENDING, claimed_by=BACKFILL_CLAIMANT, error__isnull=False)
+"""A backfilled slot whose send failed, pending again until its retry is due: shown as "retry pending"."""
+WAITING, RETRY_PENDING = "waiting", "retry pending"
+SHOWN_STATUSES = (RunStatus.PENDING, WAITING, RETRY_PENDING, RunStatus.DISPATCHED, RunStatus.FAILED, RunStatus.SKIPPED)
+"""The statuses as the admin and the CLI say them (``SchedulerRun.shown_status``), in a run's order."""
+
+
+class SchedulerRunQuerySet(models.QuerySet["SchedulerRun"]):
+    def shown_as(self, shown_status: str) -> "SchedulerRunQuerySet":
+        """The runs whose ``shown_status`` is this one: ``pending`` leaves the held and retry pending ones out."""
+        if shown_status == WAITING:
+            return self.filter(HELD)
+        if shown_status == RETRY_PENDING:
+            return self.filter(AWAITING_RETRY)
+        if shown_status == RunStatus.PENDING:
+            return self.filter(status=RunStatus.PENDING).exclude(HELD).exclude(AWAITING_RETRY)
+        return self.filter(status=shown_status)
 
 
 class SchedulerRun(models.Model):
@@ -383,6 +404,8 @@ class SchedulerRun(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(default=timezone.now)
 
+    objects = SchedulerRunQuerySet.as_manager()
+
     class Meta:
         db_table = "scheduler_run"
         verbose_name = "scheduler run"
@@ -414,7 +437,7 @@ class SchedulerRun(models.Model):
     def shown_status(self) -> str:
         """The status as the admin and the CLI say it: ``waiting`` and ``retry pending`` for the pending runs that
         wait for something else than an engine."""
-        return "waiting" if self.is_held else "retry pending" if self.awaits_retry else self.get_status_display()
+        return WAITING if self.is_held else RETRY_PENDING if self.awaits_retry else self.get_status_display()
 
     @property
     def duration(self) -> timedelta | None:

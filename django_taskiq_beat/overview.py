@@ -28,7 +28,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from django_taskiq_beat.describe import next_fire_times
-from django_taskiq_beat.models import RunOutcome, RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import AWAITING_RETRY, RunOutcome, RunStatus, SchedulerEngine, SchedulerJob, SchedulerRun
 
 OVERDUE_AFTER = timedelta(seconds=60)
 """A job whose slot is older than this is overdue: no engine has sent it in time."""
@@ -104,7 +104,7 @@ class Hour:
 def _category() -> Case:
     return Case(
         When(status=RunStatus.SKIPPED, then=Value(SKIPPED)),
-        When(Q(status=RunStatus.FAILED) | Q(outcome=RunOutcome.FAILED), then=Value(FAILED)),
+        When(_failed(), then=Value(FAILED)),
         When(outcome=RunOutcome.SUCCEEDED, then=Value(SUCCEEDED)),
         default=Value(NOT_REPORTED),
     )
@@ -141,7 +141,7 @@ def last_hours(now: datetime, hours: int = 24) -> list[Hour]:
     starts = hour_starts(now, hours)
     rows = (
         SchedulerRun.objects.filter(scheduled_for__gte=starts[0])
-        .exclude(status=RunStatus.PENDING)
+        .filter(~Q(status=RunStatus.PENDING) | AWAITING_RETRY)  # not sent yet, but a failed send that awaits a retry
         .annotate(lag=_lag())
         .annotate(hour=TruncHour("scheduled_for"), category=_category(), bucket=_lag_bucket())
         .values_list("hour", "category", "bucket")
@@ -197,7 +197,8 @@ class Failing:
 
 
 def _failed() -> Q:
-    return Q(status=RunStatus.FAILED) | Q(outcome=RunOutcome.FAILED)
+    """A failed send (also one that awaits its retry in its run) or a failed outcome."""
+    return Q(status=RunStatus.FAILED) | AWAITING_RETRY | Q(outcome=RunOutcome.FAILED)
 
 
 def failing_most(now: datetime, hours: int = 24, limit: int = 10) -> list[Failing]:

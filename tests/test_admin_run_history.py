@@ -1,6 +1,7 @@
 """The run history: filtered by the job's source and by skipped runs; a run's page in full."""
 
 from datetime import timedelta
+from urllib.parse import quote_plus
 
 import pytest
 from django.test import Client
@@ -8,7 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from django_taskiq_beat import IntervalTrigger, PeriodicSchedule, get_scheduler_app
-from django_taskiq_beat.models import JobSource, RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, BACKFILLED, WAITING_CLAIMANT
+from django_taskiq_beat.models import SHOWN_STATUSES, JobSource, RunStatus, SchedulerJob, SchedulerRun
 
 pytestmark = pytest.mark.django_db
 
@@ -36,11 +38,34 @@ def test_the_history_filters_by_the_jobs_source_and_by_skipped(admin_client: Cli
     skipped = run_of(declared, 2, status=RunStatus.SKIPPED, reason="overlap: the previous run (…) had not finished")
     run_of(declared, 3, status=RunStatus.DISPATCHED)
     page = admin_client.get(RUNS).content.decode()
-    assert "job__source__exact=settings" in page and "status__exact=skipped" in page  # the filters are offered
+    assert "job__source__exact=settings" in page and "status=skipped" in page  # the filters are offered
     listed = admin_client.get(RUNS, {"job__source__exact": "settings"}).context["cl"].result_list
     assert {run.job_id for run in listed} == {"settings-job"} and len(listed) == 2
-    listed = admin_client.get(RUNS, {"status__exact": "skipped"}).context["cl"].result_list
-    assert [run.pk for run in listed] == [skipped.pk]
+    for query in ({"status": "skipped"}, {"status__exact": "skipped"}):  # the field's own lookup still works
+        listed = admin_client.get(RUNS, query).context["cl"].result_list
+        assert [run.pk for run in listed] == [skipped.pk]
+
+
+def test_the_status_filter_lists_each_status_as_the_history_shows_it(admin_client: Client) -> None:
+    """A held slot is "waiting" and a backfill awaiting its retry "retry pending", apart from the pending runs."""
+    from_api, declared = jobs()
+    runs = [
+        run_of(from_api, 1, status=RunStatus.PENDING, claimed_by="engine-a"),
+        run_of(from_api, 2, status=RunStatus.PENDING, claimed_by=WAITING_CLAIMANT, reason="overlap: held"),
+        run_of(from_api, 3, status=RunStatus.PENDING, claimed_by=BACKFILL_CLAIMANT, error="ConnectionError: boom"),
+        run_of(from_api, 4, status=RunStatus.PENDING, claimed_by=BACKFILL_CLAIMANT, reason=BACKFILLED),
+        run_of(declared, 1, status=RunStatus.DISPATCHED),
+        run_of(declared, 2, status=RunStatus.FAILED, error="ConnectionError: boom"),
+        run_of(declared, 3, status=RunStatus.SKIPPED, reason="grace"),
+    ]
+    page = admin_client.get(RUNS).content.decode()
+    for status in SHOWN_STATUSES:
+        assert f"?status={quote_plus(status)}" in page, status
+        listed = admin_client.get(RUNS, {"status": status}).context["cl"].result_list
+        assert sorted(run.pk for run in listed) == sorted(run.pk for run in runs if run.shown_status == status), status
+    assert [run.shown_status for run in runs] == [
+        "pending", "waiting", "retry pending", "pending", "dispatched", "failed", "skipped"
+    ]  # fmt: skip
 
 
 def test_a_runs_page_shows_the_whole_error_and_a_title_in_words(admin_client: Client) -> None:

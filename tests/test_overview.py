@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from django_taskiq_beat import IntervalTrigger, OneOffSchedule, PeriodicSchedule, SchedulerApp, overview
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, BACKFILLED
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +38,13 @@ def run(
     )
 
 
+def awaits_retry(job: SchedulerJob, slot: datetime, error: str = "ConnectionError: boom") -> SchedulerRun:
+    """A backfilled slot whose send failed, as ``claims.record`` leaves it: pending until its retry."""
+    return SchedulerRun.objects.create(
+        job=job, scheduled_for=slot, claimed_by=BACKFILL_CLAIMANT, reason=BACKFILLED, error=error
+    )
+
+
 def job(app: SchedulerApp, job_id: str, every: int = 60, **kwargs: object) -> SchedulerJob:
     return app.single(task="system.echo").schedule(
         PeriodicSchedule(interval=IntervalTrigger(seconds=every)), job_id=job_id, **kwargs
@@ -54,15 +62,16 @@ def test_each_hour_counts_runs_by_outcome_and_reads_lag_percentiles_from_the_his
     run(sender, hour + timedelta(minutes=3), status=RunStatus.SKIPPED, lag=None)
     run(sender, hour + timedelta(minutes=4), outcome="running")
     run(sender, hour + timedelta(minutes=5), status=RunStatus.PENDING, lag=None)  # not sent yet: not counted
+    awaits_retry(sender, hour + timedelta(minutes=6))  # a failed send: counted as failed
     run(sender, hour - timedelta(hours=30))  # outside the window
     with timezone.override(UTC):
         hours = overview.last_hours(NOW)
     assert [h.start for h in hours] == [NOW.replace(minute=0) - timedelta(hours=k) for k in range(23, -1, -1)]
     nine = hours[-2]
-    assert nine.outcomes == {"succeeded": 18, "failed": 2, "skipped": 1, "not reported": 1}
+    assert nine.outcomes == {"succeeded": 18, "failed": 3, "skipped": 1, "not reported": 1}
     assert (nine.lag_p50, nine.lag_p95) == (0.01, 0.5)  # 20 sent: the 10th under 10 ms, the 19th under 0.5 s
     assert hours[-1].total == 0 and hours[-1].lag_p50 is None
-    assert sum(h.total for h in hours) == 22
+    assert sum(h.total for h in hours) == 23
 
 
 def test_a_lag_past_the_last_bound_reads_as_infinite() -> None:
@@ -111,12 +120,14 @@ def test_failing_most_ranks_jobs_by_failed_runs_with_their_latest_error(app: Sch
     often, once = job(app, "often"), job(app, "once")
     for minutes in (1, 2, 3):
         run(often, now - timedelta(minutes=minutes), outcome="failed", error=f"ValueError: {minutes}")
-    run(once, now - timedelta(minutes=1), status=RunStatus.FAILED, lag=None, error="ConnectionError")
+    run(once, now - timedelta(minutes=2), status=RunStatus.FAILED, lag=None, error="ConnectionError")
+    awaits_retry(once, now - timedelta(minutes=1), error="TimeoutError")  # a failed send too
     run(once, now - timedelta(hours=30), outcome="failed")  # outside the window
+    run(job(app, "held"), now - timedelta(minutes=1), status=RunStatus.PENDING, error="old")  # pending: no failure
     ranked = overview.failing_most(now)
     assert [(f.job.pk, f.failed, f.job.last_failure) for f in ranked] == [
         ("often", 3, "ValueError: 1"),
-        ("once", 1, "ConnectionError"),
+        ("once", 2, "TimeoutError"),
     ]
 
 

@@ -1,6 +1,10 @@
 """The run history: read-only, written by the engines and the workers' outcome middleware."""
 
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from django_taskiq_beat.admin.common import (
@@ -15,9 +19,23 @@ from django_taskiq_beat.admin.common import (
     status_colour_and_label,
 )
 from django_taskiq_beat.describe import dicts_in, job_label
-from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import SHOWN_STATUSES, SchedulerJob, SchedulerRun
 
 _SHORT_ERROR = 60
+
+
+class ShownStatusFilter(admin.SimpleListFilter):
+    """The status as the list says it: a held slot is "waiting", a backfill awaiting its retry "retry pending"."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(status, status) for status in SHOWN_STATUSES]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[SchedulerRun]) -> QuerySet[SchedulerRun]:
+        value = self.value()
+        return queryset.shown_as(value) if value in SHOWN_STATUSES else queryset  # type: ignore[attr-defined]
 
 
 @admin.register(SchedulerRun)
@@ -26,7 +44,7 @@ class SchedulerRunAdmin(WrittenByTheSchedulerAdmin):
     # was sent, the error is cut short: the run's page has the rest (dispatch time, broker task id, the whole
     # error), and the list fits a 1280 px window.
     list_display = ("scheduled_time", "job_link", "ended", "lag", "duration_text", "short_error")
-    list_filter = ("status", "outcome", "job__source", ("scheduled_for", admin.DateFieldListFilter))
+    list_filter = (ShownStatusFilter, "outcome", "job__source", ("scheduled_for", admin.DateFieldListFilter))
     list_select_related = ("job",)
     search_fields = ("id", "job__id", "job__name", "broker_task_id")
     date_hierarchy = "scheduled_for"
