@@ -9,7 +9,7 @@ from django.apps import apps
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, router
+from django.db import DEFAULT_DB_ALIAS, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 from django_taskiq_beat.conf import SETTINGS_NAME, SchedulerConfig, broker_path, load_broker
@@ -60,23 +60,16 @@ SUPPORTED_DATABASES = "PostgreSQL 14+, SQLite 3.35+, MariaDB 10.6+ and MySQL 8.0
 _SUPPORTED_VENDORS = ("postgresql", "sqlite", "mysql")
 
 
-def scheduler_database() -> str:
-    """The alias the scheduler's tables are written on: the database its checks judge."""
-    from django_taskiq_beat.models import SchedulerJob
-
-    return router.db_for_write(SchedulerJob)
-
-
 def _connection_to_check(databases: Any) -> BaseDatabaseWrapper | None:
-    """The scheduler's database, if this run of the checks may connect to it."""
-    alias = scheduler_database()
-    return connections[alias] if databases and alias in databases else None
+    """The scheduler's database (the default one: see ``check_database_routing``), if this run of the checks may
+    connect to it."""
+    return connections[DEFAULT_DB_ALIAS] if databases and DEFAULT_DB_ALIAS in databases else None
 
 
 @register(Tags.compatibility)
 def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The engine's SQL is written for each supported database; on another it would fail at its first claim."""
-    alias = scheduler_database()
+    alias = DEFAULT_DB_ALIAS
     vendor = connections[alias].vendor
     if vendor in _SUPPORTED_VENDORS:
         return []
@@ -86,6 +79,30 @@ def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[Check
             f" ({settings.DATABASES[alias]['ENGINE']}).",
             hint=f"Keep the scheduler's tables on one of: {SUPPORTED_DATABASES}.",
             id="django_taskiq_beat.E007",
+        )
+    ]
+
+
+@register(Tags.compatibility)
+def check_database_routing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The engine's SQL, its transactions and its row locks run on the default database: a router sending the
+    scheduler's models elsewhere (another database, a replica for reads) would split one claim over two."""
+    from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
+
+    routed = [
+        f"{model.__name__} {way} on {alias!r}"
+        for model in (SchedulerJob, SchedulerRun, SchedulerEngine)
+        for way, alias in (("reads", router.db_for_read(model)), ("writes", router.db_for_write(model)))
+        if alias != DEFAULT_DB_ALIAS
+    ]
+    if not routed:
+        return []
+    return [
+        Error(
+            f"django_taskiq_beat keeps its tables on the {DEFAULT_DB_ALIAS!r} database, but DATABASE_ROUTERS send"
+            f" {', '.join(routed)}.",
+            hint="Let your routers return None for the django_taskiq_beat app's models.",
+            id="django_taskiq_beat.E009",
         )
     ]
 

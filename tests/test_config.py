@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
+from django.test import override_settings
 from taskiq import InMemoryBroker
 
 from django_taskiq_beat import SchedulerConfig, SchedulerValidationError, get_scheduler_app
@@ -172,6 +173,25 @@ def database_checks() -> dict[str, str]:
 @pytest.mark.django_db
 def test_the_database_the_tests_run_on_passes_every_check() -> None:
     assert database_checks() == {}
+
+
+class SchedulerElsewhere:
+    """A router that reads the scheduler's runs from a replica and writes its jobs to another database."""
+
+    def db_for_read(self, model: type, **hints: Any) -> str | None:
+        return "replica" if model.__name__ == "SchedulerRun" else None
+
+    def db_for_write(self, model: type, **hints: Any) -> str | None:
+        return "other" if model.__name__ == "SchedulerJob" else None
+
+
+def test_a_router_sending_the_scheduler_elsewhere_than_the_default_database_is_an_error() -> None:
+    """The engine's SQL and transactions are on the default database: ORM reads from elsewhere would split them."""
+    assert "django_taskiq_beat.E009" not in {message.id for message in run_checks()}
+    with override_settings(DATABASE_ROUTERS=[SchedulerElsewhere()]):
+        (message,) = [message for message in run_checks() if message.id == "django_taskiq_beat.E009"]
+    assert "SchedulerRun reads on 'replica'" in message.msg and "SchedulerJob writes on 'other'" in message.msg
+    assert "SchedulerEngine" not in message.msg and "return None" in message.hint
 
 
 def test_an_unsupported_database_backend_is_an_error_naming_the_supported_ones(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from django_taskiq_beat import __version__
 from django_taskiq_beat.app import SchedulerApp, get_scheduler_app
-from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync, scheduler_database
+from django_taskiq_beat.checks import DeclaredSchedulesLeftToTheSync
 from django_taskiq_beat.conf import SchedulerConfig, broker_path, load_broker
 from django_taskiq_beat.health import APP_LABEL, unapplied_migrations
 from django_taskiq_beat.management import runtime_versions, version_text
@@ -61,7 +61,7 @@ class Command(DeclaredSchedulesLeftToTheSync, BaseCommand):
 
     def check(self, *args: Any, **kwargs: Any) -> None:
         """With the database checks (its version, its time zone tables): the engine is about to use it."""
-        super().check(*args, **{**kwargs, "databases": [scheduler_database()]})
+        super().check(*args, **{**kwargs, "databases": [DEFAULT_DB_ALIAS]})
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["log_level"])
