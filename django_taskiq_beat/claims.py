@@ -928,8 +928,8 @@ def _taken_over(
 ) -> tuple[dict[str, Outcome], set[str]]:
     """What another engine has done with these outcomes' runs (``failed`` and ``sent``: by job) since this one
     claimed them. Returns the failed sends, by run, whose runs are no longer ``scheduler_id``'s (taken over, or
-    settled), and the sends no claim counted whose runs another engine has already stored as sent, counting them
-    (or deleted, without run history). Call it in the transaction that stores the rest, which writes their jobs.
+    settled), and the sends no claim counted whose runs another engine has already stored as sent, counting them.
+    Call it in the transaction that stores the rest, which writes their jobs.
 
     A run stays claimed by the engine that claimed (or took over) it until it is settled, which
     clears the claim. An engine that stalled past its leases (a database away longer than a lease)
@@ -937,7 +937,7 @@ def _taken_over(
     failures must then neither mark those runs failed nor count on their jobs and retry them (a
     one-off would go out again). Its sends that went through are stored all the same: they happened.
     A held or backfilled slot, which no claim counted, is counted once, by whichever engine stores
-    its send first, as a claimed slot is counted once by its claim.
+    its send first, as a claimed slot is counted once by its claim (without run history, by each).
 
     Every job the store writes, then those runs, are locked before they are written, in the order
     every writer takes (jobs first): a take-over, which locks runs and skips locked ones, cannot
@@ -962,8 +962,8 @@ def _taken_over(
         for run_id, claimant, status in runs.values_list("pk", "claimed_by", "status"):
             claimants[run_id], statuses[run_id] = claimant, status
     left = {run_id: outcome for run_id, outcome in failures.items() if claimants.get(run_id) != scheduler_id}
-    gone = RunStatus.DISPATCHED  # without run history, settled (deleted): as sent, most likely
-    counted = {run_id for run_id in uncounted if statuses.get(run_id, gone) == RunStatus.DISPATCHED}
+    # A run gone (settled without run history) may have been a failed send: counting again beats counting never.
+    counted = {run_id for run_id in uncounted if statuses.get(run_id) == RunStatus.DISPATCHED}
     return left, counted
 
 

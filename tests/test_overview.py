@@ -123,7 +123,7 @@ def test_failing_most_ranks_jobs_by_failed_runs_with_their_latest_error(app: Sch
     run(once, now - timedelta(minutes=2), status=RunStatus.FAILED, lag=None, error="ConnectionError")
     awaits_retry(once, now - timedelta(minutes=1), error="TimeoutError")  # a failed send too
     run(once, now - timedelta(hours=30), outcome="failed")  # outside the window
-    run(job(app, "held"), now - timedelta(minutes=1), status=RunStatus.PENDING, error="old")  # pending: no failure
+    run(job(app, "pending"), now - timedelta(minutes=1), status=RunStatus.PENDING, error="old")  # not a failure
     ranked = overview.failing_most(now)
     assert [(f.job.pk, f.failed, f.job.last_failure) for f in ranked] == [
         ("often", 3, "ValueError: 1"),

@@ -450,23 +450,44 @@ def test_a_failed_send_of_a_run_taken_over_since_is_left_to_the_engine_that_took
     assert SchedulerJob.objects.filter(pk="once").values_list("next_run_at", "is_enabled").get() == claimed
 
 
-@pytest.mark.parametrize("record_runs", [True, False], ids=["history", "no-history"])
-@pytest.mark.parametrize("stalled_first", [False, True], ids=["taken-over-first", "stalled-first"])
-def test_a_backfilled_slot_sent_by_a_stalled_engine_and_by_the_one_that_took_it_over_is_counted_once(
-    app: SchedulerApp, record_runs: bool, stalled_first: bool
-) -> None:
-    """No claim counted it: whichever engine stores its send first counts it, as a claim counts a claimed slot once."""
+def taken_over_from_a_stalled_engine(
+    app: SchedulerApp, finished: bool = False
+) -> tuple[SchedulerJob, claims.Dispatch, claims.Dispatch]:
+    """A backfilled slot claimed by engine-a, which stalls past its lease, and taken over by engine-b."""
     job = backfilled_once(app)
+    if finished:
+        SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
     (stalled,) = claims.claim_expired("engine-a", timezone.now(), 10, timedelta(seconds=-1)).dispatches
     (resent,) = claims.claim_expired("engine-b", timezone.now(), 10, LEASE).dispatches
     assert resent.run_id == stalled.run_id and not resent.counted_as_sent
+    return job, stalled, resent
+
+
+@pytest.mark.parametrize("stalled_first", [False, True], ids=["taken-over-first", "stalled-first"])
+def test_a_backfilled_slot_sent_by_a_stalled_engine_and_by_the_one_that_took_it_over_is_counted_once(
+    app: SchedulerApp, stalled_first: bool
+) -> None:
+    """No claim counted it: whichever engine stores its send first counts it, as a claim counts a claimed slot once."""
+    job, stalled, resent = taken_over_from_a_stalled_engine(app)
     now = timezone.now()
     stores = [(stalled, "engine-a"), (resent, "engine-b")]
     for dispatch, engine in stores if stalled_first else reversed(stores):
-        claims.record(sent([dispatch], now), now, record_runs, RETRY, engine)
+        claims.record(sent([dispatch], now), now, True, RETRY, engine)
     assert shown(job.id)[0] == 1
-    if record_runs:
-        assert SchedulerRun.objects.get(pk=resent.run_id).status == RunStatus.DISPATCHED
+    assert SchedulerRun.objects.get(pk=resent.run_id).status == RunStatus.DISPATCHED
+
+
+@pytest.mark.parametrize("record_runs", [True, False], ids=["history", "no-history"])
+def test_a_send_that_went_through_after_the_take_overs_failed_send_was_stored_is_counted(
+    app: SchedulerApp, record_runs: bool
+) -> None:
+    """The failure, stored first, settled the run (a finished job's backfill is not retried in its run): the send
+    that went through is the slot's only one, and counts, also without run history, where that run is gone."""
+    job, stalled, resent = taken_over_from_a_stalled_engine(app, finished=True)
+    now = timezone.now()
+    claims.record(failed([resent], now), now, record_runs, RETRY, "engine-b")
+    claims.record(sent([stalled], now), now, record_runs, RETRY, "engine-a")
+    assert shown(job.id)[:2] == (1, stalled.run_id)
 
 
 def test_only_the_failures_of_runs_taken_over_are_left_out_of_a_batch(app: SchedulerApp) -> None:
