@@ -340,13 +340,6 @@ class SchedulerDashboard(SchedulerJob):
 PAUSED_WHILE_HELD = "the job was paused while the slot was held"
 
 
-def drop_held_slots(job_id: str, now: datetime, why: str) -> int:
-    """The job's held slots become skipped runs, ``why`` their reason; returns how many (see ``SchedulerJob``'s)."""
-    return SchedulerRun.objects.filter(HELD, job_id=job_id).update(
-        status=RunStatus.SKIPPED, reason=f"overlap: {why}", claimed_by=None, finished_at=now, updated_at=now
-    )
-
-
 HELD = models.Q(status=RunStatus.PENDING, claimed_by=WAITING_CLAIMANT)
 """A slot its job's ``overlap="buffer_one"`` holds until the previous run finishes: shown as "waiting"."""
 AWAITING_RETRY = models.Q(status=RunStatus.PENDING, claimed_by=BACKFILL_CLAIMANT, error__isnull=False)
@@ -354,6 +347,13 @@ AWAITING_RETRY = models.Q(status=RunStatus.PENDING, claimed_by=BACKFILL_CLAIMANT
 WAITING, RETRY_PENDING = "waiting", "retry pending"
 SHOWN_STATUSES = (RunStatus.PENDING, WAITING, RETRY_PENDING, RunStatus.DISPATCHED, RunStatus.FAILED, RunStatus.SKIPPED)
 """The statuses as the admin and the CLI say them (``SchedulerRun.shown_status``), in a run's order."""
+
+
+def drop_held_slots(job_id: str, now: datetime, why: str) -> int:
+    """The job's held slots become skipped runs, ``why`` their reason; returns how many (see ``SchedulerJob``'s)."""
+    return SchedulerRun.objects.filter(HELD, job_id=job_id).update(
+        status=RunStatus.SKIPPED, reason=f"overlap: {why}", claimed_by=None, finished_at=now, updated_at=now
+    )
 
 
 class SchedulerRunQuerySet(models.QuerySet["SchedulerRun"]):
