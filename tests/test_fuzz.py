@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) over the whole public API and the admin's job form.
+"""Property-based tests (hypothesis) over the whole public API, the admin's job form and its run filter.
 
 Whatever the input, a call either gives a job that reads back whole from the database or
 raises ``SchedulerValidationError`` and leaves every row as it was; the form either saves a
@@ -13,8 +13,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.contrib.messages import get_messages
 from django.db import transaction
 from django.test import Client
+from django.utils import timezone
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from taskiq import InMemoryBroker
@@ -30,10 +32,11 @@ from django_taskiq_beat import (
     SchedulerApp,
     SchedulerValidationError,
 )
+from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
-from django_taskiq_beat.models import SchedulerJob, SchedulerRun
+from django_taskiq_beat.models import SHOWN_STATUSES, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.payloads import json_identity
-from tests.test_admin import ADD, form_data
+from tests.test_admin import ADD, JOBS, form_data
 
 pytestmark = pytest.mark.django_db
 
@@ -198,7 +201,7 @@ def broker(broker: InMemoryBroker) -> InMemoryBroker:
 @st.composite
 def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     """One public operation with fuzzed arguments."""
-    operation = draw(st.sampled_from(["schedule", "upsert", "chain", "manage", "purge"]))
+    operation = draw(st.sampled_from(["schedule", "upsert", "chain", "manage", "backfill", "purge"]))
     task = draw(mostly(st.sampled_from(["system.echo", "system.other"]), st.one_of(texts, anything)))
     args, kwargs, metadata = (
         draw(mostly(friendly_json.map(wrap), payloads)) for wrap in (_as_list, _as_dict, _as_dict)
@@ -259,8 +262,17 @@ def api_calls(draw: st.DrawFn) -> tuple[str, Callable[[SchedulerApp], Any]]:
     if operation == "manage":
         method = draw(st.sampled_from(["get_job", "pause", "resume", "run_now", "delete"]))
         return method, lambda app: getattr(app, method)(identity["job_id"])
+    if operation == "backfill":
+        hours_ago = st.integers(-2, 48).map(lambda hours: timedelta(hours=hours))
+        start, end = (draw(mostly(hours_ago, st.one_of(instants, anything))) for _ in range(2))
+        return operation, lambda app: app.backfill(identity["job_id"], _before_now(start), _before_now(end))
     cutoff = draw(mostly(friendly_instants, st.one_of(instants, anything)))
     return operation, lambda app: app.purge_runs(finished_before=cutoff)
+
+
+def _before_now(value: Any) -> Any:
+    """A drawn ``timedelta`` as that long before the call; any other value as it was drawn."""
+    return timezone.now() - value if isinstance(value, timedelta) else value
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -403,6 +415,62 @@ def test_any_form_input_saves_a_readable_job_or_shows_errors(
         transaction.set_rollback(True)
 
 
+BACKFILL_TEXT = [
+    "2026-12-03T10:00:00",
+    "2026-12-03T09:00",
+    "2026-12-03 08:00:00",
+    "2026-03-29T02:30:00",
+    "2026-10-25T02:30:00",
+    "9999-12-31T23:59:59",
+    "0001-01-01T00:00:00",
+    "2030-02-30T00:00:00",
+    "1970-01-01T00:00:00",
+    "now",
+    "",
+    "a\x00b",
+    "UTC",
+    "Europe/Berlin",
+    "America/Adak",
+    "Pacific/Kiritimati",
+    "Etc/GMT-14",
+    "Mars/Base",
+    "Europe",
+]
+backfill_text = st.one_of(
+    st.sampled_from(BACKFILL_TEXT), st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20)
+)
+backfill_time = mostly(st.integers(-2, 1200).map(lambda hours: timedelta(hours=hours)), backfill_text)
+backfill_zone = mostly(st.sampled_from(["UTC", "Europe/Berlin", "America/Adak", "Pacific/Kiritimati"]), backfill_text)
+
+
+@FUZZ
+@given(fields=st.fixed_dictionaries({"start": backfill_time, "end": backfill_time, "timezone": backfill_zone}))
+def test_any_backfill_range_in_the_admin_backfills_or_says_why_not(
+    admin_client: Client, app: SchedulerApp, fields: dict[str, timedelta | str]
+) -> None:
+    """The backfill action's range and zone: the form's errors, a job's refusal as a message, or runs; never a 500.
+    A drawn ``timedelta`` is typed as the time that long ago, as the form's widget sends it."""
+    with transaction.atomic():
+        app.single(task="system.echo").upsert(PeriodicSchedule(interval=IntervalTrigger(hours=1)), "kept")
+        SchedulerJob.objects.filter(pk="kept").update(created_at=datetime(2000, 1, 1, tzinfo=UTC))
+        typed = {
+            name: f"{timezone.now() - value:%Y-%m-%dT%H:%M}" if isinstance(value, timedelta) else value
+            for name, value in fields.items()
+        }
+        data = {"action": "backfill_jobs", "_selected_action": ["kept"], "apply": "Backfill", **typed}
+        response = admin_client.post(JOBS, data)
+        assert response.status_code in (200, 302), response.status_code
+        event(f"backfill: {response.status_code}")
+        if response.status_code == 200:
+            assert response.context["form"].errors, "a 200 without errors"
+            assert not SchedulerRun.objects.exists(), "the form showed errors but wrote"
+        else:
+            said = [str(message) for message in get_messages(response.wsgi_request)]
+            assert any(text.startswith(("Backfilled", "1 job could not be changed: kept: ")) for text in said), said
+            assert SchedulerRun.objects.count() <= 1000  # more slots are refused
+        transaction.set_rollback(True)
+
+
 # -- schedules declared in code ---------------------------------------------------------------------------
 
 ENTRY_FIELDS = [
@@ -483,3 +551,33 @@ def test_any_declaration_becomes_a_readable_job_or_an_error_naming_it_and_a_seco
             transaction.set_rollback(True)
     finally:
         app.broker.local_task_registry.pop("fuzz.labelled", None)
+
+
+run_states = st.tuples(
+    st.sampled_from(RunStatus.values),
+    st.sampled_from([None, WAITING_CLAIMANT, BACKFILL_CLAIMANT, "engine-a"]),
+    st.sampled_from([None, "ConnectionError: boom"]),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(states=st.lists(run_states, min_size=1, max_size=8))
+def test_each_run_is_listed_under_the_status_it_shows_and_under_no_other(
+    states: list[tuple[str, str | None, str | None]],
+) -> None:
+    """The history's status filter (``shown_as``, in SQL) and the status each row shows (``shown_status``, in Python)
+    are two definitions of one thing: whatever the stored columns, they must agree."""
+    with transaction.atomic():
+        job = SchedulerJob.objects.create(task_name="system.echo", kind="one_off", strategy="one_off")
+        start = datetime(2026, 12, 3, tzinfo=UTC)
+        runs = [
+            SchedulerRun.objects.create(
+                job=job, scheduled_for=start + timedelta(seconds=n), status=status, claimed_by=claimant, error=error
+            )
+            for n, (status, claimant, error) in enumerate(states)
+        ]
+        for shown in SHOWN_STATUSES:
+            listed = set(SchedulerRun.objects.shown_as(shown).values_list("pk", flat=True))
+            assert listed == {run.pk for run in runs if run.shown_status == shown}, shown
+        assert {run.shown_status for run in runs} <= set(SHOWN_STATUSES)
+        transaction.set_rollback(True)
