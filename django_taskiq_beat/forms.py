@@ -11,10 +11,11 @@ import uuid
 import zoneinfo
 from datetime import datetime
 from functools import cache
-from typing import Any, cast, overload
+from typing import Any, cast
 
 from django import forms
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from django_taskiq_beat.app import SchedulerApp
 from django_taskiq_beat.chains import CHAIN_ORCHESTRATOR_TASK_NAME
@@ -35,6 +36,42 @@ SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), 
 INTERVAL_UNITS = [("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours"), ("days", "days")]
 _OTHER_TASK = ""
 _DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
+
+
+class WallClockField(forms.DateTimeField):
+    """A date and time as typed, in no zone yet: the form's own timezone field says which (``in_zone``).
+
+    Django's field reads it in the site's time zone at once: it refused a time that zone skips
+    at a DST change even where the chosen zone has none, and the chosen zone then saw a time
+    already moved. A UTC offset typed with the time is kept.
+    """
+
+    widget = _DATETIME
+
+    def to_python(self, value: Any) -> datetime | None:
+        if value in self.empty_values:
+            return None
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = parse_datetime(str(value).strip())
+        except ValueError:
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
+        return parsed or super(forms.DateTimeField, self).to_python(value)  # the input formats, read as typed
+
+
+def in_zone(value: datetime, zone: zoneinfo.ZoneInfo, field: str) -> datetime:
+    """A ``WallClockField``'s time in ``zone`` (a typed UTC offset wins). A time the zone skips or repeats at a
+    daylight saving change names no single instant: refused, as Django refuses it in the site's zone."""
+    if value.tzinfo is not None:
+        return value
+    aware = value.replace(tzinfo=zone)
+    if aware.utcoffset() != aware.replace(fold=1).utcoffset():
+        raise SchedulerValidationError(
+            field, value, f"This time is skipped or repeated in {zone.key} (a daylight saving change): choose another."
+        )
+    return aware
+
 
 # Where an API error about a field shows up in the form.
 _ERROR_FIELDS = {
@@ -131,13 +168,9 @@ class SchedulerJobForm(forms.ModelForm):
         required=False, initial="*", max_length=200, help_text="0 and 7 are Sunday; names work (mon)."
     )
     timezone = forms.ChoiceField(widget=ZoneSelect, help_text="Cron times and the times entered here are in this zone.")
-    run_at = forms.DateTimeField(required=False, label="Run at", help_text="For 'once'.", widget=_DATETIME)
-    start_at = forms.DateTimeField(
-        required=False, help_text="Optional start of an interval or crontab window.", widget=_DATETIME
-    )
-    end_at = forms.DateTimeField(
-        required=False, help_text="Optional end of the window; a slot at the end still runs.", widget=_DATETIME
-    )
+    run_at = WallClockField(required=False, label="Run at", help_text="For 'once'.")
+    start_at = WallClockField(required=False, help_text="Optional start of an interval or crontab window.")
+    end_at = WallClockField(required=False, help_text="Optional end of the window; a slot at the end still runs.")
     is_enabled = forms.BooleanField(required=False, initial=True, label="Enabled")
     overlap = forms.ChoiceField(
         choices=[
@@ -284,25 +317,15 @@ class SchedulerJobForm(forms.ModelForm):
             self._new_id = data.get("job_id") or str(uuid.uuid4())
         return self._new_id
 
-    @overload
-    def _aware(self, value: datetime, zone: str) -> datetime: ...
-    @overload
-    def _aware(self, value: datetime | None, zone: str) -> datetime | None: ...
-    def _aware(self, value: datetime | None, zone: str) -> datetime | None:
-        if value is None:
-            return None
-        return timezone.make_aware(value.replace(tzinfo=None), zoneinfo.ZoneInfo(zone))
-
     def _trigger(self, data: dict[str, Any]) -> Trigger:
-        zone = data["timezone"]
+        zone, tz = data["timezone"], zoneinfo.ZoneInfo(data["timezone"])
         kind = data["schedule_type"]
         if kind == "one_off":
             if data.get("run_at") is None:
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
-            return OneOffSchedule(run_at=self._aware(data["run_at"], zone), timezone=zone)
+            return OneOffSchedule(run_at=in_zone(data["run_at"], tz, "run_at"), timezone=zone)
         window: dict[str, Any] = {
-            "start_at": self._aware(data.get("start_at"), zone),
-            "end_at": self._aware(data.get("end_at"), zone),
+            name: in_zone(data[name], tz, name) if data.get(name) else None for name in ("start_at", "end_at")
         }
         if kind == "interval":
             if data.get("interval_every") is None:
@@ -344,8 +367,8 @@ def _choice_field(form: forms.BaseForm, name: str) -> forms.ChoiceField:
 class BackfillForm(forms.Form):
     """The admin's backfill action: a range, in a timezone, for ``SchedulerApp.backfill``."""
 
-    start = forms.DateTimeField(widget=_DATETIME, help_text="The first slot sent is the first at or after this.")
-    end = forms.DateTimeField(widget=_DATETIME, help_text="Slots before this (and already past) are sent.")
+    start = WallClockField(help_text="The first slot sent is the first at or after this.")
+    end = WallClockField(help_text="Slots before this (and already past) are sent.")
     timezone = forms.ChoiceField(widget=ZoneSelect, help_text="The times above are in this zone.")
 
     def __init__(self, *args: Any, default_timezone: str, **kwargs: Any) -> None:
@@ -360,7 +383,10 @@ class BackfillForm(forms.Form):
             return data
         zone = zoneinfo.ZoneInfo(data["timezone"])
         for name in ("start", "end"):
-            data[name] = timezone.make_aware(data[name].replace(tzinfo=None), zone)
-        if data["end"] <= data["start"]:
+            try:
+                data[name] = in_zone(data[name], zone, name)
+            except SchedulerValidationError as error:
+                self.add_error(name, error.problem)
+        if not self.errors and data["end"] <= data["start"]:
             self.add_error("end", "Must be after start.")
         return data

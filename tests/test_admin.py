@@ -412,6 +412,29 @@ def test_add_form_creates_each_kind_of_job(
     assert check(job)
 
 
+@pytest.mark.parametrize(
+    ("run_at", "zone", "stored"),
+    [
+        ("2030-03-31T02:30:00", "UTC", "2030-03-31T02:30:00+00:00"),  # Berlin, the site's zone, skips 02:30
+        ("2030-03-31T02:30:00+05:00", "Europe/Berlin", "2030-03-30T21:30:00+00:00"),  # an offset typed with it
+        ("2030-03-10T02:30:00", "America/Adak", None),  # Adak skips it
+        ("2030-11-03T01:30:00", "America/Adak", None),  # and repeats this one
+    ],
+    ids=["gap-of-the-site-zone", "typed-offset", "gap-of-the-chosen-zone", "repeated-in-the-chosen-zone"],
+)
+def test_a_time_is_read_in_the_chosen_zone_and_refused_where_a_dst_change_makes_it_no_single_instant(
+    admin_client: Client, run_at: str, zone: str, stored: str | None
+) -> None:
+    response = admin_client.post(ADD, form_data(schedule_type="one_off", run_at=run_at, timezone=zone))
+    if stored is not None:
+        assert response.status_code == 302, errors_of(response)
+        assert SchedulerJob.objects.get().trigger_payload["run_at"] == stored
+    else:
+        (error,) = errors_of(response)["run_at"]
+        assert f"skipped or repeated in {zone}" in error and "(run_at=datetime.datetime(2030, " in error
+        assert not SchedulerJob.objects.exists()
+
+
 def test_add_form_uses_the_given_job_id_and_the_enabled_flag(admin_client: Client) -> None:
     response = admin_client.post(ADD, form_data(job_id="reports.nightly", is_enabled=""))
     assert response.status_code == 302

@@ -5,7 +5,7 @@ Idempotent per slot; more than 1,000 slots refused; in the admin as an action th
 
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from io import StringIO
 from typing import Any
 
@@ -26,6 +26,7 @@ from django_taskiq_beat import (
     SchedulerValidationError,
     logs,
 )
+from django_taskiq_beat.forms import BackfillForm
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
 from tests.conftest import Recorder
 from tests.test_engine import break_broker
@@ -169,3 +170,22 @@ def test_the_admin_action_asks_for_the_range_then_backfills(admin_client: Any) -
         },
     )
     assert "Must be after start." in bad.content.decode()
+
+
+@pytest.mark.parametrize(
+    ("start", "zone", "read_as"),
+    [
+        ("2026-03-29T02:30", "UTC", datetime(2026, 3, 29, 2, 30, tzinfo=UTC)),  # in the gap of Berlin, the site's zone
+        ("2026-03-29T02:30:00+05:00", "Europe/Berlin", datetime(2026, 3, 28, 21, 30, tzinfo=UTC)),  # a typed offset
+        ("2026-03-08T02:30", "America/Adak", None),  # Adak skips it
+        ("2026-11-01T01:30", "America/Adak", None),  # and repeats this one
+    ],
+    ids=["gap-of-the-site-zone", "typed-offset", "gap-of-the-chosen-zone", "repeated-in-the-chosen-zone"],
+)
+def test_the_admin_reads_a_backfill_range_in_its_chosen_zone(start: str, zone: str, read_as: datetime | None) -> None:
+    form = BackfillForm({"start": start, "end": "2026-12-01T00:00", "timezone": zone}, default_timezone="UTC")
+    if read_as is None:
+        assert not form.is_valid() and f"skipped or repeated in {zone}" in form.errors["start"][0]
+    else:
+        assert form.is_valid(), form.errors
+        assert form.cleaned_data["start"] == read_as

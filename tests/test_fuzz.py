@@ -13,7 +13,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.contrib.messages import get_messages
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
@@ -439,36 +438,89 @@ BACKFILL_TEXT = [
 backfill_text = st.one_of(
     st.sampled_from(BACKFILL_TEXT), st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=20)
 )
-backfill_time = mostly(st.integers(-2, 1200).map(lambda hours: timedelta(hours=hours)), backfill_text)
+backfill_time = mostly(st.integers(-2, 2000).map(lambda hours: timedelta(hours=hours)), backfill_text)
 backfill_zone = mostly(st.sampled_from(["UTC", "Europe/Berlin", "America/Adak", "Pacific/Kiritimati"]), backfill_text)
 
 
+@st.composite
+def backfill_fields(draw: st.DrawFn) -> dict[str, timedelta | str]:
+    """The form's fields; two drawn times ago are put in order one time in two, so that most ranges are ranges."""
+    start, end = draw(backfill_time), draw(backfill_time)
+    if isinstance(start, timedelta) and isinstance(end, timedelta) and draw(st.booleans()):
+        start, end = max(start, end), min(start, end)
+    return {"start": start, "end": end, "timezone": draw(backfill_zone)}
+
+
 @FUZZ
-@given(fields=st.fixed_dictionaries({"start": backfill_time, "end": backfill_time, "timezone": backfill_zone}))
+@given(fields=backfill_fields())
 def test_any_backfill_range_in_the_admin_backfills_or_says_why_not(
     admin_client: Client, app: SchedulerApp, fields: dict[str, timedelta | str]
 ) -> None:
     """The backfill action's range and zone: the form's errors, a job's refusal as a message, or runs; never a 500.
-    A drawn ``timedelta`` is typed as the time that long ago, as the form's widget sends it."""
+
+    A drawn ``timedelta`` is typed as the UTC time that long ago, to the minute, as the form's widget sends it.
+    Where the whole range is so typed and the zone is a real one, the outcome is known beforehand: the job's
+    whole UTC hours in the range (up to now) as runs, more than 1,000 of them refused, and a time the zone skips
+    or repeats a form error.
+    """
     with transaction.atomic():
         app.single(task="system.echo").upsert(PeriodicSchedule(interval=IntervalTrigger(hours=1)), "kept")
         SchedulerJob.objects.filter(pk="kept").update(created_at=datetime(2000, 1, 1, tzinfo=UTC))
+        before = timezone.now()
         typed = {
-            name: f"{timezone.now() - value:%Y-%m-%dT%H:%M}" if isinstance(value, timedelta) else value
+            name: f"{before - value:%Y-%m-%dT%H:%M}" if isinstance(value, timedelta) else value
             for name, value in fields.items()
         }
         data = {"action": "backfill_jobs", "_selected_action": ["kept"], "apply": "Backfill", **typed}
-        response = admin_client.post(JOBS, data)
-        assert response.status_code in (200, 302), response.status_code
-        event(f"backfill: {response.status_code}")
-        if response.status_code == 200:
-            assert response.context["form"].errors, "a 200 without errors"
+        response = admin_client.post(JOBS, data, follow=True)  # the list shows this action's messages, and no more
+        assert response.status_code == 200, response.status_code
+        event(f"backfill: {'done' if response.redirect_chain else 'form errors'}")
+        expected = _expected_backfill(fields, typed, before, timezone.now())
+        event(f"backfill expected: {expected if expected is None or isinstance(expected, str) else 'these runs'}")
+        if not response.redirect_chain:
+            assert response.context["form"].errors, "the form again, without errors"
             assert not SchedulerRun.objects.exists(), "the form showed errors but wrote"
+            assert expected in (None, "form error"), expected
         else:
-            said = [str(message) for message in get_messages(response.wsgi_request)]
-            assert any(text.startswith(("Backfilled", "1 job could not be changed: kept: ")) for text in said), said
-            assert SchedulerRun.objects.count() <= 1000  # more slots are refused
+            said = [str(message) for message in response.context["messages"]]
+            refusal = any(text.startswith("1 job could not be changed: kept: ") for text in said)
+            runs = set(SchedulerRun.objects.values_list("scheduled_for", flat=True))
+            assert refusal or "Backfilled 1 job." in said, said
+            assert len(runs) <= 1000 and not (refusal and runs)
+            assert expected != "form error" and (expected != "refused" or refusal), (expected, said)
+            if isinstance(expected, tuple):
+                surely, perhaps = expected  # the hours before the POST began, and those it may have seen pass
+                assert not refusal and surely <= runs <= perhaps, (said, sorted(surely ^ runs))
         transaction.set_rollback(True)
+
+
+def _whole_hours(start: datetime, end: datetime) -> set[datetime]:
+    """The whole UTC hours in [start, end), stopping past 1,001: the hourly job's slots, anchored at midnight."""
+    hour = start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    hour += timedelta(hours=1) if hour < start else timedelta(0)
+    hours: set[datetime] = set()
+    while hour < end and len(hours) <= 1000:
+        hours.add(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def _expected_backfill(
+    fields: dict[str, timedelta | str], typed: dict[str, str], before: datetime, after: datetime
+) -> str | tuple[set[datetime], set[datetime]] | None:
+    """What backfilling the typed range must do, where it is known beforehand (see the test); None elsewhere."""
+    if not isinstance(fields["start"], timedelta) or not isinstance(fields["end"], timedelta):
+        return None
+    if fields["timezone"] not in ("UTC", "Europe/Berlin", "America/Adak", "Pacific/Kiritimati"):
+        return None
+    zone = ZoneInfo(str(fields["timezone"]))
+    start, end = (datetime.fromisoformat(typed[name]).replace(tzinfo=zone) for name in ("start", "end"))
+    if any(moment.utcoffset() != moment.replace(fold=1).utcoffset() for moment in (start, end)) or end <= start:
+        return "form error"
+    surely, perhaps = _whole_hours(start, min(end, before)), _whole_hours(start, min(end, after))
+    if len(surely) > 1000:
+        return "refused"
+    return None if len(perhaps) > 1000 else (surely, perhaps)
 
 
 # -- schedules declared in code ---------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
-from django.db import router, transaction
+from django.db import transaction
 from django.db.models import Count, F, Prefetch, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
@@ -633,7 +633,7 @@ def _write_lock_first(request: HttpRequest) -> Iterator[None]:
     if request.method != "POST":
         yield
         return
-    with transaction.atomic(using=router.db_for_write(SchedulerJob)):
+    with transaction.atomic():
         begin_write()
         yield
 
