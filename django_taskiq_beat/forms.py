@@ -36,6 +36,7 @@ SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), 
 INTERVAL_UNITS = [("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours"), ("days", "days")]
 _OTHER_TASK = ""
 _DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
+_TIME_FIELDS = ("run_at", "start_at", "end_at")
 
 
 class WallClockField(forms.DateTimeField):
@@ -62,13 +63,13 @@ class WallClockField(forms.DateTimeField):
 
 def in_zone(value: datetime, zone: zoneinfo.ZoneInfo, field: str) -> datetime:
     """A ``WallClockField``'s time in ``zone`` (a typed UTC offset wins). A time the zone skips or repeats at a
-    daylight saving change names no single instant: refused, as Django refuses it in the site's zone."""
+    clock change (daylight saving time) names no single instant: refused, as Django refuses it in the site's zone."""
     if value.tzinfo is not None:
         return value
     aware = value.replace(tzinfo=zone)
     if aware.utcoffset() != aware.replace(fold=1).utcoffset():
         raise SchedulerValidationError(
-            field, value, f"This time is skipped or repeated in {zone.key} (a daylight saving change): choose another."
+            field, value, f"This time is skipped or repeated in {zone.key} (a clock change): choose another."
         )
     return aware
 
@@ -226,6 +227,7 @@ class SchedulerJobForm(forms.ModelForm):
         _choice_field(self, "timezone").choices = _timezones()
         self.fields["timezone"].initial = app.config.default_timezone
         self.editing = not self.instance._state.adding
+        self._stored_times: dict[str, datetime] = {}  # the edited job's times, as instants
         if self.editing:
             self._fill_from(self.instance)
             self.fields["job_id"].disabled = True
@@ -266,8 +268,9 @@ class SchedulerJobForm(forms.ModelForm):
                     schedule_type="crontab", **{name: getattr(trigger.crontab, name) for name in CRON_FIELDS}
                 )
         initial["timezone"] = zone
-        for name in ("run_at", "start_at", "end_at"):
+        for name in _TIME_FIELDS:
             if initial.get(name):
+                self._stored_times[name] = initial[name]
                 initial[name] = timezone.localtime(initial[name], zoneinfo.ZoneInfo(zone)).replace(tzinfo=None)
         self.initial.update(initial)
 
@@ -310,6 +313,13 @@ class SchedulerJobForm(forms.ModelForm):
             self.add_error("job_id", "A job with this id already exists; open it to change it.")
         return data
 
+    def _instant(self, data: dict[str, Any], name: str) -> datetime:
+        """The time typed in ``name``, in the chosen zone; an edited job's stored time as it was, where neither
+        it nor the zone was changed: it may lie in an hour its zone repeats, which a typed time may not."""
+        if name in self._stored_times and not {name, "timezone"} & set(self.changed_data):
+            return self._stored_times[name]
+        return in_zone(data[name], zoneinfo.ZoneInfo(data["timezone"]), name)
+
     def _job_id(self, data: dict[str, Any]) -> str:
         if self.editing:
             return self.instance.pk
@@ -318,14 +328,14 @@ class SchedulerJobForm(forms.ModelForm):
         return self._new_id
 
     def _trigger(self, data: dict[str, Any]) -> Trigger:
-        zone, tz = data["timezone"], zoneinfo.ZoneInfo(data["timezone"])
+        zone = data["timezone"]
         kind = data["schedule_type"]
         if kind == "one_off":
             if data.get("run_at") is None:
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
-            return OneOffSchedule(run_at=in_zone(data["run_at"], tz, "run_at"), timezone=zone)
+            return OneOffSchedule(run_at=self._instant(data, "run_at"), timezone=zone)
         window: dict[str, Any] = {
-            name: in_zone(data[name], tz, name) if data.get(name) else None for name in ("start_at", "end_at")
+            name: self._instant(data, name) if data.get(name) else None for name in ("start_at", "end_at")
         }
         if kind == "interval":
             if data.get("interval_every") is None:

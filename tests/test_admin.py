@@ -523,6 +523,28 @@ def test_a_one_off_reopens_in_the_zone_it_was_entered_in(admin_client: Client, a
     assert SchedulerJob.objects.get().next_run_at == job.next_run_at
 
 
+@pytest.mark.parametrize("utc_hour", [10, 11], ids=["first-of-the-repeated-hour", "second-of-the-repeated-hour"])
+def test_a_job_whose_time_lies_in_an_hour_its_zone_repeats_is_saved_with_that_time_unchanged(
+    admin_client: Client, app: SchedulerApp, utc_hour: int
+) -> None:
+    """Adak repeats 01:00-02:00 on 2030-11-03 (10:00-12:00 UTC): the form shows 01:30 for both instants, a time
+    typed so is refused, but the job's own time, left as it was, is kept as it was."""
+    run_at = datetime(2030, 11, 3, utc_hour, 30, tzinfo=UTC)
+    job = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=run_at, timezone="America/Adak"))
+    page = admin_client.get(job_change_url(job)).content.decode()
+    assert 'name="run_at" value="2030-11-03T01:30:00"' in page
+    edited = form_data(name="Renamed", task="demo.heartbeat", args="[]", kwargs="{}", schedule_type="one_off")
+    response = admin_client.post(
+        job_change_url(job), {**edited, "run_at": "2030-11-03T01:30:00", "timezone": "America/Adak"}
+    )
+    assert response.status_code == 302, errors_of(response)
+    assert SchedulerJob.objects.values_list("name", "next_run_at").get() == ("Renamed", run_at)
+    retyped = admin_client.post(
+        job_change_url(job), {**edited, "run_at": "2030-11-03T01:30:01", "timezone": "America/Adak"}
+    )
+    assert "skipped or repeated in America/Adak" in errors_of(retyped)["run_at"][0]
+
+
 def test_a_one_off_scheduled_without_a_zone_opens_in_the_default_zone(admin_client: Client, app: SchedulerApp) -> None:
     job = app.single(task="demo.heartbeat").schedule(OneOffSchedule(run_at=datetime(2030, 1, 2, 2, 4, 5, tzinfo=UTC)))
     page = admin_client.get(job_change_url(job)).content.decode()
