@@ -250,7 +250,9 @@ def from_task_labels(broker: AsyncBroker) -> Declared:
         for index, entry in enumerate(entries):
             origin = f"the schedule label of task {task_name!r}, entry {index}"
             schedule_id = entry.get("schedule_id") if isinstance(entry, Mapping) else None
-            job_id = f"{JobSource.TASKIQ}:{schedule_id}" if schedule_id else f"{JobSource.TASKIQ}:{task_name}:{index}"
+            # Only text names a job: any other value is refused by _label_entry (and may be too deep to format).
+            named = isinstance(schedule_id, str) and schedule_id
+            job_id = f"{JobSource.TASKIQ}:{schedule_id}" if named else f"{JobSource.TASKIQ}:{task_name}:{index}"
             _read_into(declared, job_id, partial(_label_entry, task, job_id, origin, entry))
     return declared
 

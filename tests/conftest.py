@@ -20,6 +20,14 @@ UNREADABLE_TIMES = {
 }
 
 
+def nested(depth: int) -> list[Any]:
+    """A list nested ``depth`` deep: past the recursion limit, a value that ``repr`` and ``json`` fail on."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def store_raw(table: str, row_id: str, column: str, value: Any) -> None:
     """Write a value behind the ORM's back, as a broken import or a manual edit would."""
     from django.db import connection

@@ -19,6 +19,7 @@ from django_taskiq_beat import CrontabTrigger, PeriodicSchedule, SchedulerApp, S
 from django_taskiq_beat.declarations import from_task_labels
 from django_taskiq_beat.models import JobSource, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.sync import sync_declared
+from tests.conftest import nested
 from tests.test_discovery import make_app  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.django_db
@@ -344,7 +345,14 @@ def test_a_task_module_that_does_not_import_is_an_error_of_the_entries_that_need
 
 
 @pytest.mark.parametrize(
-    ("schedule_id", "says"), [("  ", "Must not be empty"), (7, "Must be a string"), ("", "Must not be empty")]
+    ("schedule_id", "says"),
+    [
+        ("  ", "Must not be empty"),
+        (7, "Must be a string"),
+        ("", "Must not be empty"),
+        (nested(6000), "Must be a string"),  # too deep to format: no RecursionError
+    ],
+    ids=["blank", "number", "empty", "nested-too-deep"],
 )
 def test_a_schedule_id_must_be_text_that_is_not_blank(
     app: SchedulerApp, broker: InMemoryBroker, schedule_id: Any, says: str

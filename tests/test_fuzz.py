@@ -35,6 +35,7 @@ from django_taskiq_beat.conf import BACKFILL_CLAIMANT, WAITING_CLAIMANT
 from django_taskiq_beat.middleware import RunOutcomeMiddleware
 from django_taskiq_beat.models import SHOWN_STATUSES, RunStatus, SchedulerJob, SchedulerRun
 from django_taskiq_beat.payloads import json_identity
+from tests.conftest import nested
 from tests.test_admin import ADD, JOBS, form_data
 
 pytestmark = pytest.mark.django_db
@@ -115,13 +116,6 @@ json_like = st.recursive(
     ),
     max_leaves=12,
 )
-
-
-def nested(depth: int) -> list[Any]:
-    value: list[Any] = []
-    for _ in range(depth - 1):
-        value = [value]
-    return value
 
 
 payloads = st.one_of(json_like, st.integers(min_value=1, max_value=6000).map(nested), st.just({1: "x", "1": "y"}))
