@@ -30,7 +30,14 @@ from django_taskiq_beat.policies import (
     OVERLAP_SKIP,
     SchedulePolicy,
 )
-from django_taskiq_beat.triggers import CrontabTrigger, IntervalTrigger, OneOffSchedule, PeriodicSchedule, Trigger
+from django_taskiq_beat.triggers import (
+    CrontabTrigger,
+    IntervalTrigger,
+    OneOffSchedule,
+    PeriodicSchedule,
+    Trigger,
+    zone_names,
+)
 
 SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), ("one_off", "once, at a time")]
 INTERVAL_UNITS = [("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours"), ("days", "days")]
@@ -72,6 +79,12 @@ def in_zone(value: datetime, zone: zoneinfo.ZoneInfo, field: str) -> datetime:
             field, value, f"This time is skipped or repeated in {zone.key} (a clock change): choose another."
         )
     return aware
+
+
+def _refusal(error: SchedulerValidationError) -> str:
+    """The API's refusal as a form error: the problem, then the field and the value (a time as typed, not its repr)."""
+    shown = error.value.isoformat(sep=" ") if isinstance(error.value, datetime) else short_repr(error.value)
+    return f"{error.problem} ({error.field}={shown})"
 
 
 # Where an API error about a field shows up in the form.
@@ -128,7 +141,8 @@ class JSONValueField(forms.JSONField):
 
 @cache
 def _timezones() -> list[tuple[str, str]]:
-    return [(name, name) for name in sorted(zoneinfo.available_timezones())]
+    """The zones a schedule takes (``resolve_timezone``): no choice the form offers is one the API refuses."""
+    return [(name, name) for name in sorted(zone_names())]
 
 
 class ZoneSelect(forms.Select):
@@ -307,7 +321,7 @@ class SchedulerJobForm(forms.ModelForm):
                 field = self.policy.outcome_readers[0]
             elif field in CRON_FIELDS and (data.get("cron_expression") or "").strip():
                 field = "cron_expression"  # the fields below it were ignored: the mistake is in the expression
-            self.add_error(field, f"{error.problem} ({error.field}={short_repr(error.value)})")
+            self.add_error(field, _refusal(error))
             return data
         if not self.editing and SchedulerJob.objects.filter(pk=self._job_id(data)).exists():
             self.add_error("job_id", "A job with this id already exists; open it to change it.")
@@ -396,7 +410,7 @@ class BackfillForm(forms.Form):
             try:
                 data[name] = in_zone(data[name], zone, name)
             except SchedulerValidationError as error:
-                self.add_error(name, error.problem)
+                self.add_error(name, _refusal(error))
         if not self.errors and data["end"] <= data["start"]:
             self.add_error("end", "Must be after start.")
         return data

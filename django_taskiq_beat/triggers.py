@@ -48,8 +48,9 @@ _MAX_INTERVAL_SECONDS = 36500 * 86400  # a hundred years
 
 
 @cache
-def _zone_names() -> frozenset[str]:
-    """IANA zone names, without the host-dependent ``localtime`` and the placeholder ``Factory``."""
+def zone_names() -> frozenset[str]:
+    """The zone names a schedule takes: IANA's, without the host-dependent ``localtime`` and the placeholders
+    ``Factory`` and ``posixrules``."""
     return frozenset(zoneinfo.available_timezones() - {"localtime", "Factory", "posixrules"}) | {"UTC"}
 
 
@@ -59,7 +60,7 @@ def resolve_timezone(name: Any, field: str = "timezone") -> zoneinfo.ZoneInfo:
         raise SchedulerValidationError(field, name, "Timezone must be a non-empty IANA name.")
     key = str.__str__(name).strip()
     key = "UTC" if key.upper() == "UTC" else key
-    if len(key) > _MAX_TIMEZONE_LENGTH or key not in _zone_names():
+    if len(key) > _MAX_TIMEZONE_LENGTH or key not in zone_names():
         raise SchedulerValidationError(field, name, "Unknown timezone: not an IANA zone name (such as Europe/Berlin).")
     return zoneinfo.ZoneInfo(key)
 

@@ -23,8 +23,9 @@ from django_taskiq_beat import (
     SchedulerApp,
     get_scheduler_app,
 )
-from django_taskiq_beat.forms import ZoneSelect
+from django_taskiq_beat.forms import BackfillForm, SchedulerJobForm, ZoneSelect
 from django_taskiq_beat.models import RunStatus, SchedulerJob, SchedulerRun
+from django_taskiq_beat.triggers import resolve_timezone
 
 pytestmark = pytest.mark.django_db
 
@@ -431,7 +432,7 @@ def test_a_time_is_read_in_the_chosen_zone_and_refused_where_a_dst_change_makes_
         assert SchedulerJob.objects.get().trigger_payload["run_at"] == stored
     else:
         (error,) = errors_of(response)["run_at"]
-        assert f"skipped or repeated in {zone}" in error and "(run_at=datetime.datetime(2030, " in error
+        assert f"skipped or repeated in {zone}" in error and f"(run_at={run_at.replace('T', ' ')})" in error
         assert not SchedulerJob.objects.exists()
 
 
@@ -602,6 +603,16 @@ def test_a_run_running_longer_than_the_threshold_is_flagged_stale(
     settings.TASKIQ_BEAT = {**settings.TASKIQ_BEAT, "STALE_RUN_SECONDS": 300}
     page = admin_client.get(RUNS).content.decode()
     assert '<strong style="color: #c62828">stale</strong>: running since' in page
+
+
+def test_the_forms_offer_only_the_zones_a_schedule_takes(admin_client: Client) -> None:
+    """Not the host's ``localtime`` or the ``Factory`` placeholder, which ``available_timezones()`` lists."""
+    page = admin_client.get(ADD).content.decode()
+    for form in (SchedulerJobForm(app=get_scheduler_app()), BackfillForm(default_timezone="UTC")):
+        offered = [name for name, _ in form.fields["timezone"].choices]
+        assert len(offered) > 400 and all(resolve_timezone(name).key == name for name in offered)
+        assert {"localtime", "Factory", "posixrules"}.isdisjoint(offered)
+    assert '<option value="Europe/Berlin"' in page and '<option value="localtime"' not in page
 
 
 @pytest.mark.parametrize("value", ["Europe/Paris", "UTC", "", "Mars/Base", '"><b>'])
