@@ -29,6 +29,7 @@ from django_taskiq_beat import bulk, logs
 from django_taskiq_beat.conf import BACKFILL_CLAIMANT, BACKFILLED, WAITING_CLAIMANT, SchedulerConfig
 from django_taskiq_beat.logs import describe_error
 from django_taskiq_beat.models import (
+    HELD,
     DatabaseNow,
     JobKind,
     RunOutcome,
@@ -788,7 +789,7 @@ _BACKFILLED = Q(claimed_by=BACKFILL_CLAIMANT) | Q(reason=BACKFILLED)  # also onc
 
 def _released(now: datetime, stale: timedelta) -> Q:
     """Held slots (``buffer_one``) whose job is not paused and has no unfinished run but held ones."""
-    held = Q(claimed_by=WAITING_CLAIMANT, lease_expires_at__isnull=True)
+    held = HELD & Q(lease_expires_at__isnull=True)
     for condition in _unfinished(now, stale):
         others = SchedulerRun.objects.filter(condition, job_id=OuterRef("job_id")).exclude(claimed_by=WAITING_CLAIMANT)
         held &= ~Exists(others)  # type: ignore[assignment]  # django-stubs: Q & takes only a Q (Q & Exists is a Q)

@@ -50,11 +50,14 @@ def hourly(app: SchedulerApp, job_id: str = "hourly", policy: SchedulePolicy | N
     return SchedulerJob.objects.get(pk=job_id)
 
 
-def backfilled_once(app: SchedulerApp) -> SchedulerJob:
-    """An hourly job with one past slot backfilled: a pending run that the next take-over sends."""
+def backfilled_once(app: SchedulerApp, finished: bool = False) -> SchedulerJob:
+    """An hourly job with one past slot backfilled: a pending run that the next take-over sends. ``finished``: the
+    job then finishes (as one no longer declared does), its backfilled run left to send."""
     job = hourly(app)
     start = timezone.now() - timedelta(hours=2, minutes=30)
     assert app.backfill(job.id, start, start + timedelta(hours=1)) == 1
+    if finished:
+        SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
     return job
 
 
@@ -313,8 +316,7 @@ def test_a_paused_jobs_backfilled_slots_wait_for_its_resume(app: SchedulerApp) -
 
 def test_a_finished_jobs_backfilled_slot_is_sent_once(app: SchedulerApp) -> None:
     """A job no longer declared is finished, often with its task gone: a pause would not stop retries of it."""
-    job = backfilled_once(app)
-    SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
+    backfilled_once(app, finished=True)
     now = timezone.now()
     (orphan,) = claims.claim_expired("engine-a", now, 10, LEASE).dispatches
     assert not orphan.retried_in_its_run
@@ -454,9 +456,7 @@ def taken_over_from_a_stalled_engine(
     app: SchedulerApp, finished: bool = False
 ) -> tuple[SchedulerJob, claims.Dispatch, claims.Dispatch]:
     """A backfilled slot claimed by engine-a, which stalls past its lease, and taken over by engine-b."""
-    job = backfilled_once(app)
-    if finished:
-        SchedulerJob.objects.filter(pk=job.id).update(is_enabled=False, finished_at=timezone.now(), next_run_at=None)
+    job = backfilled_once(app, finished)
     (stalled,) = claims.claim_expired("engine-a", timezone.now(), 10, timedelta(seconds=-1)).dispatches
     (resent,) = claims.claim_expired("engine-b", timezone.now(), 10, LEASE).dispatches
     assert resent.run_id == stalled.run_id and not resent.counted_as_sent
