@@ -86,14 +86,18 @@ def check_database_backend(app_configs: Any = None, **kwargs: Any) -> list[Check
 @register(Tags.compatibility)
 def check_database_routing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The engine's SQL, its transactions and its row locks run on the default database: a router sending the
-    scheduler's models elsewhere (another database, a replica for reads) would split one claim over two."""
-    from django_taskiq_beat.models import SchedulerEngine, SchedulerJob, SchedulerRun
-
+    scheduler's models elsewhere (another database, a replica for reads) would split one claim over two, and one
+    whose ``allow_migrate`` keeps a table off the default database leaves the engine without it."""
+    models = list(apps.get_app_config("django_taskiq_beat").get_models())  # the dashboard proxy too
     routed = [
         f"{model.__name__} {way} on {alias!r}"
-        for model in (SchedulerJob, SchedulerRun, SchedulerEngine)
+        for model in models
         for way, alias in (("reads", router.db_for_read(model)), ("writes", router.db_for_write(model)))
         if alias != DEFAULT_DB_ALIAS
+    ] + [
+        f"{model.__name__}'s table elsewhere (allow_migrate)"
+        for model in models
+        if not model._meta.proxy and not router.allow_migrate_model(DEFAULT_DB_ALIAS, model)
     ]
     if not routed:
         return []

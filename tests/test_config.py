@@ -3,7 +3,7 @@
 from typing import Any
 
 import pytest
-from django.core.checks import run_checks
+from django.core.checks import CheckMessage, run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from taskiq import InMemoryBroker
@@ -185,13 +185,31 @@ class SchedulerElsewhere:
         return "other" if model.__name__ == "SchedulerJob" else None
 
 
+class DashboardAndEngineElsewhere:
+    """A router that reads the admin dashboard's proxy from a replica and migrates the engine table elsewhere."""
+
+    def db_for_read(self, model: type, **hints: Any) -> str | None:
+        return "replica" if model.__name__ == "SchedulerDashboard" else None
+
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
+        return db != "default" if model_name == "schedulerengine" else None
+
+
+def e009(router: object) -> CheckMessage:
+    with override_settings(DATABASE_ROUTERS=[router]):
+        (message,) = [message for message in run_checks() if message.id == "django_taskiq_beat.E009"]
+    return message
+
+
 def test_a_router_sending_the_scheduler_elsewhere_than_the_default_database_is_an_error() -> None:
     """The engine's SQL and transactions are on the default database: ORM reads from elsewhere would split them."""
     assert "django_taskiq_beat.E009" not in {message.id for message in run_checks()}
-    with override_settings(DATABASE_ROUTERS=[SchedulerElsewhere()]):
-        (message,) = [message for message in run_checks() if message.id == "django_taskiq_beat.E009"]
+    message = e009(SchedulerElsewhere())
     assert "SchedulerRun reads on 'replica'" in message.msg and "SchedulerJob writes on 'other'" in message.msg
     assert "SchedulerEngine" not in message.msg and "return None" in message.hint
+    message = e009(DashboardAndEngineElsewhere())
+    assert "SchedulerDashboard reads on 'replica'" in message.msg
+    assert "SchedulerEngine's table elsewhere (allow_migrate)" in message.msg and "SchedulerJob" not in message.msg
 
 
 def test_an_unsupported_database_backend_is_an_error_naming_the_supported_ones(monkeypatch: pytest.MonkeyPatch) -> None:
