@@ -126,6 +126,7 @@ class Claim:
     skips: list[Unsent] = field(default_factory=list)  # slots not sent by their job's policy (recorded)
     held: list[Unsent] = field(default_factory=list)  # slots waiting for their job's previous run (``buffer_one``)
     backfills: int = 0  # of ``dispatches`` (claim_expired): runs a backfill wrote, not runs of a dead engine
+    backfill_retries: int = 0  # of ``backfills``: runs whose earlier send failed, tried again after their backoff
     released: int = 0  # of ``dispatches`` (claim_expired): held slots whose previous run has finished
 
 
@@ -655,6 +656,7 @@ class _ExpiredRun:
     jitter_seconds: float
     claimed_by: str | None
     reason: str | None  # a held or backfilled slot's, kept when an engine claims it (``backfill``)
+    error: str | None  # a backfilled slot's failed send, until it is tried again
     job_finished_at: datetime | None
 
 
@@ -773,13 +775,15 @@ def claim_expired(
             SchedulerRun.objects.filter(id__in=taken).update(
                 error=error, claimed_by=scheduler_id, lease_expires_at=now + lease, updated_at=now
             )
-    claimants = {run.id: run.claimed_by for run in runs}
+    read = {run.id: run for run in runs}
+    backfills = [read[d.run_id] for d in dispatches if read[d.run_id].claimed_by == BACKFILL_CLAIMANT]
     return Claim(
         dispatches,
         len(runs),
         unsendable,
-        backfills=sum(1 for d in dispatches if claimants[d.run_id] == BACKFILL_CLAIMANT),
-        released=sum(1 for d in dispatches if claimants[d.run_id] == WAITING_CLAIMANT),
+        backfills=len(backfills),
+        backfill_retries=sum(1 for run in backfills if run.error is not None),
+        released=sum(1 for d in dispatches if read[d.run_id].claimed_by == WAITING_CLAIMANT),
     )
 
 

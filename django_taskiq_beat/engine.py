@@ -369,11 +369,16 @@ class BeatEngine:
                 logs.count(recovered, "run"),
                 extra={"run_count": recovered},
             )
-        if orphans.backfills:
+        first_sends = orphans.backfills - orphans.backfill_retries
+        if first_sends:
             logger.info(
-                "Sending backfilled runs: %s.",
-                logs.count(orphans.backfills, "run"),
-                extra={"run_count": orphans.backfills},
+                "Sending backfilled runs: %s.", logs.count(first_sends, "run"), extra={"run_count": first_sends}
+            )
+        if orphans.backfill_retries:
+            logger.info(
+                "Retrying backfilled runs whose send failed: %s.",
+                logs.count(orphans.backfill_retries, "run"),
+                extra={"run_count": orphans.backfill_retries},
             )
         if orphans.released:
             logger.info(

@@ -68,15 +68,21 @@ def test_an_engine_sends_a_backfilled_slot_again_after_a_failed_send(
     assert app.backfill(job.pk, start, start + timedelta(seconds=30)) == 1
     SchedulerJob.objects.filter(pk=job.pk).update(next_run_at=timezone.now() + timedelta(seconds=2))
     break_broker(broker, monkeypatch, failures=1)
-    with caplog.at_level(logging.WARNING, logger="django_taskiq_beat"):
+    with caplog.at_level(logging.INFO, logger="django_taskiq_beat"):
         assert async_to_sync(app.engine.run_once)() == 0
     (run,) = SchedulerRun.objects.filter(job=job)
     assert run.status == RunStatus.PENDING and "ConnectionError: boom" in (run.error or "")
     assert run.lease_expires_at is not None and run.lease_expires_at > timezone.now() + timedelta(seconds=3)
     assert f"retry at {logs.when(run.lease_expires_at)}, attempt 2." in caplog.text  # its own time, not the job's
 
+    assert "Sending backfilled runs: 1 run." in caplog.text
+
+    caplog.clear()
     SchedulerRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())  # the backoff has passed
-    assert async_to_sync(app.engine.run_once)() == 1
+    with caplog.at_level(logging.INFO, logger="django_taskiq_beat"):
+        assert async_to_sync(app.engine.run_once)() == 1
+    assert "Retrying backfilled runs whose send failed: 1 run." in caplog.text
+    assert "Sending backfilled runs" not in caplog.text  # the slot was sent (and failed) once already
     run.refresh_from_db()
     assert (run.status, run.error, len(recorder.calls)) == (RunStatus.DISPATCHED, None, 1)
 
