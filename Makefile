@@ -29,10 +29,12 @@ test-mariadb: $(BIN)/.installed
 		$(BIN)/python -m pip install --quiet -e ".[mysql]"; fi
 	$(SUITE_ENV) $(BIN)/python -m tests.mariadbserver $(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# TASKIQ_BEAT_DEMO: the demo settings declare a job in code as well, which `taskiq_beat sync` creates.
 demo: $(BIN)/.installed
 	$(BIN)/python testproject/manage.py migrate --verbosity 0
+	TASKIQ_BEAT_DEMO=1 $(BIN)/python testproject/manage.py taskiq_beat sync
 	$(BIN)/python testproject/manage.py demo_jobs
-	$(BIN)/python testproject/manage.py run_taskiq_beat
+	TASKIQ_BEAT_DEMO=1 $(BIN)/python testproject/manage.py run_taskiq_beat
 
 # The documentation site (mkdocs.yml, docs/) into site/; --strict fails on a broken link or reference.
 docs: $(BIN)/.installed

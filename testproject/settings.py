@@ -105,6 +105,12 @@ TASKIQ_BEAT = {
     # The tests tune engine processes through this variable, e.g. '{"CLAIM_TTL_SECONDS": 2}'.
     **json.loads(os.environ.get("TASKIQ_BEAT_OPTIONS", "{}")),
 }
+if os.environ.get("TASKIQ_BEAT_DEMO"):
+    # `make demo` declares a job in code too (docs/declared.md), synced at each engine start: the job
+    # settings:answer. Not in the tests, whose engines send only the jobs each test writes.
+    TASKIQ_BEAT["SCHEDULE"] = {
+        "answer": {"task": "demo.add", "interval": 10, "args": [20, 22], "name": "Sum every 10 s, declared in settings"}
+    }
 
 # One handler, on the root logger; the loggers only get levels. A `taskiq worker` configures the
 # root logger itself (logging.basicConfig) before its broker module sets Django up: this config
