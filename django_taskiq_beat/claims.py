@@ -22,7 +22,19 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.db import DataError, IntegrityError, connection, transaction
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, TextField, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.functions import Cast
 
 from django_taskiq_beat import bulk, logs
@@ -656,7 +668,7 @@ class _ExpiredRun:
     jitter_seconds: float
     claimed_by: str | None
     reason: str | None  # a held or backfilled slot's, kept when an engine claims it (``backfill``)
-    error: str | None  # a backfilled slot's failed send, until it is tried again
+    failed_before: bool  # its run holds a failed send's error: a backfilled slot's retry
     job_finished_at: datetime | None
 
 
@@ -707,6 +719,7 @@ def claim_expired(
                 task_labels=F("job__task_labels"),
                 jitter_seconds=F("job__jitter_seconds"),
                 job_finished_at=F("job__finished_at"),
+                failed_before=ExpressionWrapper(Q(error__isnull=False), output_field=BooleanField()),
             )
         )
         locked = _lock_for_claiming(expired)
@@ -782,7 +795,7 @@ def claim_expired(
         len(runs),
         unsendable,
         backfills=len(backfills),
-        backfill_retries=sum(1 for run in backfills if run.error is not None),
+        backfill_retries=sum(1 for run in backfills if run.failed_before),
         released=sum(1 for d in dispatches if read[d.run_id].claimed_by == WAITING_CLAIMANT),
     )
 
