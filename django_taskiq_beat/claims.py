@@ -919,6 +919,7 @@ def record(
             ),
             [_sent(job_outcomes, counted_elsewhere, _time) for job_outcomes in sent.values()],
         )
+        shown_instead = _shown_instead(failed)
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -935,7 +936,7 @@ def record(
                 ("previous_task_id", "varchar"),
             ),
             _RETRY,
-            [_retry(job_outcomes, now, retry, _time) for job_outcomes in failed.values()],
+            [_retry(job_outcomes, now, retry, _time, shown_instead) for job_outcomes in failed.values()],
         )
         _settle_runs(outcomes, record_runs, retry)
     return list(left.values())
@@ -1130,12 +1131,40 @@ def _sent(
     )
 
 
+def _shown_instead(failed: Mapping[str, list[Outcome]]) -> dict[str, tuple[datetime | None, str | None]]:
+    """What a job shows as its last send in place of one that these failed sends' claims superseded
+    (``Dispatch.previous``) and that another store has found failed since: its latest run that went, as the run
+    history has it, or none. Without run history the failed run is gone, and the superseded send stays shown.
+
+    Two claims of one job in flight at once (a run now, a slot claimed ahead), both failing: the first stored
+    leaves the job alone (it shows the later claim's send), and the later one would put back the first one's.
+    Read only for failed sends, under the job locks ``_taken_over`` took.
+    """
+    superseded = {
+        outcome.dispatch.previous[1]: job_id
+        for job_id, job_outcomes in failed.items()
+        for outcome in job_outcomes
+        if outcome.dispatch.previous is not None and outcome.dispatch.previous[1] is not None
+    }
+    instead: dict[str, tuple[datetime | None, str | None]] = {}
+    for chunk in bulk.chunks(sorted(superseded)):
+        for run_id in SchedulerRun.objects.filter(pk__in=chunk, status=RunStatus.FAILED).values_list("pk", flat=True):
+            sent = SchedulerRun.objects.filter(job_id=superseded[run_id], status=RunStatus.DISPATCHED)
+            instead[run_id] = sent.order_by("-dispatched_at").values_list("dispatched_at", "pk").first() or (None, None)
+    return instead
+
+
 def _retry(
-    job_outcomes: list[Outcome], now: datetime, retry: RetryPolicy, _time: Callable[[datetime | None], Any]
+    job_outcomes: list[Outcome],
+    now: datetime,
+    retry: RetryPolicy,
+    _time: Callable[[datetime | None], Any],
+    shown_instead: Mapping[str, tuple[datetime | None, str | None]],
 ) -> tuple[Any, ...]:
     """One job's failed sends, oldest first, as a row for ``_RETRY``; only its latest claim can still be its version,
     and only its latest send can still be shown as the job's last: the job then shows the send before it that did
-    not fail here, if that is known. Slots retried in their runs only count on the job (no version: no retry)."""
+    not fail here, if that is known, or what ``_shown_instead`` found for one that failed in another store. Slots
+    retried in their runs only count on the job (no version: no retry)."""
     failed = len(job_outcomes)
     scheduled = [outcome.dispatch for outcome in job_outcomes if not outcome.dispatch.retried_in_its_run]
     if not scheduled:
@@ -1150,6 +1179,8 @@ def _retry(
     previous = latest.previous
     while previous is not None and previous[1] in failed_here:  # a catch-up's earlier slots, failed as well
         previous = failed_here[previous[1]].previous
+    if previous is not None:
+        previous = shown_instead.get(previous[1] or "", previous)
     previous_run_at, previous_task_id = previous or (None, None)
     return (
         latest.job_id,

@@ -390,7 +390,11 @@ def test_a_catch_up_whose_latest_slot_fails_shows_the_last_one_that_went_through
     assert (count, task_id, failures) == (len(went_through), went_through[-1].run_id, 2)
 
 
-def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerApp) -> None:
+@pytest.mark.parametrize("stored", ["together", "earlier-first", "later-first"])
+def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerApp, stored: str) -> None:
+    """Two claims in flight at once (a run now, a slot claimed ahead), from one engine or two, stored in one batch or
+    apart in either order. Stored apart, the earlier one first, the job shows the send before both as the run
+    history has it (sent at its ``dispatched_at``): the later claim knew only the earlier's, which has failed."""
     hourly(app)
     make_due("hourly")
     assert run(app.engine.run_once) == 1
@@ -398,10 +402,19 @@ def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerAp
     make_due("hourly")
     (earlier,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
     make_due("hourly")
-    (later,) = claims.claim_due("engine-a", timezone.now(), 10, LEASE, RETRY).dispatches
+    other = "engine-a" if stored == "together" else "engine-b"
+    (later,) = claims.claim_due(other, timezone.now(), 10, LEASE, RETRY).dispatches
+    assert later.previous == (earlier.shown_at, earlier.run_id)
     now = timezone.now()
-    claims.record(failed([earlier, later], now), now, True, RETRY, "engine-a")
-    assert shown("hourly")[:3] == before[:3]
+    if stored == "together":
+        claims.record(failed([earlier, later], now), now, True, RETRY, "engine-a")
+    else:
+        order = [(earlier, "engine-a"), (later, other)]
+        for dispatch, engine in order if stored == "earlier-first" else reversed(order):
+            claims.record(failed([dispatch], now), now, True, RETRY, engine)
+    assert shown("hourly")[:2] == before[:2]
+    sent_at = SchedulerRun.objects.get(pk=before[1]).dispatched_at
+    assert shown("hourly")[2] == (sent_at if stored == "earlier-first" else before[2])
 
 
 def test_a_jittered_send_shows_its_own_time(app: SchedulerApp) -> None:
