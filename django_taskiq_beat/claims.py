@@ -919,7 +919,7 @@ def record(
             ),
             [_sent(job_outcomes, counted_elsewhere, _time) for job_outcomes in sent.values()],
         )
-        shown_instead = _shown_instead(failed)
+        shown_instead = _shown_instead(failed, outcomes)
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -1131,10 +1131,13 @@ def _sent(
     )
 
 
-def _shown_instead(failed: Mapping[str, list[Outcome]]) -> dict[str, tuple[datetime | None, str | None]]:
+def _shown_instead(
+    failed: Mapping[str, list[Outcome]], outcomes: list[Outcome]
+) -> dict[str, tuple[datetime | None, str | None]]:
     """What a job shows as its last send in place of one that these failed sends' claims superseded
-    (``Dispatch.previous``) and that another store has found failed since: its latest run that went, as the run
-    history has it, or none. Without run history the failed run is gone, and the superseded send stays shown.
+    (``Dispatch.previous``) and that another store has found failed since: its latest send that went, in this
+    store (``outcomes``) or else as the run history has it, or none. Without run history the failed run is gone,
+    and the superseded send stays shown.
 
     Two claims of one job in flight at once (a run now, a slot claimed ahead), both failing: the first stored
     leaves the job alone (it shows the later claim's send), and the later one would put back the first one's.
@@ -1146,12 +1149,25 @@ def _shown_instead(failed: Mapping[str, list[Outcome]]) -> dict[str, tuple[datet
         for outcome in job_outcomes
         if outcome.dispatch.previous is not None and outcome.dispatch.previous[1] is not None
     }
-    instead: dict[str, tuple[datetime | None, str | None]] = {}
+    if not superseded:
+        return {}
+    went_here: dict[str, tuple[datetime | None, str | None]] = {}
+    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
+        if outcome.error is None:
+            went_here[outcome.dispatch.job_id] = (outcome.dispatched_at, outcome.dispatch.run_id)
+    instead = {}
     for chunk in bulk.chunks(sorted(superseded)):
         for run_id in SchedulerRun.objects.filter(pk__in=chunk, status=RunStatus.FAILED).values_list("pk", flat=True):
-            sent = SchedulerRun.objects.filter(job_id=superseded[run_id], status=RunStatus.DISPATCHED)
-            instead[run_id] = sent.order_by("-dispatched_at").values_list("dispatched_at", "pk").first() or (None, None)
+            job_id = superseded[run_id]
+            instead[run_id] = went_here.get(job_id) or _latest_sent(job_id)
     return instead
+
+
+def _latest_sent(job_id: str) -> tuple[datetime | None, str | None]:
+    """The job's run sent last, as the run history has it (its send time, its id); none if none (or unreadable)."""
+    sent = SchedulerRun.objects.filter(job_id=job_id, status=RunStatus.DISPATCHED)
+    latest = sent.order_by(F("dispatched_at").desc(nulls_last=True), "-scheduled_for", "-pk")
+    return read_or(latest.values_list("dispatched_at", "pk").first, lambda _: None) or (None, None)
 
 
 def _retry(

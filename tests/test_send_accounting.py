@@ -417,6 +417,24 @@ def test_two_failed_claims_of_one_job_show_the_send_before_both(app: SchedulerAp
     assert shown("hourly")[2] == (sent_at if stored == "earlier-first" else before[2])
 
 
+def test_a_send_going_through_in_the_store_of_a_failure_is_shown_in_place_of_an_earlier_failed_one(
+    app: SchedulerApp,
+) -> None:
+    """Three claims in flight: S0 and B by one engine, A by another between them. A fails and is stored first; then
+    S0 goes and B fails in one store. B's claim knew only A (failed), and S0 is not yet stored as sent: the job
+    shows S0, which went in that very store."""
+    hourly(app)
+    claimed = []
+    for engine in ("engine-a", "engine-b", "engine-a"):
+        make_due("hourly")
+        claimed += claims.claim_due(engine, timezone.now(), 10, LEASE, RETRY).dispatches
+    first, a, b = claimed
+    now = timezone.now()
+    claims.record(failed([a], now), now, True, RETRY, "engine-b")
+    claims.record([*sent([first], now), *failed([b], now)], now, True, RETRY, "engine-a")
+    assert shown("hourly")[:3] == (1, first.run_id, now)
+
+
 def test_a_jittered_send_shows_its_own_time(app: SchedulerApp) -> None:
     hourly(app, policy=SchedulePolicy(jitter_seconds=3000))
     make_due("hourly")
