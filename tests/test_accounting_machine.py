@@ -6,6 +6,7 @@ send of a paused job, ``max_runs`` kept, the job's last send a run that went. Cl
 flight, so no lease lapses under an engine (the take-over races have tests of their own in test_send_accounting).
 """
 
+import os
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -43,6 +44,7 @@ JOBS = {  # job id -> its schedule and policy
     "once": (None, None),  # a one-off, 15 s after the start
 }
 job_ids = st.sampled_from(sorted(JOBS))
+HUNT = os.environ.get("ACCOUNTING_MACHINE_EXAMPLES")  # a longer search, locally (docs/development.md)
 
 
 class Clock:
@@ -199,8 +201,8 @@ def test_the_job_rows_agree_with_the_runs_whatever_the_engines_and_the_operator_
         run_state_machine_as_test(
             EngineStorage,
             settings=settings(
-                max_examples=40,
-                stateful_step_count=30,
+                max_examples=int(HUNT or 40),
+                stateful_step_count=50 if HUNT else 30,
                 deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
             ),
