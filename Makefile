@@ -17,17 +17,20 @@ $(BIN)/.installed: pyproject.toml
 
 test: test-sqlite test-postgres test-mariadb
 
+# Tests that never touch the database under test (marker database_independent) run in the SQLite pass only.
+OTHER_DATABASES := -m "not database_independent"
+
 test-sqlite: $(BIN)/.installed
 	$(SUITE_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: $(BIN)/.installed
-	$(SUITE_ENV) $(BIN)/python -m tests.pgserver $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SUITE_ENV) $(BIN)/python -m tests.pgserver $(BIN)/python -m pytest $(OTHER_DATABASES) $(PYTEST_ARGS)
 
 # The MariaDB driver is built only where the server is installed (it needs libmariadb-dev and pkg-config).
 test-mariadb: $(BIN)/.installed
 	if command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ]; then \
 		$(BIN)/python -m pip install --quiet -e ".[mysql]"; fi
-	$(SUITE_ENV) $(BIN)/python -m tests.mariadbserver $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(SUITE_ENV) $(BIN)/python -m tests.mariadbserver $(BIN)/python -m pytest $(OTHER_DATABASES) $(PYTEST_ARGS)
 
 # TASKIQ_BEAT_DEMO: the demo settings declare a job in code as well, which `taskiq_beat sync` creates.
 demo: $(BIN)/.installed

@@ -138,7 +138,7 @@ class SchedulerApp:
         return self._change(job_id, "Resumed job %s.", _resume)
 
     def run_now(self, job_id: str) -> SchedulerJob:
-        """Make the job due at once, whatever its state; afterwards it goes on as before."""
+        """Make the job due at once, whatever its state: a pause is cleared, a finished job sent again."""
         return self._change(job_id, "Marked job %s to run now.", _run_now)
 
     def delete(self, job_id: str) -> None:

@@ -885,10 +885,13 @@ def record(
     _time = _time_adapter()
     sent: dict[str, list[Outcome]] = {}
     failed: dict[str, list[Outcome]] = {}
+    went_last: dict[str, tuple[datetime | None, str | None]] = {}
     for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
         if outcome.error is not None:
             failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
-        elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
+            continue
+        went_last[outcome.dispatch.job_id] = (outcome.dispatched_at, outcome.dispatch.run_id)
+        if not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
             sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
         left, counted_elsewhere = _taken_over(failed, sent, scheduler_id)
@@ -919,7 +922,7 @@ def record(
             ),
             [_sent(job_outcomes, counted_elsewhere, _time) for job_outcomes in sent.values()],
         )
-        shown_instead = _shown_instead(failed, outcomes)
+        shown_instead = _shown_instead(failed, went_last)
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -1132,12 +1135,12 @@ def _sent(
 
 
 def _shown_instead(
-    failed: Mapping[str, list[Outcome]], outcomes: list[Outcome]
+    failed: Mapping[str, list[Outcome]], went_last: Mapping[str, tuple[datetime | None, str | None]]
 ) -> dict[str, tuple[datetime | None, str | None]]:
     """What a job shows as its last send in place of one that these failed sends' claims superseded
     (``Dispatch.previous``) and that another store has found failed since: its latest send that went, in this
-    store (``outcomes``) or else as the run history has it, or none. Without run history the failed run is gone,
-    and the superseded send stays shown.
+    store (``went_last``: each job's send that went last, by send time) or else as the run history has it, or
+    none. Without run history the failed run is gone, and the superseded send stays shown.
 
     Two claims of one job in flight at once (a run now, a slot claimed ahead), both failing: the first stored
     leaves the job alone (it shows the later claim's send), and the later one would put back the first one's.
@@ -1151,15 +1154,11 @@ def _shown_instead(
     }
     if not superseded:
         return {}
-    went_here: dict[str, tuple[datetime | None, str | None]] = {}
-    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
-        if outcome.error is None:
-            went_here[outcome.dispatch.job_id] = (outcome.dispatched_at, outcome.dispatch.run_id)
     instead = {}
     for chunk in bulk.chunks(sorted(superseded)):
         for run_id in SchedulerRun.objects.filter(pk__in=chunk, status=RunStatus.FAILED).values_list("pk", flat=True):
             job_id = superseded[run_id]
-            instead[run_id] = went_here.get(job_id) or _latest_sent(job_id)
+            instead[run_id] = went_last.get(job_id) or _latest_sent(job_id)
     return instead
 
 

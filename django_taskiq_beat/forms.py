@@ -43,7 +43,8 @@ SCHEDULE_TYPES = [("interval", "every ... (interval)"), ("crontab", "crontab"), 
 INTERVAL_UNITS = [("seconds", "seconds"), ("minutes", "minutes"), ("hours", "hours"), ("days", "days")]
 _OTHER_TASK = ""
 _DATETIME = forms.DateTimeInput(attrs={"type": "datetime-local", "step": "1"}, format="%Y-%m-%dT%H:%M:%S")
-_TIME_FIELDS = ("run_at", "start_at", "end_at")
+_WINDOW_FIELDS = ("start_at", "end_at")
+_TIME_FIELDS = ("run_at", *_WINDOW_FIELDS)
 
 
 class WallClockField(forms.DateTimeField):
@@ -349,7 +350,7 @@ class SchedulerJobForm(forms.ModelForm):
                 raise SchedulerValidationError("run_at", None, "A one-off job needs a time to run at.")
             return OneOffSchedule(run_at=self._instant(data, "run_at"), timezone=zone)
         window: dict[str, Any] = {
-            name: self._instant(data, name) if data.get(name) else None for name in ("start_at", "end_at")
+            name: self._instant(data, name) if data.get(name) else None for name in _WINDOW_FIELDS
         }
         if kind == "interval":
             if data.get("interval_every") is None:

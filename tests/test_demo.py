@@ -12,6 +12,7 @@ from tests.processes import REPO, child_env, wait_until
 
 
 @pytest.mark.processes
+@pytest.mark.database_independent  # the demo's own SQLite file, whatever the pass
 def test_demo_runs_jobs_and_fills_the_run_history(tmp_path: Path) -> None:
     env = child_env()
     env.pop("DATABASE_URL", None)

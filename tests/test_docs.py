@@ -20,6 +20,8 @@ try:
 except ImportError:
     pytest.skip("needs the docs extra: pip install -e '.[docs]' (make test installs it)", allow_module_level=True)
 
+pytestmark = pytest.mark.database_independent
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,3 +99,16 @@ def test_ci_builds_the_docs_from_a_clean_clone() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert re.search(r"^[^#\n]*\bmake docs\b", ci, re.MULTILINE)
     assert "strict: true" in (REPO / "mkdocs.yml").read_text()
+
+
+def test_the_sqlite_pass_runs_what_the_other_databases_leave_out() -> None:
+    """The tests marked ``database_independent`` run in one pass of ``make test``: the SQLite one."""
+
+    def pytest_command(target: str) -> str:
+        dry_run = ["make", "--dry-run", "--no-print-directory", "--old-file=.venv/bin/.installed", target]
+        commands = subprocess.run(dry_run, cwd=REPO, capture_output=True, text=True, check=True).stdout
+        return next(line for line in commands.splitlines() if "-m pytest" in line)
+
+    assert ' -m "' not in pytest_command("test-sqlite")
+    for other in ("test-postgres", "test-mariadb"):
+        assert '-m pytest -m "not database_independent"' in pytest_command(other)
