@@ -17,7 +17,8 @@ $(BIN)/.installed: pyproject.toml
 
 test: test-sqlite test-postgres test-mariadb
 
-# Tests that never touch the database under test (marker database_independent) run in the SQLite pass only.
+# Tests that never touch the database under test (marker database_independent) run in the SQLite pass only;
+# a PYTEST_ARGS with its own -m replaces this one (pytest keeps the last).
 OTHER_DATABASES := -m "not database_independent"
 
 test-sqlite: $(BIN)/.installed

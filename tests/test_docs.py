@@ -106,7 +106,9 @@ def test_the_sqlite_pass_runs_what_the_other_databases_leave_out() -> None:
 
     def pytest_command(target: str) -> str:
         dry_run = ["make", "--dry-run", "--no-print-directory", "--old-file=.venv/bin/.installed", target]
-        commands = subprocess.run(dry_run, cwd=REPO, capture_output=True, text=True, check=True).stdout
+        unset = ("PYTEST_ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # a caller's `make ... PYTEST_ARGS=...`
+        env = {name: value for name, value in os.environ.items() if name not in unset}
+        commands = subprocess.run(dry_run, cwd=REPO, capture_output=True, text=True, check=True, env=env).stdout
         return next(line for line in commands.splitlines() if "-m pytest" in line)
 
     assert ' -m "' not in pytest_command("test-sqlite")

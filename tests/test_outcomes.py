@@ -313,6 +313,22 @@ def test_pause_after_failures_pauses_the_job_with_a_note_naming_the_last_error(a
     assert (job.state, job.consecutive_failures) == ("paused", 2)
 
 
+def test_a_run_now_clears_a_failure_pause_but_not_the_count(app: SchedulerApp) -> None:
+    """Unlike resume: a run now that fails again pauses the job again at once; one that succeeds ends the streak."""
+    from django_taskiq_beat import SchedulePolicy
+
+    job = app.single(task="outcome.boom").schedule(
+        PeriodicSchedule(interval=IntervalTrigger(hours=1)), policy=SchedulePolicy(pause_after_failures=2)
+    )
+    send_through_engine(app, job)
+    send_through_engine(app, job)
+    assert SchedulerJob.objects.get(pk=job.pk).state == "paused"
+    send_through_engine(app, job)  # the run now of the paused job: enabled to send, and it fails once more
+    job.refresh_from_db()
+    assert (job.state, job.is_enabled, job.consecutive_failures) == ("paused", False, 3)
+    assert job.pause_note == "Paused after 3 failed runs in a row; the last: ValueError: the task broke"
+
+
 def test_a_success_between_failures_restarts_the_count(app: SchedulerApp, switch: Switch) -> None:
     from django_taskiq_beat import SchedulePolicy
 
