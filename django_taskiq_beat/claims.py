@@ -885,13 +885,11 @@ def record(
     _time = _time_adapter()
     sent: dict[str, list[Outcome]] = {}
     failed: dict[str, list[Outcome]] = {}
-    went_last: dict[str, tuple[datetime | None, str | None]] = {}
-    for outcome in sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at):
+    in_send_order = sorted(outcomes, key=lambda outcome: outcome.dispatched_at or outcome.finished_at)
+    for outcome in in_send_order:
         if outcome.error is not None:
             failed.setdefault(outcome.dispatch.job_id, []).append(outcome)
-            continue
-        went_last[outcome.dispatch.job_id] = (outcome.dispatched_at, outcome.dispatch.run_id)
-        if not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
+        elif not outcome.dispatch.counted_as_sent or outcome.dispatch.failures:
             sent.setdefault(outcome.dispatch.job_id, []).append(outcome)
     with transaction.atomic():
         left, counted_elsewhere = _taken_over(failed, sent, scheduler_id)
@@ -922,7 +920,7 @@ def record(
             ),
             [_sent(job_outcomes, counted_elsewhere, _time) for job_outcomes in sent.values()],
         )
-        shown_instead = _shown_instead(failed, went_last)
+        shown_instead = _shown_instead(failed, in_send_order)
         bulk.update_from_values(
             "scheduler_job",
             (
@@ -1135,12 +1133,12 @@ def _sent(
 
 
 def _shown_instead(
-    failed: Mapping[str, list[Outcome]], went_last: Mapping[str, tuple[datetime | None, str | None]]
+    failed: Mapping[str, list[Outcome]], in_send_order: list[Outcome]
 ) -> dict[str, tuple[datetime | None, str | None]]:
     """What a job shows as its last send in place of one that these failed sends' claims superseded
     (``Dispatch.previous``) and that another store has found failed since: its latest send that went, in this
-    store (``went_last``: each job's send that went last, by send time) or else as the run history has it, or
-    none. Without run history the failed run is gone, and the superseded send stays shown.
+    store (``in_send_order``: its outcomes, sorted by send time) or else as the run history has it, or none.
+    Without run history the failed run is gone, and the superseded send stays shown.
 
     Two claims of one job in flight at once (a run now, a slot claimed ahead), both failing: the first stored
     leaves the job alone (it shows the later claim's send), and the later one would put back the first one's.
@@ -1154,6 +1152,11 @@ def _shown_instead(
     }
     if not superseded:
         return {}
+    went_last = {
+        outcome.dispatch.job_id: (outcome.dispatched_at, outcome.dispatch.run_id)
+        for outcome in in_send_order
+        if outcome.error is None
+    }
     instead = {}
     for chunk in bulk.chunks(sorted(superseded)):
         for run_id in SchedulerRun.objects.filter(pk__in=chunk, status=RunStatus.FAILED).values_list("pk", flat=True):

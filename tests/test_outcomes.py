@@ -314,7 +314,7 @@ def test_pause_after_failures_pauses_the_job_with_a_note_naming_the_last_error(a
 
 
 def test_a_run_now_clears_a_failure_pause_but_not_the_count(app: SchedulerApp) -> None:
-    """Unlike resume: a run now that fails again pauses the job again at once; one that succeeds ends the streak."""
+    """Unlike resume, a run now keeps the count of failed sends: one more failure pauses the job again at once."""
     from django_taskiq_beat import SchedulePolicy
 
     job = app.single(task="outcome.boom").schedule(
